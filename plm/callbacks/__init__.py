@@ -1,0 +1,1 @@
+"""Independent training extras: export, throughput, data monitoring (and later transfer, eval, generation)."""

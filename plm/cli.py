@@ -1,0 +1,70 @@
+"""The ``plm`` command: LightningCLI for fit/validate/test/predict, plain subcommands for the rest.
+
+Plain subcommands are a table of ``name → "module:function"``; each function takes ``argv`` and returns
+an exit code, and is imported only when called so ``plm --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
+
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+COMMANDS: dict[str, str] = {
+    "train": "plm.train:main",
+}
+
+COMMAND_HELP: dict[str, str] = {
+    "train": "train a ladder size (SIZE=…, OBJECTIVE=…) with resource checks; wraps `plm fit`",
+}
+
+
+def _lightning_cli(args: list[str]) -> int:
+    from plm.lightning_cli import run_lightning_cli
+
+    saved = sys.argv
+    sys.argv = [saved[0], *args]  # LightningCLI reads sys.argv; passing args as well makes it warn
+    try:
+        run_lightning_cli(None)
+    finally:
+        sys.argv = saved
+    return 0
+
+
+def usage() -> str:
+    lines = ["usage: plm <command> [options]", "", "Lightning commands (plm <command> --help):"]
+    lines += [f"  {c:<16} LightningCLI {c} (--config configs/train/mlm.yaml …)" for c in LIGHTNING_SUBCOMMANDS]
+    lines += ["", "plm commands:"]
+    lines += [f"  {name:<16} {COMMAND_HELP.get(name, '')}" for name in COMMANDS]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command in LIGHTNING_SUBCOMMANDS:
+        return _lightning_cli([command, *rest])
+    if command not in COMMANDS:
+        print(f"plm: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module, func = COMMANDS[command].split(":")
+    return int(getattr(importlib.import_module(module), func)(rest) or 0)
+
+
+def repo_root() -> Path:
+    """Root of the source checkout (configs/, data/ live there)."""
+    return Path(__file__).resolve().parents[1]
+
+
+def entry(argv: Any = None) -> None:  # pragma: no cover - console script shim
+    raise SystemExit(main(argv))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

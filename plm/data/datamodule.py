@@ -1,0 +1,237 @@
+"""LightningDataModule: sources → mixture stream → packed rows; held-out splits and external eval sets.
+
+Training batches are whole packed micro-batches produced by an ``IterableDataset``. The stream
+position is one integer, the global sample cursor: each batch carries the cursor after it, the
+datamodule remembers the cursor of the last batch the trainer consumed, and a checkpoint stores it.
+Micro-batch m (counted over all ranks) belongs to data-loader worker m % num_workers, and rank r
+takes rows [r·B, (r+1)·B) of it, so neither worker count nor prefetching changes the order.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from plm.data.fasta import FastaStats, OnInvalid
+from plm.data.packing import StreamPacker, materialize, pack_records
+from plm.data.sampler import MixtureSampler
+from plm.data.store import TokenStore, split_fasta
+from plm.tokenizer import RESIDUE_IDS
+
+#: UniMeta200B sampling shares (REFERENCE.md): UniRef50/S, UniRef90/50, ColabFoldDB centroids, members.
+UNIMETA_WEIGHTS = {"uniref50": 0.085, "uniref90": 0.195, "cfdb_centroids": 0.195, "cfdb_members": 0.525}
+
+
+def load_source(name: str, spec: str | list[str], val_fraction: float, on_invalid: OnInvalid) -> tuple[TokenStore, TokenStore]:
+    """A source is a prepared store directory (``plm data prepare``) or one or more FASTA files."""
+    paths = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
+    if len(paths) == 1 and Path(paths[0]).is_dir():
+        root = Path(paths[0])
+        return TokenStore.open(root / "train", name), TokenStore.open(root / "val", f"{name}/val")
+    missing = [str(p) for p in paths if not Path(p).exists()]
+    if missing:
+        raise FileNotFoundError(f"data source {name!r}: not found: {missing}; fix data.sources in your config")
+    return split_fasta(name, paths, val_fraction, on_invalid=on_invalid, stats=FastaStats())
+
+
+class PackedStream(IterableDataset):
+    """Infinite stream of packed micro-batches for one rank, starting at a sample cursor."""
+
+    def __init__(self, packer: StreamPacker, rows_per_batch: int, rank: int, world_size: int, start_cursor: int):
+        self.packer, self.rows, self.rank, self.world = packer, rows_per_batch, rank, world_size
+        self.start_cursor = start_cursor
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
+        cursor, m = self.start_cursor, 0
+        while True:
+            rows, nxt = self.packer.plan(cursor, self.rows * self.world)
+            if m % n_workers == worker:
+                mine = rows[self.rank * self.rows : (self.rank + 1) * self.rows]
+                packed = materialize(self.packer.stores, mine, self.packer.row_len)
+                yield {
+                    "tokens": torch.from_numpy(packed.tokens),
+                    "doc_ids": torch.from_numpy(packed.doc_ids),
+                    "n_real": torch.tensor(packed.n_real),
+                    "cursor_start": torch.tensor(cursor),
+                    "cursor_end": torch.tensor(nxt),
+                    "set": "train",
+                }
+            cursor, m = nxt, m + 1
+
+
+class ProteinDataModule(pl.LightningDataModule):
+    def __init__(
+        self,
+        sources: dict[str, str | list[str]] | None = None,
+        weights: dict[str, float] | None = None,
+        eval_sets: dict[str, str] | None = None,
+        row_len: int = 1024,
+        rows_per_batch: int = 8,
+        val_fraction: float = 0.02,
+        val_rows: int = 32,
+        num_workers: int = 0,
+        seed: int = 0,
+        on_invalid: OnInvalid = "skip",
+        min_piece: int = 16,
+        sampler_block: int = 4096,
+    ) -> None:
+        """
+        Args:
+            sources: name → FASTA path(s) or a `plm data prepare` directory. Default: the bundled sample.
+            weights: name → sampling weight (normalised). Default: proportional to residues.
+            eval_sets: name → extra held-out FASTA (e.g. the < 0.5 identity set), each reported alone.
+            row_len: tokens per packed row (the context length).
+            rows_per_batch: packed rows per device per micro-batch.
+            val_fraction: share of each source held out, chosen by a hash of the sequence.
+            val_rows: packed rows evaluated per held-out set.
+            num_workers: data-loader worker processes (does not change the data order).
+            seed: seeds the mixture, record order, crops and held-out masks.
+            on_invalid: FASTA records that break the policy: error, skip (counted) or x (map to X).
+            min_piece: smallest cropped piece used to fill the end of a row; shorter gaps are padded.
+            sampler_block: block size of the deterministic mixture schedule (shares exact per block).
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        root = Path(__file__).resolve().parents[2] / "data" / "sample"
+        self.sources = sources or {"uniprot": str(root / "uniprot.fasta.gz"), "metagenomic": str(root / "metagenomic.fasta.gz")}
+        self.weights = weights
+        self.eval_sets = eval_sets or {}
+        self.row_len, self.rows_per_batch = row_len, rows_per_batch
+        self.val_fraction, self.val_rows = val_fraction, val_rows
+        self.num_workers, self.seed, self.on_invalid = num_workers, seed, on_invalid
+        self.min_piece, self.sampler_block = min_piece, sampler_block
+        self.cursor = 0  # global sample index after the last batch the trainer consumed
+        self.train_stores: list[TokenStore] = []
+        self.val_stores: dict[str, TokenStore] = {}
+        self.sampler: MixtureSampler | None = None
+        self._warned_epochs: set[str] = set()
+
+    # ---- setup ------------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.sampler is not None:
+            return
+        names = list(self.sources)
+        if self.weights is not None:
+            unknown = sorted(set(self.weights) - set(names))
+            if unknown:
+                raise ValueError(f"data.weights names unknown sources {unknown}; sources are {names}")
+        for name in names:
+            train, val = load_source(name, self.sources[name], self.val_fraction, self.on_invalid)
+            self.train_stores.append(train)
+            if len(val):
+                self.val_stores[name] = val
+        for name, path in self.eval_sets.items():
+            _, store = split_fasta(name, [path], val_fraction=1.0, on_invalid=self.on_invalid)
+            self.val_stores[name] = store
+        if self.weights is None:
+            w = [float(s.n_residues) for s in self.train_stores]
+        else:
+            w = [float(self.weights.get(n, 0.0)) for n in names]
+        self.sampler = MixtureSampler([len(s) for s in self.train_stores], w, self.seed, self.sampler_block)
+        self.packer = StreamPacker(self.train_stores, self.sampler, self.row_len, self.seed, self.min_piece)
+
+    @property
+    def source_names(self) -> list[str]:
+        return list(self.sources)
+
+    @property
+    def heldout_names(self) -> list[str]:
+        return [n for n in self.val_stores if n not in self.eval_sets]
+
+    def unigram_entropy(self) -> float:
+        """Entropy (nats) of the residue distribution in the training mixture: the loss of a model
+        that ignores context. A trained model must beat it."""
+        counts = np.zeros(max(RESIDUE_IDS) + 1)
+        share = self.sampler.counts / self.sampler.counts.sum()
+        for store, w in zip(self.train_stores, share):
+            c = np.bincount(np.asarray(store.tokens[: 5_000_000]), minlength=len(counts))
+            counts += w * c / max(1, c.sum())
+        p = counts[counts > 0]
+        p = p / p.sum()
+        return float(-(p * np.log(p)).sum())
+
+    # ---- loaders ----------------------------------------------------------------------------------
+    def _rank_world(self) -> tuple[int, int]:
+        if self.trainer is not None:
+            return self.trainer.global_rank, self.trainer.world_size
+        return 0, 1
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world = self._rank_world()
+        stream = PackedStream(self.packer, self.rows_per_batch, rank, world, self.cursor)
+        return DataLoader(stream, batch_size=None, num_workers=self.num_workers, persistent_workers=False)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        loaders = []
+        for i, (name, store) in enumerate(self.val_stores.items()):
+            rows = pack_records(store, self.row_len, self.val_rows)
+            rank, world = self._rank_world()
+            rows = rows[rank::world]
+            batches = []
+            for b in range(0, len(rows), self.rows_per_batch):
+                packed = materialize([store], rows[b : b + self.rows_per_batch], self.row_len)
+                batches.append(
+                    {
+                        "tokens": torch.from_numpy(packed.tokens),
+                        "doc_ids": torch.from_numpy(packed.doc_ids),
+                        "n_real": torch.tensor(packed.n_real),
+                        # fixed masking seed per held-out batch: val losses are comparable over time
+                        "cursor_start": torch.tensor(-(1 + i * 1_000_003 + b * world + rank)),
+                        "cursor_end": torch.tensor(0),
+                        "set": name,
+                    }
+                )
+            loaders.append(DataLoader(batches, batch_size=None))
+        return loaders
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self.val_dataloader()
+
+    # ---- position tracking and resume --------------------------------------------------------------
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.trainer is not None and self.trainer.training and batch.get("set") == "train":
+            self.cursor = int(batch["cursor_end"])
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        seen = self.sampler.seen_per_source(self.cursor).tolist() if self.sampler else []
+        return {"cursor": self.cursor, "seen_per_source": dict(zip(self.source_names, seen))}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.cursor = int(state["cursor"])
+
+    def data_stats(self) -> dict[str, float]:
+        """Sequences and epochs seen per source at the current cursor (for logging)."""
+        if self.sampler is None:
+            return {}
+        seen = self.sampler.seen_per_source(self.cursor)
+        epochs = self.sampler.epochs_per_source(self.cursor)
+        out: dict[str, float] = {}
+        for name, n, e in zip(self.source_names, seen, epochs):
+            out[f"data/{name}/sequences"] = float(n)
+            out[f"data/{name}/epochs"] = float(e)
+            if e > 1 and name not in self._warned_epochs:
+                self._warned_epochs.add(name)
+                warnings.warn(
+                    f"source {name!r} has passed one epoch ({e:.2f}): its data now repeats; the papers "
+                    "show repeats hurt (REFERENCE.md). Add data or lower its weight.",
+                    stacklevel=2,
+                )
+        return out
+
+    def planned_tokens(self, steps: int, accumulate: int = 1) -> int:
+        rank, world = self._rank_world()
+        return steps * accumulate * world * self.rows_per_batch * self.row_len
+
+    def steps_for_tokens(self, tokens: float, world: int = 1, accumulate: int = 1) -> int:
+        return max(1, math.ceil(tokens / (world * accumulate * self.rows_per_batch * self.row_len)))

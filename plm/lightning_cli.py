@@ -1,0 +1,91 @@
+"""LightningCLI wiring: run layout under ``checkpoints/<run_name>/``, default loggers and callbacks.
+
+Every run writes ``ckpt/`` (Lightning checkpoints, ``last.ckpt`` for resume), ``final/`` (weights
+export: safetensors + config.json), ``tb/`` and ``csv/`` logs. Values the config already knows are
+linked, never duplicated: ``trainer.max_steps`` → ``model.total_steps`` (the LR schedule's end).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from plm.callbacks.export import FinalExport
+from plm.callbacks.monitor import DataMonitor, Throughput
+from plm.data.datamodule import ProteinDataModule
+from plm.lit.language_model import LanguageModel
+
+
+class PlmCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--run_name", type=str, default="run", help="run directory name under run_root")
+        parser.add_argument("--run_root", type=str, default="checkpoints", help="where runs are written")
+        parser.add_argument("--checkpoint_every", type=int, default=500, help="optimizer steps between checkpoints")
+        parser.add_argument("--keep_checkpoints", type=int, default=2, help="step checkpoints kept besides last.ckpt")
+        parser.add_argument("--loggers", type=list[str], default=["tensorboard", "csv"],
+                            help="any of tensorboard, csv, wandb (wandb only when installed)")
+        parser.link_arguments("trainer.max_steps", "model.init_args.total_steps")
+
+    def _run_dir(self) -> Path:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        return Path(cfg.run_root) / cfg.run_name
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        run = self._run_dir()
+        config["default_root_dir"] = str(run)
+        if config.get("logger") in (None, True):
+            config["logger"] = _loggers(list(cfg.loggers), run)
+        callbacks = list(callbacks)
+        if config.get("enable_checkpointing", True) is not False:
+            callbacks.append(
+                ModelCheckpoint(
+                    dirpath=run / "ckpt",
+                    filename="step{step:08d}",
+                    auto_insert_metric_name=False,
+                    every_n_train_steps=cfg.checkpoint_every,
+                    save_top_k=cfg.keep_checkpoints,
+                    monitor="step",
+                    mode="max",
+                    save_last=True,
+                )
+            )
+        callbacks += [FinalExport(run / "final"), Throughput(), DataMonitor()]
+        if config["logger"]:
+            callbacks.append(LearningRateMonitor(logging_interval="step"))
+        return super()._instantiate_trainer(config, callbacks)
+
+
+def _loggers(names: list[str], run: Path) -> list[Any]:
+    loggers: list[Any] = []
+    for name in names:
+        if name == "tensorboard":
+            loggers.append(TensorBoardLogger(save_dir=str(run), name="tb", version=""))
+        elif name == "csv":
+            loggers.append(CSVLogger(save_dir=str(run), name="csv", version=""))
+        elif name == "wandb":
+            try:
+                from lightning.pytorch.loggers import WandbLogger
+
+                loggers.append(WandbLogger(save_dir=str(run), name=run.name))
+            except (ImportError, ModuleNotFoundError) as err:
+                raise ValueError("--loggers wandb needs `pip install wandb`") from err
+        else:
+            raise ValueError(f"--loggers: unknown logger {name!r}; use tensorboard, csv or wandb")
+    return loggers
+
+
+def run_lightning_cli(args: list[str] | None) -> PlmCLI:
+    return PlmCLI(
+        LanguageModel,
+        ProteinDataModule,
+        subclass_mode_model=True,
+        args=args,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"parser_mode": "omegaconf"},
+        auto_configure_optimizers=False,
+    )

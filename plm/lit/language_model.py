@@ -1,0 +1,202 @@
+"""One LightningModule for both objectives; ``MaskedLM`` and ``CausalLM`` only pick the default.
+
+The objective is an attribute, not a class hierarchy of models, so the CLM→MLM transfer callback can
+switch it in place: same backbone, the mask becomes bidirectional and the inputs become masked.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from plm.data.sampler import mix64
+from plm.lit.objectives import IGNORE, Objective, clm_labels, mlm_inputs
+from plm.model.config import SIZES, ModelConfig, config_for
+from plm.model.transformer import Transformer
+
+
+def cosine_schedule(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
+    """LR multiplier: linear warm-up to 1, cosine down to ``min_ratio`` exactly at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class LanguageModel(pl.LightningModule):
+    objective: Objective
+
+    def __init__(
+        self,
+        objective: Objective = "mlm",
+        size: str = "tiny",
+        arch: dict[str, Any] | None = None,
+        lr: float | None = None,
+        min_lr_ratio: float = 0.1,
+        warmup_fraction: float = 0.025,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        total_steps: int = 1000,
+        mask_prob: float = 0.15,
+        seed: int = 0,
+        init_from: str | None = None,
+    ) -> None:
+        """
+        Args:
+            objective: 'mlm' (bidirectional, masked residues) or 'clm' (causal, next token).
+            size: a ladder size (tiny, 8m, 35m, … 10b); its shape is the starting point for ``arch``.
+            arch: ModelConfig fields overriding the preset, e.g. {flavour: progen2, token_dropout: true}.
+            lr: peak learning rate; None takes the size's peak LR from the papers.
+            min_lr_ratio: the cosine ends at lr × this ratio (papers: 0.1).
+            warmup_fraction: share of steps spent warming up linearly (papers: 2.5%).
+            weight_decay: AdamW decay on matrices (not on norms, biases, embeddings).
+            betas: AdamW betas (papers: 0.9, 0.95).
+            total_steps: optimizer steps of the run; the cosine reaches its floor exactly here.
+                Linked to trainer.max_steps by the CLI.
+            mask_prob: MLM share of residues selected for prediction (15%).
+            seed: seeds initialisation and the objective's masks.
+            init_from: weights-only start from a plm export or checkpoint (not a resume).
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        if objective not in ("mlm", "clm"):
+            raise ValueError(f"objective={objective!r}: use 'mlm' or 'clm'")
+        base = config_for(size).to_dict()
+        base.update(arch or {})
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            self.model = Transformer(ModelConfig.from_dict(base, source="model.arch"))
+        self.objective = objective
+        self.peak_lr = lr if lr is not None else SIZES[size].peak_lr
+        self.tokens_seen = 0  # real (non-pad) tokens, all ranks
+        self.stage_start_step = 0  # where the current LR schedule started (transfer restarts it)
+        if init_from:
+            from plm.lit.init import load_backbone_weights
+
+            load_backbone_weights(self.model, init_from)
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    @property
+    def causal(self) -> bool:
+        return self.objective == "clm"
+
+    def forward(self, tokens: Tensor, doc_ids: Tensor | None = None) -> Tensor:
+        return self.model(tokens, doc_ids, causal=self.causal)
+
+    # ---- the shared step ----------------------------------------------------------------------------
+    def _generator(self, batch: dict[str, Any]) -> torch.Generator:
+        seed = int(mix64(self.hparams.seed, int(batch["cursor_start"]) & ((1 << 62) - 1), self.global_rank) >> 1)
+        return torch.Generator(device=batch["tokens"].device).manual_seed(seed)
+
+    def objective_inputs(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        tokens, docs = batch["tokens"], batch["doc_ids"]
+        if self.objective == "mlm":
+            return mlm_inputs(tokens, docs, self._generator(batch), self.hparams.mask_prob)
+        return tokens, clm_labels(tokens, docs)
+
+    def loss(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """Mean cross-entropy over predicted positions, and their count. The LM head runs only on the
+        positions that have a label (15% of them for MLM)."""
+        inputs, labels = self.objective_inputs(batch)
+        hidden, _ = self.model.hidden(inputs, batch["doc_ids"], causal=self.causal)
+        sel = labels != IGNORE
+        logits = self.model.head(hidden[sel])  # (n_predicted, V)
+        loss = F.cross_entropy(logits.float(), labels[sel])
+        return loss, sel.sum()
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        loss, _ = self.loss(batch)
+        n_real = batch["n_real"].to(self.device, torch.float64)
+        if self.trainer.world_size > 1:
+            n_real = self.trainer.strategy.reduce(n_real, reduce_op="sum")
+        self.tokens_seen += int(n_real)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/ppl", loss.detach().exp())
+        self.log("train/tokens", float(self.tokens_seen))
+        self.log("train/flops", self.config.flops_per_token(attention=False) * self.tokens_seen)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        loss, count = self.loss(batch)
+        name = batch["set"]
+        sums = self._val_sums.setdefault(name, [0.0, 0])
+        sums[0] += float(loss) * int(count)
+        sums[1] += int(count)
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums: dict[str, list] = {}
+
+    def on_validation_epoch_end(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        heldout = set(getattr(dm, "heldout_names", self._val_sums))
+        total, count = 0.0, 0
+        for name, (s, n) in sorted(self._val_sums.items()):
+            s_t = torch.tensor([s, float(n)], device=self.device, dtype=torch.float64)
+            if self.trainer.world_size > 1:
+                s_t = self.trainer.strategy.reduce(s_t, reduce_op="sum")
+            mean = float(s_t[0] / s_t[1].clamp(min=1))
+            self.log(f"val/{name}/loss", mean, sync_dist=False, add_dataloader_idx=False)
+            self.log(f"val/{name}/ppl", math.exp(min(mean, 50)), add_dataloader_idx=False)
+            if name in heldout:
+                total, count = total + float(s_t[0]), count + int(s_t[1])
+        if count:
+            self.log("val/loss", total / count, prog_bar=True, add_dataloader_idx=False)
+            self.log("val/ppl", math.exp(min(total / count, 50)), add_dataloader_idx=False)
+
+    test_step = validation_step
+    on_test_epoch_start = on_validation_epoch_start
+    on_test_epoch_end = on_validation_epoch_end
+
+    # ---- optimisation -------------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (decay if p.dim() >= 2 and not name.startswith("embed") else no_decay).append(p)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.peak_lr,
+            betas=tuple(self.hparams.betas),
+        )
+        total = max(1, self.hparams.total_steps - self.stage_start_step)
+        warmup = max(1, round(self.hparams.warmup_fraction * total))
+        ratio = self.hparams.min_lr_ratio
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_schedule(s, total, warmup, ratio))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
+
+    # ---- checkpoint contents --------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["plm_model_config"] = self.config.to_dict()
+        checkpoint["plm_objective"] = self.objective
+        checkpoint["plm_tokens_seen"] = self.tokens_seen
+        checkpoint["plm_stage_start_step"] = self.stage_start_step
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.objective = checkpoint.get("plm_objective", self.objective)
+        self.tokens_seen = int(checkpoint.get("plm_tokens_seen", 0))
+        self.stage_start_step = int(checkpoint.get("plm_stage_start_step", 0))
+
+
+class MaskedLM(LanguageModel):
+    """ESM-2-style masked LM (bidirectional attention, 15% masking, loss on masked residues)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("objective", "mlm")
+        super().__init__(**kwargs)
+
+
+class CausalLM(LanguageModel):
+    """ProGen2-style causal LM (causal attention, next-token loss within each sequence)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("objective", "clm")
+        super().__init__(**kwargs)

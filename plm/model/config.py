@@ -1,0 +1,171 @@
+"""Model configuration, the size ladder as data, and exact parameter / FLOP counts.
+
+Counts follow Cheng et al. 2024 (REFERENCE.md): N is the *non-embedding* parameter count (token
+embedding and output projection excluded), training compute C = 6·N·D. Attention FLOPs are excluded
+from C (as in the fits) and included in ``flops_per_token(..., attention=True)`` for MFU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from plm.tokenizer import VOCAB_SIZE
+
+Flavour = Literal["esm2", "progen2"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape and flavour of one Transformer; everything else (counts, head size) is derived."""
+
+    n_layer: int = 2
+    """Number of Transformer blocks."""
+    n_embd: int = 64
+    """Hidden size h."""
+    n_head: int = 4
+    """Attention heads; n_embd must be divisible by it."""
+    flavour: Flavour = "esm2"
+    """'esm2': sequential pre-LN block, GELU FFN, biases, tied LM head (ESM-2). 'progen2': GPT-J
+    parallel attention+MLP block with one LayerNorm, partial rotary, untied LM head (ProGen2)."""
+    ffn_hidden: int | None = None
+    """FFN width; None means 4·n_embd (ESM-2 and ProGen2 both use 4h)."""
+    rotary_dim: int | None = None
+    """Dimensions of each head that get rotary embeddings; None means the whole head (ESM-2).
+    ProGen2 rotates part of the head only."""
+    vocab_size: int = VOCAB_SIZE
+    """Embedding rows; 33 = the ESM-2 alphabet shared by both objectives."""
+    max_seq_len: int = 1024
+    """Longest row the model is trained on (the papers' context is 1024)."""
+    token_dropout: bool = False
+    """ESM-2's mask-ratio rescaling of embeddings (needed to continue ESM-2 weights)."""
+    layer_norm_eps: float = 1e-5
+    """LayerNorm epsilon."""
+    name: str = "custom"
+    """Preset name this shape came from (informational)."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.n_embd % self.n_head:
+            problems.append(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.rotary_dim is not None and (self.rotary_dim % 2 or not 0 < self.rotary_dim <= self.head_dim):
+            problems.append(f"rotary_dim={self.rotary_dim} must be even and in (0, head_dim={self.head_dim}]")
+        if self.flavour not in ("esm2", "progen2"):
+            problems.append(f"flavour={self.flavour!r} must be 'esm2' or 'progen2'")
+        if min(self.n_layer, self.n_embd, self.n_head, self.vocab_size, self.max_seq_len) <= 0:
+            problems.append("n_layer, n_embd, n_head, vocab_size and max_seq_len must be positive")
+        if problems:
+            raise ValueError("invalid ModelConfig: " + "; ".join(problems))
+
+    # ---- derived values -------------------------------------------------------------------------
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def ffn(self) -> int:
+        return self.ffn_hidden or 4 * self.n_embd
+
+    @property
+    def rotary(self) -> int:
+        return self.rotary_dim or self.head_dim
+
+    @property
+    def tied_head(self) -> bool:
+        return self.flavour == "esm2"
+
+    def n_params_block(self) -> int:
+        h, f = self.n_embd, self.ffn
+        if self.flavour == "esm2":  # 2 LNs, qkv+out with biases, fc1/fc2 with biases
+            return 2 * 2 * h + (4 * h * h + 4 * h) + (2 * h * f + f + h)
+        # progen2: one LN, qkv+out without bias, fc_in/fc_out with biases
+        return 2 * h + 4 * h * h + (2 * h * f + f + h)
+
+    def n_params_non_embedding(self) -> int:
+        """N of the scaling laws: blocks + final norm (+ ESM-2's LM-head transform)."""
+        h = self.n_embd
+        extra = 2 * h  # final LayerNorm
+        if self.flavour == "esm2":
+            extra += h * h + h + 2 * h  # RobertaLMHead dense + LayerNorm
+        return self.n_layer * self.n_params_block() + extra
+
+    def n_params_embedding(self) -> int:
+        """Token embedding, output projection (when untied) and output bias."""
+        v, h = self.vocab_size, self.n_embd
+        return v * h + (0 if self.tied_head else v * h) + v
+
+    def n_params(self) -> int:
+        return self.n_params_non_embedding() + self.n_params_embedding()
+
+    def flops_per_token(self, seq_len: int | None = None, attention: bool = True) -> float:
+        """Training FLOPs per token (forward + backward = 3 × forward).
+
+        Without attention this is 6·N (the laws' accounting); with attention it adds the PaLM term
+        12·L·h·T for the score and value products, plus the output projection, for MFU.
+        """
+        if not attention:
+            return 6.0 * self.n_params_non_embedding()
+        t = seq_len or self.max_seq_len
+        return 6.0 * (self.n_params_non_embedding() + self.vocab_size * self.n_embd) + 12.0 * self.n_layer * self.n_embd * t
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown model config keys {unknown}; valid keys are {sorted(known)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class SizePreset:
+    """One rung of the ladder: shape plus the paper's peak LR and batch (tokens per optimizer step)."""
+
+    n_layer: int
+    n_embd: int
+    n_head: int
+    peak_lr: float
+    batch_tokens: int
+    origin: str
+
+
+# Shapes, peak LRs and batch sizes from REFERENCE.md ("Size ladder", "Architecture and training").
+_HALF_M, _ONE_M = 512 * 1024, 1024 * 1024
+SIZES: dict[str, SizePreset] = {
+    "tiny": SizePreset(2, 64, 4, 1e-3, 8 * 256, "test preset: trains in seconds on a CPU"),
+    "8m": SizePreset(6, 320, 20, 6e-4, _HALF_M, "ESM-2 8M"),
+    "35m": SizePreset(12, 480, 20, 6e-4, _HALF_M, "ESM-2 35M"),
+    "85m": SizePreset(12, 768, 12, 5.5e-4, _HALF_M, "paper grid"),
+    "150m": SizePreset(30, 640, 20, 5.5e-4, _HALF_M, "ESM-2 150M"),
+    "470m": SizePreset(24, 1280, 20, 4e-4, _HALF_M, "paper transfer runs (shape ≈)"),
+    "650m": SizePreset(33, 1280, 20, 4e-4, _HALF_M, "ESM-2 650M"),
+    "1b": SizePreset(24, 2048, 32, 3e-4, _ONE_M, "paper 1B (N ≈ 1.2B)"),
+    "3b": SizePreset(36, 2560, 40, 3e-4, _ONE_M, "ESM-2 3B"),
+    "7b": SizePreset(36, 4096, 32, 3e-4, _ONE_M, "paper CLM validation model (N ≈ 7.2B)"),
+    "10b": SizePreset(47, 4352, 34, 3e-4, _ONE_M, "paper MLM validation model (N ≈ 10.7B)"),
+}
+
+
+def peak_lr_for(n_params_non_embedding: float) -> float:
+    """Peak LR by size (REFERENCE.md) for shapes that are not on the ladder."""
+    n = n_params_non_embedding
+    for limit, lr in ((60e6, 6e-4), (150e6, 5.5e-4), (300e6, 5e-4), (600e6, 4e-4), (950e6, 3.5e-4)):
+        if n <= limit:
+            return lr
+    return 3e-4
+
+
+def config_for(size: str, **overrides: Any) -> ModelConfig:
+    """The ModelConfig of a ladder size; unknown sizes fail listing the valid ones."""
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; valid sizes: {', '.join(SIZES)}")
+    p = SIZES[size]
+    return ModelConfig(n_layer=p.n_layer, n_embd=p.n_embd, n_head=p.n_head, name=size, **overrides)

@@ -1,0 +1,260 @@
+"""The one Transformer behind both objectives (MLM and CLM), in two flavours.
+
+Notation: B batch rows, T tokens per row, h hidden, nh heads, hd = h / nh head size, V vocabulary.
+
+* ``esm2``: x += Attn(LN(x)); x += FFN(LN(x)) with erf-GELU; biases everywhere; final LayerNorm;
+  RoBERTa-style LM head (dense → GELU → LN → decoder tied to the embedding). Optional ESM-2 token
+  dropout. This is ``esm/model/esm2.py`` re-expressed.
+* ``progen2``: GPT-J block, x += Attn(LN(x)) + MLP(LN(x)) with one shared LayerNorm, tanh-GELU, no
+  attention biases, partial rotary, untied LM head with bias.
+
+MLM and CLM differ only in ``causal``; packed rows carry ``doc_ids`` so attention never crosses a
+sequence boundary and rotary positions restart at every sequence. Rotary uses the "rotate half"
+layout everywhere; checkpoints whose layout interleaves pairs (GPT-J / ProGen2) are permuted by the
+converter, so no format quirk lives here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from plm.model.config import ModelConfig
+from plm.tokenizer import MASK, PAD
+
+#: ESM-2 was trained with 15% masking of which 80% became <mask>: token dropout rescales to this ratio.
+ESM_MASK_RATIO_TRAIN = 0.15 * 0.8
+ROTARY_BASE = 10000.0
+
+
+class KVCache(Protocol):
+    """Anything that stores keys/values per layer during incremental decoding (see plm.generate)."""
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]: ...
+
+
+def positions_from_doc_ids(doc_ids: Tensor) -> Tensor:
+    """Position of each token inside its own document: (B, T) → (B, T), restarting at 0 per document."""
+    b, t = doc_ids.shape
+    idx = torch.arange(t, device=doc_ids.device).expand(b, t)
+    starts = torch.ones_like(doc_ids, dtype=torch.bool)
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    start_idx = torch.where(starts, idx, torch.zeros_like(idx)).cummax(dim=1).values
+    return idx - start_idx
+
+
+def attention_mask(doc_ids: Tensor, causal: bool) -> Tensor:
+    """Boolean (B, 1, T, T) mask, True = may attend: same document (and not in the future if causal).
+
+    Padding carries a document id of its own, so pad queries attend to pads (never NaN) and real
+    tokens never see them.
+    """
+    same = doc_ids[:, None, :, None] == doc_ids[:, None, None, :]
+    if causal:
+        t = doc_ids.shape[1]
+        same = same & torch.ones(t, t, dtype=torch.bool, device=doc_ids.device).tril()
+    return same
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding on the first ``dim`` channels of each head (rotate-half layout)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        inv_freq = 1.0 / (ROTARY_BASE ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def cos_sin(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        # positions (B, T) → cos, sin (B, 1, T, dim) broadcast over heads
+        freqs = positions.to(torch.float32)[..., None] * self.inv_freq  # (B, T, dim/2)
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None]
+        return emb.cos(), emb.sin()
+
+    def apply(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        # x (B, nh, T, hd); only the first self.dim channels rotate
+        rot, rest = x[..., : self.dim], x[..., self.dim :]
+        x1, x2 = rot.chunk(2, dim=-1)
+        rotated = torch.cat((-x2, x1), dim=-1)
+        out = rot * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+        return torch.cat((out, rest), dim=-1) if rest.shape[-1] else out
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused q,k,v projection (rows ordered [q; k; v], head-major)."""
+
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        bias = cfg.flavour == "esm2"
+        self.layer, self.n_head, self.head_dim = layer, cfg.n_head, cfg.head_dim
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=bias)
+        self.out = nn.Linear(cfg.n_embd, cfg.n_embd, bias=bias)
+
+    def forward(
+        self,
+        x: Tensor,
+        rotary: Rotary,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor | None,
+        causal: bool,
+        kv_cache: KVCache | None = None,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        b, t, h = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # 3×(B, nh, T, hd)
+        q, k = rotary.apply(q, cos, sin), rotary.apply(k, cos, sin)
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer, k, v)  # (B, nh, T_past + T, hd)
+        weights = None
+        if need_weights:  # explicit softmax: contact prediction reads the maps, SDPA cannot return them
+            scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)  # (B, nh, T, T_k)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            elif causal:
+                scores = scores.masked_fill(~torch.ones_like(scores, dtype=torch.bool).tril(), float("-inf"))
+            weights = scores.softmax(dim=-1)
+            y = weights.to(v.dtype) @ v
+        else:
+            if causal and mask is None and q.shape[2] != k.shape[2] and q.shape[2] > 1:
+                raise ValueError("several new tokens after a non-empty KV cache need an explicit attn_mask")
+            # SDPA's is_causal aligns top-left: right only when queries and keys start together
+            is_causal = causal and mask is None and q.shape[2] == k.shape[2]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+        y = y.transpose(1, 2).reshape(b, t, h)  # (B, T, h)
+        return self.out(y), weights
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.fc_in = nn.Linear(cfg.n_embd, cfg.ffn)
+        self.fc_out = nn.Linear(cfg.ffn, cfg.n_embd)
+        self.approximate = "none" if cfg.flavour == "esm2" else "tanh"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc_out(F.gelu(self.fc_in(x), approximate=self.approximate))
+
+
+class Block(nn.Module):
+    """One layer: sequential pre-LN (esm2) or GPT-J parallel (progen2). Unit of activation checkpointing."""
+
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.parallel = cfg.flavour == "progen2"
+        self.attn_norm = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
+        self.attn = Attention(cfg, layer)
+        self.mlp_norm = None if self.parallel else nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, rotary, cos, sin, mask, causal, kv_cache=None, need_weights=False):
+        normed = self.attn_norm(x)
+        a, weights = self.attn(normed, rotary, cos, sin, mask, causal, kv_cache, need_weights)
+        if self.parallel:
+            return x + a + self.mlp(normed), weights
+        x = x + a
+        return x + self.mlp(self.mlp_norm(x)), weights
+
+
+class LMHead(nn.Module):
+    """Hidden states → logits. esm2: RoBERTa head tied to the embedding; progen2: one untied Linear."""
+
+    def __init__(self, cfg: ModelConfig, embedding: nn.Embedding) -> None:
+        super().__init__()
+        self.tied = cfg.tied_head
+        if self.tied:
+            self.dense = nn.Linear(cfg.n_embd, cfg.n_embd)
+            self.norm = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
+            self.weight = embedding.weight  # shared Parameter: one tensor in the state dict's eyes
+        else:
+            self.weight = nn.Parameter(torch.empty(cfg.vocab_size, cfg.n_embd))
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.tied:
+            x = self.norm(F.gelu(self.dense(x)))
+        return F.linear(x, self.weight, self.bias)
+
+
+class Transformer(nn.Module):
+    """Embedding → blocks → final norm → LM head. ``forward`` returns logits; ``hidden`` stops before the head."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.n_embd, padding_idx=PAD)
+        self.rotary = Rotary(cfg.rotary)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.final_norm = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
+        self.head = LMHead(cfg, self.embed)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2 style init: N(0, 0.02), residual projections scaled by 1/sqrt(2L), zero biases."""
+        std = 0.02
+        for name, p in self.named_parameters():
+            if p.dim() == 1:
+                nn.init.ones_(p) if "norm" in name else nn.init.zeros_(p)
+            elif name.endswith(("attn.out.weight", "fc_out.weight")):
+                nn.init.normal_(p, std=std / math.sqrt(2 * self.config.n_layer))
+            else:
+                nn.init.normal_(p, std=std)
+
+    def embed_tokens(self, tokens: Tensor, doc_ids: Tensor) -> Tensor:
+        x = self.embed(tokens)  # (B, T, h)
+        if self.config.token_dropout:
+            # ESM-2: zero <mask> embeddings and rescale each sequence by its observed mask ratio,
+            # per document so packed rows behave like ESM's one-sequence rows.
+            is_mask = tokens == MASK
+            x = x.masked_fill(is_mask[..., None], 0.0)
+            n_docs = int(doc_ids.max()) + 1
+            ones = torch.ones_like(doc_ids, dtype=x.dtype)
+            real = (tokens != PAD).to(x.dtype)
+            length = torch.zeros(doc_ids.shape[0], n_docs, dtype=x.dtype, device=x.device).scatter_add_(1, doc_ids, real)
+            masked = torch.zeros_like(length).scatter_add_(1, doc_ids, is_mask.to(x.dtype) * ones)
+            observed = (masked / length.clamp(min=1)).gather(1, doc_ids)  # (B, T)
+            x = x * ((1 - ESM_MASK_RATIO_TRAIN) / (1 - observed))[..., None].to(x.dtype)
+            x = x * real[..., None].to(x.dtype)
+        return x
+
+    def hidden(
+        self,
+        tokens: Tensor,
+        doc_ids: Tensor | None = None,
+        positions: Tensor | None = None,
+        causal: bool = False,
+        kv_cache: KVCache | None = None,
+        attn_mask: Tensor | None = None,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, list[Tensor]]:
+        """Final-norm hidden states (B, T, h) and, if ``need_weights``, each layer's (B, nh, T, T) attention.
+
+        ``doc_ids`` None means one sequence per row with ``<pad>`` as padding. With a ``kv_cache`` the
+        caller passes ``positions`` and ``attn_mask`` (or None for a plain causal step).
+        """
+        if doc_ids is None:
+            doc_ids = (tokens == PAD).to(torch.long)  # real tokens doc 0, padding its own doc 1
+            single_doc = not bool(doc_ids.any())
+        else:
+            single_doc = False
+        if positions is None:
+            positions = positions_from_doc_ids(doc_ids)
+        if attn_mask is None and kv_cache is None and not single_doc:
+            attn_mask = attention_mask(doc_ids, causal)
+        cos, sin = self.rotary.cos_sin(positions)
+        x = self.embed_tokens(tokens, doc_ids)
+        maps: list[Tensor] = []
+        for block in self.blocks:
+            x, w = block(x, self.rotary, cos, sin, attn_mask, causal, kv_cache, need_weights)
+            if w is not None:
+                maps.append(w)
+        return self.final_norm(x), maps
+
+    def forward(self, tokens: Tensor, doc_ids: Tensor | None = None, causal: bool = False, **kwargs) -> Tensor:
+        """Logits (B, T, V)."""
+        hidden, _ = self.hidden(tokens, doc_ids, causal=causal, **kwargs)
+        return self.head(hidden)
