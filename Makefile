@@ -1,0 +1,46 @@
+# plm — every target sets itself up: a .venv on first use, the pinned CPU torch wheel first on
+# machines without CUDA (so no multi-GB CUDA build is ever pulled by accident), then the package.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+# Elsewhere, point this at a CPU wheel index if plain PyPI would give you a CUDA build.
+TORCH_INDEX ?=
+SIZE ?=
+OBJECTIVE ?= mlm
+TOKENS ?=
+FORCE ?=
+ARGS ?=
+
+.PHONY: help setup train test test-slow bench clean-runs
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+	@echo "  variables: SIZE=tiny|8m|35m|…|10b  OBJECTIVE=mlm|clm  TOKENS=2e9  FORCE=1  ARGS='--trainer.max_steps 10'"
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --upgrade pip
+	@if ! command -v nvidia-smi >/dev/null 2>&1; then \
+	  echo "no CUDA here: installing the CPU build torch==$(TORCH_VERSION) first"; \
+	  $(BIN)/pip install -q "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)); fi
+	@$(BIN)/pip install -q -e ".[dev,eval]"
+	@touch $@
+
+setup: $(VENV)/.installed ## create .venv and install plm (idempotent)
+
+train: setup ## train: CPU demo by default; SIZE=… OBJECTIVE=mlm|clm TOKENS=… FORCE=1
+	$(BIN)/plm train $(if $(SIZE),--size $(SIZE)) --objective $(OBJECTIVE) $(if $(TOKENS),--tokens $(TOKENS)) $(if $(FORCE),--force) $(ARGS)
+
+test: setup ## fast test suite (< 10 min on 2 cores)
+	$(BIN)/python -m pytest -q
+
+test-slow: setup ## slow checks only (CI runs them when time allows)
+	$(BIN)/python -m pytest -q -m slow; rc=$$?; [ $$rc -eq 5 ] && exit 0 || exit $$rc
+
+bench: setup ## performance benchmarks → benchmarks/results.json
+	$(BIN)/python benchmarks/run_all.py
+
+clean-runs: ## delete everything under checkpoints/ except .gitkeep
+	find checkpoints -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

@@ -1,0 +1,92 @@
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from plm.cli import main as plm_main
+from plm.lightning_cli import PlmCLI
+from plm.data.datamodule import ProteinDataModule
+from plm.lit.language_model import LanguageModel
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_CONFIGS = sorted((REPO / "configs" / "train").glob("*.yaml"))
+MODEL_CONFIGS = sorted((REPO / "configs" / "model").glob("*.yaml"))
+
+
+class _ParseOnly(PlmCLI):
+    def instantiate_classes(self) -> None:  # parse and type-check, build nothing (GPU strategies)
+        pass
+
+
+@pytest.mark.parametrize("config", TRAIN_CONFIGS, ids=lambda p: p.name)
+def test_every_train_config_instantiates(config, tmp_path):
+    cli = PlmCLI(LanguageModel, ProteinDataModule, subclass_mode_model=True, run=False,
+                 args=["--config", str(config), "--run_root", str(tmp_path)],
+                 parser_kwargs={"parser_mode": "omegaconf"}, auto_configure_optimizers=False)
+    assert cli.model.hparams.total_steps == cli.trainer.max_steps  # linked, never duplicated
+
+
+@pytest.mark.parametrize("config", MODEL_CONFIGS, ids=lambda p: p.name)
+def test_every_size_config_parses(config):
+    cli = _ParseOnly(LanguageModel, ProteinDataModule, subclass_mode_model=True, run=False,
+                     args=["--config", str(REPO / "configs/train/mlm.yaml"), "--config", str(config)],
+                     parser_kwargs={"parser_mode": "omegaconf"}, auto_configure_optimizers=False)
+    assert cli.config.model.init_args.size == config.stem
+
+
+def test_train_refuses_big_size_on_cpu_and_unknown_size(capsys):
+    assert plm_main(["train", "--size", "1b"]) == 2
+    out, err = capsys.readouterr()
+    assert "non-embedding N = 1,212,803,072" in out and "plan:" in out and "C = 6·N·D" in out
+    assert "refusing size 1b" in err and "GB" in err and "sbatch" in err and "--force" in err
+    assert plm_main(["train", "--size", "nonexistent"]) == 2
+    assert "valid sizes: tiny, 8m, 35m" in capsys.readouterr().err
+
+
+def test_train_dry_run_plans_compute_optimal_tokens(capsys):
+    assert plm_main(["train", "--size", "8m", "--objective", "clm", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "--trainer.max_steps" in out and "--model.init_args.lr 0.0006" in out
+
+
+def _fit(tmp_path: Path, name: str, *extra: str, env: dict | None = None) -> Path:
+    cmd = [sys.executable, "-m", "plm.cli", "fit", "--config", str(REPO / "configs/train/tiny.yaml"),
+           "--run_root", str(tmp_path), "--run_name", name, "--trainer.log_every_n_steps", "1", *extra]
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+    assert res.returncode == 0, res.stderr[-3000:]
+    return tmp_path / name
+
+
+def _losses(run: Path) -> dict[int, float]:
+    rows = csv.DictReader(open(run / "csv" / "metrics.csv"))
+    return {int(r["step"]): float(r["train/loss"]) for r in rows if r.get("train/loss")}
+
+
+def test_stop_and_go_resume_is_exact_even_with_other_worker_count(tmp_path):
+    """Resume from the step-3 checkpoint of an uninterrupted 6-step run: steps 4–6 must match exactly,
+    with a different num_workers in the second half."""
+    full = _fit(tmp_path, "full", "--checkpoint_every", "3", "--keep_checkpoints", "-1")
+    ckpt = full / "ckpt" / "step00000003.ckpt"
+    resumed = _fit(tmp_path, "resumed", "--ckpt_path", str(ckpt), "--data.num_workers", "2")
+    a, b = _losses(full), _losses(resumed)
+    assert set(b) == {3, 4, 5}  # steps logged after the resume (0-based step index)
+    assert [a[s] for s in (3, 4, 5)] == [b[s] for s in (3, 4, 5)]
+    state = __import__("torch").load(ckpt, weights_only=True)
+    assert state["ProteinDataModule"]["cursor"] > 0 and set(state["ProteinDataModule"]["seen_per_source"]) == {"uniprot", "metagenomic"}
+
+
+def test_ddp_two_processes_on_cpu(tmp_path):
+    out = tmp_path / "digests"
+    out.mkdir()
+    _fit(tmp_path, "ddp", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+         "--trainer.callbacks+=tests.helpers.callbacks.WeightDigest", env={"PLM_TEST_OUT": str(out)})
+    r0, r1 = (json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["world"] == r1["world"] == 2
+    assert r0["digest"] == r1["digest"]
+    assert all(map(lambda x: x == x and abs(x) < 100, r0["losses"] + r1["losses"]))
+    assert r0["losses"] != r1["losses"]  # each rank trained on its own rows
