@@ -44,7 +44,8 @@ def count_on_meta(cfg: ModelConfig) -> tuple[int, int]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="plm train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", default=None, help=f"ladder size: {', '.join(SIZES)} (default: the CPU demo config)")
-    p.add_argument("--objective", default="mlm", choices=["mlm", "clm"], help="masked or causal LM")
+    p.add_argument("--objective", default="mlm", choices=["mlm", "clm", "transfer"],
+                   help="masked LM, causal LM, or CLM → MLM transfer in one run")
     p.add_argument("--tokens", type=float, default=None, help="training tokens (default: compute-optimal for the size)")
     p.add_argument("--row-len", type=int, default=1024, help="context / packed row length for ladder sizes")
     p.add_argument("--rows-per-device", type=int, default=8, help="packed rows per device per micro-batch")

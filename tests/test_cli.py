@@ -90,3 +90,11 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     assert r0["digest"] == r1["digest"]
     assert all(map(lambda x: x == x and abs(x) < 100, r0["losses"] + r1["losses"]))
     assert r0["losses"] != r1["losses"]  # each rank trained on its own rows
+
+
+@pytest.mark.parametrize("name,objective", [("mlm", "mlm"), ("clm", "clm"), ("transfer", "clm")])
+def test_shipped_configs_train_the_objective_they_name(name, objective, tmp_path):
+    cli = PlmCLI(LanguageModel, ProteinDataModule, subclass_mode_model=True, run=False,
+                 args=["--config", str(REPO / f"configs/train/{name}.yaml"), "--run_root", str(tmp_path)],
+                 parser_kwargs={"parser_mode": "omegaconf"}, auto_configure_optimizers=False)
+    assert cli.model.objective == objective

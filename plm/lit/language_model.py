@@ -30,10 +30,11 @@ def cosine_schedule(step: int, total_steps: int, warmup_steps: int, min_ratio: f
 
 class LanguageModel(pl.LightningModule):
     objective: Objective
+    default_objective: Objective = "mlm"
 
     def __init__(
         self,
-        objective: Objective = "mlm",
+        objective: Objective | None = None,
         size: str = "tiny",
         arch: dict[str, Any] | None = None,
         lr: float | None = None,
@@ -48,7 +49,8 @@ class LanguageModel(pl.LightningModule):
     ) -> None:
         """
         Args:
-            objective: 'mlm' (bidirectional, masked residues) or 'clm' (causal, next token).
+            objective: 'mlm' (bidirectional, masked residues) or 'clm' (causal, next token); None
+                takes the class default (MaskedLM: mlm, CausalLM: clm).
             size: a ladder size (tiny, 8m, 35m, … 10b); its shape is the starting point for ``arch``.
             arch: ModelConfig fields overriding the preset, e.g. {flavour: progen2, token_dropout: true}.
             lr: peak learning rate; None takes the size's peak LR from the papers.
@@ -63,7 +65,9 @@ class LanguageModel(pl.LightningModule):
             init_from: weights-only start from a plm export or checkpoint (not a resume).
         """
         super().__init__()
+        objective = objective or self.default_objective
         self.save_hyperparameters()
+        self.hparams.objective = objective
         if objective not in ("mlm", "clm"):
             raise ValueError(f"objective={objective!r}: use 'mlm' or 'clm'")
         base = config_for(size).to_dict()
@@ -75,6 +79,7 @@ class LanguageModel(pl.LightningModule):
         self.peak_lr = lr if lr is not None else SIZES[size].peak_lr
         self.tokens_seen = 0  # real (non-pad) tokens, all ranks
         self.stage_start_step = 0  # where the current LR schedule started (transfer restarts it)
+        self.stage_start_tokens = 0  # tokens seen when the current objective started
         if init_from:
             from plm.lit.init import load_backbone_weights
 
@@ -121,6 +126,7 @@ class LanguageModel(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/ppl", loss.detach().exp())
         self.log("train/tokens", float(self.tokens_seen))
+        self.log("train/objective_is_mlm", float(self.objective == "mlm"))
         self.log("train/flops", self.config.flops_per_token(attention=False) * self.tokens_seen)
         return loss
 
@@ -179,24 +185,23 @@ class LanguageModel(pl.LightningModule):
         checkpoint["plm_objective"] = self.objective
         checkpoint["plm_tokens_seen"] = self.tokens_seen
         checkpoint["plm_stage_start_step"] = self.stage_start_step
+        checkpoint["plm_stage_start_tokens"] = self.stage_start_tokens
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.objective = checkpoint.get("plm_objective", self.objective)
         self.tokens_seen = int(checkpoint.get("plm_tokens_seen", 0))
         self.stage_start_step = int(checkpoint.get("plm_stage_start_step", 0))
+        self.stage_start_tokens = int(checkpoint.get("plm_stage_start_tokens", 0))
 
 
 class MaskedLM(LanguageModel):
     """ESM-2-style masked LM (bidirectional attention, 15% masking, loss on masked residues)."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("objective", "mlm")
-        super().__init__(**kwargs)
+    default_objective: Objective = "mlm"
 
 
 class CausalLM(LanguageModel):
     """ProGen2-style causal LM (causal attention, next-token loss within each sequence)."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("objective", "clm")
-        super().__init__(**kwargs)
+    default_objective: Objective = "clm"
+
