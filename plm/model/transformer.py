@@ -69,18 +69,18 @@ class Rotary(nn.Module):
         inv_freq = 1.0 / (ROTARY_BASE ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
-    def cos_sin(self, positions: Tensor) -> tuple[Tensor, Tensor]:
-        # positions (B, T) → cos, sin (B, 1, T, dim) broadcast over heads
+    def cos_sin(self, positions: Tensor, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+        # positions (B, T) → cos, sin (B, T, 1, 1, dim): broadcast over [q, k] and heads of a
+        # (B, T, 2, nh, hd) tensor. Cast once per forward, not once per layer.
         freqs = positions.to(torch.float32)[..., None] * self.inv_freq  # (B, T, dim/2)
-        emb = torch.cat((freqs, freqs), dim=-1)[:, None]
-        return emb.cos(), emb.sin()
+        emb = torch.cat((freqs, freqs), dim=-1)[:, :, None, None]
+        return emb.cos().to(dtype), emb.sin().to(dtype)
 
     def apply(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        # x (B, nh, T, hd); only the first self.dim channels rotate
+        # x (B, T, ..., hd); only the first self.dim channels rotate: x·cos + rotate_half(x)·sin
         rot, rest = x[..., : self.dim], x[..., self.dim :]
         x1, x2 = rot.chunk(2, dim=-1)
-        rotated = torch.cat((-x2, x1), dim=-1)
-        out = rot * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+        out = rot * cos + torch.cat((-x2, x1), dim=-1) * sin
         return torch.cat((out, rest), dim=-1) if rest.shape[-1] else out
 
 
@@ -106,8 +106,10 @@ class Attention(nn.Module):
         need_weights: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         b, t, h = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # 3×(B, nh, T, hd)
-        q, k = rotary.apply(q, cos, sin), rotary.apply(k, cos, sin)
+        qkv = self.qkv(x).view(b, t, 3, self.n_head, self.head_dim)  # (B, T, 3, nh, hd)
+        qk = rotary.apply(qkv[:, :, :2], cos, sin)  # q and k rotated in one pass: (B, T, 2, nh, hd)
+        q, k = qk.transpose(1, 3).unbind(2)  # 2×(B, nh, T, hd)
+        v = qkv[:, :, 2].transpose(1, 2)  # (B, nh, T, hd)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer, k, v)  # (B, nh, T_past + T, hd)
         weights = None
@@ -245,8 +247,9 @@ class Transformer(nn.Module):
             positions = positions_from_doc_ids(doc_ids)
         if attn_mask is None and kv_cache is None and not single_doc:
             attn_mask = attention_mask(doc_ids, causal)
-        cos, sin = self.rotary.cos_sin(positions)
         x = self.embed_tokens(tokens, doc_ids)
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        cos, sin = self.rotary.cos_sin(positions, dtype)
         maps: list[Tensor] = []
         for block in self.blocks:
             x, w = block(x, self.rotary, cos, sin, attn_mask, causal, kv_cache, need_weights)
