@@ -26,6 +26,8 @@ class PlmCLI(LightningCLI):
         parser.add_argument("--run_root", type=str, default="checkpoints", help="where runs are written")
         parser.add_argument("--checkpoint_every", type=int, default=500, help="optimizer steps between checkpoints")
         parser.add_argument("--keep_checkpoints", type=int, default=2, help="step checkpoints kept besides last.ckpt")
+        parser.add_argument("--max_bad_steps", type=int, default=5,
+                            help="consecutive NaN/Inf-loss or -gradient steps (each skipped) before training stops")
         parser.add_argument("--loggers", type=list[str], default=["tensorboard", "csv"],
                             help="any of tensorboard, csv, wandb (wandb only when installed)")
         parser.link_arguments("trainer.max_steps", "model.init_args.total_steps")
@@ -55,6 +57,22 @@ class PlmCLI(LightningCLI):
                 )
             )
         callbacks += [FinalExport(run / "final"), Throughput(), DataMonitor()]
+        # fault tolerance (plm.reliability): atomic verified checkpoints, NaN/Inf skipping, preemption
+        from lightning.pytorch.plugins import CheckpointIO
+
+        from plm.reliability import AtomicCheckpointIO, NaNGuard, PreemptionCheckpoint, resolve_resume_path
+        from plm.reliability.best import BestCheckpoint
+
+        plugins = config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            config["plugins"] = [*plugins, AtomicCheckpointIO()]
+        callbacks += [NaNGuard(cfg.max_bad_steps), PreemptionCheckpoint(run / "ckpt")]
+        if config.get("enable_checkpointing", True) is not False:
+            callbacks.append(BestCheckpoint(run / "ckpt"))  # best.ckpt by val/loss, beside the newest K
+        if self.subcommand == "fit" and cfg.get("ckpt_path") == "last":
+            # the newest checkpoint that verifies, not blindly last.ckpt (None: first attempt, start fresh)
+            self.config_init[self.subcommand]["ckpt_path"] = resolve_resume_path(run / "ckpt")
         if config["logger"]:
             callbacks.append(LearningRateMonitor(logging_interval="step"))
         return super()._instantiate_trainer(config, callbacks)

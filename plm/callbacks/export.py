@@ -19,6 +19,11 @@ class FinalExport(pl.Callback):
         self.dirpath = Path(dirpath)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from plm.reliability import was_preempted
+
+        if was_preempted(trainer):  # a preempted run is not finished: final/ must not pretend it is
+            rank_zero_info("stopped by a preemption signal: no final export; resume with --ckpt_path last")
+            return
         if trainer.is_global_zero:
             save_pretrained(
                 pl_module.model,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,24 +103,27 @@ def read_fasta(
         return FastaRecord(rid, desc, tokens, index)
 
     with open_binary(path) as fh:
-        for line_no, line in enumerate(fh, start=1):
-            line = line.rstrip(b"\r\n")
-            if line.startswith(b">"):
-                if header is not None:
-                    rec = finish()
-                    if rec is not None:
-                        yield rec
-                header, chunks = line[1:].strip(), []
-                index += 1
-                if not header:
-                    raise FastaError(f"{path}: line {line_no}: header '>' has no identifier")
-            elif line.strip():
-                if header is None:
-                    raise FastaError(
-                        f"{path}: line {line_no}: sequence data before the first '>' header; is this a FASTA file?"
-                    )
-                chunks.append(line)
-        if header is not None:
-            rec = finish()
-            if rec is not None:
-                yield rec
+        try:
+            for line_no, line in enumerate(fh, start=1):
+                line = line.rstrip(b"\r\n")
+                if line.startswith(b">"):
+                    if header is not None:
+                        rec = finish()
+                        if rec is not None:
+                            yield rec
+                    header, chunks = line[1:].strip(), []
+                    index += 1
+                    if not header:
+                        raise FastaError(f"{path}: line {line_no}: header '>' has no identifier")
+                elif line.strip():
+                    if header is None:
+                        raise FastaError(
+                            f"{path}: line {line_no}: sequence data before the first '>' header; is this a FASTA file?"
+                        )
+                    chunks.append(line)
+            if header is not None:
+                rec = finish()
+                if rec is not None:
+                    yield rec
+        except (EOFError, OSError, zlib.error) as err:
+            raise FastaError(f"{path}: truncated or corrupt gzip stream ({err}); re-download or re-compress it") from err

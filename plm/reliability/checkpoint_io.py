@@ -1,0 +1,243 @@
+"""Atomic, checksummed Lightning checkpoints and a resume path that skips broken ones.
+
+A checkpoint is written to a hidden temporary sibling, flushed and ``fsync``-ed, then renamed over
+the target, so a kill or a full disk never leaves a half-written ``last.ckpt`` behind: readers see
+the old file or the new one. Beside each checkpoint sits ``<name>.sha256`` (``sha256sum -c`` format),
+computed while writing; loading verifies it first, so a truncated or bit-rotted file is reported as
+such instead of failing deep inside ``torch.load``. Loading always uses ``weights_only=True`` (through
+``plm.model.io.read_lightning_checkpoint``): a checkpoint never runs code.
+
+The checkpoint is renamed before its checksum, so a kill between the two renames leaves a new
+checkpoint with the old checksum: it is then treated as corrupt and the previous one is used — the
+safe direction.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import zipfile
+from pathlib import Path
+from typing import Any, Callable
+
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+import torch
+
+from plm.model.io import CheckpointError, read_lightning_checkpoint
+
+SIDECAR_SUFFIX = ".sha256"
+TMP_MARK = ".tmp-"
+_CHUNK = 1 << 22
+#: errors that mean "out of space": a full disk or an exhausted quota
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (e.g. disk full); the previous checkpoint is untouched."""
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    return Path(str(path) + SIDECAR_SUFFIX)
+
+
+class _HashingWriter:
+    """File-like object for ``torch.save``: hashes bytes as they are written (no second read) and
+    keeps the first ``OSError``, which torch's C++ zip writer would otherwise turn into a RuntimeError."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh, self.sha, self.size = fh, hashlib.sha256(), 0
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            n = self.fh.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+        self.sha.update(memoryview(data)[:n] if n is not None else data)
+        self.size += len(data) if n is None else n
+        return len(data) if n is None else n
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. platforms without directory fds: the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _no_space_cause(err: BaseException) -> BaseException:
+    """The ENOSPC/EDQUOT error behind ``err`` if any (torch re-raises write errors as RuntimeError)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _NO_SPACE:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return err
+
+
+def write_checkpoint_atomic(path: str | os.PathLike, write: Callable[[Any], None]) -> str:
+    """Write ``path`` through ``write(file_like)`` atomically with a sha256 sidecar; returns the digest.
+
+    On any failure the temporaries are removed and whatever was at ``path`` before stays as it was;
+    a full disk raises ``CheckpointWriteError`` saying so.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+    side_tmp = path.with_name(f".{path.name}{SIDECAR_SUFFIX}{TMP_MARK}{os.getpid()}")
+    writer: _HashingWriter | None = None
+    try:
+        with open(tmp, "wb") as fh:
+            writer = _HashingWriter(fh)
+            write(writer)
+            fh.flush()
+            os.fsync(fh.fileno())
+        digest = writer.sha.hexdigest()
+        with open(side_tmp, "w") as fh:
+            fh.write(f"{digest}  {path.name}\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        os.replace(side_tmp, sidecar_path(path))
+        _fsync_dir(path.parent)
+        return digest
+    except BaseException as err:
+        for p in (tmp, side_tmp):
+            p.unlink(missing_ok=True)
+        cause = writer.error if writer is not None and writer.error is not None else _no_space_cause(err)
+        if isinstance(cause, OSError) and cause.errno in _NO_SPACE:
+            previous = f"the previous {path.name} is intact" if path.exists() else f"no earlier {path.name} existed"
+            raise CheckpointWriteError(
+                cause.errno,
+                f"{path}: no space left on the device while writing the checkpoint ({os.strerror(cause.errno)}); "
+                f"{previous} and no partial file was left. Free space under {path.parent} (or point --run_root "
+                "at a larger disk, lower --keep_checkpoints), then rerun the same command with --ckpt_path last",
+            ) from cause
+        raise
+
+
+def file_sha256(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def verify_checkpoint(path: str | os.PathLike) -> bool:
+    """Raise ``CheckpointError`` if ``path`` is missing, truncated or corrupt.
+
+    Returns True when a sha256 sidecar vouched for the bytes, False when there was none and only the
+    zip structure and member CRCs (torch's format) could be checked.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    side = sidecar_path(path)
+    if side.is_file():
+        text = side.read_text().split()
+        expected = text[0].lower() if text else ""
+        if not re.fullmatch(r"[0-9a-f]{64}", expected):
+            raise CheckpointError(f"{side}: not a sha256 checksum file; delete it to load {path.name} unverified")
+        actual = file_sha256(path)
+        if actual != expected:
+            raise CheckpointError(
+                f"{path}: checksum mismatch (sha256 {actual[:16]}… but {side.name} records {expected[:16]}…, "
+                f"{path.stat().st_size:,} bytes on disk): the checkpoint is truncated or corrupt"
+            )
+        return True
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        raise CheckpointError(
+            f"{path}: not a complete torch checkpoint archive ({err}); the file is truncated or corrupt"
+        ) from err
+    if bad is not None:
+        raise CheckpointError(f"{path}: member {bad!r} fails its CRC check; the checkpoint is corrupt")
+    return False
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning ``CheckpointIO``: atomic writes with sha256 sidecars, verified and code-free loads."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options (got {storage_options!r})")
+        write_checkpoint_atomic(path, lambda fh: torch.save(checkpoint, fh))
+
+    def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
+        """Verify, then ``torch.load(weights_only=True)`` whatever the caller asked: never unpickle code."""
+        verify_checkpoint(path)
+        return read_lightning_checkpoint(Path(path), map_location if map_location is not None else "cpu")
+
+    def remove_checkpoint(self, path: Any) -> None:
+        super().remove_checkpoint(path)
+        sidecar_path(path).unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(ckpt_dir: Path) -> list[Path]:
+    """Delete temporaries left by a process killed mid-write (they are never valid checkpoints)."""
+    stale = [p for p in ckpt_dir.glob(f".*{TMP_MARK}*") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def resume_candidates(ckpt_dir: Path) -> list[Path]:
+    """Checkpoints newest first by modification time; ``best*`` ones (saved mid-validation) last.
+
+    Newest rather than ``last.ckpt`` first: a kill between writing ``stepN.ckpt`` and refreshing
+    ``last.ckpt`` leaves the step file newer, and it is the one to resume from.
+    """
+    files = [p for p in ckpt_dir.glob("*.ckpt") if p.is_file() and not p.name.startswith(".")]
+    return sorted(files, key=lambda p: (not p.stem.startswith("best"), p.stat().st_mtime_ns), reverse=True)
+
+
+def resolve_resume_path(ckpt_dir: str | os.PathLike) -> str | None:
+    """The checkpoint ``--ckpt_path last`` should resume from: the newest one that verifies.
+
+    Returns None when the directory holds no checkpoint (a first run started with ``--ckpt_path last``
+    starts from scratch, so one requeue command works for every attempt). Raises ``CheckpointError``
+    listing every problem when checkpoints exist but none verifies.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        rank_zero_info(f"--ckpt_path last: {ckpt_dir} does not exist yet; starting from scratch")
+        return None
+    stale = remove_stale_temporaries(ckpt_dir)
+    if stale:
+        rank_zero_info(f"removed {len(stale)} partial checkpoint file(s) left by an interrupted write in {ckpt_dir}")
+    problems: list[str] = []
+    for path in resume_candidates(ckpt_dir):
+        try:
+            verified = verify_checkpoint(path)
+        except CheckpointError as err:
+            problems.append(str(err))
+            continue
+        if problems:
+            rank_zero_warn("skipping unusable checkpoint(s): " + " | ".join(problems) + f"; resuming from the previous good checkpoint {path}")
+        elif not verified:
+            rank_zero_warn(f"{path}: no {SIDECAR_SUFFIX} checksum beside it; resuming after a zip/CRC check only")
+        return str(path)
+    if problems:
+        raise CheckpointError(
+            f"{ckpt_dir}: no usable checkpoint to resume from: " + " | ".join(problems)
+            + "; restore a copy, or start a new run without --ckpt_path"
+        )
+    rank_zero_info(f"--ckpt_path last: no checkpoint in {ckpt_dir} yet; starting from scratch")
+    return None
