@@ -1,0 +1,53 @@
+"""`plm score` end to end: tiny CLM, MLM and ESMFold, a reference set, all outputs written."""
+
+import csv
+import json
+
+import pytest
+
+from plm.cli import main as plm_main
+from plm.model.io import save_pretrained
+from tests.conftest import tiny_model
+from tests.test_generate_fold import build_tiny_esmfold
+from tests.test_generate_metrics import A_MUT3, A, B
+
+
+def test_score_end_to_end(tmp_path):
+    fasta = tmp_path / "samples.fasta"
+    fasta.write_text(f">a\n{A}\n>a3\n{A_MUT3}\n>b\n{B}\n>rep\n{'GS' * 12}\n")
+    ref = tmp_path / "ref.fasta"
+    ref.write_text(f">r1\n{A}\n>r2\nWWWWWWWWWWCCCCCCCCC\n")
+    save_pretrained(tiny_model("progen2", rotary_dim=6), tmp_path / "clm", objective="clm")
+    save_pretrained(tiny_model("esm2", token_dropout=True), tmp_path / "mlm", objective="mlm")
+    esmfold = build_tiny_esmfold(tmp_path / "esmfold")
+    out = tmp_path / "scores"
+    rc = plm_main(["score", str(fasta), "--esmfold", str(esmfold), "--clm", str(tmp_path / "clm"), "--mlm",
+                   str(tmp_path / "mlm"), "--reference", str(ref), "--out", str(out), "--cluster-backend", "python"])
+    assert rc == 0
+    with open(out / "scores.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["id"] for r in rows] == ["a", "a3", "b", "rep"]
+    assert float(rows[0]["max_identity_to_reference"]) == 1.0
+    assert float(rows[1]["max_identity_to_reference"]) == pytest.approx(30 / 33, abs=1e-4)
+    assert float(rows[3]["repeat_fraction"]) == 1.0 and float(rows[0]["repeat_fraction"]) == 0.0
+    for r in rows:
+        assert 0 < float(r["plddt"]) < 100
+        assert 1 < float(r["clm_perplexity"]) < 100 and 1 < float(r["mlm_pseudo_perplexity"]) < 100
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["clusters"]["count"] == 3  # {a, a3}, {b}, {rep}
+    assert summary["novel_share"] == 0.5 and summary["not_computed"] == {}
+    md = (out / "summary.md").read_text()
+    assert "mean pLDDT" in md and "clusters at 50% identity: **3**" in md
+    for name in ["pairwise_identity", "plddt", "clm_perplexity", "mlm_pseudo_perplexity", "repeat_fraction"]:
+        assert (out / f"hist_{name}.png").stat().st_size > 1000
+    assert (out / "plddt_cache.json").is_file()
+
+
+def test_score_reports_what_it_did_not_compute(tmp_path):
+    fasta = tmp_path / "s.fasta"
+    fasta.write_text(f">a\n{A}\n>b\n{B}\n")
+    assert plm_main(["score", str(fasta), "--out", str(tmp_path / "o"), "--cluster-backend", "python"]) == 0
+    md = (tmp_path / "o" / "summary.md").read_text()
+    assert "pLDDT: not computed (pass --esmfold DIR)" in md and "novelty: not computed (pass --reference FASTA)" in md
+    with pytest.raises(FileNotFoundError, match="--esmfold .*missing: no such directory"):
+        plm_main(["score", str(fasta), "--out", str(tmp_path / "o"), "--esmfold", str(tmp_path / "missing")])
