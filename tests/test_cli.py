@@ -98,3 +98,13 @@ def test_shipped_configs_train_the_objective_they_name(name, objective, tmp_path
                  args=["--config", str(REPO / f"configs/train/{name}.yaml"), "--run_root", str(tmp_path)],
                  parser_kwargs={"parser_mode": "omegaconf"}, auto_configure_optimizers=False)
     assert cli.model.objective == objective
+
+
+@pytest.mark.parametrize("name", ["mlm", "clm", "transfer"])
+def test_shipped_configs_train_two_steps_with_their_precision(name, tmp_path):
+    """The real configs (bf16-mixed, gradient clipping, callbacks), shrunk to the tiny shape."""
+    run = _fit(tmp_path, name, "--config", str(REPO / f"configs/train/{name}.yaml"),
+               "--model.init_args.size", "tiny", "--data.row_len", "128", "--data.rows_per_batch", "2",
+               "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--data.val_rows", "2",
+               "--trainer.enable_progress_bar", "false")
+    assert (run / "final" / "model.safetensors").is_file()
