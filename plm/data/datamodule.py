@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from plm.data.clusters import exclude_records, load_clusters
 from plm.data.fasta import FastaStats, OnInvalid
 from plm.data.packing import StreamPacker, materialize, pack_records
 from plm.data.sampler import MixtureSampler
@@ -35,7 +36,12 @@ def load_source(name: str, spec: str | list[str], val_fraction: float, on_invali
     paths = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
     if len(paths) == 1 and Path(paths[0]).is_dir():
         root = Path(paths[0])
-        return TokenStore.open(root / "train", name), TokenStore.open(root / "val", f"{name}/val")
+        train = TokenStore.open(root / "train", name)
+        train.clusters = load_clusters(root / "train", len(train))
+        if (root / "exclude.npy").is_file():  # record indices to leave out (e.g. decontamination)
+            train.clusters = exclude_records(len(train), train.clusters, np.load(root / "exclude.npy"),
+                                             where=str(root / "exclude.npy"))
+        return train, TokenStore.open(root / "val", f"{name}/val")
     missing = [str(p) for p in paths if not Path(p).exists()]
     if missing:
         raise FileNotFoundError(f"data source {name!r}: not found: {missing}; fix data.sources in your config")
@@ -137,7 +143,8 @@ class ProteinDataModule(pl.LightningDataModule):
             w = [float(s.n_residues) for s in self.train_stores]
         else:
             w = [float(self.weights.get(n, 0.0)) for n in names]
-        self.sampler = MixtureSampler([len(s) for s in self.train_stores], w, self.seed, self.sampler_block)
+        self.sampler = MixtureSampler([len(s) for s in self.train_stores], w, self.seed, self.sampler_block,
+                                      clusters=[s.clusters for s in self.train_stores])
         self.packer = StreamPacker(self.train_stores, self.sampler, self.row_len, self.seed, self.min_piece)
 
     @property

@@ -8,24 +8,54 @@ care which. 10⁹ records cost 8 GB of offsets and one byte per residue, all pag
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
 from plm.data.fasta import FastaStats, OnInvalid, read_fasta
 
 TOKENS_FILE, OFFSETS_FILE = "tokens.bin", "offsets.npy"
+STORE_META = "store.json"  # written by `plm data prepare`: sizes + sha256 of the store's files
 SPLIT_BUCKETS = 10_000
 
 
+VAL_SAMPLES = 32  # residues the held-out hash reads per sequence
+
+
+def validation_mask(tokens: np.ndarray, offsets: np.ndarray, val_fraction: float) -> np.ndarray:
+    """Held-out membership of every record of a token array, decided by a hash of each sequence:
+    the same sequence, wherever it occurs and in whichever source, always lands on the same side.
+
+    The hash reads the length and ``VAL_SAMPLES`` residues at evenly spaced positions (all of them for
+    short sequences), so it is vectorised over records (no per-record Python at 10⁹ records) and a
+    sequence one point mutation away from another usually lands on the same side too (less leakage).
+    """
+    from plm.data.sampler import mix64  # numpy only; imported here to keep this module's imports flat
+
+    offsets = np.asarray(offsets, dtype=np.int64)
+    lens = np.diff(offsets)
+    thr = round(val_fraction * SPLIT_BUCKETS)
+    if thr <= 0 or len(lens) == 0:
+        return np.zeros(len(lens), dtype=bool)
+    k = np.arange(VAL_SAMPLES, dtype=np.int64)
+    pos = offsets[:-1, None] + (lens[:, None] * k) // VAL_SAMPLES
+    tokens = np.asarray(tokens)
+    vals = tokens[np.clip(pos, 0, max(0, len(tokens) - 1))] if len(tokens) else np.zeros(pos.shape, np.uint8)
+    words = np.ascontiguousarray(np.where(lens[:, None] > 0, vals, 0).astype(np.uint8)).view("<u8")
+    h = mix64(lens)
+    for j in range(words.shape[1]):  # 8 residues per 64-bit word: 4 rounds
+        h = mix64(h, words[:, j])
+    return (h % np.uint64(SPLIT_BUCKETS)) < np.uint64(thr)
+
+
 def is_validation(tokens: np.ndarray, val_fraction: float) -> bool:
-    """Held-out membership decided by a hash of the sequence itself: the same sequence, wherever it
-    occurs and in whichever source, always lands on the same side of the split."""
-    digest = hashlib.blake2b(np.ascontiguousarray(tokens).tobytes(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") % SPLIT_BUCKETS < round(val_fraction * SPLIT_BUCKETS)
+    """:func:`validation_mask` of one sequence."""
+    tokens = np.asarray(tokens)
+    return bool(validation_mask(tokens, np.array([0, len(tokens)]), val_fraction)[0])
 
 
 @dataclass
@@ -33,6 +63,8 @@ class TokenStore:
     name: str
     tokens: np.ndarray  # uint8 (total residues,)
     offsets: np.ndarray  # int64 (records + 1,), offsets[0] == 0
+    # optional (offsets, members) cluster index over the records: sampled cluster first, member second
+    clusters: tuple[np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -53,7 +85,7 @@ class TokenStore:
         return np.asarray(self.tokens[lo + start : lo + stop])
 
     @classmethod
-    def from_arrays(cls, name: str, seqs: Iterable[np.ndarray]) -> "TokenStore":
+    def from_arrays(cls, name: str, seqs: Iterable[np.ndarray]) -> TokenStore:
         seqs = list(seqs)
         offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
         np.cumsum([len(s) for s in seqs], out=offsets[1:])
@@ -67,13 +99,18 @@ class TokenStore:
         np.save(directory / OFFSETS_FILE, np.asarray(self.offsets, dtype=np.int64))
 
     @classmethod
-    def open(cls, directory: str | os.PathLike, name: str | None = None) -> "TokenStore":
-        """Memory-map a prepared store, checking that offsets and token file agree (truncation)."""
+    def open(cls, directory: str | os.PathLike, name: str | None = None, verify: bool = False) -> TokenStore:
+        """Memory-map a prepared store, checking that offsets and token file agree (truncation).
+
+        With a ``store.json`` (written by ``plm data prepare``) file sizes are checked against it on every
+        open (cheap); ``verify=True`` also recomputes the sha256 checksums (reads every byte once).
+        """
         directory = Path(directory)
         tok_path, off_path = directory / TOKENS_FILE, directory / OFFSETS_FILE
         for p in (tok_path, off_path):
             if not p.is_file():
                 raise FileNotFoundError(f"{p}: missing; run `plm data prepare` for this source")
+        _check_store_meta(directory, verify)
         try:
             offsets = np.load(off_path, mmap_mode="r")
         except ValueError as err:
@@ -86,6 +123,64 @@ class TokenStore:
             )
         tokens = np.memmap(tok_path, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
         return cls(name or directory.name, tokens, offsets)
+
+
+def _sha256(path: Path, chunks: list | None = None) -> str | list[str]:
+    """sha256 of a file, or of consecutive chunks of the given sizes (a list of hex digests)."""
+    with open(path, "rb") as fh:
+        if chunks is None:
+            sha = hashlib.sha256()
+            for block in iter(lambda: fh.read(16 << 20), b""):
+                sha.update(block)
+            return sha.hexdigest()
+        out = []
+        for size, _ in chunks:
+            sha, left = hashlib.sha256(), size
+            while left:
+                block = fh.read(min(left, 16 << 20))
+                if not block:
+                    break
+                sha.update(block)
+                left -= len(block)
+            out.append(sha.hexdigest())
+        return out
+
+
+def file_problems(directory: Path, files: dict, checksum: bool = True) -> list[str]:
+    """Files of a manifest entry ``{name: {"size", "sha256" | "sha256_chunks"}}`` that are missing, of
+    the wrong size or (with ``checksum``) of the wrong content. Big token files carry one sha256 per
+    shard-sized chunk, so ``plm data prepare`` never has to re-read them to checksum them."""
+    problems = []
+    for rel, want in files.items():
+        p = directory / rel
+        if not p.is_file():
+            problems.append(f"{p}: missing")
+        elif p.stat().st_size != want["size"]:
+            problems.append(f"{p}: {p.stat().st_size} bytes, the manifest says {want['size']} (truncated?)")
+        elif checksum and "sha256_chunks" in want:
+            got = _sha256(p, want["sha256_chunks"])
+            bad = [i for i, (g, (_, w)) in enumerate(zip(got, want["sha256_chunks"])) if g != w]
+            if bad:
+                problems.append(f"{p}: sha256 of chunk(s) {bad[:5]} differs from the manifest (corrupt)")
+        elif checksum and "sha256" in want and _sha256(p) != want["sha256"]:
+            problems.append(f"{p}: sha256 differs from the manifest (corrupt)")
+    return problems
+
+
+def _check_store_meta(directory: Path, checksum: bool) -> None:
+    """Raise ValueError listing every file whose size (or sha256) differs from ``store.json``."""
+    meta_path = directory / STORE_META
+    if not meta_path.is_file():
+        if checksum:
+            raise FileNotFoundError(f"{meta_path}: missing, so the store cannot be verified; re-run `plm data prepare`")
+        return
+    try:
+        files = json.loads(meta_path.read_text())["files"]
+    except (ValueError, KeyError) as err:
+        raise ValueError(f"{meta_path}: unreadable ({err}); re-run `plm data prepare`") from err
+    problems = file_problems(directory, files, checksum)
+    if problems:
+        raise ValueError(f"{directory}: truncated or corrupt store ({'; '.join(problems)}); re-run `plm data prepare`")
 
 
 def split_fasta(

@@ -1,0 +1,289 @@
+"""`plm data prepare`: equivalence with the in-memory reader, validation policy, resume, corruption
+detection, clusters, and training from a prepared directory."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from plm.data.clusters import build_clusters, exclude_records, id_hashes, load_clusters
+from plm.data.fasta import FastaError, read_fasta
+from plm.data.prepare import SHARDS, main, prepare
+from plm.data.store import TokenStore, split_fasta
+from plm.tokenizer import encode_residues
+
+
+def write(path: Path, text: str | bytes) -> Path:
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    return path
+
+
+def plain_copy(src: Path, dst: Path) -> Path:
+    with gzip.open(src, "rb") as fh:
+        return write(dst, fh.read())
+
+
+def run(tmp_path: Path, fasta_text: str | bytes, name: str = "in.fasta", **kw) -> tuple[dict, Path]:
+    fa = write(tmp_path / name, fasta_text)
+    out = tmp_path / "out"
+    kw.setdefault("progress", False)
+    kw.setdefault("workers", 1)
+    return prepare({"s": [fa]}, out, val_fraction=kw.pop("val_fraction", 0.0), **kw), out
+
+
+def test_real_fixture_matches_in_memory_reader(tmp_path, uniprot_fasta, metagenomic_fasta):
+    top = prepare({"u": [uniprot_fasta], "m": [metagenomic_fasta]}, tmp_path / "out", val_fraction=0.1,
+                  workers=2, progress=False)
+    for name, path in (("u", uniprot_fasta), ("m", metagenomic_fasta)):
+        ref_train, ref_val = split_fasta(name, [path], 0.1)
+        train = TokenStore.open(tmp_path / "out" / name / "train", verify=True)
+        val = TokenStore.open(tmp_path / "out" / name / "val", verify=True)
+        assert np.array_equal(train.offsets, ref_train.offsets) and np.array_equal(train.tokens, ref_train.tokens)
+        assert np.array_equal(val.offsets, ref_val.offsets) and np.array_equal(val.tokens, ref_val.tokens)
+        assert top["sources"][name]["train"]["records"] == len(ref_train)
+        man = json.loads((tmp_path / "out" / name / "manifest.json").read_text())
+        assert sum(man["train"]["length_histogram"].values()) == len(ref_train)
+        assert man["inputs"][0]["size"] == path.stat().st_size and "mtime" in man["inputs"][0]
+    assert set(top["files"]) >= {"u/train/tokens.bin", "m/val/offsets.npy", "u/manifest.json"}
+    assert not (tmp_path / "out" / SHARDS).exists()  # shards are removed once concatenated
+
+
+def test_many_shards_and_workers_give_the_same_store(tmp_path, uniprot_fasta):
+    fa = plain_copy(uniprot_fasta, tmp_path / "u.fasta")
+    prepare({"u": [fa]}, tmp_path / "one", val_fraction=0.05, workers=1, progress=False)
+    prepare({"u": [fa]}, tmp_path / "many", val_fraction=0.05, workers=2, shard_size=8 << 10, progress=False)
+    man = json.loads((tmp_path / "many" / "u" / "manifest.json").read_text())
+    assert man["shards"] > 10
+    for split in ("train", "val"):
+        a, b = TokenStore.open(tmp_path / "one" / "u" / split), TokenStore.open(tmp_path / "many" / "u" / split)
+        assert np.array_equal(a.offsets, b.offsets) and np.array_equal(a.tokens, b.tokens)
+
+
+GOOD = ">a first\nMKTAYIAK\nQRQIS\n>b\nLLGVV\n"
+BAD_CASES = {
+    # case: (fasta text, error regex naming file + record + reason, counted reason under "skip")
+    "empty": (GOOD + ">c empty\n\n>d\nMK\n", r"in\.fasta: record 'c' at byte \d+: empty sequence", "empty sequence"),
+    "alphabet": (GOOD + ">c\nMKJ\n", r"in\.fasta: record 'c' .*character outside the alphabet \('J' at position 3\)",
+                 "character outside the alphabet"),
+    "non_ascii": (GOOD + ">c\nMKÄ\n", r"record 'c' .*non-ASCII bytes", "non-ASCII bytes in sequence"),
+    "too_long": (GOOD + ">c\n" + "A" * 50 + "\n", r"record 'c' .*longer than max_length=20", "longer than max_length=20"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_malformed_records_error_or_counted_skip(tmp_path, case):
+    text, pattern, reason = BAD_CASES[case]
+    with pytest.raises(FastaError, match=pattern):
+        run(tmp_path, text, max_length=20)
+    top, out = run(tmp_path, text, on_invalid="skip", max_length=20)
+    assert top["sources"]["s"]["rejected"] == {reason: 1}
+    man = json.loads((out / "s" / "manifest.json").read_text())
+    assert "record 'c'" in man["rejected_examples"][reason][0]
+    assert len(TokenStore.open(out / "s" / "train")) == (3 if case == "empty" else 2)
+
+
+def test_x_policy_maps_unknown_letters(tmp_path):
+    _, out = run(tmp_path, ">c\nMKJB\n", on_invalid="x")
+    assert TokenStore.open(out / "s" / "train").get(0).tolist() == encode_residues("MKXB").tolist()
+
+
+def test_errors_are_gathered_into_one_message(tmp_path):
+    with pytest.raises(FastaError, match=r"(?s)2 invalid record.*record 'c'.*record 'e'.*--on-invalid skip") as info:
+        run(tmp_path, GOOD + ">c\nMK1\n>d\nMK\n>e\n\n")
+    assert "empty sequence" in str(info.value)
+
+
+@pytest.mark.parametrize("text,pattern", [
+    ("MKV\n>a\nMK\n", r"in\.fasta: byte 0: sequence data before the first '>' header"),
+    (">a\nMK\n>\nMK\n", r"in\.fasta: byte 6: header '>' has no identifier"),
+])
+def test_structural_errors_even_when_skipping(tmp_path, text, pattern):
+    with pytest.raises(FastaError, match=pattern):
+        run(tmp_path, text, on_invalid="skip")
+
+
+def test_crlf_lowercase_blank_lines_and_stop_are_accepted(tmp_path):
+    messy = "\r\n\r\n>a first\r\nmktayiak\r\n\r\nQRQIS*\r\n>  b\r\nLLG VV\r\n"
+    _, out = run(tmp_path, messy)
+    store = TokenStore.open(out / "s" / "train")
+    assert [store.get(i).tolist() for i in range(len(store))] == [
+        encode_residues("MKTAYIAKQRQIS").tolist(), encode_residues("LLGVV").tolist()]
+
+
+def test_duplicate_ids_are_a_counted_skip_across_files_and_shards(tmp_path):
+    a = write(tmp_path / "a.fasta", "".join(f">r{i}\n{'MKV' * (i + 5)}\n" for i in range(200)))
+    b = write(tmp_path / "b.fasta", ">r3 again\nWWWW\n>new\nCCCC\n>r150\nHHHH\n")
+    top = prepare({"s": [a, b]}, tmp_path / "out", val_fraction=0.0, shard_size=1024, workers=2, progress=False)
+    assert top["sources"]["s"]["rejected"] == {"duplicate identifier": 2}
+    store = TokenStore.open(tmp_path / "out" / "s" / "train")
+    assert len(store) == 201 and store.get(200).tolist() == encode_residues("CCCC").tolist()
+    man = json.loads((tmp_path / "out" / "s" / "manifest.json").read_text())
+    assert "record 'r3' at byte 0" in man["rejected_examples"]["duplicate identifier"][0]
+
+
+class Stop(Exception):
+    pass
+
+
+def _interrupt_after(n: int):
+    done = []
+
+    def hook(source: str, key: str) -> None:
+        done.append(key)
+        if len(done) >= n:
+            raise Stop(key)
+
+    return hook, done
+
+
+def test_interrupted_prepare_resumes_without_redoing_finished_shards(tmp_path, uniprot_fasta):
+    fa = plain_copy(uniprot_fasta, tmp_path / "u.fasta")
+    kw = {"val_fraction": 0.05, "shard_size": 32 << 10, "workers": 1, "progress": False}
+    hook, first = _interrupt_after(2)
+    with pytest.raises(Stop):
+        prepare({"u": [fa]}, tmp_path / "out", on_shard_done=hook, **kw)
+    assert not (tmp_path / "out" / "u").exists()
+    assert sorted(p.name for p in (tmp_path / "out" / SHARDS / "u").iterdir()) == sorted(first)
+    hook2, second = _interrupt_after(10**9)
+    prepare({"u": [fa]}, tmp_path / "out", on_shard_done=hook2, **kw)
+    assert second and not set(first) & set(second)  # finished shards were reused, the rest parsed
+    prepare({"u": [fa]}, tmp_path / "clean", **kw)
+    for split in ("train", "val"):
+        a, b = TokenStore.open(tmp_path / "out" / "u" / split), TokenStore.open(tmp_path / "clean" / "u" / split)
+        assert np.array_equal(a.tokens, b.tokens) and np.array_equal(a.offsets, b.offsets)
+    hook3, third = _interrupt_after(10**9)
+    prepare({"u": [fa]}, tmp_path / "out", on_shard_done=hook3, **kw)
+    assert third == []  # up to date: nothing parsed again
+
+
+def test_truncated_or_corrupt_shard_is_redone(tmp_path, uniprot_fasta, capsys):
+    fa = plain_copy(uniprot_fasta, tmp_path / "u.fasta")
+    kw = {"val_fraction": 0.05, "shard_size": 32 << 10, "workers": 1, "progress": False}
+    hook, first = _interrupt_after(3)
+    with pytest.raises(Stop):
+        prepare({"u": [fa]}, tmp_path / "out", on_shard_done=hook, **kw)
+    shards = tmp_path / "out" / SHARDS / "u"
+    trunc, flip = shards / first[0] / "train" / "tokens.bin", shards / first[1] / "train" / "tokens.bin"
+    trunc.write_bytes(trunc.read_bytes()[:-5])
+    data = bytearray(flip.read_bytes())
+    data[10] ^= 1
+    flip.write_bytes(bytes(data))
+    hook2, second = _interrupt_after(10**9)
+    prepare({"u": [fa]}, tmp_path / "out", on_shard_done=hook2, **kw)
+    err = capsys.readouterr().err
+    assert "truncated" in err and "sha256 differs" in err
+    assert first[0] in second and first[1] in second and first[2] not in second
+    prepare({"u": [fa]}, tmp_path / "clean", **kw)
+    a, b = TokenStore.open(tmp_path / "out" / "u" / "train"), TokenStore.open(tmp_path / "clean" / "u" / "train")
+    assert np.array_equal(a.tokens, b.tokens)
+
+
+def test_truncated_or_corrupt_store_is_never_read_as_valid(tmp_path, metagenomic_fasta):
+    prepare({"m": [metagenomic_fasta]}, tmp_path / "out", val_fraction=0.0, workers=1, progress=False)
+    store = tmp_path / "out" / "m" / "train"
+    tok = store / "tokens.bin"
+    data = bytearray(tok.read_bytes())
+    data[100] ^= 3
+    tok.write_bytes(bytes(data))
+    TokenStore.open(store)  # same size: only the checksum can tell
+    with pytest.raises(ValueError, match=r"corrupt store \(.*tokens.bin: sha256 of chunk\(s\) \[0\] differs"):
+        TokenStore.open(store, verify=True)
+    tok.write_bytes(bytes(data[:-10]))
+    with pytest.raises(ValueError, match=r"truncated or corrupt"):
+        TokenStore.open(store)
+    # and a re-run notices the damaged output and rebuilds it
+    prepare({"m": [metagenomic_fasta]}, tmp_path / "out", val_fraction=0.0, workers=1, progress=False)
+    TokenStore.open(store, verify=True)
+
+
+def _ids(path: Path) -> list[str]:
+    return [r.id for r in read_fasta(path)]
+
+
+def test_clusters_round_trip_and_sampling(tmp_path, metagenomic_fasta):
+    ids = _ids(metagenomic_fasta)
+    groups = {f"rep{c}": ids[c * 40 : (c + 1) * 40] for c in range(10)}  # 400 of 500 records clustered
+    lines = [f"{rep}\t{m}" for rep, ms in groups.items() for m in ms] + ["rep0\tnot_a_record"]
+    tsv = write(tmp_path / "c.tsv", "\n".join(lines) + "\n")
+    top = prepare({"m": [metagenomic_fasta]}, tmp_path / "out", clusters={"m": tsv}, val_fraction=0.0,
+                  workers=1, progress=False)
+    assert top["sources"]["m"]["train"]["records"] == 500
+    man = json.loads((tmp_path / "out" / "m" / "manifest.json").read_text())
+    assert man["train"]["clusters"]["members_not_in_train"] == 1
+    assert man["train"]["clusters"]["singleton_clusters_added"] == 100
+    offsets, members = load_clusters(tmp_path / "out" / "m" / "train", 500)
+    assert len(offsets) - 1 == 110
+    for c, (rep, ms) in enumerate(groups.items()):  # cluster order = first appearance in the TSV
+        assert [ids[i] for i in members[offsets[c] : offsets[c + 1]]] == ms
+    assert sorted(members.tolist()) == list(range(500))
+    from plm.data.datamodule import ProteinDataModule
+
+    dm = ProteinDataModule(sources={"m": str(tmp_path / "out" / "m")}, row_len=64, rows_per_batch=2)
+    dm.setup()
+    draw = dm.sampler.draw(np.arange(2000))
+    in_big = np.isin(draw.record, np.arange(400))
+    # cluster-first sampling: 10 of 110 clusters hold 400 of the 500 records
+    assert abs(in_big.mean() - 10 / 110) < 0.05
+
+
+def test_cluster_tsv_errors(tmp_path):
+    tsv = write(tmp_path / "bad.tsv", "r1\tm1\nonlyone\n")
+    with pytest.raises(ValueError, match=r"bad\.tsv: line 2: expected 'representative<TAB>member'"):
+        build_clusters(tsv, id_hashes([b"m1"]))
+    with pytest.raises(ValueError, match=r"no source named 'x'"):
+        prepare({"s": [tsv]}, tmp_path / "o", clusters={"x": tsv}, progress=False)
+
+
+def test_exclusion_list(tmp_path):
+    off, mem = exclude_records(6, None, np.array([1, 4]))
+    assert off.tolist() == [0, 1, 2, 3, 4] and mem.tolist() == [0, 2, 3, 5]
+    off, mem = exclude_records(6, (np.array([0, 2, 3, 6]), np.array([0, 1, 2, 3, 4, 5])), np.array([2]))
+    assert off.tolist() == [0, 2, 5] and mem.tolist() == [0, 1, 3, 4, 5]
+    with pytest.raises(ValueError, match=r"ex\.npy: record indices must be in \[0, 6\)"):
+        exclude_records(6, None, np.array([6]), where="ex.npy")
+    with pytest.raises(ValueError, match="excludes all 2 records"):
+        exclude_records(2, None, np.array([0, 1]))
+
+
+def test_datamodule_trains_from_prepared_dir(tmp_path, uniprot_fasta):
+    import torch
+
+    from plm.data.datamodule import ProteinDataModule
+    from plm.lit import MaskedLM
+
+    prepare({"a": [uniprot_fasta]}, tmp_path / "out", val_fraction=0.05, workers=1, progress=False)
+    np.save(tmp_path / "out" / "a" / "exclude.npy", np.arange(0, 400))
+    dm = ProteinDataModule(sources={"a": str(tmp_path / "out" / "a")}, row_len=64, rows_per_batch=2)
+    dm.setup()
+    assert dm.sampler.units(0) == len(dm.train_stores[0]) - 400
+    assert (dm.sampler.draw(np.arange(500)).record >= 400).all()
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["tokens"].shape == (2, 64) and "a" in dm.val_stores
+    model = MaskedLM(size="tiny", total_steps=10)
+    loss, _ = model.loss(batch)
+    assert torch.isfinite(loss)
+
+
+def test_cli(tmp_path, metagenomic_fasta, capsys):
+    assert main(["--source", f"m={metagenomic_fasta}", "--out", str(tmp_path / "o"), "--quiet", "--workers", "1"]) == 0
+    assert "m: train" in capsys.readouterr().out
+    assert main(["--source", f"m={tmp_path / 'nope.fa'}", "--out", str(tmp_path / "o2"), "--quiet"]) == 2
+    assert "nope.fa: file not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--source", "justaname", "--out", str(tmp_path / "o3")])
+
+
+def test_validation_mask_is_vectorised_is_validation():
+    from plm.data.store import is_validation, validation_mask
+
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(4, 24, int(n), dtype=np.uint8) for n in rng.integers(1, 400, 3000)]
+    store = TokenStore.from_arrays("x", seqs)
+    mask = validation_mask(store.tokens, store.offsets, 0.1)
+    assert mask.tolist() == [is_validation(s, 0.1) for s in seqs]
+    assert 0.08 < mask.mean() < 0.12
+    assert not validation_mask(store.tokens, store.offsets, 0.0).any()
