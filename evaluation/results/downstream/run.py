@@ -1,0 +1,71 @@
+"""Reproduce the downstream comparison: a trained plm checkpoint vs the same architecture with random weights.
+
+    nice -n 10 .venv/bin/python evaluation/results/downstream/run.py --checkpoint /tmp/evalruns/mlm/final
+
+Runs ``plm evaluate`` twice (trained, --random-init) on ss3, gb1, dms_blat and contacts with the full
+files under the data root, then writes results.csv (with a ``model`` column) and the table in README.md
+between the RESULTS markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[2]))
+
+from plm.evaluation.runner import main as evaluate
+
+KEY_METRICS = [("ss3", "accuracy"), ("ss3_mlp", "accuracy"), ("gb1", "spearman"), ("dms_blat", "spearman"), ("contacts", "P@L/5_long"),
+               ("contacts", "P@L/5_medium"), ("contacts", "P@L_long")]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True, help="trained plm export dir or .ckpt")
+    p.add_argument("--tasks", default="ss3,ss3_mlp,gb1,dms_blat,contacts", help="tasks to run")
+    p.add_argument("--data-root", default=None, help="root of the full task data (default ../shared/data)")
+    p.add_argument("--max-train", type=int, default=1000, help="cap on training examples per supervised task")
+    p.add_argument("--max-test", type=int, default=1000, help="cap on test examples per task")
+    p.add_argument("--work", type=Path, default=Path("/tmp/plm_downstream"), help="scratch dir for per-model results")
+    p.add_argument("--models", default="trained,random_init", help="which evaluations to run now (others are read from --work)")
+    args = p.parse_args()
+    runs = [("trained", []), ("random_init", ["--random-init"])]
+    for label, extra in runs:
+        if label not in args.models.split(","):
+            continue
+        argv = ["--checkpoint", args.checkpoint, "--tasks", args.tasks, "--out", str(args.work / label), "--no-progress",
+                "--max-train", str(args.max_train), "--max-test", str(args.max_test), *extra]
+        evaluate(argv + (["--data-root", args.data_root] if args.data_root else []))
+    rows = []
+    for label, _ in runs:
+        path = args.work / label / "results.csv"
+        if not path.is_file():
+            print(f"{path} not there yet: run with --models {label} to finish the comparison")
+            return 0
+        with open(path, newline="") as fh:
+            rows += [{"model": label, **r} for r in csv.DictReader(fh)]
+    with open(HERE / "results.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, ["model", "task", "metric", "value", "split", "mode", "n"])
+        w.writeheader()
+        w.writerows(rows)
+    value = {(r["model"], r["task"], r["metric"]): float(r["value"]) for r in rows}
+    table = ["| task | metric | trained | random init | trained better? |", "|---|---|---|---|---|"]
+    for task, metric in KEY_METRICS:
+        if ("trained", task, metric) in value:
+            t, r = value[("trained", task, metric)], value[("random_init", task, metric)]
+            table.append(f"| {task} | {metric} | {t:.4f} | {r:.4f} | {'yes' if t > r else 'no'} |")
+    readme = HERE / "README.md"
+    text = readme.read_text() if readme.exists() else "<!-- RESULTS -->\n<!-- /RESULTS -->\n"
+    head, rest = text.split("<!-- RESULTS -->", 1)
+    tail = rest.split("<!-- /RESULTS -->", 1)[1]
+    readme.write_text(f"{head}<!-- RESULTS -->\n" + "\n".join(table) + f"\n<!-- /RESULTS -->{tail}")
+    print("\n".join(table))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,393 @@
+"""``plm evaluate``: run task YAMLs against one backbone and write results.csv + results.md.
+
+Per task kind: supervised tasks train a head (frozen probe on cached embeddings, LoRA or full
+fine-tuning through ``plm.lit.finetune.FineTune``), ``zero_shot`` scores DMS variants without labels,
+``contacts`` fits the ESM attention logistic regression (or a pairwise head) on training chains and
+reports precision at L, L/2, L/5 on the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from plm.evaluation import datasets as ds
+from plm.evaluation.heads import (
+    AttentionContactRegression,
+    PairwiseContactHead,
+    ResidueHead,
+    SequenceHead,
+    attention_features,
+    contact_pairs,
+)
+from plm.evaluation.metrics import classification_metrics, contact_metrics, regression_metrics
+from plm.evaluation.tasks import TaskSpec, load_task
+from plm.evaluation.zero_shot import parse_mutations, score_variants
+from plm.model.transformer import Transformer
+from plm.tokenizer import PAD, encode
+
+FIELDS = ["task", "metric", "value", "split", "mode", "n"]
+Row = dict[str, Any]
+
+
+# ---- backbone ---------------------------------------------------------------------------------------
+def read_objective(path: str | Path) -> str | None:
+    """The training objective recorded with the weights (export config.json or Lightning hparams)."""
+    path = Path(path)
+    if path.is_dir():
+        meta = json.loads((path / "config.json").read_text())
+        return meta.get("objective")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    return (ckpt.get("hyper_parameters") or {}).get("objective")
+
+
+def load_backbone(checkpoint: str | Path, random_init: bool = False, objective: str | None = None,
+                  seed: int = 0) -> tuple[Transformer, str]:
+    """Load weights with ``plm.load``; ``random_init`` keeps the architecture and re-draws the weights
+    (the baseline a trained model must beat)."""
+    import plm
+
+    model = plm.load(str(checkpoint))
+    objective = objective or read_objective(checkpoint) or ("clm" if model.config.flavour == "progen2" else "mlm")
+    if random_init:
+        torch.manual_seed(seed)
+        model = Transformer(model.config).eval()
+    return model, objective
+
+
+def pad_tokens(seqs: list[str], max_len: int) -> Tensor:
+    """<cls> seq <eos> rows padded with <pad>; sequences longer than ``max_len`` are cropped."""
+    rows = [encode(s[:max_len], on_unknown="x") for s in seqs]
+    out = torch.full((len(rows), max(map(len, rows))), PAD, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r)
+    return out
+
+
+@torch.no_grad()
+def embed(model: Transformer, seqs: list[str], max_len: int, causal: bool, batch_size: int = 16,
+          progress: bool = True, desc: str = "embedding") -> list[Tensor]:
+    """Residue embeddings (L, h) per sequence, computed once for frozen probes (length-sorted batches)."""
+    from plm.lit.finetune import residue_features
+
+    model.eval()
+    device = next(model.parameters()).device
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    out: list[Tensor | None] = [None] * len(seqs)
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress):
+        idx = order[start : start + batch_size]
+        feats, _ = residue_features(model, pad_tokens([seqs[i] for i in idx], max_len).to(device), causal)
+        for row, i in enumerate(idx):
+            out[i] = feats[row, : min(len(seqs[i]), max_len)].float().cpu()
+    return out  # type: ignore[return-value]
+
+
+# ---- supervised tasks -------------------------------------------------------------------------------
+def _pad_stack(items: list[Tensor], fill: float, square: bool = False) -> Tensor:
+    """Stack (L, …) tensors padding dim 0 (and dim 1 too when ``square``: (L, L) contact maps)."""
+    width = max(x.shape[0] for x in items)
+    tail = (width, *items[0].shape[2:]) if square else items[0].shape[1:]
+    out = torch.full((len(items), width, *tail), fill, dtype=items[0].dtype)
+    for i, x in enumerate(items):
+        if square:
+            out[i, : x.shape[0], : x.shape[1]] = x
+        else:
+            out[i, : x.shape[0]] = x
+    return out
+
+
+def make_batches(examples: list[dict[str, Any]], batch_size: int, shuffle: bool, seed: int) -> list[dict[str, Tensor]]:
+    """Examples hold 'seq' or 'feats' plus 'labels'; batches are padded tensors (labels with -100)."""
+    idx = list(range(len(examples)))
+    if shuffle:
+        random.Random(seed).shuffle(idx)
+    batches = []
+    for start in range(0, len(idx), batch_size):
+        chunk = [examples[i] for i in idx[start : start + batch_size]]
+        b: dict[str, Tensor] = {}
+        if "feats" in chunk[0]:
+            b["feats"] = _pad_stack([e["feats"] for e in chunk], 0.0)
+            b["mask"] = _pad_stack([torch.ones(e["feats"].shape[0], dtype=torch.bool) for e in chunk], False)
+        else:
+            b["tokens"] = pad_tokens([e["seq"] for e in chunk], 10**9)
+        labels = [torch.as_tensor(e["labels"]) for e in chunk]
+        b["labels"] = _pad_stack(labels, ds.IGNORE, square=labels[0].dim() == 2) if labels[0].dim() else torch.stack(labels)
+        batches.append(b)
+    return batches
+
+
+def fit_head(module: Any, train: list[dict[str, Tensor]], epochs: int, progress: bool, use_trainer: bool = True) -> None:
+    """Train with a Lightning Trainer, or (``use_trainer=False``, e.g. inside a running pre-training
+    Trainer where a nested Trainer would clash) with the same optimizer and loss in a plain loop."""
+    if not use_trainer:
+        optimizer = module.configure_optimizers()
+        module.train()
+        with torch.enable_grad():
+            for _ in range(epochs):
+                for b in train:
+                    optimizer.zero_grad()
+                    module.loss(module(b), b["labels"]).backward()
+                    optimizer.step()
+        return
+    import lightning.pytorch as pl
+
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0)
+    # batch_size=None: the loader yields our pre-padded batches as they are
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(train, batch_size=None))
+
+
+@torch.no_grad()
+def predict(module: Any, batches: list[dict[str, Tensor]]) -> tuple[list[Tensor], list[Tensor]]:
+    module.eval()
+    outs, labels = [], []
+    for b in batches:
+        outs.append(module(b))
+        labels.append(b["labels"])
+    return outs, labels
+
+
+def split_records(spec: TaskSpec, records: list[Any], max_train: int, max_test: int, seed: int) -> tuple[list, list]:
+    """Train/test by the split column (YAML ``split: {train: <value>, test: <value>}``), subsampled."""
+    train_val, test_val = spec.split.get("train", "train"), spec.split.get("test", "test")
+    train = [r for r in records if r.split == train_val]
+    test = [r for r in records if r.split == test_val]
+    if not train or not test:
+        seen = sorted({r.split for r in records})
+        raise ValueError(f"{spec.source}: split values {train_val!r}/{test_val!r} select {len(train)} train and "
+                         f"{len(test)} test records; values present: {seen}")
+    rng = random.Random(seed)
+    train = rng.sample(train, min(max_train, len(train)))
+    test = rng.sample(test, min(max_test, len(test)))
+    return train, test
+
+
+def run_supervised(spec: TaskSpec, files: dict[str, Path], model: Transformer, objective: str, mode: str,
+                   opts: dict[str, Any], progress: bool) -> list[Row]:
+    from plm.lit.finetune import FineTune
+
+    max_len, seed = int(opts["max_len"]), int(opts["seed"])
+    cols = spec.columns
+    if spec.kind == "residue_classification":
+        records = ds.read_residue_fasta(files["sequences"], files["labels"], spec.classes, files.get("mask"),
+                                        cols.get("split", "SET"), max_len)
+        labels_of = lambda r: torch.as_tensor(r.labels)
+    else:
+        records = ds.read_sequence_csv(files["table"], cols.get("sequence", "sequence"), cols.get("target", "target"),
+                                       cols.get("split", "set"), spec.classes or None, max_len)
+        labels_of = lambda r: torch.tensor(r.target)
+    train, test = split_records(spec, records, int(opts["max_train"]), int(opts["max_test"]), seed)
+    mean, std = 0.0, 1.0
+    if spec.kind == "sequence_regression":
+        t = torch.tensor([r.target for r in train])
+        mean, std = float(t.mean()), float(t.std().clamp(min=1e-8))
+    n_out = len(spec.classes) if spec.classes else 1
+    causal = objective == "clm"
+    torch.manual_seed(seed)
+    head_cls = ResidueHead if spec.kind == "residue_classification" else SequenceHead
+    head = head_cls(model.config.n_embd, n_out, spec.head)
+    if mode == "frozen":
+        feats = embed(model, [r.sequence for r in train + test], max_len, causal, progress=progress,
+                      desc=f"{spec.name}: embedding")
+        ex = [{"feats": f} for f in feats]
+        module = FineTune(head, spec.kind, None, "frozen", lr=float(opts["lr"]))
+    else:
+        ex = [{"seq": r.sequence} for r in train + test]
+        module = FineTune(head, spec.kind, copy.deepcopy(model), mode, lr=float(opts["lr"]),
+                          backbone_lr=float(opts["backbone_lr"]), lora_rank=int(opts["lora_rank"]),
+                          lora_alpha=int(opts["lora_alpha"]), causal=causal)
+    for e, r in zip(ex, train + test):
+        y = labels_of(r)
+        e["labels"] = (y - mean) / std if spec.kind == "sequence_regression" else y
+    bs = int(opts["batch_size"])
+    fit_head(module, make_batches(ex[: len(train)], bs, True, seed), int(opts["epochs"]), progress, bool(opts.get("use_trainer", True)))
+    outs, labels = predict(module, make_batches(ex[len(train) :], bs, False, seed))
+    if spec.kind == "residue_classification":
+        logits = torch.cat([o[:, : y.shape[1]].reshape(-1, n_out) for o, y in zip(outs, labels)])
+        y = torch.cat([y.reshape(-1) for y in labels])
+        keep = y != ds.IGNORE
+        metrics = classification_metrics(logits[keep], y[keep], n_out)
+        n = int(keep.sum())
+    elif spec.kind == "sequence_classification":
+        metrics = classification_metrics(torch.cat(outs), torch.cat(labels), n_out)
+        n = len(test)
+    else:
+        preds = torch.cat(outs).squeeze(-1) * std + mean
+        metrics = regression_metrics(preds, torch.cat(labels) * std + mean)
+        n = len(test)
+    return [{"task": spec.name, "metric": k, "value": v, "split": "test", "mode": mode, "n": n}
+            for k, v in metrics.items()]
+
+
+# ---- zero-shot --------------------------------------------------------------------------------------
+def run_zero_shot(spec: TaskSpec, files: dict[str, Path], model: Transformer, objective: str,
+                  opts: dict[str, Any], progress: bool) -> list[Row]:
+    wt = ds.read_wildtype(files["wildtype"], spec.wildtype_id)
+    variants = ds.read_dms_csv(files["table"], spec.columns.get("mutant", "mutant"), spec.columns.get("score", "DMS_score"))
+    parsed, problems = [], []
+    for i, v in enumerate(variants):
+        try:
+            parsed.append(parse_mutations(v.mutant, wt, spec.offset))
+        except ValueError as err:
+            problems.append(f"row {i + 2}: {err}")
+    if problems:
+        raise ValueError(f"{files['table']}: {len(problems)} mutation(s) do not match wild type "
+                         f"{spec.wildtype_id!r} with offset {spec.offset}: " + "; ".join(problems[:5]))
+    max_n = int(opts["max_test"])
+    if len(variants) > max_n:
+        pick = sorted(random.Random(int(opts["seed"])).sample(range(len(variants)), max_n))
+        variants, parsed = [variants[i] for i in pick], [parsed[i] for i in pick]
+    scores = score_variants(model, objective, wt, parsed, progress=progress)
+    m = regression_metrics(torch.tensor(scores), torch.tensor([v.score for v in variants]))
+    return [{"task": spec.name, "metric": "spearman", "value": m["spearman"], "split": "all",
+             "mode": f"zero_shot_{objective}", "n": len(variants)}]
+
+
+# ---- contacts ---------------------------------------------------------------------------------------
+def load_structures(spec: TaskSpec, files: dict[str, Path], max_len: int) -> list[ds.StructureRecord]:
+    """Every structure under ``dir`` (.npz / .pdb / .cif[.gz]) or listed in ``files`` (a text file of
+    paths), cropped to ``max_len`` and filtered to ≥ ``min_contacts`` contacts at |i−j| ≥ 6."""
+    if "dir" in files:
+        paths = sorted(p for p in files["dir"].iterdir() if p.name.endswith((".npz", ".pdb", ".cif", ".cif.gz", ".pdb.gz", ".bcif")))
+    else:
+        listing = files["files"]
+        paths = [listing.parent / line.strip() for line in listing.read_text().splitlines() if line.strip()]
+    out = []
+    for p in paths:
+        rec = ds.read_structure(p)
+        rec.sequence, rec.cb = rec.sequence[:max_len], rec.cb[:max_len]
+        c = rec.contacts()
+        if int(np.triu(c == 1, 6).sum()) >= spec.min_contacts:
+            out.append(rec)
+    if not out:
+        raise ValueError(f"{spec.source}: no structure with >= {spec.min_contacts} contacts found in {files}")
+    return out
+
+
+@torch.no_grad()
+def attention_maps(model: Transformer, seq: str, causal: bool) -> Tensor:
+    tokens = pad_tokens([seq], 10**9)
+    _, maps = model.hidden(tokens.to(next(model.parameters()).device), causal=causal, need_weights=True)
+    return attention_features([m.cpu() for m in maps], len(seq))
+
+
+def run_contacts(spec: TaskSpec, files: dict[str, Path], model: Transformer, objective: str, mode: str,
+                 opts: dict[str, Any], progress: bool) -> list[Row]:
+    seed = int(opts["seed"])
+    recs = load_structures(spec, files, int(opts["max_len"]))
+    random.Random(seed).shuffle(recs)
+    n_train = max(1, round(float(spec.split.get("train_fraction", 0.3)) * len(recs)))
+    if len(recs) <= n_train:
+        raise ValueError(f"{spec.source}: {len(recs)} usable structure(s); need at least 2 (train and test chains)")
+    train, test = recs[:n_train], recs[n_train : n_train + int(opts["max_test"])]
+    causal = objective == "clm"
+    truths = [torch.as_tensor(r.contacts()).long() for r in test]
+    gen = torch.Generator().manual_seed(seed)
+    if spec.head == "attention":
+        xs, ys = [], []
+        for r in tqdm(train, desc=f"{spec.name}: train maps", disable=not progress):
+            x, y = contact_pairs(attention_maps(model, r.sequence, causal), torch.as_tensor(r.contacts()).long(),
+                                 int(opts.get("max_pairs") or 20000), gen)
+            xs.append(x)
+            ys.append(y)
+        n_feat = xs[0].shape[1]
+        reg = AttentionContactRegression(n_feat).fit(torch.cat(xs), torch.cat(ys))
+        preds = [reg(attention_maps(model, r.sequence, causal)).detach().numpy()
+                 for r in tqdm(test, desc=f"{spec.name}: test maps", disable=not progress)]
+        mode = "frozen"
+    else:
+        from plm.lit.finetune import FineTune
+
+        head = PairwiseContactHead(model.config.n_embd)
+        seqs = [r.sequence for r in train + test]
+        if mode == "frozen":
+            ex = [{"feats": f} for f in embed(model, seqs, 10**9, causal, batch_size=4, progress=progress)]
+            module = FineTune(head, "contacts", None, "frozen", lr=float(opts["lr"]))
+        else:
+            ex = [{"seq": s} for s in seqs]
+            module = FineTune(head, "contacts", copy.deepcopy(model), mode, lr=float(opts["lr"]),
+                              backbone_lr=float(opts["backbone_lr"]), causal=causal)
+        for e, r in zip(ex, train + test):
+            e["labels"] = torch.as_tensor(r.contacts()).long()
+        bs = 2
+        fit_head(module, make_batches(ex[: len(train)], bs, True, seed), int(opts["epochs"]), progress, bool(opts.get("use_trainer", True)))
+        outs, _ = predict(module, make_batches(ex[len(train) :], 1, False, seed))
+        preds = [o[0, : len(r.sequence), : len(r.sequence)].numpy() for o, r in zip(outs, test)]
+    metrics = contact_metrics(preds, [t.numpy() for t in truths])
+    return [{"task": spec.name, "metric": k, "value": v, "split": "test", "mode": mode, "n": len(test)}
+            for k, v in metrics.items()]
+
+
+# ---- driver -----------------------------------------------------------------------------------------
+def run_task(spec: TaskSpec, model: Transformer, objective: str, mode: str = "frozen",
+             data_root: str | Path | None = None, small: bool = False, overrides: dict[str, Any] | None = None,
+             progress: bool = True) -> list[Row]:
+    """Evaluate one task; ``overrides`` replace the YAML's defaults (epochs, max_train, …)."""
+    files = spec.files(data_root, small)
+    opts = {k: spec.option(k) for k in ("epochs", "lr", "batch_size", "max_train", "max_test", "max_len", "seed",
+                                        "lora_rank", "lora_alpha", "backbone_lr")}
+    opts["max_len"] = min(int(opts["max_len"]), model.config.max_seq_len - 2)
+    opts.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    if spec.kind == "zero_shot":
+        return run_zero_shot(spec, files, model, objective, opts, progress)
+    if spec.kind == "contacts":
+        return run_contacts(spec, files, model, objective, mode, opts, progress)
+    return run_supervised(spec, files, model, objective, mode, opts, progress)
+
+
+def write_results(rows: list[Row], out: Path, title: str = "") -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "results.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    lines = [f"# {title}", ""] if title else []
+    lines += ["| task | metric | value | split | mode | n |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['task']} | {r['metric']} | {r['value']:.4f} | {r['split']} | {r['mode']} | {r['n']} |" for r in rows]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="plm evaluate", description="Evaluate a plm checkpoint or export on downstream tasks.")
+    p.add_argument("--checkpoint", required=True, help="plm export directory or Lightning .ckpt (imported weights are export dirs)")
+    p.add_argument("--tasks", required=True, help="comma-separated task names (evaluation/tasks/<name>.yaml) or YAML paths")
+    p.add_argument("--out", required=True, type=Path, help="output directory for results.csv and results.md")
+    p.add_argument("--mode", default="frozen", choices=["frozen", "lora", "full"], help="supervised training mode")
+    p.add_argument("--data-root", default=None, help="root the YAML 'data' paths are relative to (default $PLM_DATA_ROOT or ../shared/data)")
+    p.add_argument("--small", action="store_true", help="use the small in-repo subsets (evaluation/data) instead of the full files")
+    p.add_argument("--task-dir", default=None, help="directory of task YAMLs (default evaluation/tasks)")
+    p.add_argument("--random-init", action="store_true", help="same architecture, freshly initialised weights (baseline)")
+    p.add_argument("--objective", choices=["mlm", "clm"], default=None, help="override the recorded training objective")
+    p.add_argument("--epochs", type=int, default=None, help="override the task's training epochs")
+    p.add_argument("--max-train", type=int, default=None, help="override the task's cap on training examples")
+    p.add_argument("--max-test", type=int, default=None, help="override the task's cap on test examples / variants")
+    p.add_argument("--seed", type=int, default=None, help="override the task's seed (sampling, head init)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    specs = [load_task(t.strip(), args.task_dir) for t in args.tasks.split(",") if t.strip()]
+    model, objective = load_backbone(args.checkpoint, args.random_init, args.objective)
+    overrides = {"epochs": args.epochs, "max_train": args.max_train, "max_test": args.max_test, "seed": args.seed}
+    rows: list[Row] = []
+    for spec in specs:
+        rows += run_task(spec, model, objective, args.mode, args.data_root, args.small, overrides, not args.no_progress)
+    label = f"{args.checkpoint}{' (random init)' if args.random_init else ''}, objective {objective}"
+    write_results(rows, args.out, label)
+    print((args.out / "results.md").read_text())
+    return 0

@@ -1,0 +1,136 @@
+"""Task definitions as data: ``evaluation/tasks/<name>.yaml`` → ``TaskSpec``.
+
+A YAML names the format, the data files (full files relative to the data root, small in-repo copies
+relative to ``evaluation/data``), the columns, the split, the head and the metric defaults, so a new
+task of a known kind needs no code. Unknown keys and missing fields are reported together.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+TASK_DIR = REPO / "evaluation" / "tasks"
+SMALL_DATA_ROOT = REPO / "evaluation" / "data"
+
+KINDS = {
+    "residue_classification": "residue_fasta",
+    "sequence_regression": "sequence_csv",
+    "sequence_classification": "sequence_csv",
+    "zero_shot": "dms_csv",
+    "contacts": "structures",
+}
+# files each format needs in ``data`` (others optional)
+FILES = {
+    "residue_fasta": (["sequences", "labels"], ["mask"]),
+    "sequence_csv": (["table"], []),
+    "dms_csv": (["table", "wildtype"], []),
+    "structures": ([], ["dir", "files", "index"]),
+}
+TOP_KEYS = {"name", "description", "kind", "format", "data", "small_data", "columns", "classes", "split",
+            "head", "metric", "defaults", "wildtype_id", "offset", "min_contacts"}
+DEFAULTS: dict[str, Any] = {"epochs": 10, "lr": 1e-3, "batch_size": 32, "max_train": 2000, "max_test": 2000,
+                            "max_len": 1022, "seed": 0, "lora_rank": 8, "lora_alpha": 16, "backbone_lr": 1e-4}
+
+
+def default_data_root() -> Path:
+    """``$PLM_DATA_ROOT`` if set, else ``../shared/data`` next to the checkout (the CI layout)."""
+    return Path(os.environ.get("PLM_DATA_ROOT", REPO.parent / "shared" / "data"))
+
+
+@dataclass
+class TaskSpec:
+    name: str
+    kind: str
+    format: str
+    data: dict[str, str]
+    small_data: dict[str, str]
+    source: Path
+    columns: dict[str, str] = field(default_factory=dict)
+    classes: list[str] = field(default_factory=list)
+    split: dict[str, Any] = field(default_factory=dict)
+    head: str = "linear"
+    metric: str = ""
+    defaults: dict[str, Any] = field(default_factory=dict)
+    wildtype_id: str = ""
+    offset: int = 1
+    min_contacts: int = 1
+    description: str = ""
+
+    def files(self, data_root: str | Path | None = None, small: bool = False) -> dict[str, Path]:
+        """Absolute data paths; a missing file is an error naming the YAML, the key and the path."""
+        entries, root = (self.small_data, SMALL_DATA_ROOT) if small else (self.data, Path(data_root or default_data_root()))
+        if not entries:
+            raise ValueError(f"{self.source}: no {'small_data' if small else 'data'} section")
+        paths = {k: (root / v if not Path(v).is_absolute() else Path(v)) for k, v in entries.items()}
+        missing = [f"{k}: {p}" for k, p in paths.items() if not p.exists()]
+        if missing:
+            hint = "" if small else f" (data root {root}; set --data-root or $PLM_DATA_ROOT)"
+            raise FileNotFoundError(f"{self.source}: data file(s) not found: {'; '.join(missing)}{hint}")
+        return paths
+
+    def option(self, key: str) -> Any:
+        return self.defaults.get(key, DEFAULTS.get(key))
+
+
+def load_task(name_or_path: str | Path, task_dir: str | Path | None = None) -> TaskSpec:
+    """Load ``<task_dir>/<name>.yaml`` (or a path to a YAML) and validate it."""
+    p = Path(name_or_path)
+    if p.suffix not in (".yaml", ".yml"):
+        p = Path(task_dir or TASK_DIR) / f"{name_or_path}.yaml"
+    if not p.is_file():
+        known = sorted(x.stem for x in Path(task_dir or TASK_DIR).glob("*.yaml"))
+        raise FileNotFoundError(f"task {str(name_or_path)!r}: {p} not found; known tasks: {', '.join(known)}")
+    raw = yaml.safe_load(p.read_text()) or {}
+    problems = []
+    if not isinstance(raw, dict):
+        raise ValueError(f"{p}: a task YAML must be a mapping")  # noqa: TRY004 - bad user file, not a bad call
+    unknown = sorted(set(raw) - TOP_KEYS)
+    if unknown:
+        problems.append(f"unknown key(s) {unknown} (allowed: {sorted(TOP_KEYS)})")
+    kind = raw.get("kind")
+    if kind not in KINDS:
+        problems.append(f"kind {kind!r} is not one of {sorted(KINDS)}")
+    fmt = raw.get("format", KINDS.get(kind, ""))
+    if fmt not in FILES:
+        problems.append(f"format {fmt!r} is not one of {sorted(FILES)}")
+    else:
+        required, optional = FILES[fmt]
+        for section in ("data", "small_data"):
+            entries = raw.get(section) or {}
+            if section == "data" and not entries:
+                problems.append("'data' section is required")
+            if not isinstance(entries, dict):
+                problems.append(f"'{section}' must map file roles to paths")
+                continue
+            if entries:
+                miss = [k for k in required if k not in entries]
+                extra = [k for k in entries if k not in required + optional]
+                if miss:
+                    problems.append(f"{section}: missing {miss} for format {fmt}")
+                if extra:
+                    problems.append(f"{section}: unknown file role(s) {extra} for format {fmt} (use {required + optional})")
+    if kind in ("residue_classification", "sequence_classification") and not raw.get("classes"):
+        problems.append(f"kind {kind} needs 'classes' (the label alphabet / class names)")
+    if raw.get("head", "linear") not in ("linear", "mlp", "attention", "pairwise"):
+        problems.append(f"head {raw.get('head')!r}: use linear, mlp (probes) or attention, pairwise (contacts)")
+    if fmt == "dms_csv" and not raw.get("wildtype_id"):
+        problems.append("format dms_csv needs 'wildtype_id' (record id in the wild-type FASTA)")
+    if problems:
+        raise ValueError(f"{p}: invalid task definition: " + "; ".join(problems))
+    unknown_defaults = sorted(set(raw.get("defaults") or {}) - set(DEFAULTS))
+    if unknown_defaults:
+        raise ValueError(f"{p}: unknown defaults {unknown_defaults} (allowed: {sorted(DEFAULTS)})")
+    return TaskSpec(
+        name=raw.get("name", p.stem), kind=kind, format=fmt, data=raw.get("data") or {},
+        small_data=raw.get("small_data") or {}, source=p, columns=raw.get("columns") or {},
+        classes=[str(c) for c in raw.get("classes") or []], split=raw.get("split") or {},
+        head=raw.get("head", "attention" if kind == "contacts" else "linear"), metric=raw.get("metric", ""),
+        defaults=raw.get("defaults") or {}, wildtype_id=raw.get("wildtype_id", ""), offset=int(raw.get("offset", 1)),
+        min_contacts=int(raw.get("min_contacts", 1)), description=raw.get("description", ""),
+    )

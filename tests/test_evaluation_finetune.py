@@ -1,0 +1,140 @@
+"""FineTune modes (frozen / LoRA / full), the `plm evaluate` runner and the DownstreamEval callback."""
+
+from __future__ import annotations
+
+import csv
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from plm.cli import main as plm_main
+from plm.evaluation.heads import ResidueHead
+from plm.evaluation.runner import fit_head, make_batches
+from plm.lit.finetune import FineTune
+from plm.model.io import save_pretrained
+from tests.conftest import tiny_model
+
+SEQS = ["MKTAYIAKQRQISFVKSHFSRQ", "MSIQHFRVALIPFFAAF", "GSHMLEDPVDAFQ"]
+
+
+def _examples(n_classes: int = 3) -> list[dict]:
+    g = torch.Generator().manual_seed(0)
+    return [{"seq": s, "labels": torch.randint(0, n_classes, (len(s),), generator=g)} for s in SEQS]
+
+
+def _backbone_state(module: FineTune) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.backbone.state_dict().items() if "lora_" not in k}
+
+
+def _changed(before: dict[str, torch.Tensor], module: FineTune) -> list[str]:
+    after = module.backbone.state_dict()
+    return [k for k, v in before.items() if not torch.equal(v, after[k])]
+
+
+def test_lora_trains_only_adapters_and_head():
+    backbone = tiny_model("esm2")
+    module = FineTune(ResidueHead(48, 3), "residue_classification", backbone, "lora", lr=1e-2)
+    names = module.trainable_parameter_names()
+    assert names and all("lora_" in n or n.startswith("head.") for n in names)
+    assert any("lora_A" in n for n in names) and any("lora_B" in n for n in names)
+    assert sum("blocks." in n for n in names) == 2 * 4 * 3  # A and B on qkv, out, fc_in, fc_out of 3 blocks
+    before = _backbone_state(module)
+    lora_b = {n: p.detach().clone() for n, p in module.named_parameters() if "lora_B" in n}
+    head = {n: p.detach().clone() for n, p in module.head.named_parameters()}
+    fit_head(module, make_batches(_examples(), 3, False, 0), epochs=2, progress=False, use_trainer=False)
+    assert _changed(before, module) == []  # backbone weights untouched
+    assert any(not torch.equal(p, lora_b[n]) for n, p in module.named_parameters() if "lora_B" in n)
+    assert any(not torch.equal(p, head[n]) for n, p in module.head.named_parameters())
+
+
+def test_frozen_never_updates_backbone_even_with_tokens_and_trainer():
+    module = FineTune(ResidueHead(48, 3), "residue_classification", tiny_model("esm2"), "frozen", lr=1e-2)
+    assert all(n.startswith("head.") for n in module.trainable_parameter_names())
+    before = _backbone_state(module)
+    fit_head(module, make_batches(_examples(), 3, True, 0), epochs=1, progress=False, use_trainer=True)
+    assert _changed(before, module) == []
+
+
+def test_full_mode_updates_backbone_and_bad_modes_fail():
+    module = FineTune(ResidueHead(48, 3), "residue_classification", tiny_model("esm2"), "full", lr=1e-2, backbone_lr=1e-2)
+    before = _backbone_state(module)
+    fit_head(module, make_batches(_examples(), 3, False, 0), epochs=1, progress=False, use_trainer=False)
+    assert len(_changed(before, module)) > 10
+    with pytest.raises(ValueError, match="mode 'lora' needs a backbone"):
+        FineTune(ResidueHead(48, 3), "residue_classification", None, "lora")
+    with pytest.raises(ValueError, match="mode 'half'"):
+        FineTune(ResidueHead(48, 3), "residue_classification", None, "half")  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory):
+    path = tmp_path_factory.mktemp("export") / "tiny"
+    save_pretrained(tiny_model("esm2", n_layer=2, n_embd=32), path, objective="mlm")
+    return path
+
+
+def _read(out):
+    with open(out / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return {(r["task"], r["metric"]): r for r in rows}, rows
+
+
+def test_plm_evaluate_contacts_and_zero_shot_fast(tiny_export, tmp_path):
+    out = tmp_path / "fast"
+    assert plm_main(["evaluate", "--checkpoint", str(tiny_export), "--tasks", "contacts,dms_blat", "--out", str(out),
+                     "--small", "--max-test", "40", "--no-progress"]) == 0
+    got, _ = _read(out)
+    assert 0.0 <= float(got[("contacts", "P@L/5_long")]["value"]) <= 1.0 and got[("contacts", "P@L/5_long")]["n"] == "6"
+    assert got[("dms_blat", "spearman")]["n"] == "40"
+
+
+@pytest.mark.slow
+def test_plm_evaluate_all_kinds_on_small_subsets(tiny_export, tmp_path):
+    out = tmp_path / "out"
+    rc = plm_main(["evaluate", "--checkpoint", str(tiny_export), "--tasks", "ss3,gb1,dms_blat,contacts,contacts_pairwise",
+                   "--out", str(out), "--small", "--epochs", "1", "--no-progress"])
+    assert rc == 0
+    got, rows = _read(out)
+    assert list(rows[0]) == ["task", "metric", "value", "split", "mode", "n"]
+    for key in [("ss3", "accuracy"), ("gb1", "spearman"), ("dms_blat", "spearman"), ("contacts", "P@L/5_long"),
+                ("contacts_pairwise", "P@L/5_long")]:
+        v = float(got[key]["value"])
+        assert -1.0 <= v <= 1.0, key
+    assert got[("dms_blat", "spearman")]["mode"] == "zero_shot_mlm" and got[("dms_blat", "spearman")]["n"] == "150"
+    assert 0.2 < float(got[("ss3", "accuracy")]["value"])
+    md = (out / "results.md").read_text()
+    assert "| ss3 | accuracy |" in md and "| contacts | P@L/5_long |" in md
+
+
+def test_plm_evaluate_lora_and_random_init(tiny_export, tmp_path):
+    out = tmp_path / "lora"
+    assert plm_main(["evaluate", "--checkpoint", str(tiny_export), "--tasks", "ss3", "--out", str(out), "--small",
+                     "--mode", "lora", "--epochs", "1", "--max-train", "8", "--max-test", "4", "--random-init",
+                     "--no-progress"]) == 0
+    got, _ = _read(out)
+    assert got[("ss3", "accuracy")]["mode"] == "lora"
+
+
+def test_plm_evaluate_missing_full_data_names_yaml(tiny_export, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"gb1\.yaml: data file\(s\) not found: table: .*flip_gb1"):
+        plm_main(["evaluate", "--checkpoint", str(tiny_export), "--tasks", "gb1", "--out", str(tmp_path),
+                  "--data-root", str(tmp_path / "empty")])
+
+
+def test_downstream_callback_logs_metrics_every_k_steps():
+    from plm.callbacks.downstream import DownstreamEval
+
+    logged = []
+    logger = SimpleNamespace(log_metrics=lambda values, step: logged.append((step, values)))
+    cb = DownstreamEval(tasks=["ss3", "dms_blat"], every_n_steps=2, small=True, max_train=6, max_test=4, epochs=1)
+    module = SimpleNamespace(model=tiny_model("esm2", n_layer=2, n_embd=32).train(), objective="mlm")
+    before = {k: v.clone() for k, v in module.model.state_dict().items()}
+    for step in (1, 2, 3):
+        cb.on_train_batch_end(SimpleNamespace(global_step=step, loggers=[logger]), module, None, None, 0)
+    assert [s for s, _ in logged] == [2]
+    assert {"downstream/ss3/accuracy", "downstream/dms_blat/spearman"} <= set(logged[0][1])
+    assert module.model.training  # train mode restored
+    assert all(torch.equal(v, module.model.state_dict()[k]) for k, v in before.items())
+    cb.on_train_end(SimpleNamespace(global_step=3, loggers=[logger]), module)
+    assert [s for s, _ in logged] == [2, 3]
