@@ -183,11 +183,6 @@ def task_yamls(draw) -> str:
     return yaml.safe_dump(raw)
 
 
-TASKS_BUG = ("plm/evaluation/tasks.py: non-YAML text and wrongly typed fields escape as yaml.YAMLError / "
-             "TypeError (reported to its owner; fix: wrap yaml errors in ValueError, type-check fields)")
-
-
-@pytest.mark.xfail(strict=True, raises=(TypeError, yaml.YAMLError), reason=TASKS_BUG)
 @pytest.mark.parametrize("text", ["kind: []\ndata: {table: x.csv, wildtype: w.fa}\nwildtype_id: P1\n", "@", "*",
                                   "kind: zero_shot\ndefaults: [[1]]\ndata: {table: x.csv, wildtype: w.fa}\nwildtype_id: P1\n"],
                          ids=["unhashable-kind", "reserved-@", "bare-alias", "list-defaults"])
@@ -200,7 +195,6 @@ def test_task_yaml_known_hostile_cases(text, tmp_path):
 
 @FAST
 @given(task_yamls())
-@pytest.mark.xfail(strict=True, reason=TASKS_BUG)
 def test_task_yaml_loads_or_raises_value_error(text):
     path = _write(text.encode(), ".yaml")
     try:

@@ -86,10 +86,27 @@ def load_task(name_or_path: str | Path, task_dir: str | Path | None = None) -> T
     if not p.is_file():
         known = sorted(x.stem for x in Path(task_dir or TASK_DIR).glob("*.yaml"))
         raise FileNotFoundError(f"task {str(name_or_path)!r}: {p} not found; known tasks: {', '.join(known)}")
-    raw = yaml.safe_load(p.read_text()) or {}
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ValueError(f"{p}: not valid YAML ({str(err).splitlines()[0]}); fix the file") from err
     problems = []
     if not isinstance(raw, dict):
         raise ValueError(f"{p}: a task YAML must be a mapping")  # noqa: TRY004 - bad user file, not a bad call
+    # types first: later checks hash and index these fields
+    for key in ("kind", "format", "head", "name", "metric", "wildtype_id", "description"):
+        if key in raw and not isinstance(raw[key], str):
+            problems.append(f"{key!r} must be a string, got {type(raw[key]).__name__}")
+    for key in ("data", "small_data", "columns", "split", "defaults"):
+        if key in raw and raw[key] is not None and not isinstance(raw[key], dict):
+            problems.append(f"{key!r} must be a mapping, got {type(raw[key]).__name__}")
+    for key in ("offset", "min_contacts"):
+        if key in raw and (isinstance(raw[key], bool) or not isinstance(raw[key], int)):
+            problems.append(f"{key!r} must be an integer, got {raw[key]!r}")
+    if "classes" in raw and not isinstance(raw["classes"], list):
+        problems.append(f"'classes' must be a list, got {type(raw['classes']).__name__}")
+    if problems:
+        raise ValueError(f"{p}: invalid task definition: " + "; ".join(problems))
     unknown = sorted(set(raw) - TOP_KEYS)
     if unknown:
         problems.append(f"unknown key(s) {unknown} (allowed: {sorted(TOP_KEYS)})")
