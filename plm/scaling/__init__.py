@@ -1,0 +1,1 @@
+"""Scaling-law toolkit: published laws as data, compute accounting and `plm plan`."""
