@@ -87,16 +87,19 @@ def plot(rows: list[dict], out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401 - used through matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for i, size in enumerate(SIZES):
-        sc = sorted((r["flops"], r["val_loss"]) for r in rows if r["size"] == size and r["kind"] == "scratch")
+        sc = sorted((float(r["flops"]), float(r["val_loss"])) for r in rows if r["size"] == size and r["kind"] == "scratch")
         ax.plot(*zip(*sc), "o-", color=f"C{i}", label=f"{size} MLM from scratch")
         for r in rows:
             if r["size"] == size and r["kind"] == "transfer":
-                ax.plot(r["flops"], r["val_loss"], "*", ms=12, color=f"C{i}",
-                        label=f"{size} CLM→MLM ({r['clm_share']:.0%} CLM)")
+                marker = "*" if float(r["clm_share"]) < 0.2 else "X"
+                ax.plot(float(r["flops"]), float(r["val_loss"]), marker, ms=12, color=f"C{i}",
+                        label=f"{size} CLM→MLM ({float(r['clm_share']):.0%} CLM)")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("training compute C = 6·N·D (FLOPs)")
     ax.set_ylabel("held-out MLM loss (nats)")
     ax.set_title("CLM→MLM transfer vs MLM from scratch (bundled data, CPU)")
@@ -108,7 +111,11 @@ def plot(rows: list[dict], out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=HERE)
+    parser.add_argument("--plot-only", action="store_true", help="re-plot from OUT/results.csv")
     args = parser.parse_args()
+    if args.plot_only:
+        plot(list(csv.DictReader(open(args.out / "results.csv"))), args.out / "transfer.png")
+        return
     torch.set_num_threads(2)
     rows: list[dict] = []
     for size, arch in SIZES.items():
