@@ -15,10 +15,20 @@ LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 COMMANDS: dict[str, str] = {
     "train": "plm.train:main",
+    "plan": "plm.scaling.plan:main",
+    "evaluate": "plm.evaluation.runner:main",
+    "data": "plm.identity.cli:main",
+    "generate": "plm.generate.cli:main",
+    "score": "plm.generate.score:main",
 }
 
 COMMAND_HELP: dict[str, str] = {
     "train": "train a ladder size (SIZE=…, OBJECTIVE=…) with resource checks; wraps `plm fit`",
+    "plan": "compute budget (FLOPs or GPU-hours) → model size, tokens, schedule, and a plm fit config",
+    "evaluate": "downstream tasks (probes, LoRA, zero-shot DMS, contacts) → results.csv/.md",
+    "data": "data tools: prepare, decontaminate, split-by-identity, cluster (plm data --help)",
+    "generate": "sample proteins from a CLM checkpoint into a FASTA (temperature, top-p, prompts, seed)",
+    "score": "score generated proteins: pLDDT (ESMFold), perplexity, diversity, novelty, repeats",
 }
 
 

@@ -1,0 +1,111 @@
+"""Max identity of each query sequence to a target set, by MMseqs2 or the approximate fallback.
+
+An exact-sequence pass (hash lookup) always runs first: it is cheap, and it guarantees that verbatim
+overlaps are found even for sequences too short for MMseqs2's k-mer prefilter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from dataclasses import dataclass
+from typing import Literal, Union
+
+from plm.identity import fallback
+from plm.identity.fallback import Best
+from plm.identity.mmseqs import MMseqs, find_mmseqs
+from plm.identity.seqio import SeqRecord, write_indexed_fasta
+
+BackendName = Literal["auto", "mmseqs", "fallback"]
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """Marker for the approximate pure-Python backend."""
+
+    k: int = fallback.DEFAULT_K
+    method: str = fallback.METHOD
+
+
+Backend = Union[MMseqs, Fallback]
+
+
+def method_name(backend: Backend) -> str:
+    return backend.method if isinstance(backend, Fallback) else f"mmseqs2 {backend.version()}"
+
+
+def add_backend_args(parser: argparse.ArgumentParser) -> None:
+    """The flags every identity command shares."""
+    g = parser.add_argument_group("identity backend")
+    g.add_argument("--backend", choices=("auto", "mmseqs", "fallback"), default="auto",
+                   help="mmseqs: MMseqs2 (required for real data); fallback: approximate pure-Python k-mer "
+                        "identity for tiny inputs; auto: mmseqs if installed, else fallback with a warning")
+    g.add_argument("--mmseqs", default=None, help="path to the mmseqs executable (default: $PLM_MMSEQS, then PATH)")
+    g.add_argument("--threads", type=int, default=1, help="mmseqs --threads (keep small on shared machines)")
+    g.add_argument("--tmp-dir", default=None, help="parent directory for mmseqs temporary files (default: system temp)")
+    g.add_argument("--sensitivity", type=float, default=5.7, help="mmseqs -s: 1 (fast) … 7.5 (sensitive)")
+    g.add_argument("--quiet", action="store_true", help="no progress display")
+
+
+def backend_from_args(args: argparse.Namespace) -> Backend:
+    return resolve_backend(args.backend, executable=args.mmseqs, threads=args.threads, tmp_root=args.tmp_dir,
+                           sensitivity=args.sensitivity, progress=not args.quiet)
+
+
+def resolve_backend(name: BackendName = "auto", executable: str | None = None, threads: int = 1,
+                    tmp_root: str | None = None, sensitivity: float = 5.7, progress: bool = True) -> Backend:
+    if name == "fallback" or (name == "auto" and find_mmseqs(executable) is None):
+        if name == "auto":
+            print("warning: mmseqs not found; using the APPROXIMATE k-mer fallback (tiny inputs only). "
+                  "Install MMseqs2 with `apt-get install mmseqs2` for real results.", file=sys.stderr)
+        return Fallback()
+    return MMseqs(executable=executable, threads=threads, tmp_root=tmp_root, sensitivity=sensitivity,
+                  progress=progress)
+
+
+def _digest(seq: str) -> bytes:
+    return hashlib.sha1(seq.encode("ascii")).digest()
+
+
+def exact_hits(queries: list[SeqRecord], targets: list[SeqRecord]) -> dict[int, Best]:
+    """Queries whose sequence occurs verbatim among the targets (identity 1.0)."""
+    index: dict[bytes, int] = {}
+    for ti, t in enumerate(targets):
+        index.setdefault(_digest(t.seq), ti)
+    return {qi: Best(1.0, index[d]) for qi, q in enumerate(queries) if (d := _digest(q.seq)) in index}
+
+
+def best_hits(
+    queries: list[SeqRecord],
+    targets: list[SeqRecord],
+    backend: Backend,
+    min_identity: float = 0.0,
+    coverage: float = 0.0,
+    cov_mode: int = 0,
+    evalue: float = 1e-3,
+    exhaustive: bool = False,
+) -> dict[int, Best]:
+    """Best (max-identity) target for every query that has one at >= ``min_identity``.
+
+    Keys are query positions, ``Best.target`` a target position. Queries absent from the result have no
+    detectable similar target: for MMseqs2 that means no alignment passed the e-value/coverage filters.
+    """
+    if not queries or not targets:
+        return {}
+    if isinstance(backend, Fallback):
+        found = fallback.best_hits(queries, targets, backend.k)
+    else:
+        with backend.workdir() as tmp:
+            write_indexed_fasta(queries, tmp / "query.fasta")
+            write_indexed_fasta(targets, tmp / "target.fasta")
+            hits = backend.easy_search(tmp / "query.fasta", tmp / "target.fasta", min_identity=min_identity,
+                                       coverage=coverage, cov_mode=cov_mode, evalue=evalue, exhaustive=exhaustive)
+        found = {}
+        for h in hits:
+            qi, ti = int(h.query), int(h.target)
+            if qi not in found or h.identity > found[qi].identity:
+                found[qi] = Best(h.identity, ti)
+    for qi, best in exact_hits(queries, targets).items():
+        found[qi] = best
+    return {qi: b for qi, b in found.items() if b.identity >= min_identity}
