@@ -322,3 +322,29 @@ def test_disk_full_while_checkpointing_keeps_previous_state_and_rerun_completes(
     monkeypatch.undo()  # space freed
     trainer, _ = _fit_inprocess(tmp_path, uniprot_fasta, 5, ckpt_path=resolve_resume_path(ckpt))
     assert trainer.global_step == 5 and _load(ckpt / "last.ckpt")["global_step"] == 5
+
+
+@pytest.mark.reliability
+def test_disk_full_during_prepare_keeps_state_and_rerun_completes(tmp_path, capsys, monkeypatch):
+    """ENOSPC while a source is finalised: clear error, no partial store published, rerun completes."""
+    import errno
+
+    import plm.data.prepare as prep
+    from plm.data.store import TokenStore
+
+    fasta = Path(__file__).parent / "fixtures" / "uniprot_tiny500.fasta.gz"
+    out = tmp_path / "prepared"
+    real_finalize = prep.finalize_source
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(prep, "finalize_source", full_disk)
+    assert prep.main(["--source", f"u={fasta}", "--out", str(out), "--on-invalid", "skip", "--quiet", "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "no space left on the device" in err and "re-run the same command" in err
+    assert not (out / "u" / "train").exists()  # nothing that looks like a finished store
+    monkeypatch.setattr(prep, "finalize_source", real_finalize)
+    assert prep.main(["--source", f"u={fasta}", "--out", str(out), "--on-invalid", "skip", "--quiet", "--workers", "1"]) == 0
+    store = TokenStore.open(out / "u" / "train", verify=True)
+    assert len(store) > 400

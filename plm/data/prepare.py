@@ -34,6 +34,7 @@ character, and only touches a record to slice it out of the block.
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import itertools
 import json
@@ -732,6 +733,13 @@ def main(argv: list[str]) -> int:
                       a.max_length, progress=not a.quiet)
     except (FastaError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: no space left on the device while writing under {a.out} ({err}). Finished shards and "
+              "sources are kept and nothing partial is published; free space and re-run the same command to "
+              "resume.", file=sys.stderr)
         return 2
     for n, s in top["sources"].items():
         rej = ", ".join(f"{k}: {v}" for k, v in s["rejected"].items()) or "none"
