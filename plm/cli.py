@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "data": "plm.identity.cli:main",
     "generate": "plm.generate.cli:main",
     "score": "plm.generate.score:main",
+    "convert": "plm.convert_cli:main",
 }
 
 COMMAND_HELP: dict[str, str] = {
@@ -29,6 +30,7 @@ COMMAND_HELP: dict[str, str] = {
     "data": "data tools: prepare, decontaminate, split-by-identity, cluster (plm data --help)",
     "generate": "sample proteins from a CLM checkpoint into a FASTA (temperature, top-p, prompts, seed)",
     "score": "score generated proteins: pLDDT (ESMFold), perplexity, diversity, novelty, repeats",
+    "convert": "weights ⇄ fair-esm ESM-2 .pt, HF EsmForMaskedLM, ProGen2, HF GPT-J (--from … --to plm|hf)",
 }
 
 

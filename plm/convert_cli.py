@@ -1,0 +1,88 @@
+"""``plm convert``: move weights between fair-esm, Hugging Face, ProGen2 and plm formats.
+
+Thin on purpose: the key-map tables and format quirks live in :mod:`plm.model.convert`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EXAMPLES = """examples:
+  plm convert --from esm2 --to plm esm2_t6_8M_UR50D.pt weights/esm2_8m
+  plm convert --from esm2 --to hf esm2_t6_8M_UR50D.pt hf/esm2_8m        # fair-esm .pt straight to HF
+  plm convert --from hf-esm --to plm path/to/esm2_t6_8M_UR50D weights/esm2_8m
+  plm convert --from progen2 --to plm progen2-small/ weights/progen2_small
+  plm convert --from plm --to hf runs/clm/final hf/my_clm                # → GPTJForCausalLM
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="plm convert",
+        description=__doc__.splitlines()[0],
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--from",
+        dest="src",
+        required=True,
+        choices=["esm2", "hf-esm", "progen2", "plm"],
+        help="input format: esm2 = fair-esm .pt file; hf-esm = Hugging Face EsmForMaskedLM directory; "
+        "progen2 = official ProGen2 directory (config.json + pytorch_model.bin, fused qkv_proj) "
+        "or a Hugging Face GPT-J directory; plm = plm export directory or .ckpt",
+    )
+    p.add_argument(
+        "--to",
+        dest="dst",
+        required=True,
+        choices=["plm", "hf"],
+        help="output format: plm = plm export directory (plm.load, fine-tuning, evaluation); "
+        "hf = Hugging Face directory (EsmForMaskedLM for esm2, GPTJForCausalLM for progen2)",
+    )
+    p.add_argument("input", help="checkpoint file or directory to read")
+    p.add_argument("output", help="directory to write (replaced if it exists)")
+    p.add_argument(
+        "--n-head",
+        type=int,
+        default=None,
+        help="attention heads, only for fair-esm files without a stored cfg (weights do not reveal it)",
+    )
+    p.add_argument(
+        "--contact-regression",
+        default=None,
+        help="fair-esm contact regression .pt (default: <input stem>-contact-regression.pt if present)",
+    )
+    p.add_argument(
+        "--vocab",
+        choices=["auto", "progen2", "plm"],
+        default="auto",
+        help="token ids of a progen2/GPT-J input: progen2 = ProGen2's 30-token vocabulary (mapped onto "
+        "plm ids), plm = already plm ids; auto = plm if the embedding has 33 rows, else progen2",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    from plm.model.convert import convert
+    from plm.model.io import CheckpointError
+
+    try:
+        _, summary = convert(
+            args.src,
+            args.dst,
+            args.input,
+            args.output,
+            n_head=args.n_head,
+            contact_regression=args.contact_regression,
+            vocab=args.vocab,
+            progress=not args.no_progress,
+        )
+    except (CheckpointError, ValueError) as err:
+        print(f"plm convert: error: {err}", file=sys.stderr)
+        return 1
+    print(summary)
+    return 0
