@@ -16,6 +16,8 @@ LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 COMMANDS: dict[str, str] = {
     "train": "plm.train:main",
     "plan": "plm.scaling.plan:main",
+    "sweep": "plm.scaling.sweep:main",
+    "fit-laws": "plm.scaling.fit:main",
     "evaluate": "plm.evaluation.runner:main",
     "data": "plm.identity.cli:main",
     "generate": "plm.generate.cli:main",
@@ -26,6 +28,8 @@ COMMANDS: dict[str, str] = {
 COMMAND_HELP: dict[str, str] = {
     "train": "train a ladder size (SIZE=…, OBJECTIVE=…) with resource checks; wraps `plm fit`",
     "plan": "compute budget (FLOPs or GPU-hours) → model size, tokens, schedule, and a plm fit config",
+    "sweep": "IsoFLOP sweep: one plm fit config per (budget, size), run in turn (resumable) or as a job list",
+    "fit-laws": "fit N_opt(C), D_opt(C) (bootstrap CIs) and L(N, D) to sweep results; table, JSON, PNG plots",
     "evaluate": "downstream tasks (probes, LoRA, zero-shot DMS, contacts) → results.csv/.md",
     "data": "data tools: prepare, decontaminate, split-by-identity, cluster (plm data --help)",
     "generate": "sample proteins from a CLM checkpoint into a FASTA (temperature, top-p, prompts, seed)",

@@ -38,7 +38,7 @@ def test_gpu_hours_budget_and_transfer_split(capsys):
 
 
 def test_generated_shapes_are_sane():
-    for n in (3e7, 2.5e8, 1.7e9, 2e10):
+    for n in (3e7, 2.5e8, 1.7e9, 2e10, 4.5e9, 7e9, 1.4e10):
         layers, hidden, heads = generated_shape(n)
         assert abs(math.log(12 * layers * hidden**2 / n)) < 0.15
         assert hidden % 64 == 0 and hidden % heads == 0 and 64 <= hidden // heads <= 128
@@ -76,3 +76,21 @@ def test_written_config_trains_with_plm_fit(objective, tmp_path, capsys):
     run = _fit(tmp_path, "planned", "--config", str(cfg), "--trainer.precision", "32-true",
                "--trainer.enable_progress_bar", "false", "--run_name", "planned")
     assert (run / "final" / "model.safetensors").is_file()
+
+
+def test_plan_with_fitted_laws_gives_expected_loss(tmp_path, capsys):
+    fitted = {"clm": {"n_opt": {"coef": 0.5, "exponent": 0.45, "ci": [0.4, 0.5]},
+                      "parametric": {"E": 1.7, "A": 400.0, "B": 410.0, "alpha": 0.34, "beta": 0.28}}}
+    laws = tmp_path / "fit.json"
+    laws.write_text(json.dumps(fitted))
+    plan = _json(capsys, "--flops", "1e20", "--objective", "clm", "--laws", str(laws))
+    assert plan["n_opt"] == pytest.approx(0.5 * 1e20**0.45)
+    n, d = plan["n_params"], plan["tokens"]
+    assert plan["expected_loss"] == pytest.approx(1.7 + 400 / n**0.34 + 410 / d**0.28)
+    assert plm_main(["plan", "--flops", "1e20", "--objective", "clm", "--laws", str(laws)]) == 0
+    assert "expected loss: " in capsys.readouterr().out
+    assert plm_main(["plan", "--flops", "1e20", "--objective", "mlm", "--laws", str(laws)]) == 2
+    assert "no 'mlm' entry" in capsys.readouterr().err
+    laws.write_text("{not json")
+    assert plm_main(["plan", "--flops", "1e20", "--objective", "clm", "--laws", str(laws)]) == 2
+    assert "not readable JSON" in capsys.readouterr().err

@@ -1,1 +1,1 @@
-"""Scaling-law toolkit: published laws as data, compute accounting and `plm plan`."""
+"""Scaling-law toolkit: published laws as data, `plm plan`, `plm sweep` (IsoFLOP runs) and `plm fit-laws`."""

@@ -3,6 +3,7 @@
     plm plan --flops 1e21 --objective clm
     plm plan --gpu-hours 5000 --gpu h100 --mfu 0.4 --objective mlm --manifest data/prepared/manifest.json
     plm plan --flops 3e13 --objective mlm --write run.yaml --rows-per-device 4 --row-len 256
+    plm plan --flops 1e19 --objective clm --laws fit.json   # your own laws: `plm fit-laws … --json > fit.json`
 """
 
 from __future__ import annotations
@@ -53,11 +54,12 @@ class Plan:
     mlm_flops: float | None = None
     expected_loss: float | None = None
     epochs: dict[str, float] | None = None
+    law_source: str = "published: Cheng et al. 2024"
 
 
 def generated_shape(n_target: float) -> tuple[int, int, int]:
     """Layers × hidden × heads with N ≈ 12·L·h², hidden a multiple of 64, head size 64 (128 from 2048
-    hidden) and an aspect ratio h/L near the ESM-2 / paper ladder (≈ 20–100)."""
+    hidden when it divides) and an aspect ratio h/L near the ESM-2 / paper ladder (≈ 20–100)."""
     best, best_score = (2, 64, 1), float("inf")
     for layers in range(2, 129):
         hidden = max(64, round(math.sqrt(n_target / (12 * layers)) / 64) * 64)
@@ -66,7 +68,8 @@ def generated_shape(n_target: float) -> tuple[int, int, int]:
             continue
         score = abs(math.log(12 * layers * hidden**2 / n_target)) + 0.05 * abs(math.log(aspect / 48))
         if score < best_score:
-            best, best_score = (layers, hidden, hidden // (128 if hidden >= 2048 else 64)), score
+            head = 128 if hidden >= 2048 and hidden % 128 == 0 else 64  # 128-dim heads only where they divide
+            best, best_score = (layers, hidden, hidden // head), score
     return best
 
 
@@ -94,13 +97,33 @@ def epochs_per_source(tokens: float, manifest: Path, weights: dict[str, float] |
     return {n: tokens * w.get(n, 0.0) / total / max(1.0, residues[n]) for n in residues}
 
 
+def load_fitted_law(path: Path, objective: str) -> dict[str, Any]:
+    """One objective's entry of `plm fit-laws --json` output (n_opt power law, optional parametric)."""
+    if objective == "transfer":
+        raise ValueError("--laws applies to --objective clm or mlm (the transfer split uses the published laws)")
+    try:
+        entry = json.loads(Path(path).read_text())[objective]
+        float(entry["n_opt"]["coef"]), float(entry["n_opt"]["exponent"])
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--laws {path}: not readable JSON ({err}); write it with `plm fit-laws RESULTS --json > {path}`") from err
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"--laws {path}: no {objective!r} entry with n_opt.coef and n_opt.exponent ({err!r}); "
+                         f"fit-laws output lists the objectives of the sweep") from err
+    return entry
+
+
 def make_plan(flops: float, objective: str, row_len: int = 1024, manifest: Path | None = None,
-              weights: dict[str, float] | None = None) -> Plan:
+              weights: dict[str, float] | None = None, fitted: dict[str, Any] | None = None,
+              fitted_source: str = "fitted") -> Plan:
+    """The plan for one budget; ``fitted`` (an objective's `plm fit-laws --json` entry) replaces the published
+    N_opt law and, through its parametric L(N, D), gives the expected loss."""
     if not flops > 0 or not math.isfinite(flops):
         raise ValueError(f"--flops must be a positive number, got {flops}")
     clm_c = mlm_c = None
     if objective == "transfer":
         n_opt, clm_c, mlm_c = transfer_split(flops)
+    elif fitted is not None:
+        n_opt = float(fitted["n_opt"]["coef"]) * flops ** float(fitted["n_opt"]["exponent"])
     else:
         n_opt = law(objective).n_opt(flops)
     size, cfg = choose_shape(n_opt)
@@ -111,6 +134,11 @@ def make_plan(flops: float, objective: str, row_len: int = 1024, manifest: Path 
     lr = SIZES[size].peak_lr if size else peak_lr_for(n)
     plan = Plan(objective, flops, n, n_opt, tokens, cfg.n_layer, cfg.n_embd, cfg.n_head, size, batch, steps,
                 max(1, round(0.025 * steps)), lr, clm_c, mlm_c)
+    if fitted is not None:
+        plan.law_source = fitted_source
+        q = fitted.get("parametric")
+        if q:
+            plan.expected_loss = q["E"] + q["A"] / n ** q["alpha"] + q["B"] / tokens ** q["beta"]
     if manifest is not None:
         plan.epochs = epochs_per_source(tokens, manifest, weights)
         for name, e in plan.epochs.items():
@@ -167,6 +195,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", type=int, default=1, help="devices per node (--write)")
     p.add_argument("--num-nodes", type=int, default=1, help="nodes (--write)")
     p.add_argument("--write", type=Path, help="write a plm fit config here")
+    p.add_argument("--laws", type=Path, help="`plm fit-laws --json` output: plan with your fitted N_opt law and its "
+                                             "parametric L(N, D) for the expected loss (clm/mlm)")
     p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
     return p
 
@@ -187,7 +217,9 @@ def main(argv: list[str]) -> int:
         weights = None
         if args.weights:
             weights = {k: float(v) for k, v in (item.split("=", 1) for item in args.weights.split(","))}
-        plan = make_plan(budget_from_args(args), args.objective, args.row_len, args.manifest, weights)
+        fitted = load_fitted_law(args.laws, args.objective) if args.laws else None
+        plan = make_plan(budget_from_args(args), args.objective, args.row_len, args.manifest, weights, fitted,
+                         f"fitted: {args.laws}")
     except ValueError as err:
         print(f"plm plan: {err}", file=sys.stderr)
         return 2
@@ -199,11 +231,14 @@ def main(argv: list[str]) -> int:
     shape = f"ladder size {plan.size}" if plan.size else "generated shape"
     lines = [
         f"objective {plan.objective}, compute C = {plan.flops:.3g} FLOPs",
-        f"  N_opt (law) = {plan.n_opt:.3g} non-embedding parameters → {shape}: "
-        f"{plan.layers} layers × {plan.hidden} hidden × {plan.heads} heads, N = {plan.n_params:.3g}",
-        f"  D = C / 6N = {plan.tokens:.3g} tokens; batch {plan.batch_tokens:,} tokens → {plan.steps:,} steps, "
-        f"warm-up {plan.warmup_steps:,}, peak LR {plan.peak_lr:g}, cosine to LR/10",
-        "  expected loss: not given by the published fits (they fix the allocation, not the loss level)",
+        (f"  N_opt ({plan.law_source}) = {plan.n_opt:.3g} non-embedding parameters → {shape}: "
+         f"{plan.layers} layers × {plan.hidden} hidden × {plan.heads} heads, N = {plan.n_params:.3g}"),
+        (f"  D = C / 6N = {plan.tokens:.3g} tokens; batch {plan.batch_tokens:,} tokens → {plan.steps:,} steps, "
+         f"warm-up {plan.warmup_steps:,}, peak LR {plan.peak_lr:g}, cosine to LR/10"),
+        (f"  expected loss: {plan.expected_loss:.4f} nats (parametric L(N, D) of {plan.law_source})"
+         if plan.expected_loss is not None else
+         "  expected loss: not given by the published fits (they fix the allocation, not the loss level; "
+         "pass --laws from `plm fit-laws --json`)"),
     ]
     if plan.objective == "transfer":
         total = plan.clm_flops + plan.mlm_flops

@@ -1,0 +1,83 @@
+import csv
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from plm.cli import main as plm_main
+from plm.scaling.laws import LAWS
+from plm.scaling.sweep import auto_sizes, make_jobs, parse_size
+
+
+def test_jobs_end_exactly_at_their_budget(tmp_path):
+    jobs, notes = make_jobs("clm", [1e10, 1e11], "1x16,2x32x2,4x128", tmp_path, row_len=128, rows_per_batch=16,
+                            lr=None, min_steps=10)
+    assert {(j.layers, j.hidden, j.heads) for j in jobs} == {(1, 16, 1), (2, 32, 2), (4, 128, 4)}
+    for job in jobs:
+        assert job.tokens == job.steps * 128 * 16
+        exact = job.flops / (6 * job.n_params)  # D = C / 6N, rounded to whole optimizer steps
+        assert abs(job.tokens - exact) <= 128 * 16 / 2
+        assert job.lr == pytest.approx(6e-4)  # peak_lr_for(N) of small models
+    assert notes == [("skipped 4x128x4 at C = 1e+10: only 1 steps of 2048 tokens (< --min-steps 10); "
+                      "use smaller sizes or rows")]
+
+
+def test_size_specs_and_auto_sizes():
+    assert parse_size("8m").n_layer == 6 and parse_size("2x64").n_head == 2 and parse_size("2x64x4").n_head == 4
+    with pytest.raises(ValueError, match=r"'2x' is neither a ladder size .* nor LxH / LxHxA"):
+        parse_size("2x")
+    shapes = auto_sizes("clm", 1e21)
+    n = [s.n_params_non_embedding() for s in shapes]
+    n_opt = LAWS["clm"].n_opt(1e21)
+    assert len(shapes) >= 5 and n == sorted(n) and n[0] < n_opt / 4 and n[-1] > 4 * n_opt
+
+
+def test_print_jobs_writes_configs_and_one_command_per_job(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert plm_main(["sweep", "--objective", "mlm", "--budgets", "1e10,3e10", "--sizes", "1x16,1x32",
+                     "--out", str(out), "--row-len", "128", "--rows-per-batch", "16", "--print-jobs"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4
+    for line in lines:
+        cmd = shlex.split(line)
+        assert cmd[1:4] == ["-m", "plm.cli", "fit"] and cmd[cmd.index("--ckpt_path") + 1] == "last"
+        cfg = yaml.safe_load(Path(cmd[cmd.index("--config") + 1]).read_text())
+        assert cfg["model"]["class_path"] == "plm.lit.MaskedLM"
+        assert cfg["trainer"]["val_check_interval"] == cfg["trainer"]["max_steps"]  # final val loss at the budget
+    manifest = json.loads((out / "sweep.json").read_text())["jobs"]
+    assert len(manifest) == 4
+    # a second objective in the same directory is merged, not overwritten
+    assert plm_main(["sweep", "--objective", "clm", "--budgets", "1e10", "--sizes", "1x16", "--out", str(out),
+                     "--row-len", "128", "--rows-per-batch", "16"]) == 0
+    assert len(json.loads((out / "sweep.json").read_text())["jobs"]) == 5
+
+
+def test_bad_sweep_arguments_are_clear_errors(tmp_path, capsys):
+    assert plm_main(["sweep", "--objective", "clm", "--budgets", "1e10,x", "--out", str(tmp_path)]) == 2
+    assert "--budgets '1e10,x'" in capsys.readouterr().err
+    assert plm_main(["sweep", "--objective", "clm", "--budgets", "1e10,-1", "--out", str(tmp_path)]) == 2
+    assert "positive" in capsys.readouterr().err
+    assert plm_main(["sweep", "--objective", "clm", "--budgets", "1e3", "--sizes", "2x64", "--out", str(tmp_path)]) == 2
+    assert "no jobs left" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sweep_runs_resumes_and_collects(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    args = ["sweep", "--objective", "clm", "--budgets", "3e8", "--sizes", "1x16,1x32", "--out", str(out),
+            "--row-len", "64", "--rows-per-batch", "4", "--val-rows", "4", "--precision", "32-true",
+            "--min-steps", "5", "--run"]
+    assert plm_main(args) == 0
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [r["n_params"] for r in rows] == ["3616", "13888"] and all(2.0 < float(r["loss"]) < 4.0 for r in rows)
+    for job in json.loads((out / "sweep.json").read_text())["jobs"]:
+        exported = json.loads((out / "runs" / job["name"] / "final" / "config.json").read_text())
+        assert exported["global_step"] == job["steps"]  # the schedule ended exactly at the budget
+    logs = {p: p.stat().st_mtime_ns for p in (out / "logs").iterdir()}
+    assert plm_main(args) == 0  # resumable: finished runs are skipped
+    assert {p: p.stat().st_mtime_ns for p in (out / "logs").iterdir()} == logs
+    capsys.readouterr()
+    assert plm_main(["fit-laws", str(out)]) == 2  # one budget, two sizes: not enough for a law
+    assert "fewer than 3 distinct n_params" in capsys.readouterr().err
