@@ -49,7 +49,7 @@ def test_real_fixture_matches_in_memory_reader(tmp_path, uniprot_fasta, metageno
         assert sum(man["train"]["length_histogram"].values()) == len(ref_train)
         assert man["inputs"][0]["size"] == path.stat().st_size and "mtime" in man["inputs"][0]
     assert set(top["files"]) >= {"u/train/tokens.bin", "m/val/offsets.npy", "u/manifest.json"}
-    assert not (tmp_path / "out" / SHARDS).exists()  # shards are removed once concatenated
+    assert not (tmp_path / "out" / SHARDS).exists()  # shards are removed once linked into the stores
 
 
 def test_many_shards_and_workers_give_the_same_store(tmp_path, uniprot_fasta):
@@ -59,8 +59,19 @@ def test_many_shards_and_workers_give_the_same_store(tmp_path, uniprot_fasta):
     man = json.loads((tmp_path / "many" / "u" / "manifest.json").read_text())
     assert man["shards"] > 10
     for split in ("train", "val"):
-        a, b = TokenStore.open(tmp_path / "one" / "u" / split), TokenStore.open(tmp_path / "many" / "u" / split)
+        a, b = TokenStore.open(tmp_path / "one" / "u" / split), TokenStore.open(tmp_path / "many" / "u" / split, verify=True)
         assert np.array_equal(a.offsets, b.offsets) and np.array_equal(a.tokens, b.tokens)
+        assert all(np.array_equal(a.get(i), b.get(i)) for i in range(len(a)))
+    # the many-shard store keeps one token part per shard (hard-linked, not concatenated) ...
+    meta = json.loads((tmp_path / "many" / "u" / "train" / "store.json").read_text())
+    assert len(meta["parts"]) > 10 and meta["parts"][0] == "tokens.bin"
+    a, b = TokenStore.open(tmp_path / "one" / "u" / "train"), TokenStore.open(tmp_path / "many" / "u" / "train")
+    edge = int(b.tokens.bounds[3])  # ... and slices across a part boundary read through
+    assert np.array_equal(b.tokens[edge - 7 : edge + 5], a.tokens[edge - 7 : edge + 5]) and len(b.tokens) == len(a.tokens)
+    # a lost part is an incomplete store, never read as valid
+    (tmp_path / "many" / "u" / "train" / meta["parts"][4]).unlink()
+    with pytest.raises(ValueError, match=r"tokens\.004\.bin: missing"):
+        TokenStore.open(tmp_path / "many" / "u" / "train")
 
 
 GOOD = ">a first\nMKTAYIAK\nQRQIS\n>b\nLLGVV\n"
@@ -190,7 +201,7 @@ def test_truncated_or_corrupt_store_is_never_read_as_valid(tmp_path, metagenomic
     data[100] ^= 3
     tok.write_bytes(bytes(data))
     TokenStore.open(store)  # same size: only the checksum can tell
-    with pytest.raises(ValueError, match=r"corrupt store \(.*tokens.bin: sha256 of chunk\(s\) \[0\] differs"):
+    with pytest.raises(ValueError, match=r"corrupt store \(.*tokens.bin: sha256 differs"):
         TokenStore.open(store, verify=True)
     tok.write_bytes(bytes(data[:-10]))
     with pytest.raises(ValueError, match=r"truncated or corrupt"):

@@ -40,10 +40,16 @@ def hash_ranges(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.nda
     short = np.flatnonzero(lens <= 8 * MAX_WORDS)
     if len(short):
         width = max(8, -(-int(lens[short].max()) // 8) * 8)
-        col = np.arange(width, dtype=np.int64)
-        pos = np.minimum(starts[short, None] + col, max(0, len(buf) - 1))
-        mat = np.where(col < lens[short, None], buf[pos] if len(buf) else 0, 0).astype(np.uint8)
-        words = np.ascontiguousarray(mat).view("<u8")
+        # rows of `width` bytes starting at each identifier, gathered from a strided view of the buffer
+        # (no int64 position matrix, no copy of the buffer), then zeroed past each identifier's end
+        first = starts[short]
+        inside = first <= len(buf) - width
+        if inside.all():
+            mat = np.lib.stride_tricks.sliding_window_view(buf, width)[first]
+        else:  # identifiers in the last `width` bytes: pad a copy of the buffer (rare: small buffers)
+            mat = np.lib.stride_tricks.sliding_window_view(np.concatenate([buf, np.zeros(width, np.uint8)]), width)[first]
+        mat = mat * (np.arange(width) < lens[short, None])
+        words = mat.view("<u8")
         h = mix64(lens[short])
         for j in range(words.shape[1]):
             h = mix64(h, words[:, j])

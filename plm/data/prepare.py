@@ -4,7 +4,7 @@ Layout written under ``--out DIR``::
 
     DIR/manifest.json                      all sources: counts, residues, options, sha256 of every file
     DIR/NAME/manifest.json                 one source: inputs (size, mtime), rejected records, histogram
-    DIR/NAME/{train,val}/tokens.bin        uint8 residue tokens, records back to back
+    DIR/NAME/{train,val}/tokens*.bin       uint8 residue tokens, records back to back, one part per shard
     DIR/NAME/{train,val}/offsets.npy       int64 record boundaries (records + 1)
     DIR/NAME/{train,val}/store.json        sizes + sha256 that ``TokenStore.open`` checks
     DIR/NAME/train/ids.npy                 uint64 hash of each record id (clusters, exclusion lists)
@@ -14,9 +14,9 @@ Why shards: input files are cut into byte ranges at ``>`` line starts (gzip file
 they cannot be entered in the middle) and each shard is parsed by one worker process into its own small
 store under ``DIR/.shards/NAME/``, written to a temporary directory and renamed when complete, with a
 manifest holding its checksums. An interrupted run therefore leaves only complete shards; a re-run
-verifies them (size + sha256) and parses only the missing or damaged ones. Finally shards are
-concatenated in file order (so the result does not depend on the worker count), duplicate ids are
-dropped, and the shards are deleted.
+verifies them (size + sha256) and parses only the missing or damaged ones. Finally the shards become
+the parts of each store in file order (so the result does not depend on the worker count) by hard
+links, not copies; duplicate ids are dropped, and the shard directories are deleted.
 
 Validation policy: that of :mod:`plm.data.fasta` (empty, outside the alphabet, over-long → error naming
 file, record and byte offset, or a counted skip; CRLF, blank lines, lowercase, trailing ``*`` accepted;
@@ -51,10 +51,10 @@ import numpy as np
 
 from plm.data.clusters import build_clusters, hash_ranges, save_clusters
 from plm.data.fasta import DEFAULT_MAX_LENGTH, FastaError, OnInvalid
-from plm.data.store import OFFSETS_FILE, TOKENS_FILE, file_problems, validation_mask
+from plm.data.store import OFFSETS_FILE, TOKENS_FILE, file_problems, part_name, validation_mask
 from plm.tokenizer import _LOOKUP, FIRST_RESIDUE, RESIDUES
 
-FORMAT = 1
+FORMAT = 2  # 2: token parts hard-linked from shards (store.json lists them)
 STORE_META = "store.json"
 MANIFEST = "manifest.json"
 SHARDS = ".shards"
@@ -396,66 +396,83 @@ def _histogram(offsets: np.ndarray) -> dict:
     return dict(zip(labels, counts.tolist()))
 
 
-def _copy_range(src_fd: int, dst_fd: int, start: int, length: int) -> None:
-    """In-kernel copy (no trip through Python) of ``length`` bytes at ``start``, appended to dst."""
-    while length > 0:
-        try:
-            n = os.copy_file_range(src_fd, dst_fd, length, start)
-        except OSError:  # file systems without copy_file_range
-            os.lseek(src_fd, start, os.SEEK_SET)
-            n = os.write(dst_fd, os.read(src_fd, min(length, 64 << 20)))
-        if n <= 0:
-            raise OSError(f"short copy from shard ({length} bytes left)")
-        start, length = start + n, length - n
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Give ``dst`` the content of ``src`` without copying it when possible: a hard link (same inode, so
+    deleting the shard later frees nothing and costs nothing), else an in-kernel copy."""
+    try:
+        os.link(src, dst)
+        return
+    except OSError as err:  # another file system, or one without hard links
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+    with open(src, "rb") as fi, open(dst, "wb") as fo:
+        start, length = 0, src.stat().st_size
+        while length > 0:
+            try:
+                n = os.copy_file_range(fi.fileno(), fo.fileno(), length, start)
+            except OSError as err:  # file systems without copy_file_range
+                if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                os.lseek(fi.fileno(), start, os.SEEK_SET)
+                n = os.write(fo.fileno(), os.read(fi.fileno(), min(length, 64 << 20)))
+            if n <= 0:
+                raise OSError(f"{src}: short copy ({length} bytes left)")
+            start, length = start + n, length - n
 
 
 def _write_store(dst: Path, shard_dirs: list[Path], keep: list[np.ndarray], shard_sha: list[str],
-                 ids: np.ndarray | None) -> dict:
-    """Concatenate the kept records of one split of all shards into ``dst`` (streaming, bounded).
+                 ids: np.ndarray | None) -> tuple[dict, list[str]]:
+    """Assemble one split of all shards into the store ``dst``; returns (files, token parts).
 
-    Whole shards are copied in the kernel and keep the sha256 their worker computed (one checksum per
-    chunk); a shard that lost duplicate records is re-hashed.
+    Each shard's token file becomes one part of the store (``tokens.bin``, ``tokens.001.bin``, …) by a
+    hard link, keeping the sha256 its worker computed: finalising costs no copy and no re-hash, whatever
+    the data size. A shard that lost duplicate records is rewritten (kept runs only) and re-hashed.
     """
     dst.mkdir(parents=True)
     n = int(sum(int(k.sum()) for k in keep))
     offsets = np.lib.format.open_memmap(dst / OFFSETS_FILE, mode="w+", dtype=np.int64, shape=(n + 1,))
     offsets[0] = 0
-    chunks: list[list] = []
+    files: dict[str, dict] = {}
+    parts: list[str] = []
     pos = rec = 0
-    with open(dst / TOKENS_FILE, "wb") as out:
-        for sd, k, sha in zip(shard_dirs, keep, shard_sha):
-            src_off = np.load(sd / OFFSETS_FILE)
-            lens = np.diff(src_off)[k]
-            offsets[rec + 1 : rec + 1 + len(lens)] = pos + np.cumsum(lens)
-            rec += len(lens)
-            size = int(lens.sum())
-            if size == 0:
-                continue
-            with open(sd / TOKENS_FILE, "rb") as src:
-                if k.all():
-                    out.flush()
-                    _copy_range(src.fileno(), out.fileno(), 0, size)
-                    chunks.append([size, sha])
-                else:  # duplicates dropped: copy the runs of kept records and hash them
-                    h = hashlib.sha256()
-                    edges = np.flatnonzero(np.diff(np.concatenate([[0], k.astype(np.int8), [0]])))
-                    for a, b in zip(edges[::2], edges[1::2]):
-                        src.seek(int(src_off[a]))
-                        left = int(src_off[b] - src_off[a])
-                        while left:
-                            buf = src.read(min(left, 64 << 20))
-                            out.write(buf)
-                            h.update(buf)
-                            left -= len(buf)
-                    chunks.append([size, h.hexdigest()])
-            pos += size
+    for sd, k, sha in zip(shard_dirs, keep, shard_sha):
+        src_off = np.load(sd / OFFSETS_FILE)
+        lens = np.diff(src_off)[k]
+        offsets[rec + 1 : rec + 1 + len(lens)] = pos + np.cumsum(lens)
+        rec += len(lens)
+        size = int(lens.sum())
+        if size == 0:
+            continue
+        part = dst / part_name(len(parts))
+        if k.all():
+            _link_or_copy(sd / TOKENS_FILE, part)
+        else:  # duplicates dropped: copy the runs of kept records and hash them
+            h = hashlib.sha256()
+            edges = np.flatnonzero(np.diff(np.concatenate([[0], k.astype(np.int8), [0]])))
+            with open(sd / TOKENS_FILE, "rb") as src, open(part, "wb") as out:
+                for a, b in zip(edges[::2], edges[1::2]):
+                    src.seek(int(src_off[a]))
+                    left = int(src_off[b] - src_off[a])
+                    while left:
+                        buf = src.read(min(left, 64 << 20))
+                        out.write(buf)
+                        h.update(buf)
+                        left -= len(buf)
+            sha = h.hexdigest()
+        files[part.name] = {"size": size, "sha256": sha}
+        parts.append(part.name)
+        pos += size
+    if not parts:  # an empty split still has its (empty) tokens.bin
+        (dst / TOKENS_FILE).write_bytes(b"")
+        files[TOKENS_FILE] = file_entry(dst / TOKENS_FILE)
+        parts.append(TOKENS_FILE)
     offsets.flush()
     del offsets
-    files = {TOKENS_FILE: {"size": pos, "sha256_chunks": chunks}, OFFSETS_FILE: file_entry(dst / OFFSETS_FILE)}
+    files[OFFSETS_FILE] = file_entry(dst / OFFSETS_FILE)
     if ids is not None:
         np.save(dst / IDS_FILE, ids)
         files[IDS_FILE] = file_entry(dst / IDS_FILE)
-    return files
+    return files, parts
 
 
 def first_occurrences(ids: np.ndarray) -> np.ndarray:
@@ -510,7 +527,7 @@ def finalize_source(name: str, out: Path, shards: list[Shard], manifests: dict[s
             split_ids = (np.concatenate([i[k & s] for i, k, s in zip(ids, keeps, sel)]) if ids
                          else np.zeros(0, np.uint64)).astype(np.uint64)
         shas = [manifests[s.key]["files"][f"{sname}/{TOKENS_FILE}"]["sha256"] for s in shards]
-        sfiles = _write_store(tmp / sname, [d / sname for d in dirs], keep_split, shas, split_ids)
+        sfiles, parts = _write_store(tmp / sname, [d / sname for d in dirs], keep_split, shas, split_ids)
         offsets = np.load(tmp / sname / OFFSETS_FILE, mmap_mode="r")
         summary[sname] = {"records": len(offsets) - 1, "residues": int(offsets[-1]), "length_histogram": _histogram(offsets)}
         if sname == "train" and cluster_tsv is not None:
@@ -518,7 +535,8 @@ def finalize_source(name: str, out: Path, shards: list[Shard], manifests: dict[s
             for p in save_clusters(tmp / sname, c_off, c_mem):
                 sfiles[p.name] = file_entry(p)
             summary[sname]["clusters"] = c_stats
-        (tmp / sname / STORE_META).write_text(json.dumps({"name": name, "split": sname, **summary[sname], "files": sfiles}, indent=1))
+        meta = {"name": name, "split": sname, **summary[sname], "parts": parts, "files": sfiles}
+        (tmp / sname / STORE_META).write_text(json.dumps(meta, indent=1))
         files.update({f"{sname}/{k}": v for k, v in sfiles.items()})
     manifest = {
         "name": name, "format": FORMAT, "spec": spec, **summary,

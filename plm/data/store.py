@@ -3,6 +3,10 @@
 The same layout lives in memory (built from a FASTA for small data) or on disk as memory-mapped files
 written by ``plm data prepare`` (``tokens.bin`` + ``offsets.npy``), so the sampler and packer never
 care which. 10⁹ records cost 8 GB of offsets and one byte per residue, all paged in lazily.
+
+On disk the residues may be split over several part files (``tokens.bin``, ``tokens.001.bin``, …,
+listed in ``store.json``) read as one array through :class:`PartedTokens`: ``plm data prepare`` then
+hard-links each worker's shard into the store instead of copying hundreds of GB a second time.
 """
 
 from __future__ import annotations
@@ -58,10 +62,56 @@ def is_validation(tokens: np.ndarray, val_fraction: float) -> bool:
     return bool(validation_mask(tokens, np.array([0, len(tokens)]), val_fraction)[0])
 
 
+class PartedTokens:
+    """Several memory-mapped uint8 part files read as one array (slices only; records never span parts)."""
+
+    def __init__(self, parts: list[np.ndarray]) -> None:
+        self.parts = parts
+        self.bounds = np.concatenate([[0], np.cumsum([len(p) for p in parts], dtype=np.int64)])
+        self.dtype = np.dtype(np.uint8)
+
+    def __len__(self) -> int:
+        return int(self.bounds[-1])
+
+    @property
+    def size(self) -> int:
+        return len(self)
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (len(self),)
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("PartedTokens supports contiguous slices only, e.g. tokens[a:b]")
+        start, stop, _ = key.indices(len(self))
+        if stop <= start:
+            return np.zeros(0, np.uint8)
+        k = int(np.searchsorted(self.bounds, start, side="right")) - 1
+        base = int(self.bounds[k])
+        if stop <= self.bounds[k + 1]:  # the common case: one record, one part, no copy
+            return self.parts[k][start - base : stop - base]
+        pieces = []
+        while start < stop:
+            end = min(stop, int(self.bounds[k + 1]))
+            pieces.append(np.asarray(self.parts[k][start - int(self.bounds[k]) : end - int(self.bounds[k])]))
+            start, k = end, k + 1
+        return np.concatenate(pieces)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = np.concatenate([np.asarray(p) for p in self.parts]) if self.parts else np.zeros(0, np.uint8)
+        return whole if dtype is None else whole.astype(dtype)
+
+
+def part_name(i: int) -> str:
+    """File name of token part ``i`` (part 0 keeps the single-file name, so old readers still find it)."""
+    return TOKENS_FILE if i == 0 else f"tokens.{i:03d}.bin"
+
+
 @dataclass
 class TokenStore:
     name: str
-    tokens: np.ndarray  # uint8 (total residues,)
+    tokens: np.ndarray | PartedTokens  # uint8 (total residues,)
     offsets: np.ndarray  # int64 (records + 1,), offsets[0] == 0
     # optional (offsets, members) cluster index over the records: sampled cluster first, member second
     clusters: tuple[np.ndarray, np.ndarray] | None = None
@@ -110,46 +160,37 @@ class TokenStore:
         for p in (tok_path, off_path):
             if not p.is_file():
                 raise FileNotFoundError(f"{p}: missing; run `plm data prepare` for this source")
-        _check_store_meta(directory, verify)
+        parts = _check_store_meta(directory, verify)
         try:
             offsets = np.load(off_path, mmap_mode="r")
         except ValueError as err:
             raise ValueError(f"{off_path}: corrupt offsets file ({err}); re-run `plm data prepare`") from err
-        size = tok_path.stat().st_size
-        if offsets.ndim != 1 or len(offsets) == 0 or int(offsets[0]) != 0 or int(offsets[-1]) != size:
+        paths = [directory / p for p in parts]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise ValueError(f"{directory}: token part file(s) {missing} missing; the store is incomplete: re-run prepare")
+        sizes = [p.stat().st_size for p in paths]
+        if offsets.ndim != 1 or len(offsets) == 0 or int(offsets[0]) != 0 or int(offsets[-1]) != sum(sizes):
             raise ValueError(
-                f"{tok_path}: holds {size} bytes but {off_path.name} ends at "
+                f"{tok_path}: the token file(s) hold {sum(sizes)} bytes but {off_path.name} ends at "
                 f"{int(offsets[-1]) if len(offsets) else 'nothing'}; the store is truncated or corrupt: re-run prepare"
             )
-        tokens = np.memmap(tok_path, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
+        maps = [np.memmap(p, dtype=np.uint8, mode="r") if n else np.zeros(0, np.uint8) for p, n in zip(paths, sizes)]
+        tokens = maps[0] if len(maps) == 1 else PartedTokens(maps)
         return cls(name or directory.name, tokens, offsets)
 
 
-def _sha256(path: Path, chunks: list | None = None) -> str | list[str]:
-    """sha256 of a file, or of consecutive chunks of the given sizes (a list of hex digests)."""
+def _sha256(path: Path) -> str:
+    sha = hashlib.sha256()
     with open(path, "rb") as fh:
-        if chunks is None:
-            sha = hashlib.sha256()
-            for block in iter(lambda: fh.read(16 << 20), b""):
-                sha.update(block)
-            return sha.hexdigest()
-        out = []
-        for size, _ in chunks:
-            sha, left = hashlib.sha256(), size
-            while left:
-                block = fh.read(min(left, 16 << 20))
-                if not block:
-                    break
-                sha.update(block)
-                left -= len(block)
-            out.append(sha.hexdigest())
-        return out
+        for block in iter(lambda: fh.read(16 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
 
 
 def file_problems(directory: Path, files: dict, checksum: bool = True) -> list[str]:
-    """Files of a manifest entry ``{name: {"size", "sha256" | "sha256_chunks"}}`` that are missing, of
-    the wrong size or (with ``checksum``) of the wrong content. Big token files carry one sha256 per
-    shard-sized chunk, so ``plm data prepare`` never has to re-read them to checksum them."""
+    """Files of a manifest entry ``{name: {"size", "sha256"}}`` that are missing, of the wrong size or
+    (with ``checksum``) of the wrong content."""
     problems = []
     for rel, want in files.items():
         p = directory / rel
@@ -157,30 +198,29 @@ def file_problems(directory: Path, files: dict, checksum: bool = True) -> list[s
             problems.append(f"{p}: missing")
         elif p.stat().st_size != want["size"]:
             problems.append(f"{p}: {p.stat().st_size} bytes, the manifest says {want['size']} (truncated?)")
-        elif checksum and "sha256_chunks" in want:
-            got = _sha256(p, want["sha256_chunks"])
-            bad = [i for i, (g, (_, w)) in enumerate(zip(got, want["sha256_chunks"])) if g != w]
-            if bad:
-                problems.append(f"{p}: sha256 of chunk(s) {bad[:5]} differs from the manifest (corrupt)")
         elif checksum and "sha256" in want and _sha256(p) != want["sha256"]:
             problems.append(f"{p}: sha256 differs from the manifest (corrupt)")
     return problems
 
 
-def _check_store_meta(directory: Path, checksum: bool) -> None:
-    """Raise ValueError listing every file whose size (or sha256) differs from ``store.json``."""
+def _check_store_meta(directory: Path, checksum: bool) -> list[str]:
+    """The store's token part files, in order; raise ValueError listing every file whose size (or
+    sha256) differs from ``store.json``. Without a ``store.json`` the store is the single ``tokens.bin``."""
     meta_path = directory / STORE_META
     if not meta_path.is_file():
         if checksum:
             raise FileNotFoundError(f"{meta_path}: missing, so the store cannot be verified; re-run `plm data prepare`")
-        return
+        return [TOKENS_FILE]
     try:
-        files = json.loads(meta_path.read_text())["files"]
-    except (ValueError, KeyError) as err:
+        meta = json.loads(meta_path.read_text())
+        files, parts = meta["files"], list(meta.get("parts", [TOKENS_FILE]))
+    except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{meta_path}: unreadable ({err}); re-run `plm data prepare`") from err
     problems = file_problems(directory, files, checksum)
+    problems += [f"{directory / p}: a token part that {STORE_META} does not describe" for p in parts if p not in files]
     if problems:
         raise ValueError(f"{directory}: truncated or corrupt store ({'; '.join(problems)}); re-run `plm data prepare`")
+    return parts
 
 
 def split_fasta(
