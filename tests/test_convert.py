@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import plm
+
 from plm.cli import main as plm_main
 from plm.model.convert import (
     CONTACT_REGRESSION_NAME,
@@ -304,6 +306,32 @@ def test_imported_checkpoint_works_with_evaluation_loader(tmp_path):
     assert read_objective(tmp_path / "plm") == "mlm"
     backbone, _ = load_backbone(tmp_path / "plm")
     assert backbone.config.token_dropout and backbone.config.n_head == 4
+
+
+@pytest.mark.parametrize("source", ["esm2", "progen2"])
+def test_imported_weights_evaluate_and_init_training_like_plm_ones(tmp_path, source, capsys):
+    """`plm evaluate` (a probe and zero-shot DMS) and weights-only init of a new run take converted weights."""
+    import csv
+
+    from plm.lit import CausalLM, MaskedLM
+
+    if source == "esm2":
+        _, path = fair_esm_checkpoint(tmp_path, 1, 40, 4, True)
+    else:
+        path = progen2_dir(tmp_path, gptj_reference(1, 48, 8, 4))
+    assert plm_main(["convert", "--from", source, "--to", "plm", str(path), str(tmp_path / "w"), "--no-progress"]) == 0
+    out = tmp_path / "eval"
+    assert plm_main(["evaluate", "--checkpoint", str(tmp_path / "w"), "--tasks", "ss3,dms_blat", "--out", str(out),
+                     "--small", "--epochs", "1", "--max-train", "8", "--max-test", "6", "--no-progress"]) == 0
+    rows = {(r["task"], r["metric"]) for r in csv.DictReader((out / "results.csv").open())}
+    assert {("ss3", "accuracy"), ("dms_blat", "spearman")} <= rows
+    cls = MaskedLM if source == "esm2" else CausalLM
+    flavour = "esm2" if source == "esm2" else "progen2"
+    arch = {k: v for k, v in json.loads((tmp_path / "w" / "config.json").read_text())["model"].items() if k != "name"}
+    assert arch["flavour"] == flavour
+    module = cls(size="tiny", arch=arch, init_from=str(tmp_path / "w"))
+    ref = plm.load(tmp_path / "w")
+    assert all(torch.equal(v, ref.state_dict()[k]) for k, v in module.model.state_dict().items())
 
 
 # ---- ProGen2 / GPT-J ------------------------------------------------------------------------------
