@@ -1,4 +1,10 @@
-"""Readers for the four task data formats a YAML can name.
+"""Readers for the task data formats a YAML can name.
+
+Per-residue labels: ``residue_fasta`` (FLIP: sequences, labels and mask in three FASTAs sharing ids),
+``residue_table`` (one row per chain with sequence, label string and 0/1 mask columns: CB513),
+``annotated_fasta`` (header, sequence line, label line per record: TMbed). Per-sequence targets:
+``sequence_csv`` (FLIP table) and ``sequence_fasta`` (label in the FASTA header: DeepLoc). Plus DMS
+tables and structures.
 
 Each reader returns plain records (sequence + labels + split) and gathers every problem it finds into
 one error that names the file and the offending records, because benchmark files are usually edited by
@@ -10,8 +16,9 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import re
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,26 +120,24 @@ def read_residue_fasta(
     mask: str | Path | None = None,
     split_field: str = "SET",
     max_len: int | None = None,
+    ignore: Sequence[str] = (),
 ) -> list[ResidueRecord]:
     """FLIP-style per-residue labels: sequences, labels and an optional 0/1 mask in three FASTA files
-    sharing record ids. The split comes from ``split_field=`` in the label header."""
+    sharing record ids. The split comes from ``split_field=`` in the label header. Residues whose label
+    is in ``ignore`` (e.g. TMbed's ``U`` = unresolved) are kept in the sequence but not scored."""
     seqs = {rid: s for rid, _, s in iter_fasta_text(sequences)}
     masks = {rid: m for rid, _, m in iter_fasta_text(mask)} if mask else {}
-    lookup = {c: i for i, c in enumerate(classes)}
     records, problems = [], []
     for rid, desc, lab in iter_fasta_text(labels):
         seq = seqs.get(rid)
         if seq is None:
             problems.append(f"record {rid!r} has labels but no sequence in {sequences}")
             continue
-        if len(lab) != len(seq):
-            problems.append(f"record {rid!r}: {len(lab)} labels for a {len(seq)}-residue sequence")
+        try:
+            y = encode_residue_labels(lab, seq, classes, ignore)
+        except ValueError as err:
+            problems.append(f"record {rid!r}: {err}")
             continue
-        bad = sorted(set(lab) - set(lookup))
-        if bad:
-            problems.append(f"record {rid!r}: labels {bad} not in classes {classes}")
-            continue
-        y = np.array([lookup[c] for c in lab], dtype=np.int64)
         if mask:
             m = masks.get(rid)
             if m is None or len(m) != len(seq):
@@ -150,10 +155,167 @@ def read_residue_fasta(
     return records
 
 
-def read_csv_rows(path: str | Path, required: list[str]) -> list[dict[str, str]]:
-    """All rows of a CSV, after checking the required columns exist (named in the error if not)."""
+def encode_residue_labels(labels: str, sequence: str, classes: Sequence[str], ignore: Sequence[str] = ()) -> np.ndarray:
+    """One class index per residue (``IGNORE`` for labels in ``ignore``); a length mismatch or a label
+    outside ``classes`` + ``ignore`` is a ``ValueError`` saying which."""
+    if len(labels) != len(sequence):
+        raise ValueError(f"{len(labels)} labels for a {len(sequence)}-residue sequence")
+    lookup = {c: i for i, c in enumerate(classes)} | {c: IGNORE for c in ignore}
+    bad = sorted(set(labels) - set(lookup))
+    if bad:
+        raise ValueError(f"labels {bad} not in classes {list(classes)}" + (f" or ignored {list(ignore)}" if ignore else ""))
+    return np.array([lookup[c] for c in labels], dtype=np.int64)
+
+
+def as_paths(paths: str | Path | Sequence[str | Path]) -> list[Path]:
+    """One path or a list of them (a task may split its train set over several files: TMbed's folds)."""
+    return [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+
+
+def read_ids(path: str | Path) -> set[str]:
+    """Record ids, one per line (a leading ``>`` and anything after the first whitespace are ignored)."""
     with open_text(path) as fh:
-        reader = csv.DictReader(fh)
+        return {line.lstrip(">").split()[0] for line in fh if line.strip()}
+
+
+def read_residue_table(
+    path: str | Path,
+    classes: list[str],
+    sequence_column: str = "sequence",
+    label_column: str = "labels",
+    mask_columns: Sequence[str] = (),
+    id_column: str | None = "id",
+    split_column: str | None = None,
+    max_len: int | None = None,
+    ignore: Sequence[str] = (),
+) -> list[ResidueRecord]:
+    """One chain per row: a sequence column, a label-string column (one character per residue) and
+    optional 0/1 mask columns; a residue is scored only where every mask is ``1`` (CB513: resolved
+    *and* inside the original CB513 segment, the NetSurfP-2.0 convention). TSV when the name says so."""
+    mask_columns = [mask_columns] if isinstance(mask_columns, str) else list(mask_columns)
+    required = [sequence_column, label_column, *mask_columns] + [c for c in (id_column, split_column) if c]
+    records, problems = [], []
+    for line, row in enumerate(read_csv_rows(path, required), start=2):  # line 1 is the header
+        rid = row[id_column] if id_column else f"line{line}"
+        seq = (row[sequence_column] or "").strip()
+        try:
+            y = encode_residue_labels((row[label_column] or "").strip(), seq, classes, ignore)
+        except ValueError as err:
+            problems.append(f"line {line} (record {rid!r}), column {label_column!r}: {err}")
+            continue
+        for col in mask_columns:
+            m = (row[col] or "").strip()
+            if len(m) != len(seq) or set(m) - {"0", "1"}:
+                problems.append(f"line {line} (record {rid!r}): mask column {col!r} must be one 0/1 per residue "
+                                f"({len(seq)}), got {len(m)} characters")
+                break
+            y[np.frombuffer(m.encode(), dtype=np.uint8) != ord("1")] = IGNORE
+        else:
+            if max_len:
+                seq, y = seq[:max_len], y[:max_len]
+            records.append(ResidueRecord(rid, seq, y, row[split_column] if split_column else ""))
+    if problems:
+        raise _problem_error(Path(path), "bad rows", problems,
+                             "Each label and mask string must have one character per residue of the sequence column.")
+    if not records:
+        raise ValueError(f"{path}: no rows")
+    return records
+
+
+def read_annotated_fasta(
+    paths: str | Path | Sequence[str | Path],
+    classes: list[str],
+    split: str = "",
+    max_len: int | None = None,
+    ignore: Sequence[str] = (),
+    exclude: set[str] | None = None,
+) -> list[ResidueRecord]:
+    """Records of exactly three lines: ``>header``, the sequence, its per-residue label string (TMbed's
+    ``cv_*_annotated.fasta``). Every record of every file gets ``split``; ids in ``exclude`` are skipped
+    (TMbed's blacklist of proteins removed from its evaluation)."""
+    records, problems = [], []
+    for path in as_paths(paths):
+        with open_text(path) as fh:
+            lines = [ln.strip() for ln in fh if ln.strip()]
+        starts = [i for i, ln in enumerate(lines) if ln.startswith(">")]
+        if not lines or not lines[0].startswith(">"):
+            raise ValueError(f"{path}: not an annotated FASTA (first line must be a '>' header)")
+        file_problems = []
+        for k, start in enumerate(starts):
+            body = lines[start + 1 : starts[k + 1] if k + 1 < len(starts) else len(lines)]
+            rid = (lines[start][1:].split() or [""])[0]
+            if len(body) != 2:
+                file_problems.append(f"record {rid!r}: {len(body)} line(s) after the header, expected 2 (sequence, labels)")
+                continue
+            if exclude and rid in exclude:
+                continue
+            seq, lab = body
+            try:
+                y = encode_residue_labels(lab, seq, classes, ignore)
+            except ValueError as err:
+                file_problems.append(f"record {rid!r}: {err}")
+                continue
+            if max_len:
+                seq, y = seq[:max_len], y[:max_len]
+            records.append(ResidueRecord(rid, seq, y, split))
+        if file_problems:
+            problems.append(_problem_error(path, "bad records", file_problems,
+                                           "Each record is '>header', one sequence line, one label line of equal length."))
+    if problems:
+        raise ValueError(" | ".join(str(p) for p in problems))
+    return records
+
+
+def read_sequence_fasta(
+    paths: str | Path | Sequence[str | Path],
+    header_pattern: str,
+    classes: list[str],
+    split: str = "",
+    max_len: int | None = None,
+    ignore: Sequence[str] = (),
+    exclude: set[str] | None = None,
+) -> list[SequenceRecord]:
+    """One class per sequence, read from its FASTA header by ``header_pattern``, a regular expression
+    with a named group ``target`` searched in the header line without ``>`` (DeepLoc writes
+    ``>Q9H400 Cell.membrane-M test``). Records whose target is in ``ignore`` are skipped (DeepLoc's
+    validation set has 23 ``Cytoplasm-Nucleus`` proteins outside the 10 test classes)."""
+    pattern = re.compile(header_pattern)
+    lookup = {c: i for i, c in enumerate(classes)}
+    records, problems = [], []
+    for path in as_paths(paths):
+        file_problems = []
+        for rid, desc, seq in iter_fasta_text(path):
+            if exclude and rid in exclude:
+                continue
+            m = pattern.search(desc)
+            if m is None:
+                file_problems.append(f"record {rid!r}: header {desc!r} does not match {header_pattern!r}")
+                continue
+            target = m.group("target")
+            if target in ignore:
+                continue
+            if target not in lookup:
+                file_problems.append(f"record {rid!r}: class {target!r} not in classes {classes}")
+                continue
+            if not seq:
+                file_problems.append(f"record {rid!r}: empty sequence")
+                continue
+            records.append(SequenceRecord(rid, seq[:max_len] if max_len else seq, float(lookup[target]), split))
+        if file_problems:
+            problems.append(_problem_error(path, "bad records", file_problems,
+                                           "Fix the header_pattern or the classes / ignore_labels in the task YAML."))
+    if problems:
+        raise ValueError(" | ".join(str(p) for p in problems))
+    if not records:
+        raise ValueError(f"{', '.join(map(str, as_paths(paths)))}: no FASTA records")
+    return records
+
+
+def read_csv_rows(path: str | Path, required: list[str]) -> list[dict[str, str]]:
+    """All rows of a CSV (tab-separated when the name contains ``.tsv``), after checking the required
+    columns exist (named in the error if not)."""
+    with open_text(path) as fh:
+        reader = csv.DictReader(fh, delimiter="\t" if ".tsv" in Path(path).name else ",")
         columns = reader.fieldnames or []
         missing = [c for c in required if c not in columns]
         if missing:

@@ -158,18 +158,52 @@ def predict(module: Any, batches: list[dict[str, Tensor]]) -> tuple[list[Tensor]
 
 
 def split_records(spec: TaskSpec, records: list[Any], max_train: int, max_test: int, seed: int) -> tuple[list, list]:
-    """Train/test by the split column (YAML ``split: {train: <value>, test: <value>}``), subsampled."""
-    train_val, test_val = spec.split.get("train", "train"), spec.split.get("test", "test")
-    train = [r for r in records if r.split == train_val]
-    test = [r for r in records if r.split == test_val]
-    if not train or not test:
-        seen = sorted({r.split for r in records})
-        raise ValueError(f"{spec.source}: split values {train_val!r}/{test_val!r} select {len(train)} train and "
-                         f"{len(test)} test records; values present: {seen}")
+    """Train/test by the split column (YAML ``split: {train: <value>, test: <value>}``), subsampled.
+
+    ``split: {train_fraction: f}`` instead shuffles the records (seeded) and trains on the first
+    fraction: for benchmarks that ship as one set (CB513 is the only 8-state source here)."""
     rng = random.Random(seed)
+    if "train_fraction" in spec.split:
+        shuffled = rng.sample(records, len(records))
+        n_train = round(float(spec.split["train_fraction"]) * len(shuffled))
+        train, test = shuffled[:n_train], shuffled[n_train:]
+        if not train or not test:
+            raise ValueError(f"{spec.source}: train_fraction {spec.split['train_fraction']} of {len(records)} records "
+                             f"leaves {len(train)} train and {len(test)} test; use a fraction strictly between 0 and 1")
+    else:
+        train_val, test_val = spec.split.get("train", "train"), spec.split.get("test", "test")
+        train = [r for r in records if r.split == train_val]
+        test = [r for r in records if r.split == test_val]
+        if not train or not test:
+            seen = sorted({r.split for r in records})
+            raise ValueError(f"{spec.source}: split values {train_val!r}/{test_val!r} select {len(train)} train and "
+                             f"{len(test)} test records; values present: {seen}")
     train = rng.sample(train, min(max_train, len(train)))
     test = rng.sample(test, min(max_test, len(test)))
     return train, test
+
+
+def load_records(spec: TaskSpec, files: dict[str, Any], max_len: int) -> list[Any]:
+    """The task's records in its YAML format; formats that split by file tag records ``train``/``test``."""
+    cols, fmt, ignore = spec.columns, spec.format, spec.ignore_labels
+    if fmt == "residue_fasta":
+        return ds.read_residue_fasta(files["sequences"], files["labels"], spec.classes, files.get("mask"),
+                                     cols.get("split", "SET"), max_len, ignore)
+    if fmt == "residue_table":
+        return ds.read_residue_table(files["table"], spec.classes, cols.get("sequence", "sequence"), cols.get("labels", "labels"),
+                                     cols.get("mask", []), cols.get("id"), cols.get("split"), max_len, ignore)
+    if fmt == "sequence_csv":
+        return ds.read_sequence_csv(files["table"], cols.get("sequence", "sequence"), cols.get("target", "target"),
+                                    cols.get("split", "set"), spec.classes or None, max_len)
+    exclude = ds.read_ids(files["exclude"]) if "exclude" in files else None
+    if fmt == "annotated_fasta":
+        read = lambda paths, split: ds.read_annotated_fasta(paths, spec.classes, split, max_len, ignore, exclude)
+    elif fmt == "sequence_fasta":
+        read = lambda paths, split: ds.read_sequence_fasta(paths, spec.header_pattern, spec.classes, split,
+                                                           max_len, ignore, exclude)
+    else:
+        raise ValueError(f"{spec.source}: format {fmt!r} has no supervised reader")
+    return read(files["train"], "train") + read(files["test"], "test")
 
 
 def run_supervised(spec: TaskSpec, files: dict[str, Path], model: Transformer, objective: str, mode: str,
@@ -177,15 +211,11 @@ def run_supervised(spec: TaskSpec, files: dict[str, Path], model: Transformer, o
     from plm.lit.finetune import FineTune
 
     max_len, seed = int(opts["max_len"]), int(opts["seed"])
-    cols = spec.columns
+    records = load_records(spec, files, max_len)
     if spec.kind == "residue_classification":
-        records = ds.read_residue_fasta(files["sequences"], files["labels"], spec.classes, files.get("mask"),
-                                        cols.get("split", "SET"), max_len)
         labels_of = lambda r: torch.as_tensor(r.labels)
     else:
-        records = ds.read_sequence_csv(files["table"], cols.get("sequence", "sequence"), cols.get("target", "target"),
-                                       cols.get("split", "set"), spec.classes or None, max_len)
-        labels_of = lambda r: torch.tensor(r.target)
+        labels_of = lambda r: torch.tensor(r.target).long() if spec.classes else torch.tensor(r.target)
     train, test = split_records(spec, records, int(opts["max_train"]), int(opts["max_test"]), seed)
     mean, std = 0.0, 1.0
     if spec.kind == "sequence_regression":

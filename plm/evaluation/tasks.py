@@ -8,6 +8,7 @@ task of a known kind needs no code. Unknown keys and missing fields are reported
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,22 +19,28 @@ REPO = Path(__file__).resolve().parents[2]
 TASK_DIR = REPO / "evaluation" / "tasks"
 SMALL_DATA_ROOT = REPO / "evaluation" / "data"
 
+# kind → the formats that can feed it (the first is the default when a YAML names no format)
 KINDS = {
-    "residue_classification": "residue_fasta",
-    "sequence_regression": "sequence_csv",
-    "sequence_classification": "sequence_csv",
-    "zero_shot": "dms_csv",
-    "contacts": "structures",
+    "residue_classification": ["residue_fasta", "residue_table", "annotated_fasta"],
+    "sequence_regression": ["sequence_csv"],
+    "sequence_classification": ["sequence_csv", "sequence_fasta"],
+    "zero_shot": ["dms_csv"],
+    "contacts": ["structures"],
 }
-# files each format needs in ``data`` (others optional)
+# files each format needs in ``data`` (others optional); ``train``/``test`` roles split by file and
+# may list several files (TMbed's cross-validation folds)
 FILES = {
     "residue_fasta": (["sequences", "labels"], ["mask"]),
+    "residue_table": (["table"], []),
+    "annotated_fasta": (["train", "test"], ["exclude"]),
     "sequence_csv": (["table"], []),
+    "sequence_fasta": (["train", "test"], ["exclude"]),
     "dms_csv": (["table", "wildtype"], []),
     "structures": ([], ["dir", "files", "index"]),
 }
+LIST_ROLES = {"train", "test"}
 TOP_KEYS = {"name", "description", "kind", "format", "data", "small_data", "columns", "classes", "split",
-            "head", "metric", "defaults", "wildtype_id", "offset", "min_contacts"}
+            "head", "metric", "defaults", "wildtype_id", "offset", "min_contacts", "header_pattern", "ignore_labels"}
 DEFAULTS: dict[str, Any] = {"epochs": 10, "lr": 1e-3, "batch_size": 32, "max_train": 2000, "max_test": 2000,
                             "max_len": 1022, "seed": 0, "lora_rank": 8, "lora_alpha": 16, "backbone_lr": 1e-4}
 
@@ -61,14 +68,19 @@ class TaskSpec:
     offset: int = 1
     min_contacts: int = 1
     description: str = ""
+    header_pattern: str = ""
+    ignore_labels: list[str] = field(default_factory=list)
 
-    def files(self, data_root: str | Path | None = None, small: bool = False) -> dict[str, Path]:
-        """Absolute data paths; a missing file is an error naming the YAML, the key and the path."""
+    def files(self, data_root: str | Path | None = None, small: bool = False) -> dict[str, Any]:
+        """Absolute data paths (a list for ``train``/``test`` roles given as lists); a missing file is an
+        error naming the YAML, the key and the path."""
         entries, root = (self.small_data, SMALL_DATA_ROOT) if small else (self.data, Path(data_root or default_data_root()))
         if not entries:
             raise ValueError(f"{self.source}: no {'small_data' if small else 'data'} section")
-        paths = {k: (root / v if not Path(v).is_absolute() else Path(v)) for k, v in entries.items()}
-        missing = [f"{k}: {p}" for k, p in paths.items() if not p.exists()]
+        resolve = lambda v: root / v if not Path(v).is_absolute() else Path(v)
+        paths: dict[str, Any] = {k: [resolve(x) for x in v] if isinstance(v, list) else resolve(v) for k, v in entries.items()}
+        flat = [(k, q) for k, v in paths.items() for q in (v if isinstance(v, list) else [v])]
+        missing = [f"{k}: {q}" for k, q in flat if not q.exists()]
         if missing:
             hint = "" if small else f" (data root {root}; set --data-root or $PLM_DATA_ROOT)"
             raise FileNotFoundError(f"{self.source}: data file(s) not found: {'; '.join(missing)}{hint}")
@@ -103,8 +115,15 @@ def load_task(name_or_path: str | Path, task_dir: str | Path | None = None) -> T
     for key in ("offset", "min_contacts"):
         if key in raw and (isinstance(raw[key], bool) or not isinstance(raw[key], int)):
             problems.append(f"{key!r} must be an integer, got {raw[key]!r}")
-    if "classes" in raw and not isinstance(raw["classes"], list):
-        problems.append(f"'classes' must be a list, got {type(raw['classes']).__name__}")
+    for key in ("classes", "ignore_labels"):
+        if key in raw and not isinstance(raw[key], list):
+            problems.append(f"{key!r} must be a list, got {type(raw[key]).__name__}")
+    if "header_pattern" in raw:
+        try:
+            if "target" not in re.compile(str(raw["header_pattern"])).groupindex:
+                problems.append("'header_pattern' needs a named group (?P<target>...) for the label")
+        except re.error as err:
+            problems.append(f"'header_pattern' is not a valid regular expression ({err})")
     if problems:
         raise ValueError(f"{p}: invalid task definition: " + "; ".join(problems))
     unknown = sorted(set(raw) - TOP_KEYS)
@@ -113,9 +132,11 @@ def load_task(name_or_path: str | Path, task_dir: str | Path | None = None) -> T
     kind = raw.get("kind")
     if kind not in KINDS:
         problems.append(f"kind {kind!r} is not one of {sorted(KINDS)}")
-    fmt = raw.get("format", KINDS.get(kind, ""))
+    fmt = raw.get("format", KINDS[kind][0] if kind in KINDS else "")
     if fmt not in FILES:
         problems.append(f"format {fmt!r} is not one of {sorted(FILES)}")
+    elif kind in KINDS and fmt not in KINDS[kind]:
+        problems.append(f"format {fmt!r} cannot feed kind {kind} (use {KINDS[kind]})")
     else:
         required, optional = FILES[fmt]
         for section in ("data", "small_data"):
@@ -132,10 +153,18 @@ def load_task(name_or_path: str | Path, task_dir: str | Path | None = None) -> T
                     problems.append(f"{section}: missing {miss} for format {fmt}")
                 if extra:
                     problems.append(f"{section}: unknown file role(s) {extra} for format {fmt} (use {required + optional})")
+                for role, value in entries.items():
+                    ok = isinstance(value, str) or (role in LIST_ROLES and isinstance(value, list) and value
+                                                    and all(isinstance(v, str) for v in value))
+                    if not ok:
+                        problems.append(f"{section}: {role!r} must be a path" + (" or a list of paths" if role in LIST_ROLES else "")
+                                        + f", got {value!r}")
     if kind in ("residue_classification", "sequence_classification") and not raw.get("classes"):
         problems.append(f"kind {kind} needs 'classes' (the label alphabet / class names)")
     if raw.get("head", "linear") not in ("linear", "mlp", "attention", "pairwise"):
         problems.append(f"head {raw.get('head')!r}: use linear, mlp (probes) or attention, pairwise (contacts)")
+    if fmt == "sequence_fasta" and not raw.get("header_pattern"):
+        problems.append("format sequence_fasta needs 'header_pattern' (a regex with a (?P<target>...) group)")
     if fmt == "dms_csv" and not raw.get("wildtype_id"):
         problems.append("format dms_csv needs 'wildtype_id' (record id in the wild-type FASTA)")
     if problems:
@@ -150,4 +179,5 @@ def load_task(name_or_path: str | Path, task_dir: str | Path | None = None) -> T
         head=raw.get("head", "attention" if kind == "contacts" else "linear"), metric=raw.get("metric", ""),
         defaults=raw.get("defaults") or {}, wildtype_id=raw.get("wildtype_id", ""), offset=int(raw.get("offset", 1)),
         min_contacts=int(raw.get("min_contacts", 1)), description=raw.get("description", ""),
+        header_pattern=str(raw.get("header_pattern", "")), ignore_labels=[str(c) for c in raw.get("ignore_labels") or []],
     )
