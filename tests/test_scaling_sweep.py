@@ -61,6 +61,8 @@ def test_bad_sweep_arguments_are_clear_errors(tmp_path, capsys):
     assert "positive" in capsys.readouterr().err
     assert plm_main(["sweep", "--objective", "clm", "--budgets", "1e3", "--sizes", "2x64", "--out", str(tmp_path)]) == 2
     assert "no jobs left" in capsys.readouterr().err
+    assert plm_main(["sweep", "--objective", "clm", "--budgets", "1e10", "--out", str(tmp_path), "--parallel", "0"]) == 2
+    assert "positive counts" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -68,7 +70,7 @@ def test_sweep_runs_resumes_and_collects(tmp_path, capsys):
     out = tmp_path / "sweep"
     args = ["sweep", "--objective", "clm", "--budgets", "3e8", "--sizes", "1x16,1x32", "--out", str(out),
             "--row-len", "64", "--rows-per-batch", "4", "--val-rows", "4", "--precision", "32-true",
-            "--min-steps", "5", "--run"]
+            "--min-steps", "5", "--parallel", "2", "--threads", "1", "--run"]
     assert plm_main(args) == 0
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [r["n_params"] for r in rows] == ["3616", "13888"] and all(2.0 < float(r["loss"]) < 4.0 for r in rows)

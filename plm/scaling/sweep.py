@@ -179,25 +179,49 @@ def write_jobs(out: Path, jobs: list[Job], args: argparse.Namespace) -> None:
     manifest.write_text(json.dumps({"jobs": list(known.values())}, indent=1))
 
 
-def run_jobs(out: Path, jobs: list[Job], base_configs: list[Path], threads: int | None) -> list[str]:
-    """Run unfinished jobs one after another; returns the names that failed (their logs name the cause)."""
+def run_jobs(out: Path, jobs: list[Job], base_configs: list[Path], threads: int | None, parallel: int = 1) -> list[str]:
+    """Run the unfinished jobs, ``parallel`` at a time; returns the names that failed (their logs name the cause).
+
+    Tiny CPU models do not use two cores well (their matrix products are too small), so two
+    single-threaded runs side by side finish a sweep sooner than one two-threaded run at a time.
+    """
+    import time
+
     from tqdm import tqdm
 
     (out / "logs").mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {})}
-    failed = []
-    bar = tqdm(jobs, desc="sweep", unit="run")
-    for job in bar:
-        bar.set_postfix_str(job.name)
-        if is_finished(out, job.name):
-            continue
-        log = out / "logs" / f"{job.name}.log"
-        with log.open("w") as fh:
-            code = subprocess.run(fit_command(job, out, base_configs), stdout=fh, stderr=subprocess.STDOUT, env=env,
-                                  check=False).returncode
-        if code != 0 or not is_finished(out, job.name):
-            failed.append(job.name)
-            tqdm.write(f"plm sweep: {job.name} failed (exit {code}); see {log}")
+    todo = [j for j in jobs if not is_finished(out, j.name)]
+    failed: list[str] = []
+    running: dict[str, tuple[subprocess.Popen, object]] = {}
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="sweep", unit="run")
+    # the most expensive runs (many steps) first, so the last ones to finish are short
+    todo.sort(key=lambda j: -j.steps)
+    try:
+        while todo or running:
+            while todo and len(running) < max(1, parallel):
+                job = todo.pop(0)
+                fh = (out / "logs" / f"{job.name}.log").open("w")
+                running[job.name] = (subprocess.Popen(fit_command(job, out, base_configs), stdout=fh,
+                                                      stderr=subprocess.STDOUT, env=env), fh)
+                bar.set_postfix_str(", ".join(running))
+            time.sleep(0.2)
+            for name, (proc, fh) in list(running.items()):
+                code = proc.poll()
+                if code is None:
+                    continue
+                fh.close()
+                del running[name]
+                bar.update(1)
+                if code != 0 or not is_finished(out, name):
+                    failed.append(name)
+                    tqdm.write(f"plm sweep: {name} failed (exit {code}); see {out / 'logs' / (name + '.log')}")
+    finally:
+        for proc, fh in running.values():  # interrupted: stop the children; they resume from their checkpoints
+            proc.terminate()
+            proc.wait()
+            fh.close()
+        bar.close()
     return failed
 
 
@@ -231,7 +255,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--min-steps", type=int, default=20, help="drop (budget, size) pairs with fewer optimizer steps")
     p.add_argument("--base-config", type=Path, action="append", default=[],
                    help="extra plm fit config(s) applied before each job's (e.g. your data: sources); repeatable")
-    p.add_argument("--threads", type=int, help="OMP/MKL threads per run (CPU sweeps on shared machines)")
+    p.add_argument("--threads", type=int, help="OMP/MKL threads per run (CPU sweeps: 1, with --parallel = cores)")
+    p.add_argument("--parallel", type=int, default=1, help="runs at a time on this machine (--run); default 1")
     return p
 
 
@@ -241,6 +266,8 @@ def main(argv: list[str]) -> int:
         for base in args.base_config:
             if not base.is_file():
                 raise ValueError(f"--base-config {base}: no such file")
+        if args.parallel < 1 or (args.threads is not None and args.threads < 1):
+            raise ValueError(f"--parallel {args.parallel} / --threads {args.threads}: give positive counts")
         jobs, notes = make_jobs(args.objective, _budgets(args.budgets), args.sizes, args.out.resolve(), args.row_len,
                                 args.rows_per_batch, args.lr, args.min_steps)
     except ValueError as err:
@@ -264,7 +291,7 @@ def main(argv: list[str]) -> int:
         for j in jobs:
             print(f"  {j.name}: N = {j.n_params:,}, D = {j.tokens:,} tokens, {j.steps} steps, lr {j.lr:g}")
         return 0
-    failed = run_jobs(out, jobs, base, args.threads)
+    failed = run_jobs(out, jobs, base, args.threads, args.parallel)
     try:
         runs = collect(out)
     except ValueError as err:
