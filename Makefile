@@ -13,11 +13,12 @@ TOKENS ?=
 FORCE ?=
 ARGS ?=
 
-.PHONY: help setup train test test-slow bench clean-runs
+.PHONY: help setup train test test-slow bench plan eval generate sweep clean-runs
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
-	@echo "  variables: SIZE=tiny|8m|35m|…|10b  OBJECTIVE=mlm|clm  TOKENS=2e9  FORCE=1  ARGS='--trainer.max_steps 10'"
+	@echo "  variables: SIZE=tiny|8m|35m|…|10b  OBJECTIVE=mlm|clm|transfer  TOKENS=2e9  FORCE=1  ARGS='--trainer.max_steps 10'"
+	@echo "             FLOPS=1e21 (plan)  CKPT=checkpoints/mlm/final TASKS=ss3,gb1,dms_blat,contacts (eval, generate)"
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +42,22 @@ test-slow: setup ## slow checks only (CI runs them when time allows)
 
 bench: setup ## performance benchmarks → benchmarks/results.json
 	$(BIN)/python benchmarks/run_all.py
+
+FLOPS ?= 1e21
+CKPT ?=
+TASKS ?= ss3,gb1,dms_blat,contacts
+
+plan: setup ## compute-optimal size and tokens for FLOPS=… OBJECTIVE=… (plm plan; ARGS='--write run.yaml')
+	$(BIN)/plm plan --flops $(FLOPS) --objective $(OBJECTIVE) $(ARGS)
+
+eval: setup ## downstream tasks on CKPT=… (default: the make train MLM) → checkpoints/eval/
+	$(BIN)/plm evaluate --checkpoint $(or $(CKPT),checkpoints/mlm/final) --tasks $(TASKS) --out checkpoints/eval $(ARGS)
+
+generate: setup ## sample 100 proteins from CKPT=… (default: the make train OBJECTIVE=clm model) → checkpoints/samples.fasta
+	$(BIN)/plm generate --checkpoint $(or $(CKPT),checkpoints/clm/final) --num 100 --out checkpoints/samples.fasta $(ARGS)
+
+sweep: setup ## the small real IsoFLOP sweep + law fits of evaluation/results/scaling (1–2 h on 2 CPU cores)
+	PLM=$(BIN)/plm bash evaluation/results/scaling/run.sh
 
 clean-runs: ## delete everything under checkpoints/ except .gitkeep
 	find checkpoints -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
