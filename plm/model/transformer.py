@@ -9,15 +9,21 @@ Notation: B batch rows, T tokens per row, h hidden, nh heads, hd = h / nh head s
   attention biases, partial rotary, untied LM head with bias.
 
 MLM and CLM differ only in ``causal``; packed rows carry ``doc_ids`` so attention never crosses a
-sequence boundary and rotary positions restart at every sequence. Rotary uses the "rotate half"
-layout everywhere; checkpoints whose layout interleaves pairs (GPT-J / ProGen2) are permuted by the
-converter, so no format quirk lives here.
+sequence boundary and rotary positions restart at every sequence. Packed rows run as variable-length
+sequences (``DocSegments``, flash-attention's ``cu_seqlens`` layout): ``flash_attn_varlen_func`` when
+flash-attn is installed and the tensors are CUDA fp16/bf16, else one unmasked SDPA call per document.
+Either way only the Σ len² same-document pairs are scored, not the T² of a dense document mask (issue
+#9: Σ len² ≈ 0.4 T² on the bundled data). Dense masks remain for attention maps, KV-cache decoding and
+caller-given masks. Rotary uses the "rotate half" layout everywhere; checkpoints whose layout
+interleaves pairs (GPT-J / ProGen2) are permuted by the converter, so no format quirk lives here.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +66,67 @@ def attention_mask(doc_ids: Tensor, causal: bool) -> Tensor:
     return same
 
 
+@dataclass(frozen=True)
+class DocSegments:
+    """The documents of packed rows as variable-length sequences over the flattened B·T tokens.
+
+    ``cu_seqlens`` (n_docs + 1,) int32 holds each document's first flat index and then B·T, as
+    ``flash_attn_varlen_func`` expects; ``lengths`` is the same on the host for the SDPA loop.
+    """
+
+    cu_seqlens: Tensor
+    lengths: tuple[int, ...]
+    max_seqlen: int
+
+
+def doc_segments(doc_ids: Tensor) -> DocSegments:
+    """(B, T) document ids → DocSegments. A document starts at every row start and every id change,
+    so equal ids in two rows (all rows use 0, 1, …) are still separate documents."""
+    b, t = doc_ids.shape
+    starts = torch.ones_like(doc_ids, dtype=torch.bool)
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    first = starts.flatten().nonzero().squeeze(1)  # (n_docs,)
+    end = torch.tensor([b * t], device=doc_ids.device)
+    cu_seqlens = torch.cat([first, end]).to(torch.int32)
+    lengths = tuple(cu_seqlens.diff().tolist())  # one host sync per forward, not per layer
+    return DocSegments(cu_seqlens, lengths, max(lengths))
+
+
+@functools.cache
+def _flash_varlen() -> Callable[..., Tensor] | None:
+    """``flash_attn.flash_attn_varlen_func`` if importable (imported on first use, never at module load)."""
+    try:
+        from flash_attn import flash_attn_varlen_func
+    except (ImportError, OSError):  # not installed, or installed without a usable CUDA runtime
+        return None
+    return flash_attn_varlen_func
+
+
+def use_flash_varlen(device_type: str, dtype: torch.dtype) -> bool:
+    """Whether varlen attention goes to flash-attn: CUDA, fp16/bf16, and flash-attn importable."""
+    return device_type == "cuda" and dtype in (torch.float16, torch.bfloat16) and _flash_varlen() is not None
+
+
+@torch.compiler.disable  # data-dependent document lengths: keep them out of compiled graphs
+def varlen_attention(q: Tensor, k: Tensor, v: Tensor, segments: DocSegments, causal: bool) -> Tensor:
+    """Attention within each document: q, k, v (N, nh, hd) with N = B·T flat tokens → (N, nh, hd)."""
+    if use_flash_varlen(q.device.type, q.dtype):
+        cu, n = segments.cu_seqlens, segments.max_seqlen
+        return _flash_varlen()(q, k, v, cu, cu, n, n, causal=causal)
+    return sdpa_varlen(q, k, v, segments.lengths, causal)
+
+
+def sdpa_varlen(q: Tensor, k: Tensor, v: Tensor, lengths: tuple[int, ...], causal: bool) -> Tensor:
+    """The fallback: one unmasked SDPA call per document, (N, nh, hd) → (N, nh, hd)."""
+    # split, not slicing: its backward is one cat, where each slice's backward would zero-fill all N
+    outs = [
+        F.scaled_dot_product_attention(qd.transpose(0, 1)[None], kd.transpose(0, 1)[None], vd.transpose(0, 1)[None],
+                                       is_causal=causal)[0].transpose(0, 1)  # (1, nh, L, hd) → (L, nh, hd)
+        for qd, kd, vd in zip(q.split(lengths), k.split(lengths), v.split(lengths))
+    ]
+    return torch.cat(outs)  # (N, nh, hd)
+
+
 class Rotary(nn.Module):
     """Rotary position embedding on the first ``dim`` channels of each head (rotate-half layout)."""
 
@@ -100,16 +167,24 @@ class Attention(nn.Module):
         rotary: Rotary,
         cos: Tensor,
         sin: Tensor,
-        mask: Tensor | None,
+        mask: Tensor | DocSegments | None,
         causal: bool,
         kv_cache: KVCache | None = None,
         need_weights: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         b, t, h = x.shape
         qkv = self.qkv(x).view(b, t, 3, self.n_head, self.head_dim)  # (B, T, 3, nh, hd)
-        qk = rotary.apply(qkv[:, :, :2], cos, sin)  # q and k rotated in one pass: (B, T, 2, nh, hd)
+        # split, not qkv[:, :, :2] and qkv[:, :, 2]: the backward is one cat instead of two zero-filled
+        # copies of the whole qkv gradient plus their sum
+        qk, v = qkv.split([2, 1], dim=2)  # (B, T, 2, nh, hd), (B, T, 1, nh, hd)
+        qk = rotary.apply(qk, cos, sin)  # q and k rotated in one pass: (B, T, 2, nh, hd)
+        if isinstance(mask, DocSegments):  # packed rows, no cache, no maps: documents as varlen sequences
+            q, k = qk.view(b * t, 2, self.n_head, self.head_dim).unbind(1)  # 2×(B·T, nh, hd)
+            v = v.reshape(b * t, self.n_head, self.head_dim)  # (B·T, nh, hd), a view
+            y = varlen_attention(q, k, v, mask, causal).view(b, t, h)  # (B, T, h)
+            return self.out(y), None
         q, k = qk.transpose(1, 3).unbind(2)  # 2×(B, nh, T, hd)
-        v = qkv[:, :, 2].transpose(1, 2)  # (B, nh, T, hd)
+        v = v.squeeze(2).transpose(1, 2)  # (B, nh, T, hd)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer, k, v)  # (B, nh, T_past + T, hd)
         weights = None
@@ -245,14 +320,20 @@ class Transformer(nn.Module):
             single_doc = False
         if positions is None:
             positions = positions_from_doc_ids(doc_ids)
+        mask: Tensor | DocSegments | None = attn_mask
         if attn_mask is None and kv_cache is None and not single_doc:
-            attn_mask = attention_mask(doc_ids, causal)
+            if need_weights:  # the maps are (B, nh, T, T): a dense mask
+                mask = attention_mask(doc_ids, causal)
+            else:
+                segments = doc_segments(doc_ids)
+                # every row one whole document: batched SDPA without any mask is the fastest path
+                mask = None if min(segments.lengths) == tokens.shape[1] else segments
         x = self.embed_tokens(tokens, doc_ids)
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         cos, sin = self.rotary.cos_sin(positions, dtype)
         maps: list[Tensor] = []
         for block in self.blocks:
-            x, w = block(x, self.rotary, cos, sin, attn_mask, causal, kv_cache, need_weights)
+            x, w = block(x, self.rotary, cos, sin, mask, causal, kv_cache, need_weights)
             if w is not None:
                 maps.append(w)
         return self.final_norm(x), maps
