@@ -46,6 +46,7 @@ class LanguageModel(pl.LightningModule):
         mask_prob: float = 0.15,
         seed: int = 0,
         init_from: str | None = None,
+        compile: bool = False,
     ) -> None:
         """
         Args:
@@ -63,6 +64,9 @@ class LanguageModel(pl.LightningModule):
             mask_prob: MLM share of residues selected for prediction (15%).
             seed: seeds initialisation and the objective's masks.
             init_from: weights-only start from a plm export or checkpoint (not a resume).
+            compile: ``torch.compile`` each Transformer block (fuses norms, rotary, GELU, casts; the
+                attention kernel itself stays eager). Parameter names and checkpoints are unchanged.
+                The first steps pay the compilation.
         """
         super().__init__()
         objective = objective or self.default_objective
@@ -84,6 +88,11 @@ class LanguageModel(pl.LightningModule):
             from plm.lit.init import load_backbone_weights
 
             load_backbone_weights(self.model, init_from)
+        if compile:
+            # per block, not the whole module: blocks are identical, so one compiled graph serves all
+            # layers, and FSDP units / activation checkpointing are per block too (torchtitan does the same)
+            for block in self.model.blocks:
+                block.compile()
 
     @property
     def config(self) -> ModelConfig:
