@@ -110,6 +110,21 @@ class ModelConfig:
         t = seq_len or self.max_seq_len
         return 6.0 * (self.n_params_non_embedding() + self.vocab_size * self.n_embd) + 12.0 * self.n_layer * self.n_embd * t
 
+    def training_flops(self, n_tokens: int, attended_pairs: int, n_predicted: int | None = None) -> float:
+        """Training FLOPs (forward + backward = 3 × forward) of one batch, exact for packed rows.
+
+        6 per matmul parameter per token; 12·L·h per (query, key) pair that attention scores:
+        ``attended_pairs`` = Σ len² over the documents of packed rows (T² per row for one sequence
+        per row); the LM head (ESM-2: its dense transform too) only on the ``n_predicted`` labelled
+        positions (every token if None). With one sequence of T tokens per row and every position
+        predicted this equals ``flops_per_token(T) · n_tokens``.
+        """
+        h = self.n_embd
+        head = self.vocab_size * h + (h * h if self.tied_head else 0)  # LM-head matmul weights
+        body = self.n_params_non_embedding() - (h * h if self.tied_head else 0)
+        n_pred = n_tokens if n_predicted is None else n_predicted
+        return 6.0 * (body * n_tokens + head * n_pred) + 12.0 * self.n_layer * h * attended_pairs
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
