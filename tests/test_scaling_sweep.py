@@ -83,3 +83,30 @@ def test_sweep_runs_resumes_and_collects(tmp_path, capsys):
     capsys.readouterr()
     assert plm_main(["fit-laws", str(out)]) == 2  # one budget, two sizes: not enough for a law
     assert "fewer than 3 distinct n_params" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_sweep_and_its_runs_which_then_resume(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "plm.cli", "sweep", "--objective", "mlm", "--budgets", "5e9", "--sizes", "1x16,1x24",
+           "--out", str(out), "--row-len", "64", "--rows-per-batch", "4", "--val-rows", "4", "--precision", "32-true",
+           "--min-steps", "5", "--parallel", "2", "--threads", "1", "--run"]
+    parent = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not all(
+            (out / "runs" / n / "csv" / "metrics.csv").is_file() for n in ("mlm-C5.00e09-1x16x1", "mlm-C5.00e09-1x24x1")):
+        time.sleep(0.5)  # both runs are training
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=120) == 128 + signal.SIGTERM
+    ps = subprocess.run(["pgrep", "-f", str(out / "configs")], capture_output=True, text=True)
+    assert ps.stdout.strip() == ""  # no orphaned run keeps going
+    stopped = [r for r in (out / "runs").iterdir() if not (r / "final").exists()]
+    assert stopped and all((r / "ckpt" / "last.ckpt").is_file() for r in stopped)  # saved on SIGTERM
+    assert subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 2

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -197,6 +198,11 @@ def run_jobs(out: Path, jobs: list[Job], base_configs: list[Path], threads: int 
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="sweep", unit="run")
     # the most expensive runs (many steps) first, so the last ones to finish are short
     todo.sort(key=lambda j: -j.steps)
+
+    def stop(signum: int, frame: object) -> None:  # a scheduler's SIGTERM: stop the children (below), exit
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         while todo or running:
             while todo and len(running) < max(1, parallel):
@@ -217,10 +223,13 @@ def run_jobs(out: Path, jobs: list[Job], base_configs: list[Path], threads: int 
                     failed.append(name)
                     tqdm.write(f"plm sweep: {name} failed (exit {code}); see {out / 'logs' / (name + '.log')}")
     finally:
-        for proc, fh in running.values():  # interrupted: stop the children; they resume from their checkpoints
+        # interrupted: SIGTERM makes each child save ckpt/last.ckpt and exit; a rerun resumes it from there
+        for proc, fh in running.values():
             proc.terminate()
+        for proc, fh in running.values():
             proc.wait()
             fh.close()
+        signal.signal(signal.SIGTERM, previous)
         bar.close()
     return failed
 
