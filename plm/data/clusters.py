@@ -51,8 +51,9 @@ def hash_ranges(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.nda
         mat = mat * (np.arange(width) < lens[short, None])
         words = mat.view("<u8")
         h = mix64(lens[short])
-        for j in range(words.shape[1]):
-            h = mix64(h, words[:, j])
+        n_words = (lens[short] + 7) // 8
+        for j in range(words.shape[1]):  # only an identifier's own words: its hash must not depend on
+            h = np.where(j < n_words, mix64(h, words[:, j]), h)  # the longest identifier of the batch
         out[short] = h
     for i in np.flatnonzero(lens > 8 * MAX_WORDS):
         digest = hashlib.blake2b(buf[starts[i] : ends[i]].tobytes(), digest_size=8).digest()

@@ -39,3 +39,10 @@ done
 for src in uniprot metagenomic; do cp "$W/decontaminate_$src/summary.json" "$HERE/decontaminate_$src.json"; done
 cp "$W/cath_bins/summary.json" "$HERE/cath_s40_bins.json"
 for id in 0.5 0.9; do cp "$W/clusters/metagenomic_${id}.tsv.json" "$HERE/cluster_metagenomic_${id}.json"; done
+# prepare consumes the cluster TSVs (cluster first, member second); its manifest counts matched members.
+for id in 0.5 0.9; do
+  $PLM data prepare --source metagenomic=$D/pretrain/metagenomic/metagenomic_mix.fasta.gz \
+    --clusters metagenomic="$W/clusters/metagenomic_${id}.tsv" --out "$W/prepared_$id" --quiet
+  .venv/bin/python -c "import json, sys; m = json.load(open(sys.argv[1])); json.dump(m['train']['clusters'], open(sys.argv[2], 'w'), indent=2)" \
+    "$W/prepared_$id/metagenomic/manifest.json" "$HERE/prepare_clusters_metagenomic_$id.json"
+done
