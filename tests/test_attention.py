@@ -134,3 +134,23 @@ def test_packed_path_under_bf16_autocast_matches_the_dense_mask():
         varlen = model(tokens, docs).float()
         dense = model(tokens, docs, attn_mask=attention_mask(docs, False)).float()
     torch.testing.assert_close(varlen, dense, rtol=0.02, atol=0.02)
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_cpu_bf16_attention_core_runs_in_fp32(monkeypatch, packed):
+    """CPU SDPA is faster in fp32 than bf16 at small head sizes (issue #9 profile); outputs stay bf16."""
+    seen = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        seen.append(q.dtype)
+        return real(q, k, v, **kw)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    model = tiny_model("esm2")
+    tokens, docs = _packed()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h, _ = model.hidden(tokens, docs if packed else None)
+        qkv = model.blocks[0].attn.qkv(h)
+    assert seen and set(seen) == {torch.float32}
+    assert qkv.dtype == torch.bfloat16
