@@ -22,7 +22,8 @@ def test_score_end_to_end(tmp_path):
     esmfold = build_tiny_esmfold(tmp_path / "esmfold")
     out = tmp_path / "scores"
     rc = plm_main(["score", str(fasta), "--esmfold", str(esmfold), "--clm", str(tmp_path / "clm"), "--mlm",
-                   str(tmp_path / "mlm"), "--reference", str(ref), "--out", str(out), "--cluster-backend", "python"])
+                   str(tmp_path / "mlm"), "--reference", str(ref), "--out", str(out), "--cluster-backend", "python",
+                   "--novelty-backend", "python"])
     assert rc == 0
     with open(out / "scores.csv") as fh:
         rows = list(csv.DictReader(fh))
@@ -51,3 +52,18 @@ def test_score_reports_what_it_did_not_compute(tmp_path):
     assert "pLDDT: not computed (pass --esmfold DIR)" in md and "novelty: not computed (pass --reference FASTA)" in md
     with pytest.raises(FileNotFoundError, match="--esmfold .*missing: no such directory"):
         plm_main(["score", str(fasta), "--out", str(tmp_path / "o"), "--esmfold", str(tmp_path / "missing")])
+
+
+@pytest.mark.mmseqs
+def test_novelty_uses_mmseqs_when_installed(tmp_path):
+    from plm.generate.metrics import max_identity_to_reference
+    from plm.identity import find_mmseqs
+
+    if find_mmseqs() is None:
+        pytest.skip("mmseqs not installed (CI installs it: apt-get install mmseqs2)")
+    refs = [A, "WWWWWWWWWWCCCCCCCCC"]
+    got, method = max_identity_to_reference([A, A_MUT3, B], refs, "mmseqs")
+    assert method == "mmseqs2 easy-search"
+    assert got[0] == 1.0 and 0.85 < got[1] < 1.0 and got[2] < 0.5  # exact, 3 substitutions, unrelated
+    py, py_method = max_identity_to_reference([A, A_MUT3, B], refs, "python")
+    assert py_method.startswith("python") and py[0] == 1.0 and abs(py[1] - got[1]) < 0.05

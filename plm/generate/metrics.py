@@ -115,6 +115,34 @@ def n_clusters(seqs: Sequence[str], min_identity: float = 0.5, backend: Backend 
     return len(set(greedy_clusters(seqs, min_identity))), "python greedy (Biopython alignment)"
 
 
+def max_identity_to_reference(seqs: Sequence[str], refs: Sequence[str], backend: Backend = "auto") -> tuple[list[float], str]:
+    """Novelty: each sequence's max identity to any reference, and the method used.
+
+    MMseqs2 (``easy-search``, identity = identical / aligned residues, the field's standard) when it is
+    installed, which scales to training-set-sized references; otherwise a k-mer prefilter plus global
+    alignment in Python (identity = identical / shorter length), fine for a few thousand references.
+    A sequence with no detectable hit gets 0.
+    """
+    if not seqs:
+        return [], "none"
+    if backend != "python":
+        from plm.identity import find_mmseqs
+
+        if find_mmseqs() is not None:
+            from plm.identity import MMseqs
+            from plm.identity.search import best_hits
+            from plm.identity.seqio import SeqRecord
+
+            hits = best_hits([SeqRecord(str(i), q) for i, q in enumerate(seqs)],
+                             [SeqRecord(str(i), r) for i, r in enumerate(refs)], MMseqs(progress=False))
+            return [hits[i].identity if i in hits else 0.0 for i in range(len(seqs))], "mmseqs2 easy-search"
+        if backend == "mmseqs":
+            raise FileNotFoundError("backend='mmseqs' but no mmseqs executable found: install MMseqs2 "
+                                    "(apt-get install mmseqs2) or set $PLM_MMSEQS, or use backend='python'")
+    index = NoveltyIndex(list(refs))
+    return [index.max_identity(q)[0] for q in seqs], "python k-mer prefilter + global alignment"
+
+
 @dataclass
 class NoveltyIndex:
     """Reference sequences indexed by k-mer so each query is aligned to its few best candidates only."""

@@ -37,6 +37,7 @@ class ScoreOptions:
     reference: str | None = None
     cluster_identity: float = 0.5
     cluster_backend: metrics.Backend = "auto"
+    novelty_backend: metrics.Backend = "auto"
     max_pairs: int = 5000
     device: str = "cpu"
     progress: bool = True
@@ -105,10 +106,10 @@ def score(fasta: str | Path, out: str | Path, opts: ScoreOptions | None = None) 
 
     if opts.reference:
         _, refs = read_sequences(opts.reference)
-        index = metrics.NoveltyIndex(refs)
-        for r, s in zip(rows, seqs):
-            r["max_identity_to_reference"], _ = index.max_identity(s)
-        summary["max_identity_to_reference"] = _stats([r["max_identity_to_reference"] for r in rows])
+        novelty, method = metrics.max_identity_to_reference(seqs, refs, opts.novelty_backend)
+        for r, ident in zip(rows, novelty):
+            r["max_identity_to_reference"] = ident
+        summary["max_identity_to_reference"] = {**_stats(novelty), "method": method}
         summary["novel_share"] = float(np.mean([r["max_identity_to_reference"] < NOVEL_BELOW for r in rows]))
     else:
         missing["novelty"] = "--reference FASTA"
@@ -192,7 +193,8 @@ def render_markdown(s: dict[str, Any]) -> str:
     if "plddt_confident_share" in s:
         out.append(f"- pLDDT > {PLDDT_CONFIDENT:.0f}: {s['plddt_confident_share']:.1%}")
     if "novel_share" in s:
-        out.append(f"- novel (< {NOVEL_BELOW:.0%} identity to every reference): {s['novel_share']:.1%}")
+        out.append(f"- novel (< {NOVEL_BELOW:.0%} identity to every reference): {s['novel_share']:.1%} "
+                   f"({s['max_identity_to_reference']['method']})")
     for name, flag in s["not_computed"].items():
         out.append(f"- {name}: not computed (pass {flag})")
     return "\n".join(out) + "\n"
@@ -212,13 +214,15 @@ def main(argv: list[str]) -> int:
     p.add_argument("--cluster-identity", type=float, default=0.5, help="identity threshold for the cluster count")
     p.add_argument("--cluster-backend", default="auto", choices=["auto", "python", "mmseqs"],
                    help="auto: MMseqs2 when installed, else pure-Python greedy clustering")
+    p.add_argument("--novelty-backend", default="auto", choices=["auto", "python", "mmseqs"],
+                   help="auto: MMseqs2 easy-search against --reference when installed, else k-mer prefilter + alignment")
     p.add_argument("--max-pairs", type=int, default=5000, help="pairs sampled for the pairwise identity distribution")
     p.add_argument("--device", default="cpu", help="torch device for the models")
     a = p.parse_args(argv)
     opts = ScoreOptions(esmfold=a.esmfold, fold_dtype=a.fold_dtype, fold_token_budget=a.fold_token_budget,
                         fold_cache=a.fold_cache, clm=a.clm, mlm=a.mlm, reference=a.reference,
                         cluster_identity=a.cluster_identity, cluster_backend=a.cluster_backend,
-                        max_pairs=a.max_pairs, device=a.device)
+                        novelty_backend=a.novelty_backend, max_pairs=a.max_pairs, device=a.device)
     score(a.fasta, a.out, opts)
     print((Path(a.out) / "summary.md").read_text())
     return 0
