@@ -117,3 +117,24 @@ def test_missing_results_path_is_a_clear_error(tmp_path, capsys):
     assert "no such results CSV or sweep directory" in capsys.readouterr().err
     assert plm_main(["fit-laws", str(tmp_path)]) == 2
     assert "no sweep.json" in capsys.readouterr().err
+
+
+def test_extrapolated_minima_are_reported_but_left_out_of_the_laws():
+    runs = synthetic(3, 0.0)
+    c0 = min(r.flops for r in runs)
+    shifted = []  # the smallest budget only tries sizes well above its optimum: a one-sided curve
+    for c in sorted({r.flops for r in runs}):
+        if c != c0:
+            shifted += [r for r in runs if r.flops == c]
+            continue
+        for x in np.linspace(np.log10(true_n_opt(c)) + 0.8, np.log10(true_n_opt(c)) + 1.8, 5):
+            n = 10**x
+            shifted.append(Run("clm", c, n, c / (6 * n), law_loss(n, c / (6 * n))))
+    fits = fit_all(shifted, "synthetic", n_boot=50)
+    first = fits["clm"].minima[0]
+    assert first.n_opt < first.n_range[0]  # the vertex lands below the sizes tried
+    assert not first.used and all(m.used for m in fits["clm"].minima[1:])
+    assert any("left out of the laws" in n for n in fits["clm"].notes)
+    assert fits["clm"].n_opt.ci[0] <= TRUE_A <= fits["clm"].n_opt.ci[1]
+    kept = fit_all(shifted, "synthetic", n_boot=50, keep_extrapolated=True)
+    assert kept["clm"].minima[0].used and kept["clm"].n_opt.exponent != fits["clm"].n_opt.exponent

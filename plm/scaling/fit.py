@@ -65,6 +65,11 @@ class Minimum:
     loss: float
     parabola: list[float]  # loss = p0·x² + p1·x + p2 with x = log10 N
     n_range: list[float]  # smallest and largest N tried at this budget
+    used: bool = True  # False: the vertex lies outside the sizes tried, so it is left out of the laws
+
+    @property
+    def bracketed(self) -> bool:
+        return self.n_range[0] <= self.n_opt <= self.n_range[1]
 
 
 @dataclass
@@ -166,8 +171,13 @@ def _power_fit(c: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(10.0**intercept), float(slope)
 
 
-def fit_isoflop(runs: list[Run], n_boot: int = 1000, seed: int = 0) -> tuple[list[Minimum], PowerFit, PowerFit, list[str]]:
-    """Minima per budget, then N_opt(C) and D_opt(C) with bootstrap intervals (runs resampled per budget)."""
+def fit_isoflop(runs: list[Run], n_boot: int = 1000, seed: int = 0,
+                keep_extrapolated: bool = False) -> tuple[list[Minimum], PowerFit, PowerFit, list[str]]:
+    """Minima per budget, then N_opt(C) and D_opt(C) with bootstrap intervals (runs resampled per budget).
+
+    A budget whose parabola vertex lies outside the sizes tried is reported but left out of the power
+    laws (its "minimum" is an extrapolation of a one-sided curve) unless ``keep_extrapolated``.
+    """
     by_budget: dict[float, tuple[np.ndarray, np.ndarray]] = {}
     for c in sorted({r.flops for r in runs}):
         sel = [r for r in runs if r.flops == c]
@@ -178,20 +188,23 @@ def fit_isoflop(runs: list[Run], n_boot: int = 1000, seed: int = 0) -> tuple[lis
         if m is None:
             notes.append(f"budget {c:.3g}: IsoFLOP curve is not convex in log N (no minimum); budget left out")
             continue
-        if not m.n_range[0] <= m.n_opt <= m.n_range[1]:
+        if not m.bracketed:
+            m.used = keep_extrapolated
             notes.append(f"budget {c:.3g}: minimum N = {m.n_opt:.3g} lies outside the sizes tried "
-                         f"[{m.n_range[0]:.3g}, {m.n_range[1]:.3g}] (extrapolated; add sizes on that side)")
+                         f"[{m.n_range[0]:.3g}, {m.n_range[1]:.3g}] (extrapolated; add sizes on that side); "
+                         + ("kept in the laws (--keep-extrapolated)" if keep_extrapolated else "left out of the laws"))
         minima.append(m)
-    if len(minima) < MIN_BUDGETS:
-        raise ValueError(f"only {len(minima)} budget(s) have a convex IsoFLOP curve; need {MIN_BUDGETS}: "
-                         + "; ".join(notes))
-    c = np.array([m.flops for m in minima])
-    n_fit = _power_fit(c, np.array([m.n_opt for m in minima]))
-    d_fit = _power_fit(c, np.array([m.d_opt for m in minima]))
+    used = [m for m in minima if m.used]
+    if len(used) < MIN_BUDGETS:
+        raise ValueError(f"only {len(used)} budget(s) have a convex IsoFLOP curve with its minimum inside the sizes "
+                         f"tried; need {MIN_BUDGETS}: " + "; ".join(notes))
+    c = np.array([m.flops for m in used])
+    n_fit = _power_fit(c, np.array([m.n_opt for m in used]))
+    d_fit = _power_fit(c, np.array([m.d_opt for m in used]))
 
     rng = np.random.default_rng(seed)
     boots: list[tuple[float, float, float, float]] = []
-    budgets = list(by_budget.items())
+    budgets = [(m.flops, by_budget[m.flops]) for m in used]
     for _ in range(n_boot):
         cs, ns = [], []
         for budget, (n, loss) in budgets:
@@ -212,7 +225,7 @@ def fit_isoflop(runs: list[Run], n_boot: int = 1000, seed: int = 0) -> tuple[lis
 
     n_opt = PowerFit(n_fit[0], n_fit[1], interval(1), interval(0))
     d_opt = PowerFit(d_fit[0], d_fit[1], interval(3), interval(2))
-    if len(minima) < 3:
+    if len(used) < 3:
         notes.append("two budgets determine the line exactly: the interval reflects only the noise of the minima")
     return minima, n_opt, d_opt, notes
 
@@ -262,8 +275,8 @@ def fit_parametric(n: np.ndarray, d: np.ndarray, loss: np.ndarray, delta: float 
             "huber_loss": float(best.fun)}
 
 
-def fit_objective(runs: list[Run], n_boot: int = 1000, seed: int = 0) -> ObjectiveFit:
-    minima, n_opt, d_opt, notes = fit_isoflop(runs, n_boot, seed)
+def fit_objective(runs: list[Run], n_boot: int = 1000, seed: int = 0, keep_extrapolated: bool = False) -> ObjectiveFit:
+    minima, n_opt, d_opt, notes = fit_isoflop(runs, n_boot, seed, keep_extrapolated)
     n, d, loss = (np.array([getattr(r, k) for r in runs]) for k in ("n_params", "tokens", "loss"))
     parametric = fit_parametric(n, d, loss) if len(runs) >= 5 else None
     if parametric is None:
@@ -271,9 +284,10 @@ def fit_objective(runs: list[Run], n_boot: int = 1000, seed: int = 0) -> Objecti
     return ObjectiveFit(minima, n_opt, d_opt, parametric, notes)
 
 
-def fit_all(runs: list[Run], source: str, n_boot: int = 1000, seed: int = 0) -> dict[str, ObjectiveFit]:
+def fit_all(runs: list[Run], source: str, n_boot: int = 1000, seed: int = 0,
+            keep_extrapolated: bool = False) -> dict[str, ObjectiveFit]:
     check_design(runs, source)
-    return {obj: fit_objective([r for r in runs if r.objective == obj], n_boot, seed)
+    return {obj: fit_objective([r for r in runs if r.objective == obj], n_boot, seed, keep_extrapolated)
             for obj in sorted({r.objective for r in runs})}
 
 
@@ -287,7 +301,7 @@ def format_table(fits: dict[str, ObjectiveFit]) -> str:
         lines.append(f"  {'budget C':>10} {'N_opt':>10} {'D_opt':>10} {'loss':>8}  sizes tried")
         for m in f.minima:
             lines.append(f"  {m.flops:>10.3g} {m.n_opt:>10.3g} {m.d_opt:>10.3g} {m.loss:>8.4f}  "
-                         f"{m.n_range[0]:.3g}…{m.n_range[1]:.3g}")
+                         f"{m.n_range[0]:.3g}…{m.n_range[1]:.3g}" + ("" if m.used else "  (extrapolated: not in the laws)"))
         pub = LAWS.get(obj)
         for name, p, ref in (("N_opt", f.n_opt, pub.n_opt if pub else None), ("D_opt", f.d_opt, pub.d_opt if pub else None)):
             ref_s = f"   (published: {ref.coef:.3g}·C^{ref.exponent:.3f})" if ref else ""
@@ -307,6 +321,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--plots", type=Path, help="write isoflop_<objective>.png and laws.png here")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    p.add_argument("--keep-extrapolated", action="store_true",
+                   help="also fit budgets whose minimum lies outside the sizes tried (default: report, leave out)")
     return p
 
 
@@ -316,7 +332,7 @@ def main(argv: list[str]) -> int:
         runs = load_results(args.results)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", np.exceptions.RankWarning)
-            fits = fit_all(runs, str(args.results), args.bootstrap, args.seed)
+            fits = fit_all(runs, str(args.results), args.bootstrap, args.seed, args.keep_extrapolated)
     except (ValueError, FileNotFoundError) as err:
         print(f"plm fit-laws: {err}", file=sys.stderr)
         return 2

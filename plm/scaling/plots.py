@@ -38,11 +38,11 @@ def plot_isoflop(runs: list[Run], fit: ObjectiveFit, objective: str, path: Path)
         if m is not None:
             x = np.linspace(np.log10(min(n.min(), m.n_opt)), np.log10(max(n.max(), m.n_opt)), 100)
             ax.plot(10**x, np.polyval(m.parabola, x), "-", color=colour, alpha=0.7)
-            ax.plot([m.n_opt], [m.loss], "*", color=colour, markersize=14, markeredgecolor="black")
+            ax.plot([m.n_opt], [m.loss], "*", color=colour if m.used else "none", markersize=14, markeredgecolor="black")
     ax.set_xscale("log")
     ax.set_xlabel("non-embedding parameters N")
     ax.set_ylabel("final validation loss (nats)")
-    ax.set_title(f"{objective.upper()} IsoFLOP profiles (★ fitted minimum)")
+    ax.set_title(f"{objective.upper()} IsoFLOP profiles (★ fitted minimum; hollow: outside the sizes tried)")
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
@@ -57,8 +57,11 @@ def plot_laws(fits: dict[str, ObjectiveFit], path: Path) -> Path:
     for ax, key, label in ((axes[0], "n_opt", "N_opt (non-embedding parameters)"), (axes[1], "d_opt", "D_opt (tokens)")):
         for obj, f in fits.items():
             colour = COLOURS.get(obj, "tab:green")
-            c = np.array([m.flops for m in f.minima])
-            y = np.array([getattr(m, key) for m in f.minima])
+            c = np.array([m.flops for m in f.minima if m.used])
+            y = np.array([getattr(m, key) for m in f.minima if m.used])
+            out = [m for m in f.minima if not m.used]
+            if out:  # extrapolated minima: shown hollow, not fitted
+                ax.plot([m.flops for m in out], [getattr(m, key) for m in out], "o", mfc="none", color=colour)
             law = getattr(f, key)
             grid = np.geomspace(c.min() / 2, c.max() * 2, 50)
             ax.plot(c, y, "o", color=colour)
