@@ -390,7 +390,7 @@ def _histogram(offsets: np.ndarray) -> dict:
     counts = np.zeros(len(HIST_EDGES) - 1, dtype=np.int64)
     for a in range(0, len(offsets) - 1, 1 << 24):
         lens = np.diff(np.asarray(offsets[a : a + (1 << 24) + 1]))
-        counts += np.histogram(lens, bins=HIST_EDGES)[0]
+        counts += np.bincount(np.searchsorted(HIST_EDGES, lens, side="right") - 1, minlength=len(counts))[: len(counts)]
     labels = [f"{lo}-{hi - 1}" if i < len(HIST_EDGES) - 2 else f">={lo}" for i, (lo, hi) in
               enumerate(itertools.pairwise(HIST_EDGES))]
     return dict(zip(labels, counts.tolist()))
