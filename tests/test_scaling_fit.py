@@ -134,7 +134,15 @@ def test_extrapolated_minima_are_reported_but_left_out_of_the_laws():
     first = fits["clm"].minima[0]
     assert first.n_opt < first.n_range[0]  # the vertex lands below the sizes tried
     assert not first.used and all(m.used for m in fits["clm"].minima[1:])
-    assert any("left out of the laws" in n for n in fits["clm"].notes)
+    assert any("not bracketed" in n and "add smaller sizes" in n and "left out of the laws" in n for n in fits["clm"].notes)
     assert fits["clm"].n_opt.ci[0] <= TRUE_A <= fits["clm"].n_opt.ci[1]
     kept = fit_all(shifted, "synthetic", n_boot=50, keep_extrapolated=True)
     assert kept["clm"].minima[0].used and kept["clm"].n_opt.exponent != fits["clm"].n_opt.exponent
+
+
+def test_monotone_curve_is_not_bracketed_even_if_the_vertex_falls_inside():
+    n = np.array([1.4e4, 5.9e4, 1.0e5, 3.5e5, 8.1e5])  # a real CPU budget: smallest size best, steep on the right
+    m = isoflop_minimum(1e12, n, np.array([2.678, 2.688, 2.699, 2.780, 2.895]))
+    assert m.n_range[0] <= m.n_opt <= m.n_range[1] and m.best_n == n[0] and not m.bracketed
+    m = isoflop_minimum(1e12, n, np.array([2.70, 2.68, 2.69, 2.72, 2.80]))
+    assert m.bracketed

@@ -65,11 +65,15 @@ class Minimum:
     loss: float
     parabola: list[float]  # loss = p0·x² + p1·x + p2 with x = log10 N
     n_range: list[float]  # smallest and largest N tried at this budget
-    used: bool = True  # False: the vertex lies outside the sizes tried, so it is left out of the laws
+    best_n: float = 0.0  # the size of the lowest measured loss at this budget
+    used: bool = True  # False: not bracketed, so left out of the laws
 
     @property
     def bracketed(self) -> bool:
-        return self.n_range[0] <= self.n_opt <= self.n_range[1]
+        """The vertex lies inside the sizes tried *and* the best run is not the smallest or largest one:
+        a parabola through a one-sided (monotone) curve can put its vertex inside the range anyway."""
+        inside = self.n_range[0] <= self.n_opt <= self.n_range[1]
+        return inside and self.n_range[0] < self.best_n < self.n_range[1]
 
 
 @dataclass
@@ -163,7 +167,7 @@ def isoflop_minimum(flops: float, n: np.ndarray, loss: np.ndarray) -> Minimum | 
     x_opt = -p[1] / (2 * p[0])
     n_opt = 10.0**x_opt
     return Minimum(flops, n_opt, flops / (6.0 * n_opt), float(np.polyval(p, x_opt)), p.tolist(),
-                   [float(n.min()), float(n.max())])
+                   [float(n.min()), float(n.max())], float(n[np.argmin(loss)]))
 
 
 def _power_fit(c: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -190,8 +194,9 @@ def fit_isoflop(runs: list[Run], n_boot: int = 1000, seed: int = 0,
             continue
         if not m.bracketed:
             m.used = keep_extrapolated
-            notes.append(f"budget {c:.3g}: minimum N = {m.n_opt:.3g} lies outside the sizes tried "
-                         f"[{m.n_range[0]:.3g}, {m.n_range[1]:.3g}] (extrapolated; add sizes on that side); "
+            side = "smaller" if min(m.n_opt, m.best_n) <= m.n_range[0] else "larger"
+            notes.append(f"budget {c:.3g}: not bracketed (parabola vertex N = {m.n_opt:.3g}, best run N = {m.best_n:.3g}, "
+                         f"sizes tried [{m.n_range[0]:.3g}, {m.n_range[1]:.3g}]); add {side} sizes; "
                          + ("kept in the laws (--keep-extrapolated)" if keep_extrapolated else "left out of the laws"))
         minima.append(m)
     used = [m for m in minima if m.used]
@@ -301,7 +306,7 @@ def format_table(fits: dict[str, ObjectiveFit]) -> str:
         lines.append(f"  {'budget C':>10} {'N_opt':>10} {'D_opt':>10} {'loss':>8}  sizes tried")
         for m in f.minima:
             lines.append(f"  {m.flops:>10.3g} {m.n_opt:>10.3g} {m.d_opt:>10.3g} {m.loss:>8.4f}  "
-                         f"{m.n_range[0]:.3g}…{m.n_range[1]:.3g}" + ("" if m.used else "  (extrapolated: not in the laws)"))
+                         f"{m.n_range[0]:.3g}…{m.n_range[1]:.3g}" + ("" if m.used else "  (not bracketed: not in the laws)"))
         pub = LAWS.get(obj)
         for name, p, ref in (("N_opt", f.n_opt, pub.n_opt if pub else None), ("D_opt", f.d_opt, pub.d_opt if pub else None)):
             ref_s = f"   (published: {ref.coef:.3g}·C^{ref.exponent:.3f})" if ref else ""
