@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from torch import nn
 
 from plm.cli import main as plm_main
 from plm.evaluation.heads import ResidueHead
@@ -138,3 +139,61 @@ def test_downstream_callback_logs_metrics_every_k_steps():
     assert all(torch.equal(v, module.model.state_dict()[k]) for k, v in before.items())
     cb.on_train_end(SimpleNamespace(global_step=3, loggers=[logger]), module)
     assert [s for s, _ in logged] == [2, 3]
+
+
+# ---- representation layer and the converged linear probe ----------------------------------------------------
+def test_residue_features_layers_follow_esm_numbering():
+    from plm.evaluation.runner import pad_tokens
+    from plm.lit.finetune import residue_features
+    from plm.tokenizer import FIRST_RESIDUE, PAD
+
+    model = tiny_model("esm2", n_layer=3, n_embd=32).eval()
+    tokens = pad_tokens(SEQS, 100)
+    with torch.no_grad():
+        final, mask = residue_features(model, tokens)
+        assert torch.equal(residue_features(model, tokens, layer=3)[0], final)
+        hidden, _ = model.hidden(tokens)
+        assert torch.equal(final, hidden[:, 1:-1]) and torch.equal(mask, tokens[:, 1:-1] >= FIRST_RESIDUE)
+        doc = (tokens == PAD).long()
+        x = model.embed_tokens(tokens, doc)
+        assert torch.allclose(residue_features(model, tokens, layer=0)[0], x[:, 1:-1])
+        captured = []
+        h = model.blocks[1].register_forward_hook(lambda m, a, out: captured.append(out[0]))
+        model.hidden(tokens)
+        h.remove()
+        assert torch.equal(residue_features(model, tokens, layer=2)[0], captured[0][:, 1:-1])
+        assert torch.equal(residue_features(model, tokens, layer=-2)[0], captured[0][:, 1:-1])
+        assert not torch.allclose(residue_features(model, tokens, layer=2)[0], final)
+    assert all(not b._forward_hooks and not b._forward_pre_hooks for b in model.blocks)  # hooks removed
+    with pytest.raises(ValueError, match=r"layer 4: the model has layers 0\.\.3 .*set 'layer' in the task's defaults"):
+        residue_features(model, tokens, layer=4)
+
+
+def test_linear_probe_converges_on_badly_scaled_features():
+    """Features with a large offset and a tiny scale (as a LayerNorm bias or a residual stream gives):
+    the standardised L-BFGS fit finds the separating direction; raw predictions use the folded weights."""
+    from plm.evaluation.heads import fit_linear_probe
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2000, 8, generator=g) * 1e-3 + 5.0
+    y = ((x[:, 0] - 5.0) + 0.3 * (x[:, 1] - 5.0) > 0).long()  # linearly separable, off-axis
+    lin = fit_linear_probe(nn.Linear(8, 2), x, y, "cross_entropy")
+    assert (lin(x).argmax(-1) == y).float().mean() > 0.98
+    # ridge with a weak penalty = least squares
+    t = x @ torch.arange(1.0, 9.0) + 0.5
+    reg = fit_linear_probe(nn.Linear(8, 1), x, t, "mse", c=1e6)
+    assert torch.allclose(reg(x).squeeze(-1), t, atol=1e-3 * t.std())
+
+
+def test_frozen_linear_probe_reads_the_chosen_layer(tiny_export):
+    from plm.evaluation.runner import load_backbone, run_task
+    from plm.evaluation.tasks import load_task
+
+    model, objective = load_backbone(tiny_export)
+    spec = load_task("ss3")
+    rows = {layer: {r["metric"]: r for r in run_task(spec, model, objective, small=True, progress=False,
+                                                     overrides={"layer": layer, "max_train": 20, "max_test": 10})}
+            for layer in (0, -1)}
+    assert rows[0]["accuracy"]["n"] == rows[-1]["accuracy"]["n"] > 500
+    assert rows[0]["accuracy"]["value"] != rows[-1]["accuracy"]["value"]
+    assert 0.3 < rows[-1]["accuracy"]["value"] < 1.0

@@ -29,6 +29,7 @@ from plm.evaluation.heads import (
     SequenceHead,
     attention_features,
     contact_pairs,
+    fit_linear_probe,
 )
 from plm.evaluation.metrics import classification_metrics, contact_metrics, regression_metrics
 from plm.evaluation.tasks import TaskSpec, load_task
@@ -76,8 +77,9 @@ def pad_tokens(seqs: list[str], max_len: int) -> Tensor:
 
 @torch.no_grad()
 def embed(model: Transformer, seqs: list[str], max_len: int, causal: bool, batch_size: int = 16,
-          progress: bool = True, desc: str = "embedding") -> list[Tensor]:
-    """Residue embeddings (L, h) per sequence, computed once for frozen probes (length-sorted batches)."""
+          progress: bool = True, desc: str = "embedding", layer: int = -1) -> list[Tensor]:
+    """Residue embeddings (L, h) of ``layer`` per sequence, computed once for frozen probes (length-sorted
+    batches)."""
     from plm.lit.finetune import residue_features
 
     model.eval()
@@ -86,7 +88,7 @@ def embed(model: Transformer, seqs: list[str], max_len: int, causal: bool, batch
     out: list[Tensor | None] = [None] * len(seqs)
     for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress):
         idx = order[start : start + batch_size]
-        feats, _ = residue_features(model, pad_tokens([seqs[i] for i in idx], max_len).to(device), causal)
+        feats, _ = residue_features(model, pad_tokens([seqs[i] for i in idx], max_len).to(device), causal, layer)
         for row, i in enumerate(idx):
             out[i] = feats[row, : min(len(seqs[i]), max_len)].float().cpu()
     return out  # type: ignore[return-value]
@@ -206,6 +208,16 @@ def load_records(spec: TaskSpec, files: dict[str, Any], max_len: int) -> list[An
     return read(files["train"], "train") + read(files["test"], "test")
 
 
+def probe_rows(examples: list[dict[str, Any]], kind: str) -> tuple[Tensor, Tensor]:
+    """The frozen linear probe's design matrix: every scored residue (residue tasks) or each sequence's
+    mean residue embedding (what ``SequenceHead`` pools), with its label."""
+    if kind == "residue_classification":
+        keep = [torch.as_tensor(e["labels"]) != ds.IGNORE for e in examples]
+        x = torch.cat([e["feats"][k] for e, k in zip(examples, keep)])
+        return x, torch.cat([torch.as_tensor(e["labels"])[k] for e, k in zip(examples, keep)])
+    return torch.stack([e["feats"].mean(0) for e in examples]), torch.stack([torch.as_tensor(e["labels"]) for e in examples])
+
+
 def run_supervised(spec: TaskSpec, files: dict[str, Path], model: Transformer, objective: str, mode: str,
                    opts: dict[str, Any], progress: bool) -> list[Row]:
     from plm.lit.finetune import FineTune
@@ -226,21 +238,28 @@ def run_supervised(spec: TaskSpec, files: dict[str, Path], model: Transformer, o
     torch.manual_seed(seed)
     head_cls = ResidueHead if spec.kind == "residue_classification" else SequenceHead
     head = head_cls(model.config.n_embd, n_out, spec.head)
+    layer = int(opts["layer"])
     if mode == "frozen":
         feats = embed(model, [r.sequence for r in train + test], max_len, causal, progress=progress,
-                      desc=f"{spec.name}: embedding")
+                      desc=f"{spec.name}: embedding", layer=layer)
         ex = [{"feats": f} for f in feats]
         module = FineTune(head, spec.kind, None, "frozen", lr=float(opts["lr"]))
     else:
         ex = [{"seq": r.sequence} for r in train + test]
         module = FineTune(head, spec.kind, copy.deepcopy(model), mode, lr=float(opts["lr"]),
                           backbone_lr=float(opts["backbone_lr"]), lora_rank=int(opts["lora_rank"]),
-                          lora_alpha=int(opts["lora_alpha"]), causal=causal)
+                          lora_alpha=int(opts["lora_alpha"]), causal=causal, layer=layer)
     for e, r in zip(ex, train + test):
         y = labels_of(r)
         e["labels"] = (y - mean) / std if spec.kind == "sequence_regression" else y
     bs = int(opts["batch_size"])
-    fit_head(module, make_batches(ex[: len(train)], bs, True, seed), int(opts["epochs"]), progress, bool(opts.get("use_trainer", True)))
+    if mode == "frozen" and spec.head == "linear":
+        x, y = probe_rows(ex[: len(train)], spec.kind)
+        fit_linear_probe(head.net, x, y, "mse" if spec.kind == "sequence_regression" else "cross_entropy",
+                         float(opts["probe_c"]), int(opts["probe_max_iter"]))
+    else:
+        fit_head(module, make_batches(ex[: len(train)], bs, True, seed), int(opts["epochs"]), progress,
+                 bool(opts.get("use_trainer", True)))
     outs, labels = predict(module, make_batches(ex[len(train) :], bs, False, seed))
     if spec.kind == "residue_classification":
         logits = torch.cat([o[:, : y.shape[1]].reshape(-1, n_out) for o, y in zip(outs, labels)])
@@ -341,12 +360,13 @@ def run_contacts(spec: TaskSpec, files: dict[str, Path], model: Transformer, obj
         head = PairwiseContactHead(model.config.n_embd)
         seqs = [r.sequence for r in train + test]
         if mode == "frozen":
-            ex = [{"feats": f} for f in embed(model, seqs, 10**9, causal, batch_size=4, progress=progress)]
+            ex = [{"feats": f} for f in embed(model, seqs, 10**9, causal, batch_size=4, progress=progress,
+                                              layer=int(opts["layer"]))]
             module = FineTune(head, "contacts", None, "frozen", lr=float(opts["lr"]))
         else:
             ex = [{"seq": s} for s in seqs]
             module = FineTune(head, "contacts", copy.deepcopy(model), mode, lr=float(opts["lr"]),
-                              backbone_lr=float(opts["backbone_lr"]), causal=causal)
+                              backbone_lr=float(opts["backbone_lr"]), causal=causal, layer=int(opts["layer"]))
         for e, r in zip(ex, train + test):
             e["labels"] = torch.as_tensor(r.contacts()).long()
         bs = 2
@@ -365,7 +385,7 @@ def run_task(spec: TaskSpec, model: Transformer, objective: str, mode: str = "fr
     """Evaluate one task; ``overrides`` replace the YAML's defaults (epochs, max_train, …)."""
     files = spec.files(data_root, small)
     opts = {k: spec.option(k) for k in ("epochs", "lr", "batch_size", "max_train", "max_test", "max_len", "seed",
-                                        "lora_rank", "lora_alpha", "backbone_lr")}
+                                        "lora_rank", "lora_alpha", "backbone_lr", "layer", "probe_c", "probe_max_iter")}
     opts["max_len"] = min(int(opts["max_len"]), model.config.max_seq_len - 2)
     opts.update({k: v for k, v in (overrides or {}).items() if v is not None})
     if spec.kind == "zero_shot":
@@ -402,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-train", type=int, default=None, help="override the task's cap on training examples")
     p.add_argument("--max-test", type=int, default=None, help="override the task's cap on test examples / variants")
     p.add_argument("--seed", type=int, default=None, help="override the task's seed (sampling, head init)")
+    p.add_argument("--layer", type=int, default=None,
+                   help="representation to probe: 0 = embeddings, i = after block i, -1 = final after the final norm (default)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
@@ -413,7 +435,8 @@ def main(argv: list[str]) -> int:
         torch.set_num_threads(args.threads)
     specs = [load_task(t.strip(), args.task_dir) for t in args.tasks.split(",") if t.strip()]
     model, objective = load_backbone(args.checkpoint, args.random_init, args.objective)
-    overrides = {"epochs": args.epochs, "max_train": args.max_train, "max_test": args.max_test, "seed": args.seed}
+    overrides = {"epochs": args.epochs, "max_train": args.max_train, "max_test": args.max_test, "seed": args.seed,
+                 "layer": args.layer}
     rows: list[Row] = []
     for spec in specs:
         rows += run_task(spec, model, objective, args.mode, args.data_root, args.small, overrides, not args.no_progress)

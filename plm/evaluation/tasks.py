@@ -41,8 +41,12 @@ FILES = {
 LIST_ROLES = {"train", "test"}
 TOP_KEYS = {"name", "description", "kind", "format", "data", "small_data", "columns", "classes", "split",
             "head", "metric", "defaults", "wildtype_id", "offset", "min_contacts", "header_pattern", "ignore_labels"}
+# ``layer``: representation probes read (ESM repr_layers numbering, -1 = final after the final norm);
+# ``probe_c``, ``probe_max_iter``: the frozen linear probe's inverse L2 strength (scikit-learn's C) and
+# L-BFGS iterations (heads.fit_linear_probe); epochs / lr apply to MLP heads, LoRA and full fine-tuning.
 DEFAULTS: dict[str, Any] = {"epochs": 10, "lr": 1e-3, "batch_size": 32, "max_train": 2000, "max_test": 2000,
-                            "max_len": 1022, "seed": 0, "lora_rank": 8, "lora_alpha": 16, "backbone_lr": 1e-4}
+                            "max_len": 1022, "seed": 0, "lora_rank": 8, "lora_alpha": 16, "backbone_lr": 1e-4,
+                            "layer": -1, "probe_c": 1.0, "probe_max_iter": 200}
 
 
 def default_data_root() -> Path:

@@ -33,13 +33,38 @@ def add_lora(backbone: Transformer, rank: int = 8, alpha: int = 16, dropout: flo
     return backbone
 
 
-def residue_features(backbone: Transformer, tokens: Tensor, causal: bool = False) -> tuple[Tensor, Tensor]:
+def resolve_layer(layer: int, n_layer: int) -> int:
+    """ESM ``repr_layers`` numbering: 0 = token embeddings, i = residual stream after block i, ``n_layer``
+    (or -1) = the last block's output after the final LayerNorm (what ``Transformer.hidden`` returns)."""
+    resolved = layer + n_layer + 1 if layer < 0 else layer
+    if not 0 <= resolved <= n_layer:
+        raise ValueError(f"layer {layer}: the model has layers 0..{n_layer} (0 = embeddings, {n_layer} or -1 = final, "
+                         "after the final norm); set 'layer' in the task's defaults")
+    return resolved
+
+
+def residue_features(backbone: Transformer, tokens: Tensor, causal: bool = False, layer: int = -1) -> tuple[Tensor, Tensor]:
     """(B, T-2, h) features of residues only (drop <cls> and the last column) and the residue mask.
 
-    ``tokens`` are ``<cls> seq <eos> <pad>…`` rows; residue t sits at column t+1."""
+    ``tokens`` are ``<cls> seq <eos> <pad>…`` rows; residue t sits at column t+1. ``layer`` picks the
+    representation (``resolve_layer``); intermediate layers are read with forward hooks on the blocks, so
+    the backbone's own forward is the only code path."""
     from plm.tokenizer import FIRST_RESIDUE
 
-    hidden, _ = backbone.hidden(tokens, causal=causal)
+    n_layer = len(backbone.blocks)
+    resolved = resolve_layer(layer, n_layer)
+    captured: list[Tensor] = []
+    if resolved == 0:  # the input of block 0 is the embedding (after ESM token-dropout scaling)
+        hook = backbone.blocks[0].register_forward_pre_hook(lambda m, args: captured.append(args[0]))
+    elif resolved < n_layer:
+        hook = backbone.blocks[resolved - 1].register_forward_hook(lambda m, args, out: captured.append(out[0]))
+    try:
+        hidden, _ = backbone.hidden(tokens, causal=causal)
+    finally:
+        if resolved < n_layer:
+            hook.remove()
+    if resolved < n_layer:
+        hidden = captured[0]
     body = tokens[:, 1:-1]
     return hidden[:, 1:-1], body >= FIRST_RESIDUE
 
@@ -52,14 +77,14 @@ class FineTune(pl.LightningModule):
 
     def __init__(self, head: nn.Module, kind: str, backbone: Transformer | None = None, mode: Mode = "frozen",
                  lr: float = 1e-3, backbone_lr: float = 1e-4, lora_rank: int = 8, lora_alpha: int = 16,
-                 causal: bool = False, weight_decay: float = 0.0) -> None:
+                 causal: bool = False, weight_decay: float = 0.0, layer: int = -1) -> None:
         super().__init__()
         if mode not in ("frozen", "lora", "full"):
             raise ValueError(f"mode {mode!r}: use frozen, lora or full")
         if mode != "frozen" and backbone is None:
             raise ValueError(f"mode {mode!r} needs a backbone; frozen mode trains on cached embeddings")
         self.kind, self.mode, self.lr, self.backbone_lr = kind, mode, lr, backbone_lr
-        self.causal, self.weight_decay = causal, weight_decay
+        self.causal, self.weight_decay, self.layer = causal, weight_decay, layer
         self.head = head
         if backbone is not None and mode == "lora":
             backbone = add_lora(backbone, lora_rank, lora_alpha)
@@ -75,8 +100,8 @@ class FineTune(pl.LightningModule):
             raise ValueError("batch has tokens but the module has no backbone (frozen mode expects 'feats')")
         if self.mode == "frozen":
             with torch.no_grad():
-                return residue_features(self.backbone, batch["tokens"], self.causal)
-        return residue_features(self.backbone, batch["tokens"], self.causal)
+                return residue_features(self.backbone, batch["tokens"], self.causal, self.layer)
+        return residue_features(self.backbone, batch["tokens"], self.causal, self.layer)
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         feats, mask = self.features(batch)

@@ -2,9 +2,9 @@
 
     nice -n 10 .venv/bin/python evaluation/results/downstream/run.py --checkpoint /tmp/evalruns/mlm/final
 
-Runs ``plm evaluate`` twice (trained, --random-init) on ss3, gb1, dms_blat and contacts with the full
-files under the data root, then writes results.csv (with a ``model`` column) and the table in README.md
-between the RESULTS markers.
+Runs ``plm evaluate`` twice (trained, --random-init) on every task below with the full files under the
+data root and each task YAML's own caps (``--max-train`` / ``--max-test`` override them for all tasks),
+then writes results.csv (with a ``model`` column) and the table in README.md between the RESULTS markers.
 """
 
 from __future__ import annotations
@@ -19,17 +19,20 @@ sys.path.insert(0, str(HERE.parents[2]))
 
 from plm.evaluation.runner import main as evaluate
 
-KEY_METRICS = [("ss3", "accuracy"), ("ss3_mlp", "accuracy"), ("gb1", "spearman"), ("dms_blat", "spearman"), ("contacts", "P@L/5_long"),
-               ("contacts", "P@L/5_medium"), ("contacts", "P@L_long")]
+TASKS = "ss3,ss3_mlp,ss3_cb513,ss8,conservation,tmbed,scl,gb1,dms_blat,contacts"
+KEY_METRICS = [("ss3", "accuracy"), ("ss3", "macro_f1"), ("ss3_mlp", "accuracy"), ("ss3_cb513", "accuracy"),
+               ("ss8", "accuracy"), ("ss8", "macro_f1"), ("conservation", "accuracy"), ("tmbed", "macro_f1"),
+               ("tmbed", "accuracy"), ("scl", "accuracy"), ("scl", "macro_f1"), ("gb1", "spearman"),
+               ("dms_blat", "spearman"), ("contacts", "P@L/5_long"), ("contacts", "P@L/5_medium"), ("contacts", "P@L_long")]
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="trained plm export dir or .ckpt")
-    p.add_argument("--tasks", default="ss3,ss3_mlp,gb1,dms_blat,contacts", help="tasks to run")
+    p.add_argument("--tasks", default=TASKS, help="tasks to run")
     p.add_argument("--data-root", default=None, help="root of the full task data (default ../shared/data)")
-    p.add_argument("--max-train", type=int, default=1000, help="cap on training examples per supervised task")
-    p.add_argument("--max-test", type=int, default=1000, help="cap on test examples per task")
+    p.add_argument("--max-train", type=int, default=None, help="cap on training examples per supervised task (default: each YAML's)")
+    p.add_argument("--max-test", type=int, default=None, help="cap on test examples per task (default: each YAML's)")
     p.add_argument("--work", type=Path, default=Path("/tmp/plm_downstream"), help="scratch dir for per-model results")
     p.add_argument("--models", default="trained,random_init", help="which evaluations to run now (others are read from --work)")
     args = p.parse_args()
@@ -37,8 +40,9 @@ def main() -> int:
     for label, extra in runs:
         if label not in args.models.split(","):
             continue
-        argv = ["--checkpoint", args.checkpoint, "--tasks", args.tasks, "--out", str(args.work / label), "--no-progress",
-                "--max-train", str(args.max_train), "--max-test", str(args.max_test), *extra]
+        argv = ["--checkpoint", args.checkpoint, "--tasks", args.tasks, "--out", str(args.work / label), "--no-progress", *extra]
+        for flag, value in (("--max-train", args.max_train), ("--max-test", args.max_test)):
+            argv += [flag, str(value)] if value is not None else []
         evaluate(argv + (["--data-root", args.data_root] if args.data_root else []))
     rows = []
     for label, _ in runs:
@@ -53,11 +57,12 @@ def main() -> int:
         w.writeheader()
         w.writerows(rows)
     value = {(r["model"], r["task"], r["metric"]): float(r["value"]) for r in rows}
-    table = ["| task | metric | trained | random init | trained better? |", "|---|---|---|---|---|"]
+    n = {(r["task"], r["metric"]): r["n"] for r in rows if r["model"] == "trained"}
+    table = ["| task | metric | n | trained | random init | trained better? |", "|---|---|---|---|---|---|"]
     for task, metric in KEY_METRICS:
-        if ("trained", task, metric) in value:
+        if ("trained", task, metric) in value and ("random_init", task, metric) in value:
             t, r = value[("trained", task, metric)], value[("random_init", task, metric)]
-            table.append(f"| {task} | {metric} | {t:.4f} | {r:.4f} | {'yes' if t > r else 'no'} |")
+            table.append(f"| {task} | {metric} | {n[(task, metric)]} | {t:.4f} | {r:.4f} | {'yes' if t > r else 'no'} |")
     readme = HERE / "README.md"
     text = readme.read_text() if readme.exists() else "<!-- RESULTS -->\n<!-- /RESULTS -->\n"
     head, rest = text.split("<!-- RESULTS -->", 1)
