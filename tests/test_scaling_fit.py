@@ -146,3 +146,20 @@ def test_monotone_curve_is_not_bracketed_even_if_the_vertex_falls_inside():
     assert m.n_range[0] <= m.n_opt <= m.n_range[1] and m.best_n == n[0] and not m.bracketed
     m = isoflop_minimum(1e12, n, np.array([2.70, 2.68, 2.69, 2.72, 2.80]))
     assert m.bracketed
+
+
+def test_flat_resampled_curves_give_finite_intervals_without_overflow():
+    """Bootstrap resamples of a nearly flat curve can put the vertex at N = 10^300; the fit works in
+    log space, so the interval stays finite and nothing overflows (the committed CPU sweep did this)."""
+    rng = np.random.default_rng(0)
+    runs = []
+    for c, centre in [(1e12, 2.7), (3e12, 2.69), (1e13, 2.68)]:
+        for n in [3.6e3, 1.4e4, 5.9e4, 1.0e5, 3.5e5, 8.1e5]:
+            runs.append(Run("mlm", c, n, c / (6 * n), centre + 0.003 * rng.standard_normal() + 0.02 * (n > 3e5)))
+    with np.errstate(over="raise"):
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            fit = fit_all(runs, "flat", n_boot=300, keep_extrapolated=True)["mlm"]
+    for interval in (fit.n_opt.ci, fit.d_opt.ci):
+        assert all(np.isfinite(interval)) and interval[0] <= interval[1]

@@ -210,23 +210,34 @@ def fit_isoflop(runs: list[Run], n_boot: int = 1000, seed: int = 0,
     rng = np.random.default_rng(seed)
     boots: list[tuple[float, float, float, float]] = []
     budgets = [(m.flops, by_budget[m.flops]) for m in used]
+    # resamples are fitted in log10 space: a flat resampled curve can put its vertex at N = 10^300,
+    # which is a legitimate (uninformative) outcome but overflows when exponentiated
     for _ in range(n_boot):
-        cs, ns = [], []
+        log_c, log_n = [], []
         for budget, (n, loss) in budgets:
             idx = rng.integers(0, len(n), len(n))
-            m = isoflop_minimum(budget, n[idx], loss[idx])
-            if m is not None:
-                cs.append(budget)
-                ns.append(m.n_opt)
-        if len(cs) >= MIN_BUDGETS:
-            cs_a, ns_a = np.array(cs), np.array(ns)
-            boots.append((*_power_fit(cs_a, ns_a), *_power_fit(cs_a, cs_a / (6.0 * ns_a))))
+            x = np.log10(n[idx])
+            if len(np.unique(x)) < 3:
+                continue
+            p = np.polyfit(x, loss[idx], 2)
+            if p[0] > 0:
+                log_c.append(np.log10(budget))
+                log_n.append(-p[1] / (2 * p[0]))
+        if len(log_c) >= MIN_BUDGETS:
+            lc, ln = np.array(log_c), np.array(log_n)
+            n_slope, n_icpt = np.polyfit(lc, ln, 1)
+            d_slope, d_icpt = np.polyfit(lc, lc - np.log10(6.0) - ln, 1)
+            boots.append((n_icpt, n_slope, d_icpt, d_slope))
     if len(boots) < max(20, n_boot // 10):
         notes.append(f"only {len(boots)} of {n_boot} bootstrap resamples gave a fit; intervals are unreliable")
     b = np.array(boots) if boots else np.full((1, 4), np.nan)
 
     def interval(col: int) -> list[float]:
-        return [float(v) for v in np.percentile(b[:, col], [2.5, 97.5])]
+        lo, hi = np.percentile(b[:, col], [2.5, 97.5])
+        if col % 2 == 0:  # log10 coefficient → coefficient (inf only if the interval itself is beyond 1e308)
+            with np.errstate(over="ignore"):
+                lo, hi = 10.0**lo, 10.0**hi
+        return [float(lo), float(hi)]
 
     n_opt = PowerFit(n_fit[0], n_fit[1], interval(1), interval(0))
     d_opt = PowerFit(d_fit[0], d_fit[1], interval(3), interval(2))

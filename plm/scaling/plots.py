@@ -39,10 +39,14 @@ def plot_isoflop(runs: list[Run], fit: ObjectiveFit, objective: str, path: Path)
             x = np.linspace(np.log10(min(n.min(), m.n_opt)), np.log10(max(n.max(), m.n_opt)), 100)
             ax.plot(10**x, np.polyval(m.parabola, x), "-", color=colour, alpha=0.7)
             ax.plot([m.n_opt], [m.loss], "*", color=colour if m.used else "none", markersize=14, markeredgecolor="black")
+            if not m.bracketed:  # a vertex extrapolated from a one-sided curve: say so on the figure
+                ax.annotate("not bracketed", (m.n_opt, m.loss), textcoords="offset points", xytext=(8, -12),
+                            fontsize=7, color=colour)
     ax.set_xscale("log")
     ax.set_xlabel("non-embedding parameters N")
     ax.set_ylabel("final validation loss (nats)")
-    ax.set_title(f"{objective.upper()} IsoFLOP profiles (★ fitted minimum; hollow: not bracketed, not fitted)")
+    ax.set_title(f"{objective.upper()} IsoFLOP profiles\n★ parabola minimum (filled: used in the laws, hollow: left out)",
+                 fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
