@@ -25,7 +25,8 @@ class DownstreamEval(pl.Callback):
             every_n_steps: run after every this many optimizer steps (and once when training ends).
             data_root: root for the YAMLs' ``data`` paths (default $PLM_DATA_ROOT or ../shared/data).
             small: use the in-repo subsets instead (tests, smoke runs).
-            max_train, max_test, epochs: caps that keep one evaluation to seconds-minutes.
+            max_train, max_test, epochs: caps that keep one evaluation to seconds-minutes (epochs apply to
+                MLP heads; linear probes are fitted to convergence by L-BFGS).
             metrics: only log these metric names (default: all the task reports).
         """
         self.specs = [load_task(t, task_dir) for t in tasks]  # fail at construction on a bad YAML

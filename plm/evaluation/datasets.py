@@ -76,6 +76,25 @@ def _problem_error(path: Path, what: str, problems: list[str], fix: str) -> Valu
     return ValueError(f"{path}: {len(problems)} {what}: {shown}{more}. {fix}")
 
 
+def _apply_mask(y: np.ndarray, mask: str) -> None:
+    """Residues whose mask character is not '1' are left out of the loss and the metrics."""
+    y[np.frombuffer(mask.encode(), dtype=np.uint8) != ord("1")] = IGNORE
+
+
+def _cropped(record: ResidueRecord, max_len: int | None) -> ResidueRecord:
+    if max_len:
+        record.sequence, record.labels = record.sequence[:max_len], record.labels[:max_len]
+    return record
+
+
+def _raise_problems(path: Path, records: list[ResidueRecord], problems: list[str], what: str, fix: str, empty: str) -> None:
+    """One error listing every bad record, or one saying the file held none."""
+    if problems:
+        raise _problem_error(path, what, problems, fix)
+    if not records:
+        raise ValueError(f"{path}: {empty}")
+
+
 def open_text(path: str | Path) -> io.TextIOBase:
     """Open plain, .gz or single-member .zip text files."""
     path = Path(path)
@@ -143,15 +162,11 @@ def read_residue_fasta(
             if m is None or len(m) != len(seq):
                 problems.append(f"record {rid!r}: mask missing or of length {len(m or '')} != {len(seq)} in {mask}")
                 continue
-            y[np.frombuffer(m.encode(), dtype=np.uint8) != ord("1")] = IGNORE
-        if max_len:
-            seq, y = seq[:max_len], y[:max_len]
-        records.append(ResidueRecord(rid, seq, y, header_fields(desc).get(split_field, "")))
-    if problems:
-        raise _problem_error(Path(labels), "bad label records", problems,
-                             "Labels, sequences and mask must share ids and have one character per residue.")
-    if not records:
-        raise ValueError(f"{labels}: no label records found (is it a FASTA file?)")
+            _apply_mask(y, m)
+        records.append(_cropped(ResidueRecord(rid, seq, y, header_fields(desc).get(split_field, "")), max_len))
+    _raise_problems(Path(labels), records, problems, "bad label records",
+                    "Labels, sequences and mask must share ids and have one character per residue.",
+                    "no label records found (is it a FASTA file?)")
     return records
 
 
@@ -209,16 +224,11 @@ def read_residue_table(
                 problems.append(f"line {line} (record {rid!r}): mask column {col!r} must be one 0/1 per residue "
                                 f"({len(seq)}), got {len(m)} characters")
                 break
-            y[np.frombuffer(m.encode(), dtype=np.uint8) != ord("1")] = IGNORE
+            _apply_mask(y, m)
         else:
-            if max_len:
-                seq, y = seq[:max_len], y[:max_len]
-            records.append(ResidueRecord(rid, seq, y, row[split_column] if split_column else ""))
-    if problems:
-        raise _problem_error(Path(path), "bad rows", problems,
-                             "Each label and mask string must have one character per residue of the sequence column.")
-    if not records:
-        raise ValueError(f"{path}: no rows")
+            records.append(_cropped(ResidueRecord(rid, seq, y, row[split_column] if split_column else ""), max_len))
+    _raise_problems(Path(path), records, problems, "bad rows",
+                    "Each label and mask string must have one character per residue of the sequence column.", "no rows")
     return records
 
 
@@ -255,9 +265,7 @@ def read_annotated_fasta(
             except ValueError as err:
                 file_problems.append(f"record {rid!r}: {err}")
                 continue
-            if max_len:
-                seq, y = seq[:max_len], y[:max_len]
-            records.append(ResidueRecord(rid, seq, y, split))
+            records.append(_cropped(ResidueRecord(rid, seq, y, split), max_len))
         if file_problems:
             problems.append(_problem_error(path, "bad records", file_problems,
                                            "Each record is '>header', one sequence line, one label line of equal length."))
