@@ -156,15 +156,21 @@ def check_design(runs: list[Run], source: str) -> None:
 
 
 # ---- approach 2: IsoFLOP minima and power laws ---------------------------------------------------
-def isoflop_minimum(flops: float, n: np.ndarray, loss: np.ndarray) -> Minimum | None:
-    """Vertex of loss = p0·x² + p1·x + p2 in x = log10 N; None when the curve is not convex."""
-    x = np.log10(n)
+def _log_vertex(x: np.ndarray, loss: np.ndarray) -> tuple[float, np.ndarray] | None:
+    """log10 N at the vertex of the parabola loss(x = log10 N), with its coefficients; None when fewer
+    than three sizes or the curve is not convex. Kept in log space: a flat curve can put it at 10^300."""
     if len(np.unique(x)) < 3:
         return None
     p = np.polyfit(x, loss, 2)
-    if p[0] <= 0:
+    return (float(-p[1] / (2 * p[0])), p) if p[0] > 0 else None
+
+
+def isoflop_minimum(flops: float, n: np.ndarray, loss: np.ndarray) -> Minimum | None:
+    """Vertex of loss = p0·x² + p1·x + p2 in x = log10 N; None when the curve is not convex."""
+    fitted = _log_vertex(np.log10(n), loss)
+    if fitted is None:
         return None
-    x_opt = -p[1] / (2 * p[0])
+    x_opt, p = fitted
     n_opt = 10.0**x_opt
     return Minimum(flops, n_opt, flops / (6.0 * n_opt), float(np.polyval(p, x_opt)), p.tolist(),
                    [float(n.min()), float(n.max())], float(n[np.argmin(loss)]))
@@ -216,13 +222,10 @@ def fit_isoflop(runs: list[Run], n_boot: int = 1000, seed: int = 0,
         log_c, log_n = [], []
         for budget, (n, loss) in budgets:
             idx = rng.integers(0, len(n), len(n))
-            x = np.log10(n[idx])
-            if len(np.unique(x)) < 3:
-                continue
-            p = np.polyfit(x, loss[idx], 2)
-            if p[0] > 0:
+            fitted = _log_vertex(np.log10(n[idx]), loss[idx])
+            if fitted is not None:
                 log_c.append(np.log10(budget))
-                log_n.append(-p[1] / (2 * p[0]))
+                log_n.append(fitted[0])
         if len(log_c) >= MIN_BUDGETS:
             lc, ln = np.array(log_c), np.array(log_n)
             n_slope, n_icpt = np.polyfit(lc, ln, 1)
