@@ -163,3 +163,23 @@ def test_flat_resampled_curves_give_finite_intervals_without_overflow():
             fit = fit_all(runs, "flat", n_boot=300, keep_extrapolated=True)["mlm"]
     for interval in (fit.n_opt.ci, fit.d_opt.ci):
         assert all(np.isfinite(interval)) and interval[0] <= interval[1]
+
+
+def test_isoflop_plot_labels_unbracketed_minima(tmp_path, monkeypatch):
+    """A one-sided budget is marked 'not bracketed' on the figure, a bracketed one is not."""
+    import matplotlib.pyplot as plt
+
+    from plm.scaling import plots
+
+    figures = []
+    monkeypatch.setattr(plots.plt, "close", lambda fig: figures.append(fig))
+    runs = synthetic(3, 0.0)
+    fit = fit_all(runs, "synthetic", n_boot=20)["clm"]
+    plots.plot_isoflop(runs, fit, "clm", tmp_path / "a.png")
+    assert not [t for t in figures[0].axes[0].texts if t.get_text() == "not bracketed"]
+    fit.minima[0].best_n = fit.minima[0].n_range[0]  # its best run at the edge: no longer bracketed
+    plots.plot_isoflop(runs, fit, "clm", tmp_path / "b.png")
+    assert [t.get_text() for t in figures[1].axes[0].texts] == ["not bracketed"]
+    monkeypatch.undo()  # the real plt.close again
+    for fig in figures:
+        plt.close(fig)
