@@ -186,11 +186,32 @@ def test_truncated_or_corrupt_shard_is_redone(tmp_path, uniprot_fasta, capsys):
     hook2, second = _interrupt_after(10**9)
     prepare({"u": [fa]}, tmp_path / "out", on_shard_done=hook2, **kw)
     err = capsys.readouterr().err
-    assert "truncated" in err and "sha256 differs" in err
+    assert "truncated" in err and "crc32 differs" in err
     assert first[0] in second and first[1] in second and first[2] not in second
     prepare({"u": [fa]}, tmp_path / "clean", **kw)
     a, b = TokenStore.open(tmp_path / "out" / "u" / "train"), TokenStore.open(tmp_path / "clean" / "u" / "train")
     assert np.array_equal(a.tokens, b.tokens)
+
+
+def test_stores_checksummed_with_sha256_by_older_versions_still_verify(tmp_path, metagenomic_fasta):
+    import hashlib
+
+    prepare({"m": [metagenomic_fasta]}, tmp_path / "out", val_fraction=0.0, workers=1, progress=False)
+    store = tmp_path / "out" / "m" / "train"
+    meta_path = store / "store.json"
+    meta = json.loads(meta_path.read_text())
+    assert all(set(e) == {"size", "crc32"} for e in meta["files"].values())
+    for name, entry in meta["files"].items():  # rewrite the metadata the way the sha256 format had it
+        del entry["crc32"]
+        entry["sha256"] = hashlib.sha256((store / name).read_bytes()).hexdigest()
+    meta_path.write_text(json.dumps(meta))
+    TokenStore.open(store, verify=True)
+    tok = store / "tokens.bin"
+    data = bytearray(tok.read_bytes())
+    data[7] ^= 1
+    tok.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"tokens.bin: sha256 differs"):
+        TokenStore.open(store, verify=True)
 
 
 def test_truncated_or_corrupt_store_is_never_read_as_valid(tmp_path, metagenomic_fasta):
@@ -201,7 +222,7 @@ def test_truncated_or_corrupt_store_is_never_read_as_valid(tmp_path, metagenomic
     data[100] ^= 3
     tok.write_bytes(bytes(data))
     TokenStore.open(store)  # same size: only the checksum can tell
-    with pytest.raises(ValueError, match=r"corrupt store \(.*tokens.bin: sha256 differs"):
+    with pytest.raises(ValueError, match=r"corrupt store \(.*tokens.bin: crc32 differs"):
         TokenStore.open(store, verify=True)
     tok.write_bytes(bytes(data[:-10]))
     with pytest.raises(ValueError, match=r"truncated or corrupt"):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 from plm.data.fasta import FastaStats, OnInvalid, read_fasta
 
 TOKENS_FILE, OFFSETS_FILE = "tokens.bin", "offsets.npy"
-STORE_META = "store.json"  # written by `plm data prepare`: sizes + sha256 of the store's files
+STORE_META = "store.json"  # written by `plm data prepare`: sizes + checksums of the store's files
 SPLIT_BUCKETS = 10_000
 
 
@@ -45,11 +46,17 @@ def validation_mask(tokens: np.ndarray, offsets: np.ndarray, val_fraction: float
     thr = round(val_fraction * SPLIT_BUCKETS)
     if thr <= 0 or len(lens) == 0:
         return np.zeros(len(lens), dtype=bool)
-    k = np.arange(VAL_SAMPLES, dtype=np.int64)
-    pos = offsets[:-1, None] + (lens[:, None] * k) // VAL_SAMPLES
     tokens = np.asarray(tokens)
-    vals = tokens[np.clip(pos, 0, max(0, len(tokens) - 1))] if len(tokens) else np.zeros(pos.shape, np.uint8)
-    words = np.ascontiguousarray(np.where(lens[:, None] > 0, vals, 0).astype(np.uint8)).view("<u8")
+    if len(tokens):  # in-place integer steps: prepare runs this on every 1 MB block
+        pos = lens[:, None] * np.arange(VAL_SAMPLES, dtype=np.int64)
+        pos //= VAL_SAMPLES
+        pos += offsets[:-1, None]
+        np.minimum(pos, len(tokens) - 1, out=pos)
+        vals = np.ascontiguousarray(tokens[pos], dtype=np.uint8)
+        vals[lens == 0] = 0
+    else:
+        vals = np.zeros((len(lens), VAL_SAMPLES), np.uint8)
+    words = vals.view("<u8")
     h = mix64(lens)
     for j in range(words.shape[1]):  # 8 residues per 64-bit word: 4 rounds
         h = mix64(h, words[:, j])
@@ -153,7 +160,7 @@ class TokenStore:
         """Memory-map a prepared store, checking that offsets and token file agree (truncation).
 
         With a ``store.json`` (written by ``plm data prepare``) file sizes are checked against it on every
-        open (cheap); ``verify=True`` also recomputes the sha256 checksums (reads every byte once).
+        open (cheap); ``verify=True`` also recomputes the checksums (reads every byte once).
         """
         directory = Path(directory)
         tok_path, off_path = directory / TOKENS_FILE, directory / OFFSETS_FILE
@@ -180,16 +187,36 @@ class TokenStore:
         return cls(name or directory.name, tokens, offsets)
 
 
-def _sha256(path: Path) -> str:
-    sha = hashlib.sha256()
+CHECKSUM = "crc32"
+"""What ``plm data prepare`` records for every file. CRC-32 detects the accidents a store meets (a
+truncated copy, flipped bits, a file from another run) like sha256 does but runs at ~6 GB/s here against
+~1.7 GB/s: sha256 was 10 % of a prepare worker's time. Stores written with sha256 still verify."""
+
+
+def crc32_hex(crc: int) -> str:
+    return f"{crc & 0xFFFFFFFF:08x}"
+
+
+def file_digest(path: Path, kind: str) -> str:
+    """``kind`` ("crc32" or "sha256") of a file's bytes, read in 16 MB blocks."""
+    sha = hashlib.sha256() if kind == "sha256" else None
+    crc = 0
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(16 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
+            if sha is None:
+                crc = zlib.crc32(block, crc)
+            else:
+                sha.update(block)
+    return crc32_hex(crc) if sha is None else sha.hexdigest()
+
+
+def file_entry(path: Path) -> dict:
+    """The manifest entry of a file: its size and checksum."""
+    return {"size": path.stat().st_size, CHECKSUM: file_digest(path, CHECKSUM)}
 
 
 def file_problems(directory: Path, files: dict, checksum: bool = True) -> list[str]:
-    """Files of a manifest entry ``{name: {"size", "sha256"}}`` that are missing, of the wrong size or
+    """Files of a manifest entry ``{name: {"size", "crc32" or "sha256"}}`` that are missing, of the wrong size or
     (with ``checksum``) of the wrong content."""
     problems = []
     for rel, want in files.items():
@@ -198,14 +225,16 @@ def file_problems(directory: Path, files: dict, checksum: bool = True) -> list[s
             problems.append(f"{p}: missing")
         elif p.stat().st_size != want["size"]:
             problems.append(f"{p}: {p.stat().st_size} bytes, the manifest says {want['size']} (truncated?)")
-        elif checksum and "sha256" in want and _sha256(p) != want["sha256"]:
-            problems.append(f"{p}: sha256 differs from the manifest (corrupt)")
+        elif checksum:
+            for kind in ("crc32", "sha256"):
+                if kind in want and file_digest(p, kind) != want[kind]:
+                    problems.append(f"{p}: {kind} differs from the manifest (corrupt)")
     return problems
 
 
 def _check_store_meta(directory: Path, checksum: bool) -> list[str]:
     """The store's token part files, in order; raise ValueError listing every file whose size (or
-    sha256) differs from ``store.json``. Without a ``store.json`` the store is the single ``tokens.bin``."""
+    checksum) differs from ``store.json``. Without a ``store.json`` the store is the single ``tokens.bin``."""
     meta_path = directory / STORE_META
     if not meta_path.is_file():
         if checksum:
