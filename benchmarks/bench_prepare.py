@@ -5,7 +5,8 @@ with 5 % random substitutions per copy and fresh ids, wrapped at 60 columns like
 runs as a subprocess (`python -m plm.data.prepare`, all of it: start-up, parsing, validation, split,
 duplicate check, concatenation, checksums) with ``--workers 2``; memory is the peak of the summed PSS
 (proportional set size, so pages shared between forked workers count once) of the process tree,
-sampled every 50 ms. CPU seconds (user + system, workers included) are reported next to wall time:
+sampled every 50 ms. The page cache is flushed (``sync``) before each timed run, so neither pays for the
+other's write-back; the FASTA stays cached for both. CPU seconds (user + system, workers included) are reported next to wall time:
 on a shared machine the scheduler may give the whole run less than two cores. The peer only parses: ``for rec in SeqIO.parse(path, "fasta"): len(rec.seq)``.
     nice -n 10 python -m benchmarks.bench_prepare [--gb 1.0] [--keep]
 """
@@ -133,10 +134,12 @@ def main() -> None:
         n_records = build_fasta(fasta, int(args.gb * (1 << 30)))
         size = fasta.stat().st_size
         print(f"built {fasta} ({size / 1e9:.2f} GB, {n_records:,} records) in {time.perf_counter() - t0:.0f} s")
+        os.sync()  # flush the 1 GB just written: its write-back would otherwise run during the first timed run
         plm = run_prepare(fasta, tmp / "out", args.workers)
         print(f"plm prepare: {plm['seconds']:.1f} s {plm['phases']}, peak PSS {plm['peak_pss_mb']:.0f} MB "
               f"(RSS summed over processes {plm['peak_rss_sum_mb']:.0f} MB)")
         shutil.rmtree(tmp / "out")
+        os.sync()  # both timed runs start with nothing waiting to be written
         bio, bio_cpu = run_biopython(fasta)
         print(f"Biopython SeqIO.parse: {bio:.1f} s ({bio_cpu:.1f} CPU s); plm used {plm['cpu_seconds']:.1f} CPU s "
               f"= {plm['cpu_seconds'] / plm['seconds']:.2f} cores on average")
