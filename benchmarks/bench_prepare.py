@@ -5,10 +5,11 @@ with 5 % random substitutions per copy and fresh ids, wrapped at 60 columns like
 runs as a subprocess (`python -m plm.data.prepare`, all of it: start-up, parsing, validation, split,
 duplicate check, concatenation, checksums) with ``--workers 2``; memory is the peak of the summed PSS
 (proportional set size, so pages shared between forked workers count once) of the process tree,
-sampled every 50 ms. The page cache is flushed (``sync``) before each timed run, so neither pays for the
+sampled every 50 ms. Rounds alternate plm and Biopython; the best of each is kept (a shared VM's slow moments hit
+one side or the other). The page cache is flushed (``sync``) before each timed run, so neither pays for the
 other's write-back; the FASTA stays cached for both. CPU seconds (user + system, workers included) are reported next to wall time:
 on a shared machine the scheduler may give the whole run less than two cores. The peer only parses: ``for rec in SeqIO.parse(path, "fasta"): len(rec.seq)``.
-    nice -n 10 python -m benchmarks.bench_prepare [--gb 1.0] [--keep]
+    nice -n -10 python -m benchmarks.bench_prepare [--gb 1.0] [--rounds 3] [--keep]
 """
 
 from __future__ import annotations
@@ -125,6 +126,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--gb", type=float, default=1.0, help="size of the generated FASTA (GiB)")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3, help="interleaved plm / Biopython rounds; the best of each is kept")
     p.add_argument("--keep", action="store_true", help="keep the generated FASTA and output")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="plm_bench_prepare_", dir="/tmp"))
@@ -135,22 +137,31 @@ def main() -> None:
         size = fasta.stat().st_size
         print(f"built {fasta} ({size / 1e9:.2f} GB, {n_records:,} records) in {time.perf_counter() - t0:.0f} s")
         os.sync()  # flush the 1 GB just written: its write-back would otherwise run during the first timed run
-        plm = run_prepare(fasta, tmp / "out", args.workers)
-        print(f"plm prepare: {plm['seconds']:.1f} s {plm['phases']}, peak PSS {plm['peak_pss_mb']:.0f} MB "
-              f"(RSS summed over processes {plm['peak_rss_sum_mb']:.0f} MB)")
-        shutil.rmtree(tmp / "out")
-        os.sync()  # both timed runs start with nothing waiting to be written
-        bio, bio_cpu = run_biopython(fasta)
-        print(f"Biopython SeqIO.parse: {bio:.1f} s ({bio_cpu:.1f} CPU s); plm used {plm['cpu_seconds']:.1f} CPU s "
-              f"= {plm['cpu_seconds'] / plm['seconds']:.2f} cores on average")
+        plms, bios = [], []
+        for r in range(args.rounds):  # interleaved, best of each kept: as the other benchmarks on this shared VM
+            plm = run_prepare(fasta, tmp / "out", args.workers)
+            print(f"round {r + 1}: plm prepare {plm['seconds']:.1f} s {plm['phases']}, peak PSS {plm['peak_pss_mb']:.0f} MB "
+                  f"(RSS summed over processes {plm['peak_rss_sum_mb']:.0f} MB), {plm['cpu_seconds']:.1f} CPU s "
+                  f"= {plm['cpu_seconds'] / plm['seconds']:.2f} cores")
+            shutil.rmtree(tmp / "out")
+            os.sync()  # every timed run starts with nothing waiting to be written
+            bio, bio_cpu = run_biopython(fasta)
+            print(f"round {r + 1}: Biopython SeqIO.parse {bio:.1f} s ({bio_cpu:.1f} CPU s)")
+            plms.append(plm)
+            bios.append((bio, bio_cpu))
+        plm = min(plms, key=lambda m: m["seconds"])
+        bio, bio_cpu = min(bios)
         record("prepare", size / plm["seconds"] / 1e6, size / bio / 1e6, "MB/s of FASTA",
                file_bytes=size, records=n_records, workers=args.workers, plm_seconds=round(plm["seconds"], 2),
-               peer_seconds=round(bio, 2), peak_pss_mb=round(plm["peak_pss_mb"]), phases=plm["phases"], peak_rss_sum_mb=round(plm["peak_rss_sum_mb"]),
+               peer_seconds=round(bio, 2), rounds=args.rounds,
+               plm_seconds_all=[round(m["seconds"], 2) for m in plms], peer_seconds_all=[round(b[0], 2) for b in bios],
+               peak_pss_mb=round(max(m["peak_pss_mb"] for m in plms)), phases=plm["phases"],
+               peak_rss_sum_mb=round(max(m["peak_rss_sum_mb"] for m in plms)),
                load_average=os.getloadavg()[0], plm_cpu_seconds=round(plm["cpu_seconds"], 2),
                peer_cpu_seconds=round(bio_cpu, 2), cpu_ratio=round(bio_cpu / plm["cpu_seconds"], 3),
                plm_cores_used=round(plm["cpu_seconds"] / plm["seconds"], 2),
-               note="plm: full prepare (parse, validate, split, dedupe, concat, sha256) with 2 workers, incl. start-up; "
-                    "peer: Biopython SeqIO.parse only, same file")
+               note="plm: full prepare (parse, validate, split, dedupe, concat, CRC-32) with 2 workers, incl. start-up; "
+                    "peer: Biopython SeqIO.parse only, same file; best of interleaved rounds each, peak memory over all")
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
