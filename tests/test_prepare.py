@@ -14,7 +14,7 @@ from plm.data.clusters import build_clusters, exclude_records, id_hashes, load_c
 from plm.data.fasta import FastaError, read_fasta
 from plm.data.prepare import SHARDS, main, prepare
 from plm.data.store import TokenStore, split_fasta
-from plm.tokenizer import encode_residues
+from plm.tokenizer import decode, encode_residues
 
 
 def write(path: Path, text: str | bytes) -> Path:
@@ -319,6 +319,38 @@ def test_validation_mask_is_vectorised_is_validation():
     assert mask.tolist() == [is_validation(s, 0.1) for s in seqs]
     assert 0.08 < mask.mean() < 0.12
     assert not validation_mask(store.tokens, store.offsets, 0.0).any()
+
+
+def test_held_out_rule_is_pinned():
+    """The split decides which sequences a model never trained on: a faster implementation must give the
+    same answer as every earlier version (values from the implementation before the in-place rewrite),
+    empty records included."""
+    import hashlib
+
+    from plm.data.store import validation_mask
+
+    rng = np.random.default_rng(7)
+    lens = rng.integers(0, 300, 2000) * (rng.random(2000) > 0.05)
+    offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    tokens = rng.integers(4, 24, int(offsets[-1])).astype(np.uint8)
+    mask = validation_mask(tokens, offsets, 0.1)
+    assert int(mask.sum()) == 188
+    assert np.flatnonzero(mask)[:12].tolist() == [11, 13, 14, 24, 38, 46, 65, 78, 95, 159, 164, 184]
+    assert hashlib.sha256(np.packbits(mask).tobytes()).hexdigest()[:16] == "51d1d367a228ed4f"
+
+
+def test_only_a_greater_than_sign_at_a_line_start_opens_a_record(tmp_path, monkeypatch):
+    """Headers are found from the line breaks; blocks cut every few records must not change the result."""
+    import plm.data.prepare as prep
+
+    fa = tmp_path / "gt.fasta"
+    records = [(f"r{i}", "ACDEFGHIKLMNPQRSTVWY"[: 5 + i % 15]) for i in range(60)]
+    fa.write_text("".join(f">{rid} desc with > inside and a>b\r\n{seq[:4]}\r\n{seq[4:]}\n" for rid, seq in records))
+    monkeypatch.setattr(prep, "BLOCK", 96)  # many blocks, each cut just before a header
+    prepare({"g": [fa]}, tmp_path / "out", val_fraction=0.0, workers=1, progress=False)
+    store = TokenStore.open(tmp_path / "out" / "g" / "train", verify=True)
+    assert len(store) == 60
+    assert [decode(store.get(i).tolist()) for i in range(60)] == [seq for _, seq in records]
 
 
 def test_id_hashes_do_not_depend_on_the_other_ids_of_the_batch(tmp_path):

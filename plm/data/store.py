@@ -199,15 +199,14 @@ def crc32_hex(crc: int) -> str:
 
 def file_digest(path: Path, kind: str) -> str:
     """``kind`` ("crc32" or "sha256") of a file's bytes, read in 16 MB blocks."""
-    sha = hashlib.sha256() if kind == "sha256" else None
-    crc = 0
+    crc, sha = 0, hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(16 << 20), b""):
-            if sha is None:
+            if kind == "crc32":
                 crc = zlib.crc32(block, crc)
             else:
                 sha.update(block)
-    return crc32_hex(crc) if sha is None else sha.hexdigest()
+    return crc32_hex(crc) if kind == "crc32" else sha.hexdigest()
 
 
 def file_entry(path: Path) -> dict:
