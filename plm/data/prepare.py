@@ -51,8 +51,16 @@ import numpy as np
 
 from plm.data.clusters import build_clusters, hash_ranges, save_clusters
 from plm.data.fasta import DEFAULT_MAX_LENGTH, FastaError, OnInvalid
-from plm.data.store import (CHECKSUM, OFFSETS_FILE, TOKENS_FILE, crc32_hex, file_entry, file_problems, part_name,
-                            validation_mask)
+from plm.data.store import (
+    CHECKSUM,
+    OFFSETS_FILE,
+    TOKENS_FILE,
+    crc32_hex,
+    file_entry,
+    file_problems,
+    part_name,
+    validation_mask,
+)
 from plm.tokenizer import _LOOKUP, FIRST_RESIDUE, RESIDUES
 
 FORMAT = 2  # 2: token parts hard-linked from shards (store.json lists them)
