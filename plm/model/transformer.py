@@ -11,7 +11,8 @@ Notation: B batch rows, T tokens per row, h hidden, nh heads, hd = h / nh head s
 MLM and CLM differ only in ``causal``; packed rows carry ``doc_ids`` so attention never crosses a
 sequence boundary and rotary positions restart at every sequence. Packed rows run as variable-length
 sequences (``DocSegments``, flash-attention's ``cu_seqlens`` layout): ``flash_attn_varlen_func`` when
-flash-attn is installed and the tensors are CUDA fp16/bf16, else one unmasked SDPA call per document.
+flash-attn is installed and the tensors are CUDA fp16/bf16, plm's own bf16 kernel on CPUs with AVX512-BF16
+(``plm.model.cpu_attention``), else one unmasked SDPA call per document.
 Either way only the Σ len² same-document pairs are scored, not the T² of a dense document mask (issue
 #9: Σ len² ≈ 0.4 T² on the bundled data). Dense masks remain for attention maps, KV-cache decoding and
 caller-given masks. Rotary uses the "rotate half" layout everywhere; checkpoints whose layout
@@ -29,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from plm.model import cpu_attention
 from plm.model.config import ModelConfig
 from plm.tokenizer import MASK, PAD
 
@@ -113,6 +115,8 @@ def varlen_attention(q: Tensor, k: Tensor, v: Tensor, segments: DocSegments, cau
     if use_flash_varlen(q.device.type, q.dtype):
         cu, n = segments.cu_seqlens, segments.max_seqlen
         return _flash_varlen()(q, k, v, cu, cu, n, n, causal=causal)
+    if cpu_attention.supports(q):
+        return cpu_attention.varlen_attention_bf16(q, k, v, segments.cu_seqlens, causal)
     return sdpa_varlen(q, k, v, segments.lengths, causal)
 
 
