@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from plm.model import cpu_attention
 import plm.model.transformer as T
+from plm.model import cpu_attention
 from plm.model.transformer import attention_mask, doc_segments, use_flash_varlen, varlen_attention
 from tests.conftest import REPO, tiny_model
 

@@ -3,7 +3,6 @@ head size and layout the model produces, and a clean fallback where it cannot ru
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
