@@ -57,7 +57,7 @@ def main() -> None:
             calls[e.key] = e.count
     total = sum(best.values())
     cfg, n = model.config, batch["tokens"].numel()
-    groups = {"attention": lambda k: "scaled_dot_product" in k, "matmul": lambda k: k in ("aten::mm", "aten::addmm")}
+    groups = {"attention": lambda k: "scaled_dot_product" in k or "VarlenAttention" in k, "matmul": lambda k: k in ("aten::mm", "aten::addmm")}
     flops = {"attention": 12.0 * cfg.n_layer * cfg.n_embd * attended_pairs(batch["tokens"], batch["doc_ids"]),
              "matmul": cfg.training_flops(n, 0)}
     print(f"{args.size} {args.precision}, {n} tokens, {torch.get_num_threads()} threads; step wall "
