@@ -179,11 +179,34 @@ void pack_pairs_over_rows(const bf16* x, int64_t stride, int64_t L, int64_t n_pa
   }
 }
 
-template <class F>
-void run_tasks(int64_t n_tasks, int n_threads, F&& work) {
+// One (document, head) task: the document's first row s0, its length L, L rounded up to KEY_BLOCK.
+struct Task {
+  int64_t s0, L, Lp;
+  int h;
+};
+
+// Runs work(task, maxLp, scratch) for every (document, head) on n_threads threads, longest documents
+// first so the last tasks are the short ones. maxLp is the longest document rounded up to KEY_BLOCK;
+// each thread owns one scratch buffer of scratch_bytes(maxLp) bytes, reused across its tasks.
+template <class Bytes, class Work>
+void for_each_task(const Problem& pb, int n_threads, Bytes&& scratch_bytes, Work&& work) {
+  std::vector<int> docs(pb.n_docs);
+  int64_t max_len = 0;
+  for (int i = 0; i < pb.n_docs; ++i) {
+    docs[i] = i;
+    max_len = std::max<int64_t>(max_len, pb.cu[i + 1] - pb.cu[i]);
+  }
+  std::stable_sort(docs.begin(), docs.end(),
+                   [&](int a, int b) { return pb.cu[a + 1] - pb.cu[a] > pb.cu[b + 1] - pb.cu[b]; });
+  const int64_t maxLp = round_up(max_len, KEY_BLOCK), n_tasks = int64_t(pb.n_docs) * pb.n_head;
+  std::vector<std::vector<char>> scratch(n_threads, std::vector<char>(scratch_bytes(maxLp)));
   std::atomic<int64_t> next{0};
   auto worker = [&](int thread) {
-    for (int64_t t; (t = next.fetch_add(1)) < n_tasks;) work(thread, t);
+    for (int64_t t; (t = next.fetch_add(1)) < n_tasks;) {
+      const int doc = docs[t / pb.n_head];
+      const int64_t s0 = pb.cu[doc], L = pb.cu[doc + 1] - s0;
+      work(Task{s0, L, round_up(L, KEY_BLOCK), int(t % pb.n_head)}, maxLp, scratch[thread].data());
+    }
   };
   std::vector<std::thread> pool;
   for (int i = 1; i < n_threads; ++i) pool.emplace_back(worker, i);
@@ -191,38 +214,17 @@ void run_tasks(int64_t n_tasks, int n_threads, F&& work) {
   for (auto& th : pool) th.join();
 }
 
-// (document, head) tasks, longest documents first so the last tasks are the short ones.
-std::vector<std::pair<int, int>> tasks_of(const Problem& pb, int64_t* max_len) {
-  std::vector<int> docs(pb.n_docs);
-  *max_len = 0;
-  for (int i = 0; i < pb.n_docs; ++i) {
-    docs[i] = i;
-    *max_len = std::max<int64_t>(*max_len, pb.cu[i + 1] - pb.cu[i]);
-  }
-  std::stable_sort(docs.begin(), docs.end(),
-                   [&](int a, int b) { return pb.cu[a + 1] - pb.cu[a] > pb.cu[b + 1] - pb.cu[b]; });
-  std::vector<std::pair<int, int>> tasks;
-  tasks.reserve(size_t(pb.n_docs) * pb.n_head);
-  for (int d : docs)
-    for (int h = 0; h < pb.n_head; ++h) tasks.emplace_back(d, h);
-  return tasks;
-}
-
 template <int NV>
 void forward(const Problem& pb, int n_threads) {
   const int D = pb.D, Dp = NV * 16;
-  int64_t max_len;
-  const auto tasks = tasks_of(pb, &max_len);
-  const int64_t maxLp = round_up(max_len, KEY_BLOCK);
-  std::vector<std::vector<char>> scratch(n_threads);
-  run_tasks(int64_t(tasks.size()), n_threads, [&](int thread, int64_t t) {
-    const auto [doc, h] = tasks[t];
-    const int64_t s0 = pb.cu[doc], L = pb.cu[doc + 1] - s0, Lp = round_up(L, KEY_BLOCK);
-    auto& buf = scratch[thread];
-    const size_t need = (size_t(D / 2) * maxLp + size_t(maxLp / 2) * Dp) * 4 + size_t(4) * maxLp * 4 +
-                        size_t(4) * maxLp * 2 + size_t(4) * Dp * 4;
-    if (buf.size() < need) buf.resize(need);
-    int32_t* kd = reinterpret_cast<int32_t*>(buf.data());
+  const auto bytes = [&](int64_t maxLp) {  // kd, vj (int32); s (fp32); pw (bf16); o (fp32)
+    return (size_t(D / 2) * maxLp + size_t(maxLp / 2) * Dp) * 4 + size_t(4) * maxLp * 4 + size_t(4) * maxLp * 2 +
+           size_t(4) * Dp * 4;
+  };
+  for_each_task(pb, n_threads, bytes, [&](const Task& task, int64_t maxLp, char* buf) {
+    const int64_t s0 = task.s0, L = task.L, Lp = task.Lp;
+    const int h = task.h;
+    int32_t* kd = reinterpret_cast<int32_t*>(buf);
     int32_t* vj = kd + size_t(D / 2) * maxLp;
     float* s = reinterpret_cast<float*>(vj + size_t(maxLp / 2) * Dp);
     bf16* pw = reinterpret_cast<bf16*>(s + 4 * maxLp);
@@ -274,22 +276,18 @@ template <int NV>
 void backward(const Problem& pb, int n_threads) {
   constexpr int R = BWD_ROWS, RP = R / 2;
   const int D = pb.D, Dp = NV * 16;
-  int64_t max_len;
-  const auto tasks = tasks_of(pb, &max_len);
-  const int64_t maxLp = round_up(max_len, KEY_BLOCK);
-  std::vector<std::vector<char>> scratch(n_threads);
-  run_tasks(int64_t(tasks.size()), n_threads, [&](int thread, int64_t t) {
-    const auto [doc, h] = tasks[t];
-    const int64_t s0 = pb.cu[doc], L = pb.cu[doc + 1] - s0, Lp = round_up(L, KEY_BLOCK);
-    auto& buf = scratch[thread];
+  const auto bytes = [&](int64_t maxLp) {
     const size_t n32 = 2 * size_t(D / 2) * maxLp + size_t(maxLp / 2) * Dp  // kd, vd, kj
                        + 2 * size_t(maxLp) * Dp                              // dk, dv accumulators (fp32)
                        + 2 * size_t(R) * maxLp                               // p, dp (fp32)
                        + 2 * size_t(RP) * maxLp                              // pt, dst
                        + 2 * size_t(RP) * Dp + maxLp + 4 * Dp;               // qr, dor, drow, o
-    const size_t need = n32 * 4 + size_t(R) * maxLp * 2;
-    if (buf.size() < need) buf.resize(need);
-    int32_t* kd = reinterpret_cast<int32_t*>(buf.data());
+    return n32 * 4 + size_t(R) * maxLp * 2;                                  // + dsw (bf16)
+  };
+  for_each_task(pb, n_threads, bytes, [&](const Task& task, int64_t maxLp, char* buf) {
+    const int64_t s0 = task.s0, L = task.L, Lp = task.Lp;
+    const int h = task.h;
+    int32_t* kd = reinterpret_cast<int32_t*>(buf);
     int32_t* vd = kd + size_t(D / 2) * maxLp;
     int32_t* kj = vd + size_t(D / 2) * maxLp;
     float* dk_acc = reinterpret_cast<float*>(kj + size_t(maxLp / 2) * Dp);
