@@ -3,7 +3,7 @@ import torch
 
 from plm.model.config import SIZES, ModelConfig, config_for
 from plm.model.io import CheckpointError, load_pretrained, save_pretrained
-from plm.model.transformer import Transformer, attention_mask, positions_from_doc_ids
+from plm.model.transformer import Rotary, Transformer, attention_mask, positions_from_doc_ids
 from plm.tokenizer import CLS, EOS, PAD
 from tests.conftest import tiny_model
 
@@ -53,6 +53,21 @@ def test_positions_restart_per_document():
     assert positions_from_doc_ids(docs).tolist() == [[0, 1, 2, 0, 1, 0]]
     mask = attention_mask(docs, causal=True)[0, 0]
     assert mask[4].tolist() == [False, False, False, True, True, False]
+
+
+@pytest.mark.parametrize("head_dim,rotary_dim", [(16, 16), (24, 8)])
+def test_rotary_is_the_rotate_half_formula(head_dim, rotary_dim):
+    """x·cos + [-x2, x1]·sin on the first rotary_dim channels (RoFormer / ESM-2 / GPT-J after the
+    converter's permutation), the rest untouched: the roll with a signed sine must be that exactly."""
+    rotary = Rotary(rotary_dim)
+    positions = positions_from_doc_ids(torch.tensor([[0] * 5 + [1] * 7]))
+    x = torch.randn(1, 12, 2, 3, head_dim, dtype=torch.float64)
+    cos, sin = rotary.cos_sin(positions, torch.float64)
+    angle = positions[0, :, None].double() * rotary.inv_freq.double()  # (T, dim/2)
+    c, s = angle.cos()[None, :, None, None], angle.sin()[None, :, None, None]
+    x1, x2, rest = x[..., : rotary_dim // 2], x[..., rotary_dim // 2 : rotary_dim], x[..., rotary_dim:]
+    expected = torch.cat((x1 * c - x2 * s, x2 * c + x1 * s, rest), dim=-1)
+    torch.testing.assert_close(rotary.apply(x, cos, sin), expected, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("size", [s for s in SIZES if s in ("tiny", "8m", "35m", "150m", "650m")])

@@ -156,17 +156,21 @@ class Rotary(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def cos_sin(self, positions: Tensor, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
-        # positions (B, T) → cos, sin (B, T, 1, 1, dim): broadcast over [q, k] and heads of a
-        # (B, T, 2, nh, hd) tensor. Cast once per forward, not once per layer.
+        """positions (B, T) → cos, signed sin (B, T, 1, 1, dim), broadcast over [q, k] and heads of a
+        (B, T, 2, nh, hd) tensor and cast once per forward, not once per layer. The sine's first half is
+        negated so that ``apply`` needs a roll instead of rotate_half's chunk, neg and cat (issue #9:
+        rotary forward + backward 13.5 → 9.8 ms per 35m layer, same bits)."""
         freqs = positions.to(torch.float32)[..., None] * self.inv_freq  # (B, T, dim/2)
         emb = torch.cat((freqs, freqs), dim=-1)[:, :, None, None]
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+        sign = torch.ones(self.dim, device=emb.device)
+        sign[: self.dim // 2] = -1.0
+        return emb.cos().to(dtype), (emb.sin() * sign).to(dtype)
 
     def apply(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        # x (B, T, ..., hd); only the first self.dim channels rotate: x·cos + rotate_half(x)·sin
+        # x (B, T, ..., hd); only the first self.dim channels rotate: x·cos + rotate_half(x)·sin, where
+        # rotate_half(x) = [-x2, x1] = roll(x, dim/2) with the sign already in ``sin``
         rot, rest = x[..., : self.dim], x[..., self.dim :]
-        x1, x2 = rot.chunk(2, dim=-1)
-        out = rot * cos + torch.cat((-x2, x1), dim=-1) * sin
+        out = rot * cos + rot.roll(self.dim // 2, dims=-1) * sin
         return torch.cat((out, rest), dim=-1) if rest.shape[-1] else out
 
 
