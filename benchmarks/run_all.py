@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
+#: The ratio each benchmark must reach (issue #9 and the data-pipeline issue); printed beside the results.
+TARGETS = {"train_mlm_8m": 5.0, "train_mlm_35m": 5.0, "mfu_35m_bf16": 0.45, "packing": 0.95, "generate": 1.0,
+           "loader": 20.0, "prepare": 2.0}
 
 
 def main() -> int:
@@ -20,10 +23,14 @@ def main() -> int:
         if rc:
             failed.append(script.name)
     data = json.loads((HERE / "results.json").read_text()) if (HERE / "results.json").exists() else {}
-    print(f"\n{'benchmark':<16} {'plm':>12} {'peer':>12} {'ratio':>7}  {'load':>5}  unit")
+    width = max([len("benchmark"), *map(len, data)])
+    print(f"\n{'benchmark':<{width}} {'plm':>12} {'peer':>12} {'ratio':>7} {'target':>12}  {'load':>5}  unit")
     for name, e in sorted(data.items()):
         load = e.get("load_average_after", e.get("load_average", float("nan")))
-        print(f"{name:<16} {e['plm']:>12.4g} {e['peer']:>12.4g} {e['ratio']:>7.2f}  {load:>5.1f}  {e['unit']}")
+        target = TARGETS.get(name.removesuffix("_compiled"))
+        verdict = "" if target is None else f"≥ {target:g} " + ("met" if e["ratio"] >= target else "NOT met")
+        print(f"{name:<{width}} {e['plm']:>12.4g} {e['peer']:>12.4g} {e['ratio']:>7.2f} {verdict:>12}  {load:>5.1f}  "
+              f"{e['unit']}")
     machines = {json.dumps(e["machine"], sort_keys=True) for e in data.values() if "machine" in e}
     for m in sorted(machines):
         print("machine", m)
