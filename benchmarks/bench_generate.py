@@ -28,7 +28,7 @@ def main() -> int:
     p.add_argument("--rotary", type=int, default=32, help="rotary dims per head (ProGen2: partial)")
     p.add_argument("--batch", type=int, default=8, help="sequences decoded together")
     p.add_argument("--new", type=int, default=128, help="new tokens per sequence")
-    p.add_argument("--rounds", type=int, default=2, help="interleaved repetitions; the best is kept")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved repetitions; the best is kept")
     a = p.parse_args()
 
     from transformers import GPTJConfig, GPTJForCausalLM
