@@ -24,6 +24,7 @@
 #include <cstring>
 #include <limits>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -54,22 +55,24 @@ inline __m512bh bh(__m512i x) { return (__m512bh)x; }
 
 inline __mmask16 lanes(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << std::max<int64_t>(n, 0)) - 1); }
 
-// exp on 16 floats (Cephes expf polynomial, 2^n by vscalefps); inputs below -88 give ~0.
-inline __m512 exp16(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-88.0f));
-  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  __m512 y = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_scalef_ps(y, n);
+// 2^t on 16 floats: 2^round(t) by vscalefps times a degree-5 Taylor polynomial of 2^r on r in [-1/2, 1/2]
+// (relative error < 3e-6, a thousandth of bf16's rounding, which every probability goes through). Scores
+// are scaled by log2(e) once, in the same fused multiply-subtract that removes the row maximum or the
+// logsumexp, so this is 8 vector operations where a general expf is 14. Very negative t (masked-out keys,
+// far below the maximum) gives 0 through vscalefps.
+inline __m512 exp2_16(__m512 t) {
+  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 r = _mm512_sub_ps(t, n);
+  __m512 p = _mm512_set1_ps(1.3333558146e-3f);  // ln2^5 / 5!
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.6181291076e-3f));  // ln2^4 / 4!
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.5504108665e-2f));  // ln2^3 / 3!
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.4022650696e-1f));  // ln2^2 / 2!
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.9314718056e-1f));  // ln2
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
 }
+
+constexpr float LOG2E = 1.44269504088896341f;
 
 inline __m256i to_bf16(__m512 x) { return (__m256i)_mm512_cvtneps_pbh(x); }
 
@@ -102,49 +105,73 @@ inline void rows4_dot(const bf16* const a[4], const int32_t* b, int64_t ldb, int
   }
 }
 
-// o[r][:] = Σ_jp w_r[jp] · b[jp][:] for 4 rows: w_r bf16 rows read as pairs over j, b packed [npairs][NV·16]
-// int32 pairs over j. The P·V and dS·K products; o is [4][NV·16] fp32.
-template <int NV>
+// Head channels in the products whose output runs over channels (P·V, dS·K, Pᵀ·dO, dSᵀ·Q): NV vectors of
+// 16 lanes plus, if TAIL, one of 8, so head size 24 is 16 + 8 lanes where 2 × 16 wasted a quarter of them.
+template <int NV, int TAIL>
+constexpr int padded_width() { return NV * 16 + TAIL * 8; }
+
+// o[r][:] = Σ_jp w_r[jp] · b[jp][:] for 4 rows: w_r bf16 rows read as pairs over j, b packed [npairs][Dp]
+// int32 pairs over j. The P·V and dS·K products; o is [4][Dp] fp32.
+template <int NV, int TAIL>
 inline void rows4_mix(const bf16* const w[4], const int32_t* b, int64_t npairs, float* o) {
-  __m512 c[4][NV];
-  for (int r = 0; r < 4; ++r)
+  constexpr int Dp = padded_width<NV, TAIL>();
+  __m512 c[4][NV > 0 ? NV : 1];
+  __m256 ct[4];
+  for (int r = 0; r < 4; ++r) {
     for (int v = 0; v < NV; ++v) c[r][v] = _mm512_setzero_ps();
+    ct[r] = _mm256_setzero_ps();
+  }
   for (int64_t jp = 0; jp < npairs; ++jp) {
-    __m512bh bv[NV];
-    for (int v = 0; v < NV; ++v) bv[v] = bh(_mm512_loadu_si512(b + (jp * NV + v) * 16));
+    __m512bh bv[NV > 0 ? NV : 1];
+    for (int v = 0; v < NV; ++v) bv[v] = bh(_mm512_loadu_si512(b + jp * Dp + v * 16));
+    __m256bh bt{};
+    if (TAIL) bt = (__m256bh)_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + jp * Dp + NV * 16));
 #pragma GCC unroll 4
     for (int r = 0; r < 4; ++r) {
-      const __m512bh wr = bh(_mm512_set1_epi32(pair_at(w[r], int(jp))));
-      for (int v = 0; v < NV; ++v) c[r][v] = _mm512_dpbf16_ps(c[r][v], wr, bv[v]);
+      const __m512i wr = _mm512_set1_epi32(pair_at(w[r], int(jp)));
+      for (int v = 0; v < NV; ++v) c[r][v] = _mm512_dpbf16_ps(c[r][v], bh(wr), bv[v]);
+      if (TAIL) ct[r] = _mm256_dpbf16_ps(ct[r], (__m256bh)_mm512_castsi512_si256(wr), bt);
     }
   }
-  for (int r = 0; r < 4; ++r)
-    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(o + (r * NV + v) * 16, c[r][v]);
+  for (int r = 0; r < 4; ++r) {
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(o + r * Dp + v * 16, c[r][v]);
+    if (TAIL) _mm256_storeu_ps(o + r * Dp + NV * 16, ct[r]);
+  }
 }
 
 // acc[j][:] += Σ_rp t[rp][j] · x[rp][:] for j < ncols: t int32 pairs over rows [RP][ldt], x packed
-// [RP][NV·16] int32 pairs over rows. The Pᵀ·dO and dSᵀ·Q products into fp32 accumulators [ncols][NV·16].
-template <int NV, int RP>
+// [RP][Dp] int32 pairs over rows. The Pᵀ·dO and dSᵀ·Q products into fp32 accumulators [ncols][Dp].
+template <int NV, int TAIL, int RP>
 inline void cols_accumulate(float* acc, const int32_t* t, int64_t ldt, const int32_t* x, int64_t ncols) {
-  __m512bh xv[RP][NV];
-  for (int rp = 0; rp < RP; ++rp)
-    for (int v = 0; v < NV; ++v) xv[rp][v] = bh(_mm512_loadu_si512(x + (rp * NV + v) * 16));
+  constexpr int Dp = padded_width<NV, TAIL>();
+  __m512bh xv[RP][NV > 0 ? NV : 1];
+  __m256bh xt[RP];
+  for (int rp = 0; rp < RP; ++rp) {
+    for (int v = 0; v < NV; ++v) xv[rp][v] = bh(_mm512_loadu_si512(x + rp * Dp + v * 16));
+    xt[rp] = TAIL ? (__m256bh)_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + rp * Dp + NV * 16))
+                  : __m256bh{};
+  }
   for (int64_t j = 0; j < ncols; ++j) {
-    __m512 c[NV];
-    for (int v = 0; v < NV; ++v) c[v] = _mm512_loadu_ps(acc + (j * NV + v) * 16);
+    float* a = acc + j * Dp;
+    __m512 c[NV > 0 ? NV : 1];
+    for (int v = 0; v < NV; ++v) c[v] = _mm512_loadu_ps(a + v * 16);
+    __m256 ct = TAIL ? _mm256_loadu_ps(a + NV * 16) : _mm256_setzero_ps();
 #pragma GCC unroll 8
     for (int rp = 0; rp < RP; ++rp) {
-      const __m512bh tb = bh(_mm512_set1_epi32(t[rp * ldt + j]));
-      for (int v = 0; v < NV; ++v) c[v] = _mm512_dpbf16_ps(c[v], tb, xv[rp][v]);
+      const __m512i tb = _mm512_set1_epi32(t[rp * ldt + j]);
+      for (int v = 0; v < NV; ++v) c[v] = _mm512_dpbf16_ps(c[v], bh(tb), xv[rp][v]);
+      if (TAIL) ct = _mm256_dpbf16_ps(ct, (__m256bh)_mm512_castsi512_si256(tb), xt[rp]);
     }
-    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(acc + (j * NV + v) * 16, c[v]);
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(a + v * 16, c[v]);
+    if (TAIL) _mm256_storeu_ps(a + NV * 16, ct);
   }
 }
 
-// fp32 row of D values → bf16 at dst.
-inline void store_row(bf16* dst, const float* src, int D) {
+// fp32 row of D values, times mul, → bf16 at dst.
+inline void store_row(bf16* dst, const float* src, int D, float mul = 1.0f) {
+  const __m512 m = _mm512_set1_ps(mul);
   for (int d = 0; d < D; d += 16)
-    _mm256_mask_storeu_epi16(dst + d, lanes(D - d), to_bf16(_mm512_loadu_ps(src + d)));
+    _mm256_mask_storeu_epi16(dst + d, lanes(D - d), to_bf16(_mm512_mul_ps(_mm512_maskz_loadu_ps(lanes(D - d), src + d), m)));
 }
 
 struct Problem {
@@ -214,9 +241,10 @@ void for_each_task(const Problem& pb, int n_threads, Bytes&& scratch_bytes, Work
   for (auto& th : pool) th.join();
 }
 
-template <int NV>
+template <int NV, int TAIL>
 void forward(const Problem& pb, int n_threads) {
-  const int D = pb.D, Dp = NV * 16;
+  const int D = pb.D;
+  constexpr int Dp = padded_width<NV, TAIL>();
   const auto bytes = [&](int64_t maxLp) {  // kd, vj (int32); s (fp32); pw (bf16); o (fp32)
     return (size_t(D / 2) * maxLp + size_t(maxLp / 2) * Dp) * 4 + size_t(4) * maxLp * 4 + size_t(4) * maxLp * 2 +
            size_t(4) * Dp * 4;
@@ -242,6 +270,7 @@ void forward(const Problem& pb, int n_threads) {
       for (int r = 0; r < 4; ++r) rows[r] = q + (m + std::min(r, nr - 1)) * pb.sq;
       rows4_dot(rows, kd, Lp, D / 2, Lkp, s, maxLp);
       const bf16* wrows[4];
+      float inv_sum[4];
       for (int r = 0; r < 4; ++r) {
         bf16* pr = pw + r * maxLp;
         wrows[r] = pr;
@@ -251,38 +280,39 @@ void forward(const Problem& pb, int n_threads) {
         __m512 mx = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
         for (int64_t j = 0; j < limit; j += 16)
           mx = _mm512_mask_max_ps(mx, lanes(limit - j), mx, _mm512_loadu_ps(sr + j));
+        // probabilities times the row's sum, in (0, 1]: bf16 rounds them as it would the normalised ones, and
+        // the output row is divided by the sum once (D values) instead of every probability (L values)
         const float row_max = _mm512_reduce_max_ps(mx) * pb.scale;
-        const __m512 vmax = _mm512_set1_ps(row_max), vscale = _mm512_set1_ps(pb.scale);
+        const __m512 c = _mm512_set1_ps(pb.scale * LOG2E), shift = _mm512_set1_ps(row_max * LOG2E);
         __m512 sum = _mm512_setzero_ps();
         for (int64_t j = 0; j < Lkp; j += 16) {
-          const __m512 e = _mm512_maskz_mov_ps(lanes(limit - j), exp16(_mm512_fmsub_ps(_mm512_loadu_ps(sr + j), vscale, vmax)));
+          const __m512 e = _mm512_maskz_mov_ps(lanes(limit - j), exp2_16(_mm512_fmsub_ps(_mm512_loadu_ps(sr + j), c, shift)));
           sum = _mm512_add_ps(sum, e);
-          _mm512_storeu_ps(sr + j, e);
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(pr + j), to_bf16(e));
         }
         const float total = _mm512_reduce_add_ps(sum);
-        const __m512 inv = _mm512_set1_ps(1.0f / total);
-        for (int64_t j = 0; j < Lkp; j += 16)
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(pr + j), to_bf16(_mm512_mul_ps(_mm512_loadu_ps(sr + j), inv)));
+        inv_sum[r] = 1.0f / total;
         pb.lse[(s0 + i) * pb.n_head + h] = row_max + std::log(total);
       }
-      rows4_mix<NV>(wrows, vj, Lkp / 2, o);
+      rows4_mix<NV, TAIL>(wrows, vj, Lkp / 2, o);
       for (int r = 0; r < nr; ++r)
-        store_row(pb.y + (s0 + m + r) * pb.n_head * D + h * D, o + r * Dp, D);
+        store_row(pb.y + (s0 + m + r) * pb.n_head * D + h * D, o + r * Dp, D, inv_sum[r]);
     }
   });
 }
 
-template <int NV>
+template <int NV, int TAIL>
 void backward(const Problem& pb, int n_threads) {
   constexpr int R = BWD_ROWS, RP = R / 2;
-  const int D = pb.D, Dp = NV * 16;
+  const int D = pb.D;
+  constexpr int Dp = padded_width<NV, TAIL>();
   const auto bytes = [&](int64_t maxLp) {
     const size_t n32 = 2 * size_t(D / 2) * maxLp + size_t(maxLp / 2) * Dp  // kd, vd, kj
                        + 2 * size_t(maxLp) * Dp                              // dk, dv accumulators (fp32)
                        + 2 * size_t(R) * maxLp                               // p, dp (fp32)
                        + 2 * size_t(RP) * maxLp                              // pt, dst
                        + 2 * size_t(RP) * Dp + maxLp + 4 * Dp;               // qr, dor, drow, o
-    return n32 * 4 + size_t(R) * maxLp * 2;                                  // + dsw (bf16)
+    return n32 * 4 + 2 * size_t(R) * maxLp * 2;                              // + pw, dsw (bf16)
   };
   for_each_task(pb, n_threads, bytes, [&](const Task& task, int64_t maxLp, char* buf) {
     const int64_t s0 = task.s0, L = task.L, Lp = task.Lp;
@@ -301,6 +331,7 @@ void backward(const Problem& pb, int n_threads) {
     float* drow = reinterpret_cast<float*>(dor + size_t(RP) * Dp);
     float* o = drow + maxLp;
     bf16* dsw = reinterpret_cast<bf16*>(o + 4 * Dp);
+    bf16* pw = dsw + size_t(R) * maxLp;
 
     const bf16* q = pb.q + s0 * pb.sq + h * D;
     const bf16* k = pb.k + s0 * pb.sk + h * D;
@@ -317,7 +348,7 @@ void backward(const Problem& pb, int n_threads) {
       for (int d = 0; d < D; ++d) acc += bf2f(dout[i * pb.sdo + d]) * bf2f(out[i * pb.so + d]);
       drow[i] = acc;
     }
-    const __m512 vscale = _mm512_set1_ps(pb.scale);
+    const __m512 vscale = _mm512_set1_ps(pb.scale), c = _mm512_set1_ps(pb.scale * LOG2E);
     for (int64_t m = 0; m < L; m += R) {
       const int nr = int(std::min<int64_t>(R, L - m));
       const int64_t Lk = pb.causal ? std::min<int64_t>(L, m + R) : L, Lkp = round_up(Lk, KEY_BLOCK);
@@ -332,30 +363,30 @@ void backward(const Problem& pb, int n_threads) {
         rows4_dot(drows, vd, Lp, D / 2, Lkp, dp + g * maxLp, maxLp);
       }
       for (int r = 0; r < R; ++r) {
-        float* pr = p + r * maxLp;
-        float* dpr = dp + r * maxLp;
+        const float* pr = p + r * maxLp;
+        const float* dpr = dp + r * maxLp;
+        bf16* pwr = pw + r * maxLp;
         bf16* dsr = dsw + r * maxLp;
         if (r >= nr) {
-          std::fill(pr, pr + Lkp, 0.0f);
-          std::fill(dpr, dpr + Lkp, 0.0f);
+          std::fill(pwr, pwr + Lkp, bf16(0));
           std::fill(dsr, dsr + Lkp, bf16(0));
           continue;
         }
         const int64_t i = m + r, limit = pb.causal ? i + 1 : L;
-        const __m512 lse = _mm512_set1_ps(pb.lse[(s0 + i) * pb.n_head + h]), di = _mm512_set1_ps(drow[i]);
+        const __m512 shift = _mm512_set1_ps(pb.lse[(s0 + i) * pb.n_head + h] * LOG2E), di = _mm512_set1_ps(drow[i]);
         for (int64_t j = 0; j < Lkp; j += 16) {
-          const __m512 e = _mm512_maskz_mov_ps(lanes(limit - j), exp16(_mm512_fmsub_ps(_mm512_loadu_ps(pr + j), vscale, lse)));
+          const __m512 e = _mm512_maskz_mov_ps(lanes(limit - j), exp2_16(_mm512_fmsub_ps(_mm512_loadu_ps(pr + j), c, shift)));
           const __m512 ds = _mm512_mul_ps(_mm512_mul_ps(e, _mm512_sub_ps(_mm512_loadu_ps(dpr + j), di)), vscale);
-          _mm512_storeu_ps(pr + j, e);
-          _mm512_storeu_ps(dpr + j, ds);
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(pwr + j), to_bf16(e));
           _mm256_storeu_si256(reinterpret_cast<__m256i*>(dsr + j), to_bf16(ds));
         }
       }
       for (int rp = 0; rp < RP; ++rp) {
         for (int64_t j = 0; j < Lkp; j += 16) {
           const int64_t a = (2 * rp) * maxLp + j, b = (2 * rp + 1) * maxLp + j;
-          _mm512_storeu_si512(pt + rp * maxLp + j, pair_rows(to_bf16(_mm512_loadu_ps(p + a)), to_bf16(_mm512_loadu_ps(p + b))));
-          _mm512_storeu_si512(dst + rp * maxLp + j, pair_rows(to_bf16(_mm512_loadu_ps(dp + a)), to_bf16(_mm512_loadu_ps(dp + b))));
+          const auto row = [](const bf16* x) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x)); };
+          _mm512_storeu_si512(pt + rp * maxLp + j, pair_rows(row(pw + a), row(pw + b)));
+          _mm512_storeu_si512(dst + rp * maxLp + j, pair_rows(row(dsw + a), row(dsw + b)));
         }
       }
       pack_pairs_over_rows(q + m * pb.sq, pb.sq, nr, RP, D, Dp, qr);
@@ -363,18 +394,34 @@ void backward(const Problem& pb, int n_threads) {
       for (int g = 0; g < nr; g += 4) {  // dQ rows = dS · K
         const bf16* wrows[4];
         for (int r = 0; r < 4; ++r) wrows[r] = dsw + std::min(g + r, nr - 1) * maxLp;
-        rows4_mix<NV>(wrows, kj, Lkp / 2, o);
+        rows4_mix<NV, TAIL>(wrows, kj, Lkp / 2, o);
         for (int r = 0; r < 4 && g + r < nr; ++r)
           store_row(pb.dq + (s0 + m + g + r) * pb.n_head * D + h * D, o + r * Dp, D);
       }
-      cols_accumulate<NV, RP>(dv_acc, pt, maxLp, dor, Lk);  // dV += Pᵀ · dO
-      cols_accumulate<NV, RP>(dk_acc, dst, maxLp, qr, Lk);  // dK += dSᵀ · Q
+      cols_accumulate<NV, TAIL, RP>(dv_acc, pt, maxLp, dor, Lk);  // dV += Pᵀ · dO
+      cols_accumulate<NV, TAIL, RP>(dk_acc, dst, maxLp, qr, Lk);  // dK += dSᵀ · Q
     }
     for (int64_t j = 0; j < L; ++j) {
       store_row(pb.dk + (s0 + j) * pb.n_head * D + h * D, dk_acc + j * Dp, D);
       store_row(pb.dv + (s0 + j) * pb.n_head * D + h * D, dv_acc + j * Dp, D);
     }
   });
+}
+
+// Calls run(NV, TAIL) as integral constants for the narrowest padded_width that holds head_dim (≤ 64).
+template <class Run>
+void with_width(int head_dim, Run&& run) {
+  using std::integral_constant;
+  switch ((head_dim + 7) / 8) {
+    case 1: run(integral_constant<int, 0>{}, integral_constant<int, 1>{}); break;
+    case 2: run(integral_constant<int, 1>{}, integral_constant<int, 0>{}); break;
+    case 3: run(integral_constant<int, 1>{}, integral_constant<int, 1>{}); break;
+    case 4: run(integral_constant<int, 2>{}, integral_constant<int, 0>{}); break;
+    case 5: run(integral_constant<int, 2>{}, integral_constant<int, 1>{}); break;
+    case 6: run(integral_constant<int, 3>{}, integral_constant<int, 0>{}); break;
+    case 7: run(integral_constant<int, 3>{}, integral_constant<int, 1>{}); break;
+    default: run(integral_constant<int, 4>{}, integral_constant<int, 0>{}); break;
+  }
 }
 
 }  // namespace
@@ -390,12 +437,7 @@ int plm_attention_forward(const bf16* q, const bf16* k, const bf16* v, int64_t s
   if (!plm_attention_supports(head_dim)) return 1;
   Problem pb{q, k, v, nullptr, nullptr, sq, sk, sv, 0, 0, lse, out, nullptr, nullptr, nullptr, cu, n_docs, n_head, head_dim, causal != 0, scale};
   n_threads = std::max(1, n_threads);
-  switch ((head_dim + 15) / 16) {
-    case 1: forward<1>(pb, n_threads); break;
-    case 2: forward<2>(pb, n_threads); break;
-    case 3: forward<3>(pb, n_threads); break;
-    default: forward<4>(pb, n_threads); break;
-  }
+  with_width(head_dim, [&](auto nv, auto tail) { forward<decltype(nv)::value, decltype(tail)::value>(pb, n_threads); });
   return 0;
 }
 
@@ -406,12 +448,7 @@ int plm_attention_backward(const bf16* q, const bf16* k, const bf16* v, const bf
   if (!plm_attention_supports(head_dim)) return 1;
   Problem pb{q, k, v, out, dout, sq, sk, sv, so, sdo, const_cast<float*>(lse), nullptr, dq, dk, dv, cu, n_docs, n_head, head_dim, causal != 0, scale};
   n_threads = std::max(1, n_threads);
-  switch ((head_dim + 15) / 16) {
-    case 1: backward<1>(pb, n_threads); break;
-    case 2: backward<2>(pb, n_threads); break;
-    case 3: backward<3>(pb, n_threads); break;
-    default: backward<4>(pb, n_threads); break;
-  }
+  with_width(head_dim, [&](auto nv, auto tail) { backward<decltype(nv)::value, decltype(tail)::value>(pb, n_threads); });
   return 0;
 }
 
