@@ -11,7 +11,7 @@ import torch
 
 from plm.model import cpu_attention
 from plm.model.config import ModelConfig
-from plm.model.transformer import Transformer, sdpa_varlen
+from plm.model.transformer import Rotary, Transformer, doc_segments, sdpa_varlen
 
 needs_kernel = pytest.mark.skipif(cpu_attention.library() is None,
                                   reason="CPU without avx512_bf16, no g++, or PLM_CPU_ATTENTION=sdpa")
@@ -39,7 +39,7 @@ def kernel(q, k, v, g, lengths, causal):
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).abs().max() / b.float().abs().max())
+    return float((a.detach().float() - b.detach().float()).abs().max() / b.detach().float().abs().max())
 
 
 def random_qkvg(lengths, n_head, head_dim, seed=0):
@@ -131,8 +131,8 @@ def test_model_under_bf16_autocast_uses_the_kernel_and_agrees_with_sdpa(monkeypa
         return loss.detach(), model.blocks[0].attn.qkv.weight.grad.clone()
 
     calls = []
-    real = cpu_attention.varlen_attention_bf16
-    monkeypatch.setattr(cpu_attention, "varlen_attention_bf16", lambda *a: calls.append(1) or real(*a))
+    real = cpu_attention.varlen_rotary_attention_bf16
+    monkeypatch.setattr(cpu_attention, "varlen_rotary_attention_bf16", lambda *a: calls.append(1) or real(*a))
     ours = run()
     assert len(calls) == model.config.n_layer
     monkeypatch.setattr(cpu_attention, "supports", lambda q: False)
@@ -189,3 +189,68 @@ def test_build_is_reused_by_hash(tmp_path: Path):
     assert cpu_attention.build(out_dir=tmp_path) == first and first.stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == [first.name]
 
+
+
+def rotary_reference(qkv, lengths, rotary_dim, causal, g):
+    """fp64: rotate q and k with the model's own Rotary at positions restarting per document, then SDPA per
+    document; output and the gradient with respect to the unrotated qkv."""
+    x = qkv.detach().double().requires_grad_()
+    rotary = Rotary(rotary_dim)
+    positions = torch.cat([torch.arange(n) for n in lengths])[None]  # (1, N)
+    cos, sin = rotary.cos_sin(positions, torch.float64)  # (1, N, 1, 1, dim)
+    qk = rotary.apply(x[None, :, :2], cos, sin)[0]  # (N, 2, nh, hd)
+    y = sdpa_varlen(qk[:, 0], qk[:, 1], x[:, 2], tuple(lengths), causal)
+    y.backward(g.double())
+    return y.detach(), x.grad, rotary
+
+
+@needs_kernel
+@pytest.mark.parametrize("head_dim,rotary_dim", [(24, 24), (16, 8), (6, 6), (64, 32)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_fused_rotary_matches_rotating_first(head_dim, rotary_dim, causal):
+    """The kernel that rotates q and k itself (and turns dq, dk back) gives what rotating first and then
+    attending gives, gradients included, within bf16 rounding; full and partial rotary."""
+    gen = torch.Generator().manual_seed(3)
+    n = sum(LENGTHS)
+    qkv = torch.randn(n, 3, 2, head_dim, generator=gen).bfloat16()
+    g = torch.randn(n, 2, head_dim, generator=gen).bfloat16()
+    ref_y, ref_grad, rotary = rotary_reference(qkv, LENGTHS, rotary_dim, causal, g)
+    x = qkv.clone().requires_grad_()
+    cos, sin = cpu_attention.rotary_tables(rotary.inv_freq, max(LENGTHS))
+    y = cpu_attention.varlen_rotary_attention_bf16(x, cos, sin, cu_of(LENGTHS), causal)
+    y.backward(g)
+    assert rel_err(y, ref_y) < 0.02
+    for slot, name in enumerate(("dq", "dk", "dv")):
+        assert rel_err(x.grad[:, slot], ref_grad[:, slot]) < 0.03, name
+    without = cpu_attention.varlen_attention_bf16(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu_of(LENGTHS), causal)
+    assert rel_err(without, ref_y) > 0.05  # the rotation is really applied
+
+
+@needs_kernel
+def test_fused_rotary_refuses_short_tables():
+    rotary = Rotary(16)
+    qkv = torch.zeros(sum(LENGTHS), 3, 2, 16, dtype=torch.bfloat16)
+    cos, sin = cpu_attention.rotary_tables(rotary.inv_freq, max(LENGTHS) - 1)
+    with pytest.raises(ValueError, match="longest document"):
+        cpu_attention.varlen_rotary_attention_bf16(qkv, cos, sin, cu_of(LENGTHS), False)
+    with pytest.raises(ValueError, match="fp32"):
+        cpu_attention.varlen_rotary_attention_bf16(qkv, cos.double(), sin.double(), cu_of(LENGTHS), False)
+
+
+@needs_kernel
+def test_explicit_positions_keep_rotary_outside_the_kernel(monkeypatch):
+    """The kernel assumes positions restart at every document; positions a caller passes may not, so those
+    calls rotate first and use the plain kernel."""
+    model = Transformer(ModelConfig(n_layer=1, n_embd=64, n_head=4, flavour="esm2"))
+    tokens = torch.randint(4, 24, (1, 40))
+    doc_ids = torch.tensor([[0] * 15 + [1] * 25])
+    assert doc_segments(doc_ids).positions_restart and not doc_segments(doc_ids, False).positions_restart
+    fused, plain = [], []
+    real_fused, real_plain = cpu_attention.varlen_rotary_attention_bf16, cpu_attention.varlen_attention_bf16
+    monkeypatch.setattr(cpu_attention, "varlen_rotary_attention_bf16", lambda *a: fused.append(1) or real_fused(*a))
+    monkeypatch.setattr(cpu_attention, "varlen_attention_bf16", lambda *a: plain.append(1) or real_plain(*a))
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        model.hidden(tokens, doc_ids)
+        assert (len(fused), len(plain)) == (1, 0)
+        model.hidden(tokens, doc_ids, positions=torch.arange(40)[None])
+        assert (len(fused), len(plain)) == (1, 1)

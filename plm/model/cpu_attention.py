@@ -86,9 +86,10 @@ def _bind(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     lib.plm_attention_supports.argtypes = [_i32]
     lib.plm_attention_forward.argtypes = [_ptr, _ptr, _ptr, _i64, _i64, _i64, _ptr, _ptr, _ptr, _i32, _i32, _i32,
-                                          _i32, _f32, _i32]
+                                          _i32, _f32, _i32, _ptr, _ptr, _i32]
     lib.plm_attention_backward.argtypes = [_ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, _i64, _ptr,
-                                           _ptr, _ptr, _ptr, _ptr, _i32, _i32, _i32, _i32, _f32, _i32]
+                                           _ptr, _ptr, _ptr, _i64, _ptr, _i32, _i32, _i32, _i32, _f32, _i32, _ptr,
+                                           _ptr, _i32]
     return lib
 
 
@@ -121,41 +122,105 @@ def _rows(x: Tensor) -> Tensor:
     return x if x.stride(2) == 1 and x.stride(1) == hd else x.contiguous()
 
 
+Rotary = tuple[Tensor, Tensor] | None  # (cos, sin) fp32 (max document length, rotary_dim / 2), or none
+
+
+def rotary_tables(inv_freq: Tensor, max_len: int) -> tuple[Tensor, Tensor]:
+    """cos and sin of position · inv_freq for positions 0 … max_len - 1: (max_len, len(inv_freq)) fp32 each,
+    the angles ``plm.model.transformer.Rotary`` uses for a token at that index of its document."""
+    angles = torch.arange(max_len, dtype=torch.float32)[:, None] * inv_freq.float()[None]
+    return angles.cos().contiguous(), angles.sin().contiguous()
+
+
+def _forward(q: Tensor, k: Tensor, v: Tensor, cu: Tensor, causal: bool, rotary: Rotary) -> tuple[Tensor, Tensor]:
+    n, nh, hd = q.shape
+    cos, sin = rotary or (None, None)
+    out = torch.empty(n, nh, hd, dtype=q.dtype)
+    lse = torch.empty(n, nh, dtype=torch.float32)
+    rc = library().plm_attention_forward(
+        q.data_ptr(), k.data_ptr(), v.data_ptr(), q.stride(0), k.stride(0), v.stride(0), out.data_ptr(),
+        lse.data_ptr(), cu.data_ptr(), cu.numel() - 1, nh, hd, int(causal), 1.0 / math.sqrt(hd),
+        torch.get_num_threads(), cos.data_ptr() if rotary else None, sin.data_ptr() if rotary else None,
+        cos.shape[1] if rotary else 0)
+    if rc:
+        raise RuntimeError(f"plm CPU attention rejected head size {hd} with rotary width {cos.shape[1] if rotary else 0}")
+    return out, lse
+
+
+def _backward(saved: tuple[Tensor, ...], dout: Tensor, causal: bool, rotary: Rotary, grads: tuple[Tensor, ...]) -> None:
+    """Writes dq, dk, dv into ``grads`` (three (N, nh, hd) views sharing one row stride)."""
+    q, k, v, out, lse, cu = saved
+    dout = _rows(dout.to(out.dtype))
+    n, nh, hd = q.shape
+    cos, sin = rotary or (None, None)
+    dq, dk, dv = grads
+    rc = library().plm_attention_backward(
+        q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), dout.data_ptr(), q.stride(0), k.stride(0),
+        v.stride(0), out.stride(0), dout.stride(0), lse.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
+        dq.stride(0), cu.data_ptr(), cu.numel() - 1, nh, hd, int(causal), 1.0 / math.sqrt(hd),
+        torch.get_num_threads(), cos.data_ptr() if rotary else None, sin.data_ptr() if rotary else None,
+        cos.shape[1] if rotary else 0)
+    if rc:
+        raise RuntimeError(f"plm CPU attention rejected head size {hd}")
+
+
 class _VarlenAttention(torch.autograd.Function):
+    """q, k, v given separately (already rotated, or no rotary): three gradients."""
+
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, causal: bool) -> Tensor:
         q, k, v = _rows(q), _rows(k), _rows(v)
-        n, nh, hd = q.shape
         cu = cu_seqlens.to(torch.int32).contiguous()
-        out = torch.empty(n, nh, hd, dtype=q.dtype)
-        lse = torch.empty(n, nh, dtype=torch.float32)
-        rc = library().plm_attention_forward(
-            q.data_ptr(), k.data_ptr(), v.data_ptr(), q.stride(0), k.stride(0), v.stride(0), out.data_ptr(),
-            lse.data_ptr(), cu.data_ptr(), cu.numel() - 1, nh, hd, int(causal), 1.0 / math.sqrt(hd),
-            torch.get_num_threads())
-        if rc:
-            raise RuntimeError(f"plm CPU attention rejected head size {hd}")
+        out, lse = _forward(q, k, v, cu, causal, None)
         ctx.save_for_backward(q, k, v, out, lse, cu)
         ctx.causal = causal
         return out
 
     @staticmethod
     def backward(ctx, dout: Tensor):
-        q, k, v, out, lse, cu = ctx.saved_tensors
-        dout = _rows(dout.to(out.dtype))
-        n, nh, hd = q.shape
-        dq, dk, dv = (torch.empty(n, nh, hd, dtype=q.dtype) for _ in range(3))
-        rc = library().plm_attention_backward(
-            q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), dout.data_ptr(), q.stride(0), k.stride(0),
-            v.stride(0), out.stride(0), dout.stride(0), lse.data_ptr(), dq.data_ptr(), dk.data_ptr(),
-            dv.data_ptr(), cu.data_ptr(), cu.numel() - 1, nh, hd, int(ctx.causal), 1.0 / math.sqrt(hd),
-            torch.get_num_threads())
-        if rc:
-            raise RuntimeError(f"plm CPU attention rejected head size {hd}")
-        return dq, dk, dv, None, None
+        q = ctx.saved_tensors[0]
+        grads = tuple(torch.empty_like(q, memory_format=torch.contiguous_format) for _ in range(3))
+        _backward(ctx.saved_tensors, dout, ctx.causal, None, grads)
+        return *grads, None, None
+
+
+class _VarlenRotaryAttention(torch.autograd.Function):
+    """The fused q, k, v projection output (N, 3, nh, hd), rotary applied inside the kernel: one gradient in
+    the same layout, so neither the rotary nor the split into q, k, v costs a pass or a copy either way."""
+
+    @staticmethod
+    def forward(ctx, qkv: Tensor, cos: Tensor, sin: Tensor, cu_seqlens: Tensor, causal: bool) -> Tensor:
+        if qkv.stride(3) != 1 or qkv.stride(2) != qkv.shape[3]:
+            qkv = qkv.contiguous()
+        q, k, v = qkv.unbind(1)
+        cu = cu_seqlens.to(torch.int32).contiguous()
+        out, lse = _forward(q, k, v, cu, causal, (cos, sin))
+        ctx.save_for_backward(q, k, v, out, lse, cu, cos, sin)
+        ctx.causal = causal
+        return out
+
+    @staticmethod
+    def backward(ctx, dout: Tensor):
+        *saved, cos, sin = ctx.saved_tensors
+        n, nh, hd = saved[0].shape
+        dqkv = torch.empty(n, 3, nh, hd, dtype=saved[0].dtype)
+        _backward(tuple(saved), dout, ctx.causal, (cos, sin), dqkv.unbind(1))
+        return dqkv, None, None, None, None
 
 
 def varlen_attention_bf16(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, causal: bool) -> Tensor:
     """Attention within each document: q, k, v (N, nh, hd) bf16 on CPU, documents given by ``cu_seqlens``
     (n_docs + 1 first indices, the last = N) → (N, nh, hd) bf16. Check ``supports(q)`` first."""
     return _VarlenAttention.apply(q, k, v, cu_seqlens, causal)
+
+
+def varlen_rotary_attention_bf16(qkv: Tensor, cos: Tensor, sin: Tensor, cu_seqlens: Tensor, causal: bool) -> Tensor:
+    """Rotary + attention within each document from the unrotated projections ``qkv`` (N, 3, nh, hd) bf16 on
+    CPU → (N, nh, hd) bf16. A token's rotary position is its index in its document, with angles from
+    ``rotary_tables`` (at least the longest document's length rows); channels past 2 · cos.shape[1] are not
+    rotated (partial rotary). Check ``supports(qkv[:, 0])`` first."""
+    if cos.dtype != torch.float32 or sin.shape != cos.shape or 2 * cos.shape[1] > qkv.shape[-1]:
+        raise ValueError(f"rotary tables must be fp32 (max_len, ≤ head size / 2); got {tuple(cos.shape)} {cos.dtype}")
+    if cu_seqlens.numel() > 1 and int(cu_seqlens.diff().max()) > cos.shape[0]:
+        raise ValueError(f"rotary tables cover {cos.shape[0]} positions; the longest document is longer")
+    return _VarlenRotaryAttention.apply(qkv, cos, sin, cu_seqlens, causal)

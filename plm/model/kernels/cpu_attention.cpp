@@ -179,12 +179,59 @@ struct Problem {
   int64_t sq, sk, sv, so, sdo;  // row strides (elements)
   float* lse;
   bf16* y;             // forward output, contiguous (N, n_head, D)
-  bf16 *dq, *dk, *dv;  // contiguous (N, n_head, D)
+  bf16 *dq, *dk, *dv;  // gradients, (N, n_head, D) each with row stride sdx (slots of one dqkv, or three)
+  int64_t sdx;
   const int32_t* cu;
   int n_docs, n_head, D;
   bool causal;
   float scale;
+  // Rotary embedding applied here when rot_half > 0: q and k as given are not yet rotated; the token at
+  // index j of its document turns channels i and i + rot_half (i < rot_half) by the angle whose cosine and
+  // sine are cos[j * rot_half + i], sin[...]. dq and dk come out for the unrotated q and k.
+  const float *cos, *sin;
+  int rot_half;
 };
+
+// bf16 row of D values → fp32 at dst.
+inline void load_row(float* dst, const bf16* src, int D) {
+  for (int d = 0; d < D; d += 16) {
+    const __mmask16 mk = lanes(D - d);
+    const __m512i w = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, src + d));
+    _mm512_mask_storeu_ps(dst + d, mk, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
+  }
+}
+
+// Rotary embedding of the fp32 row x at document position pos, in place (rotate-half layout: channel i
+// pairs with i + half); sign -1 turns the other way, which maps a rotated row's gradient to the unrotated.
+inline void rotate(float* x, const Problem& pb, int64_t pos, float sign) {
+  const int half = pb.rot_half;
+  const float* cs = pb.cos + pos * half;
+  const float* sn = pb.sin + pos * half;
+  const __m512 sg = _mm512_set1_ps(sign);
+  for (int i = 0; i < half; i += 16) {
+    const __mmask16 mk = lanes(half - i);
+    const __m512 a = _mm512_maskz_loadu_ps(mk, x + i), b = _mm512_maskz_loadu_ps(mk, x + half + i);
+    const __m512 c = _mm512_maskz_loadu_ps(mk, cs + i), sn_i = _mm512_mul_ps(sg, _mm512_maskz_loadu_ps(mk, sn + i));
+    _mm512_mask_storeu_ps(x + i, mk, _mm512_fmsub_ps(a, c, _mm512_mul_ps(b, sn_i)));
+    _mm512_mask_storeu_ps(x + half + i, mk, _mm512_fmadd_ps(b, c, _mm512_mul_ps(a, sn_i)));
+  }
+}
+
+// The L rows of one document and head, rotated in fp32 and rounded once to bf16, contiguous at out.
+void rotate_rows(const bf16* x, int64_t stride, int64_t L, const Problem& pb, bf16* out) {
+  float row[64];
+  for (int64_t j = 0; j < L; ++j) {
+    load_row(row, x + j * stride, pb.D);
+    rotate(row, pb, j, 1.0f);
+    store_row(out + j * pb.D, row, pb.D);
+  }
+}
+
+// fp32 gradient row of the rotated q or k at document position pos → bf16 gradient of the unrotated one.
+inline void store_grad_row(bf16* dst, float* src, const Problem& pb, int64_t pos) {
+  if (pb.rot_half) rotate(src, pb, pos, -1.0f);
+  store_row(dst, src, pb.D);
+}
 
 // Keys of one document and head packed as pairs over d: out[p][j] for j < Lp (zero beyond L).
 void pack_pairs_over_d(const bf16* x, int64_t stride, int64_t L, int64_t Lp, int D, int32_t* out) {
@@ -245,9 +292,9 @@ template <int NV, int TAIL>
 void forward(const Problem& pb, int n_threads) {
   const int D = pb.D;
   constexpr int Dp = padded_width<NV, TAIL>();
-  const auto bytes = [&](int64_t maxLp) {  // kd, vj (int32); s (fp32); pw (bf16); o (fp32)
+  const auto bytes = [&](int64_t maxLp) {  // kd, vj (int32); s (fp32); pw (bf16); o (fp32); rotated q, k (bf16)
     return (size_t(D / 2) * maxLp + size_t(maxLp / 2) * Dp) * 4 + size_t(4) * maxLp * 4 + size_t(4) * maxLp * 2 +
-           size_t(4) * Dp * 4;
+           size_t(4) * Dp * 4 + 2 * size_t(maxLp) * D * 2;
   };
   for_each_task(pb, n_threads, bytes, [&](const Task& task, int64_t maxLp, char* buf) {
     const int64_t s0 = task.s0, L = task.L, Lp = task.Lp;
@@ -257,17 +304,25 @@ void forward(const Problem& pb, int n_threads) {
     float* s = reinterpret_cast<float*>(vj + size_t(maxLp / 2) * Dp);
     bf16* pw = reinterpret_cast<bf16*>(s + 4 * maxLp);
     float* o = reinterpret_cast<float*>(pw + 4 * maxLp);
+    bf16* qrot = reinterpret_cast<bf16*>(o + 4 * Dp);
+    bf16* krot = qrot + size_t(maxLp) * D;
 
     const bf16* q = pb.q + s0 * pb.sq + h * D;
     const bf16* k = pb.k + s0 * pb.sk + h * D;
     const bf16* v = pb.v + s0 * pb.sv + h * D;
-    pack_pairs_over_d(k, pb.sk, L, Lp, D, kd);
+    int64_t sq = pb.sq, sk = pb.sk;
+    if (pb.rot_half) {
+      rotate_rows(q, sq, L, pb, qrot);
+      rotate_rows(k, sk, L, pb, krot);
+      q = qrot, k = krot, sq = sk = D;
+    }
+    pack_pairs_over_d(k, sk, L, Lp, D, kd);
     pack_pairs_over_rows(v, pb.sv, L, Lp / 2, D, Dp, vj);
     for (int64_t m = 0; m < L; m += 4) {
       const int nr = int(std::min<int64_t>(4, L - m));
       const int64_t Lk = pb.causal ? std::min<int64_t>(L, m + 4) : L, Lkp = round_up(Lk, KEY_BLOCK);
       const bf16* rows[4];
-      for (int r = 0; r < 4; ++r) rows[r] = q + (m + std::min(r, nr - 1)) * pb.sq;
+      for (int r = 0; r < 4; ++r) rows[r] = q + (m + std::min(r, nr - 1)) * sq;
       rows4_dot(rows, kd, Lp, D / 2, Lkp, s, maxLp);
       const bf16* wrows[4];
       float inv_sum[4];
@@ -312,7 +367,7 @@ void backward(const Problem& pb, int n_threads) {
                        + 2 * size_t(R) * maxLp                               // p, dp (fp32)
                        + 2 * size_t(RP) * maxLp                              // pt, dst
                        + 2 * size_t(RP) * Dp + maxLp + 4 * Dp;               // qr, dor, drow, o
-    return n32 * 4 + 2 * size_t(R) * maxLp * 2;                              // + pw, dsw (bf16)
+    return n32 * 4 + 2 * size_t(R) * maxLp * 2 + 2 * size_t(maxLp) * D * 2;  // + pw, dsw, rotated q, k (bf16)
   };
   for_each_task(pb, n_threads, bytes, [&](const Task& task, int64_t maxLp, char* buf) {
     const int64_t s0 = task.s0, L = task.L, Lp = task.Lp;
@@ -332,15 +387,23 @@ void backward(const Problem& pb, int n_threads) {
     float* o = drow + maxLp;
     bf16* dsw = reinterpret_cast<bf16*>(o + 4 * Dp);
     bf16* pw = dsw + size_t(R) * maxLp;
+    bf16* qrot = pw + size_t(R) * maxLp;
+    bf16* krot = qrot + size_t(maxLp) * D;
 
     const bf16* q = pb.q + s0 * pb.sq + h * D;
     const bf16* k = pb.k + s0 * pb.sk + h * D;
     const bf16* v = pb.v + s0 * pb.sv + h * D;
     const bf16* out = pb.out + s0 * pb.so + h * D;
     const bf16* dout = pb.dout + s0 * pb.sdo + h * D;
-    pack_pairs_over_d(k, pb.sk, L, Lp, D, kd);
+    int64_t sq = pb.sq, sk = pb.sk;
+    if (pb.rot_half) {  // recomputed rather than saved: the same bits as the forward's
+      rotate_rows(q, sq, L, pb, qrot);
+      rotate_rows(k, sk, L, pb, krot);
+      q = qrot, k = krot, sq = sk = D;
+    }
+    pack_pairs_over_d(k, sk, L, Lp, D, kd);
     pack_pairs_over_d(v, pb.sv, L, Lp, D, vd);
-    pack_pairs_over_rows(k, pb.sk, L, Lp / 2, D, Dp, kj);
+    pack_pairs_over_rows(k, sk, L, Lp / 2, D, Dp, kj);
     std::fill(dk_acc, dk_acc + size_t(Lp) * Dp, 0.0f);
     std::fill(dv_acc, dv_acc + size_t(Lp) * Dp, 0.0f);
     for (int64_t i = 0; i < L; ++i) {
@@ -356,7 +419,7 @@ void backward(const Problem& pb, int n_threads) {
         const bf16 *qrows[4], *drows[4];
         for (int r = 0; r < 4; ++r) {
           const int64_t row = m + std::min(g + r, nr - 1);
-          qrows[r] = q + row * pb.sq;
+          qrows[r] = q + row * sq;
           drows[r] = dout + row * pb.sdo;
         }
         rows4_dot(qrows, kd, Lp, D / 2, Lkp, p + g * maxLp, maxLp);
@@ -389,21 +452,21 @@ void backward(const Problem& pb, int n_threads) {
           _mm512_storeu_si512(dst + rp * maxLp + j, pair_rows(row(dsw + a), row(dsw + b)));
         }
       }
-      pack_pairs_over_rows(q + m * pb.sq, pb.sq, nr, RP, D, Dp, qr);
+      pack_pairs_over_rows(q + m * sq, sq, nr, RP, D, Dp, qr);
       pack_pairs_over_rows(dout + m * pb.sdo, pb.sdo, nr, RP, D, Dp, dor);
       for (int g = 0; g < nr; g += 4) {  // dQ rows = dS · K
         const bf16* wrows[4];
         for (int r = 0; r < 4; ++r) wrows[r] = dsw + std::min(g + r, nr - 1) * maxLp;
         rows4_mix<NV, TAIL>(wrows, kj, Lkp / 2, o);
         for (int r = 0; r < 4 && g + r < nr; ++r)
-          store_row(pb.dq + (s0 + m + g + r) * pb.n_head * D + h * D, o + r * Dp, D);
+          store_grad_row(pb.dq + (s0 + m + g + r) * pb.sdx + h * D, o + r * Dp, pb, m + g + r);
       }
       cols_accumulate<NV, TAIL, RP>(dv_acc, pt, maxLp, dor, Lk);  // dV += Pᵀ · dO
       cols_accumulate<NV, TAIL, RP>(dk_acc, dst, maxLp, qr, Lk);  // dK += dSᵀ · Q
     }
     for (int64_t j = 0; j < L; ++j) {
-      store_row(pb.dk + (s0 + j) * pb.n_head * D + h * D, dk_acc + j * Dp, D);
-      store_row(pb.dv + (s0 + j) * pb.n_head * D + h * D, dv_acc + j * Dp, D);
+      store_grad_row(pb.dk + (s0 + j) * pb.sdx + h * D, dk_acc + j * Dp, pb, j);
+      store_row(pb.dv + (s0 + j) * pb.sdx + h * D, dv_acc + j * Dp, D);
     }
   });
 }
@@ -431,22 +494,29 @@ extern "C" {
 // Largest head size handled; odd head sizes are not (pairs over d).
 int plm_attention_supports(int head_dim) { return head_dim >= 2 && head_dim <= 64 && head_dim % 2 == 0; }
 
+// rot_half = 0: q and k are used as given (cos and sin may be null); else see Problem. Returns 0, or 1 for an
+// unsupported head size or rotary width.
 int plm_attention_forward(const bf16* q, const bf16* k, const bf16* v, int64_t sq, int64_t sk, int64_t sv,
                           bf16* out, float* lse, const int32_t* cu, int n_docs, int n_head, int head_dim,
-                          int causal, float scale, int n_threads) {
-  if (!plm_attention_supports(head_dim)) return 1;
-  Problem pb{q, k, v, nullptr, nullptr, sq, sk, sv, 0, 0, lse, out, nullptr, nullptr, nullptr, cu, n_docs, n_head, head_dim, causal != 0, scale};
+                          int causal, float scale, int n_threads, const float* cos, const float* sin,
+                          int rot_half) {
+  if (!plm_attention_supports(head_dim) || rot_half < 0 || 2 * rot_half > head_dim) return 1;
+  Problem pb{q, k, v, nullptr, nullptr, sq, sk, sv, 0, 0, lse, out, nullptr, nullptr, nullptr, 0, cu, n_docs, n_head,
+             head_dim, causal != 0, scale, cos, sin, rot_half};
   n_threads = std::max(1, n_threads);
   with_width(head_dim, [&](auto nv, auto tail) { forward<decltype(nv)::value, decltype(tail)::value>(pb, n_threads); });
   return 0;
 }
 
+// dq, dk, dv: (N, n_head, head_dim) with row stride sdx each (three tensors, or the slots of one dqkv).
 int plm_attention_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* out, const bf16* dout,
                            int64_t sq, int64_t sk, int64_t sv, int64_t so, int64_t sdo, const float* lse,
-                           bf16* dq, bf16* dk, bf16* dv, const int32_t* cu, int n_docs, int n_head,
-                           int head_dim, int causal, float scale, int n_threads) {
-  if (!plm_attention_supports(head_dim)) return 1;
-  Problem pb{q, k, v, out, dout, sq, sk, sv, so, sdo, const_cast<float*>(lse), nullptr, dq, dk, dv, cu, n_docs, n_head, head_dim, causal != 0, scale};
+                           bf16* dq, bf16* dk, bf16* dv, int64_t sdx, const int32_t* cu, int n_docs, int n_head,
+                           int head_dim, int causal, float scale, int n_threads, const float* cos,
+                           const float* sin, int rot_half) {
+  if (!plm_attention_supports(head_dim) || rot_half < 0 || 2 * rot_half > head_dim) return 1;
+  Problem pb{q,  k,  v,   out, dout,   sq,     sk,    sv,    so,  sdo, const_cast<float*>(lse), nullptr, dq, dk, dv,
+             sdx, cu, n_docs, n_head, head_dim, causal != 0, scale, cos, sin, rot_half};
   n_threads = std::max(1, n_threads);
   with_width(head_dim, [&](auto nv, auto tail) { backward<decltype(nv)::value, decltype(tail)::value>(pb, n_threads); });
   return 0;
