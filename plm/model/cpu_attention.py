@@ -151,7 +151,7 @@ def _backward(saved: tuple[Tensor, ...], dout: Tensor, causal: bool, rotary: Rot
     """Writes dq, dk, dv into ``grads`` (three (N, nh, hd) views sharing one row stride)."""
     q, k, v, out, lse, cu = saved
     dout = _rows(dout.to(out.dtype))
-    n, nh, hd = q.shape
+    _, nh, hd = q.shape
     cos, sin = rotary or (None, None)
     dq, dk, dv = grads
     rc = library().plm_attention_backward(
