@@ -36,20 +36,11 @@ constexpr int BWD_ROWS = 16;   // query rows per backward block (8 row pairs for
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-inline float bf2f(bf16 h) {
-  uint32_t u = uint32_t(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
 inline int32_t pair_at(const bf16* row, int p) {  // channels 2p, 2p+1 of a row as one int32
   int32_t x;
   std::memcpy(&x, row + 2 * p, 4);
   return x;
 }
-
-inline int32_t pack2(bf16 lo, bf16 hi) { return int32_t(uint32_t(lo) | (uint32_t(hi) << 16)); }
 
 inline __m512bh bh(__m512i x) { return (__m512bh)x; }
 
@@ -192,13 +183,21 @@ struct Problem {
   int rot_half;
 };
 
+// Up to 16 bf16 values (lanes mk) → fp32.
+inline __m512 load16(const bf16* src, __mmask16 mk) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, src)), 16));
+}
+
 // bf16 row of D values → fp32 at dst.
 inline void load_row(float* dst, const bf16* src, int D) {
-  for (int d = 0; d < D; d += 16) {
-    const __mmask16 mk = lanes(D - d);
-    const __m512i w = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, src + d));
-    _mm512_mask_storeu_ps(dst + d, mk, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
-  }
+  for (int d = 0; d < D; d += 16) _mm512_mask_storeu_ps(dst + d, lanes(D - d), load16(src + d, lanes(D - d)));
+}
+
+// Σ_d a[d] · b[d] over two bf16 rows of D values, in fp32.
+inline float dot_row(const bf16* a, const bf16* b, int D) {
+  __m512 acc = _mm512_setzero_ps();
+  for (int d = 0; d < D; d += 16) acc = _mm512_fmadd_ps(load16(a + d, lanes(D - d)), load16(b + d, lanes(D - d)), acc);
+  return _mm512_reduce_add_ps(acc);
 }
 
 // Rotary embedding of the fp32 row x at document position pos, in place (rotate-half layout: channel i
@@ -241,14 +240,15 @@ void pack_pairs_over_d(const bf16* x, int64_t stride, int64_t L, int64_t Lp, int
   }
 }
 
-// The same rows packed as pairs over rows: out[jp][d] for jp < Lp/2, d < Dp (zero beyond L and D).
+// The same rows packed as pairs over rows: out[jp][d] for jp < n_pairs, d < Dp (zero beyond L and D).
 void pack_pairs_over_rows(const bf16* x, int64_t stride, int64_t L, int64_t n_pairs, int D, int Dp, int32_t* out) {
   for (int64_t jp = 0; jp < n_pairs; ++jp) {
     const int64_t j0 = 2 * jp, j1 = 2 * jp + 1;
-    for (int d = 0; d < Dp; ++d) {
-      const bf16 lo = (j0 < L && d < D) ? x[j0 * stride + d] : 0;
-      const bf16 hi = (j1 < L && d < D) ? x[j1 * stride + d] : 0;
-      out[jp * Dp + d] = pack2(lo, hi);
+    for (int d = 0; d < Dp; d += 16) {
+      const __mmask16 in = lanes(D - d);
+      const __m256i lo = j0 < L ? _mm256_maskz_loadu_epi16(in, x + j0 * stride + d) : _mm256_setzero_si256();
+      const __m256i hi = j1 < L ? _mm256_maskz_loadu_epi16(in, x + j1 * stride + d) : _mm256_setzero_si256();
+      _mm512_mask_storeu_epi32(out + jp * Dp + d, lanes(Dp - d), pair_rows(lo, hi));
     }
   }
 }
@@ -406,11 +406,7 @@ void backward(const Problem& pb, int n_threads) {
     pack_pairs_over_rows(k, sk, L, Lp / 2, D, Dp, kj);
     std::fill(dk_acc, dk_acc + size_t(Lp) * Dp, 0.0f);
     std::fill(dv_acc, dv_acc + size_t(Lp) * Dp, 0.0f);
-    for (int64_t i = 0; i < L; ++i) {
-      float acc = 0;
-      for (int d = 0; d < D; ++d) acc += bf2f(dout[i * pb.sdo + d]) * bf2f(out[i * pb.so + d]);
-      drow[i] = acc;
-    }
+    for (int64_t i = 0; i < L; ++i) drow[i] = dot_row(dout + i * pb.sdo, out + i * pb.so, D);
     const __m512 vscale = _mm512_set1_ps(pb.scale), c = _mm512_set1_ps(pb.scale * LOG2E);
     for (int64_t m = 0; m < L; m += R) {
       const int nr = int(std::min<int64_t>(R, L - m));
