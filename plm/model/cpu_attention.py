@@ -4,7 +4,10 @@ PyTorch's CPU flash attention computes in fp32 at small head sizes (its bf16 pat
 so at ESM-2's head sizes attention took 40-60 % of a bf16-mixed training step while the matrix
 products around it ran at three times the rate. ``kernels/cpu_attention.cpp`` runs every product of
 the forward and the backward on bf16 pairs with fp32 accumulation (as flash-attention does on GPUs)
-and the softmax and its gradient in fp32, one (document, head) per task.
+and the softmax and its gradient in fp32, one (document, head) per task. For packed training rows it also
+applies the rotary embedding itself (``varlen_rotary_attention_bf16``): it takes the q, k, v projection's
+output unrotated, rotates q and k in fp32 as it packs them, recomputes that in the backward and returns
+one gradient in the projection's layout, so the rotary and the q/k/v split cost no extra pass or copy.
 
 The kernel is plain C++ with no Python or torch headers: it is compiled with the system ``g++`` on first
 use (about two seconds) into ``$PLM_CACHE`` (default ``~/.cache/plm``), keyed by the source's hash, and

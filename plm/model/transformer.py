@@ -12,7 +12,8 @@ MLM and CLM differ only in ``causal``; packed rows carry ``doc_ids`` so attentio
 sequence boundary and rotary positions restart at every sequence. Packed rows run as variable-length
 sequences (``DocSegments``, flash-attention's ``cu_seqlens`` layout): ``flash_attn_varlen_func`` when
 flash-attn is installed and the tensors are CUDA fp16/bf16, plm's own bf16 kernel on CPUs with AVX512-BF16
-(``plm.model.cpu_attention``), else one unmasked SDPA call per document.
+(``plm.model.cpu_attention``, which also applies the rotary embedding), else one unmasked SDPA call per
+document.
 Either way only the Σ len² same-document pairs are scored, not the T² of a dense document mask (issue
 #9: Σ len² ≈ 0.4 T² on the bundled data). Dense masks remain for attention maps, KV-cache decoding and
 caller-given masks. Rotary uses the "rotate half" layout everywhere; checkpoints whose layout
