@@ -235,6 +235,22 @@ def test_fused_rotary_refuses_short_tables():
         cpu_attention.varlen_rotary_attention_bf16(qkv, cos, sin, cu_of(LENGTHS), False)
     with pytest.raises(ValueError, match="fp32"):
         cpu_attention.varlen_rotary_attention_bf16(qkv, cos.double(), sin.double(), cu_of(LENGTHS), False)
+    wide_cos, wide_sin = cpu_attention.rotary_tables(Rotary(20).inv_freq, max(LENGTHS))  # 10 > 16 / 2 columns
+    with pytest.raises(ValueError, match="head size / 2"):
+        cpu_attention.varlen_rotary_attention_bf16(qkv, wide_cos, wide_sin, cu_of(LENGTHS), False)
+
+
+def test_rotary_tables_are_computed_once_and_grown_on_demand():
+    rotary = Rotary(16)
+    first = rotary.tables(10)
+    assert rotary.tables(5) is first  # shorter documents reuse the longer tables
+    grown = rotary.tables(40)
+    assert grown[0].shape == (40, 8) and grown is not first
+    expected = cpu_attention.rotary_tables(rotary.inv_freq, 40)
+    assert torch.equal(grown[0], expected[0]) and torch.equal(grown[1], expected[1])
+    positions = torch.arange(40)[None]
+    cos, sin = rotary.cos_sin(positions)  # the model's own angles, signed sine in the first half
+    assert torch.allclose(cos[0, :, 0, 0, :8], grown[0]) and torch.allclose(sin[0, :, 0, 0, 8:], grown[1])
 
 
 @needs_kernel

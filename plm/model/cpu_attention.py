@@ -89,10 +89,10 @@ def _bind(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     lib.plm_attention_supports.argtypes = [_i32]
     lib.plm_attention_forward.argtypes = [_ptr, _ptr, _ptr, _i64, _i64, _i64, _ptr, _ptr, _ptr, _i32, _i32, _i32,
-                                          _i32, _f32, _i32, _ptr, _ptr, _i32]
+                                          _i32, _f32, _i32, _ptr, _ptr, _i32, _i64]
     lib.plm_attention_backward.argtypes = [_ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, _i64, _ptr,
                                            _ptr, _ptr, _ptr, _i64, _ptr, _i32, _i32, _i32, _i32, _f32, _i32, _ptr,
-                                           _ptr, _i32]
+                                           _ptr, _i32, _i64]
     return lib
 
 
@@ -135,18 +135,31 @@ def rotary_tables(inv_freq: Tensor, max_len: int) -> tuple[Tensor, Tensor]:
     return angles.cos().contiguous(), angles.sin().contiguous()
 
 
+def _rotary_args(rotary: Rotary) -> tuple:
+    """The kernel's last four arguments: cos, sin, rotary width / 2, table rows (null, null, 0, 0 without)."""
+    if rotary is None:
+        return None, None, 0, 0
+    cos, sin = rotary
+    return cos.data_ptr(), sin.data_ptr(), cos.shape[1], cos.shape[0]
+
+
+def _rejected(hd: int, rotary: Rotary) -> str:
+    if rotary is None:
+        return f"plm CPU attention takes even head sizes from 2 to 64, not {hd}"
+    return (f"plm CPU attention rejected head size {hd} with rotary tables {tuple(rotary[0].shape)}: the tables "
+            f"need at least the longest document's length rows and at most head size / 2 columns")
+
+
 def _forward(q: Tensor, k: Tensor, v: Tensor, cu: Tensor, causal: bool, rotary: Rotary) -> tuple[Tensor, Tensor]:
     n, nh, hd = q.shape
-    cos, sin = rotary or (None, None)
     out = torch.empty(n, nh, hd, dtype=q.dtype)
     lse = torch.empty(n, nh, dtype=torch.float32)
     rc = library().plm_attention_forward(
         q.data_ptr(), k.data_ptr(), v.data_ptr(), q.stride(0), k.stride(0), v.stride(0), out.data_ptr(),
         lse.data_ptr(), cu.data_ptr(), cu.numel() - 1, nh, hd, int(causal), 1.0 / math.sqrt(hd),
-        torch.get_num_threads(), cos.data_ptr() if rotary else None, sin.data_ptr() if rotary else None,
-        cos.shape[1] if rotary else 0)
+        torch.get_num_threads(), *_rotary_args(rotary))
     if rc:
-        raise RuntimeError(f"plm CPU attention rejected head size {hd} with rotary width {cos.shape[1] if rotary else 0}")
+        raise ValueError(_rejected(hd, rotary))
     return out, lse
 
 
@@ -155,16 +168,14 @@ def _backward(saved: tuple[Tensor, ...], dout: Tensor, causal: bool, rotary: Rot
     q, k, v, out, lse, cu = saved
     dout = _rows(dout.to(out.dtype))
     _, nh, hd = q.shape
-    cos, sin = rotary or (None, None)
     dq, dk, dv = grads
     rc = library().plm_attention_backward(
         q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), dout.data_ptr(), q.stride(0), k.stride(0),
         v.stride(0), out.stride(0), dout.stride(0), lse.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
         dq.stride(0), cu.data_ptr(), cu.numel() - 1, nh, hd, int(causal), 1.0 / math.sqrt(hd),
-        torch.get_num_threads(), cos.data_ptr() if rotary else None, sin.data_ptr() if rotary else None,
-        cos.shape[1] if rotary else 0)
+        torch.get_num_threads(), *_rotary_args(rotary))
     if rc:
-        raise RuntimeError(f"plm CPU attention rejected head size {hd}")
+        raise ValueError(_rejected(hd, rotary))
 
 
 class _VarlenAttention(torch.autograd.Function):
@@ -222,8 +233,8 @@ def varlen_rotary_attention_bf16(qkv: Tensor, cos: Tensor, sin: Tensor, cu_seqle
     CPU → (N, nh, hd) bf16. A token's rotary position is its index in its document, with angles from
     ``rotary_tables`` (at least the longest document's length rows); channels past 2 · cos.shape[1] are not
     rotated (partial rotary). Check ``supports(qkv[:, 0])`` first."""
-    if cos.dtype != torch.float32 or sin.shape != cos.shape or 2 * cos.shape[1] > qkv.shape[-1]:
-        raise ValueError(f"rotary tables must be fp32 (max_len, ≤ head size / 2); got {tuple(cos.shape)} {cos.dtype}")
-    if cu_seqlens.numel() > 1 and int(cu_seqlens.diff().max()) > cos.shape[0]:
-        raise ValueError(f"rotary tables cover {cos.shape[0]} positions; the longest document is longer")
+    if cos.dtype != torch.float32 or sin.dtype != torch.float32 or sin.shape != cos.shape or not cos.is_contiguous() \
+            or not sin.is_contiguous():
+        raise ValueError(f"rotary tables must be contiguous fp32 of one shape; got {tuple(cos.shape)} {cos.dtype}, "
+                         f"{tuple(sin.shape)} {sin.dtype}")
     return _VarlenRotaryAttention.apply(qkv, cos, sin, cu_seqlens, causal)

@@ -130,7 +130,7 @@ def rotary_varlen_attention(qkv: Tensor, rotary: Rotary, segments: DocSegments, 
     """Rotary and attention within each document in one kernel: qkv (N, 3, nh, hd) unrotated → (N, nh, hd).
     Only for ``fuses_rotary``; saves the rotary's passes and the q, k, v split's copies forward and backward
     (issue #9: 9% of a 35m CPU training step)."""
-    cos, sin = cpu_attention.rotary_tables(rotary.inv_freq, segments.max_seqlen)
+    cos, sin = rotary.tables(segments.max_seqlen)
     return cpu_attention.varlen_rotary_attention_bf16(qkv, cos, sin, segments.cu_seqlens, causal)
 
 
@@ -173,6 +173,14 @@ class Rotary(nn.Module):
         self.dim = dim
         inv_freq = 1.0 / (ROTARY_BASE ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self._tables: tuple[Tensor, Tensor] | None = None
+
+    def tables(self, max_len: int) -> tuple[Tensor, Tensor]:
+        """cos, sin (≥ max_len, dim/2) fp32 by position in a document, for the kernel that rotates itself.
+        Kept and grown on demand, so the layers of one forward (and later steps) share one computation."""
+        if self._tables is None or self._tables[0].shape[0] < max_len or self._tables[0].device != self.inv_freq.device:
+            self._tables = cpu_attention.rotary_tables(self.inv_freq, max_len)
+        return self._tables
 
     def cos_sin(self, positions: Tensor, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
         """positions (B, T) → cos, signed sin (B, T, 1, 1, dim), broadcast over [q, k] and heads of a

@@ -226,6 +226,22 @@ void rotate_rows(const bf16* x, int64_t stride, int64_t L, const Problem& pb, bf
   }
 }
 
+// q and k of one document and head as the products need them: rotated into qrot, krot (contiguous rows of D)
+// when the kernel applies rotary, else the caller's rows with their strides, untouched.
+struct QK {
+  const bf16 *q, *k;
+  int64_t sq, sk;
+};
+inline QK rotated_qk(const Problem& pb, const bf16* q, const bf16* k, int64_t L, bf16* qrot, bf16* krot) {
+  if (!pb.rot_half) return {q, k, pb.sq, pb.sk};
+  rotate_rows(q, pb.sq, L, pb, qrot);
+  rotate_rows(k, pb.sk, L, pb, krot);
+  return {qrot, krot, pb.D, pb.D};
+}
+
+// Scratch bytes for the rotated q and k of the longest document (none without rotary).
+inline size_t rotated_bytes(const Problem& pb, int64_t maxLp) { return pb.rot_half ? 2 * size_t(maxLp) * pb.D * 2 : 0; }
+
 // fp32 gradient row of the rotated q or k at document position pos → bf16 gradient of the unrotated one.
 inline void store_grad_row(bf16* dst, float* src, const Problem& pb, int64_t pos) {
   if (pb.rot_half) rotate(src, pb, pos, -1.0f);
@@ -294,7 +310,7 @@ void forward(const Problem& pb, int n_threads) {
   constexpr int Dp = padded_width<NV, TAIL>();
   const auto bytes = [&](int64_t maxLp) {  // kd, vj (int32); s (fp32); pw (bf16); o (fp32); rotated q, k (bf16)
     return (size_t(D / 2) * maxLp + size_t(maxLp / 2) * Dp) * 4 + size_t(4) * maxLp * 4 + size_t(4) * maxLp * 2 +
-           size_t(4) * Dp * 4 + 2 * size_t(maxLp) * D * 2;
+           size_t(4) * Dp * 4 + rotated_bytes(pb, maxLp);
   };
   for_each_task(pb, n_threads, bytes, [&](const Task& task, int64_t maxLp, char* buf) {
     const int64_t s0 = task.s0, L = task.L, Lp = task.Lp;
@@ -307,15 +323,8 @@ void forward(const Problem& pb, int n_threads) {
     bf16* qrot = reinterpret_cast<bf16*>(o + 4 * Dp);
     bf16* krot = qrot + size_t(maxLp) * D;
 
-    const bf16* q = pb.q + s0 * pb.sq + h * D;
-    const bf16* k = pb.k + s0 * pb.sk + h * D;
+    const auto [q, k, sq, sk] = rotated_qk(pb, pb.q + s0 * pb.sq + h * D, pb.k + s0 * pb.sk + h * D, L, qrot, krot);
     const bf16* v = pb.v + s0 * pb.sv + h * D;
-    int64_t sq = pb.sq, sk = pb.sk;
-    if (pb.rot_half) {
-      rotate_rows(q, sq, L, pb, qrot);
-      rotate_rows(k, sk, L, pb, krot);
-      q = qrot, k = krot, sq = sk = D;
-    }
     pack_pairs_over_d(k, sk, L, Lp, D, kd);
     pack_pairs_over_rows(v, pb.sv, L, Lp / 2, D, Dp, vj);
     for (int64_t m = 0; m < L; m += 4) {
@@ -367,7 +376,7 @@ void backward(const Problem& pb, int n_threads) {
                        + 2 * size_t(R) * maxLp                               // p, dp (fp32)
                        + 2 * size_t(RP) * maxLp                              // pt, dst
                        + 2 * size_t(RP) * Dp + maxLp + 4 * Dp;               // qr, dor, drow, o
-    return n32 * 4 + 2 * size_t(R) * maxLp * 2 + 2 * size_t(maxLp) * D * 2;  // + pw, dsw, rotated q, k (bf16)
+    return n32 * 4 + 2 * size_t(R) * maxLp * 2 + rotated_bytes(pb, maxLp);  // + pw, dsw, rotated q, k (bf16)
   };
   for_each_task(pb, n_threads, bytes, [&](const Task& task, int64_t maxLp, char* buf) {
     const int64_t s0 = task.s0, L = task.L, Lp = task.Lp;
@@ -390,17 +399,11 @@ void backward(const Problem& pb, int n_threads) {
     bf16* qrot = pw + size_t(R) * maxLp;
     bf16* krot = qrot + size_t(maxLp) * D;
 
-    const bf16* q = pb.q + s0 * pb.sq + h * D;
-    const bf16* k = pb.k + s0 * pb.sk + h * D;
+    // rotated again rather than saved by the forward: the same bits, and no (N, 2, nh, hd) kept per layer
+    const auto [q, k, sq, sk] = rotated_qk(pb, pb.q + s0 * pb.sq + h * D, pb.k + s0 * pb.sk + h * D, L, qrot, krot);
     const bf16* v = pb.v + s0 * pb.sv + h * D;
     const bf16* out = pb.out + s0 * pb.so + h * D;
     const bf16* dout = pb.dout + s0 * pb.sdo + h * D;
-    int64_t sq = pb.sq, sk = pb.sk;
-    if (pb.rot_half) {  // recomputed rather than saved: the same bits as the forward's
-      rotate_rows(q, sq, L, pb, qrot);
-      rotate_rows(k, sk, L, pb, krot);
-      q = qrot, k = krot, sq = sk = D;
-    }
     pack_pairs_over_d(k, sk, L, Lp, D, kd);
     pack_pairs_over_d(v, pb.sv, L, Lp, D, vd);
     pack_pairs_over_rows(k, sk, L, Lp / 2, D, Dp, kj);
@@ -467,6 +470,18 @@ void backward(const Problem& pb, int n_threads) {
   });
 }
 
+// Whether the call is one the kernel handles: head size, rotary width, and rotary tables (rot_rows rows) that
+// cover the longest document.
+inline bool head_size_ok(int head_dim) { return head_dim >= 2 && head_dim <= 64 && head_dim % 2 == 0; }
+
+bool valid(int head_dim, int rot_half, int64_t rot_rows, const int32_t* cu, int n_docs) {
+  if (!head_size_ok(head_dim) || rot_half < 0 || 2 * rot_half > head_dim) return false;
+  if (rot_half)
+    for (int i = 0; i < n_docs; ++i)
+      if (cu[i + 1] - cu[i] > rot_rows) return false;
+  return true;
+}
+
 // Calls run(NV, TAIL) as integral constants for the narrowest padded_width that holds head_dim (≤ 64).
 template <class Run>
 void with_width(int head_dim, Run&& run) {
@@ -488,15 +503,15 @@ void with_width(int head_dim, Run&& run) {
 extern "C" {
 
 // Largest head size handled; odd head sizes are not (pairs over d).
-int plm_attention_supports(int head_dim) { return head_dim >= 2 && head_dim <= 64 && head_dim % 2 == 0; }
+int plm_attention_supports(int head_dim) { return head_size_ok(head_dim); }
 
-// rot_half = 0: q and k are used as given (cos and sin may be null); else see Problem. Returns 0, or 1 for an
-// unsupported head size or rotary width.
+// rot_half = 0: q and k are used as given (cos and sin may be null); else see Problem, the tables having
+// rot_rows rows. Returns 0, or 1 for an unsupported head size or rotary width, or tables shorter than a document.
 int plm_attention_forward(const bf16* q, const bf16* k, const bf16* v, int64_t sq, int64_t sk, int64_t sv,
                           bf16* out, float* lse, const int32_t* cu, int n_docs, int n_head, int head_dim,
                           int causal, float scale, int n_threads, const float* cos, const float* sin,
-                          int rot_half) {
-  if (!plm_attention_supports(head_dim) || rot_half < 0 || 2 * rot_half > head_dim) return 1;
+                          int rot_half, int64_t rot_rows) {
+  if (!valid(head_dim, rot_half, rot_rows, cu, n_docs)) return 1;
   Problem pb{q, k, v, nullptr, nullptr, sq, sk, sv, 0, 0, lse, out, nullptr, nullptr, nullptr, 0, cu, n_docs, n_head,
              head_dim, causal != 0, scale, cos, sin, rot_half};
   n_threads = std::max(1, n_threads);
@@ -509,8 +524,8 @@ int plm_attention_backward(const bf16* q, const bf16* k, const bf16* v, const bf
                            int64_t sq, int64_t sk, int64_t sv, int64_t so, int64_t sdo, const float* lse,
                            bf16* dq, bf16* dk, bf16* dv, int64_t sdx, const int32_t* cu, int n_docs, int n_head,
                            int head_dim, int causal, float scale, int n_threads, const float* cos,
-                           const float* sin, int rot_half) {
-  if (!plm_attention_supports(head_dim) || rot_half < 0 || 2 * rot_half > head_dim) return 1;
+                           const float* sin, int rot_half, int64_t rot_rows) {
+  if (!valid(head_dim, rot_half, rot_rows, cu, n_docs)) return 1;
   Problem pb{q,  k,  v,   out, dout,   sq,     sk,    sv,    so,  sdo, const_cast<float*>(lse), nullptr, dq, dk, dv,
              sdx, cu, n_docs, n_head, head_dim, causal != 0, scale, cos, sin, rot_half};
   n_threads = std::max(1, n_threads);
