@@ -14,6 +14,12 @@ TARGETS = {"train_mlm_8m": 5.0, "train_mlm_35m": 5.0, "mfu_35m_bf16": 0.45, "pac
            "loader": 20.0, "prepare": 2.0}
 
 
+def verdict(name: str, ratio: float) -> str:
+    """'≥ target met' / '≥ target NOT met' for a benchmark with a target (its _compiled variant shares it), else ''."""
+    target = TARGETS.get(name.removesuffix("_compiled"))
+    return "" if target is None else f"≥ {target:g} " + ("met" if ratio >= target else "NOT met")
+
+
 def main() -> int:
     failed = []
     print(f"load average {os.getloadavg()[0]:.2f}, niceness {os.nice(0)}", flush=True)
@@ -27,10 +33,8 @@ def main() -> int:
     print(f"\n{'benchmark':<{width}} {'plm':>12} {'peer':>12} {'ratio':>7} {'target':>12}  {'load':>5}  unit")
     for name, e in sorted(data.items()):
         load = e.get("load_average_after", e.get("load_average", float("nan")))
-        target = TARGETS.get(name.removesuffix("_compiled"))
-        verdict = "" if target is None else f"≥ {target:g} " + ("met" if e["ratio"] >= target else "NOT met")
-        print(f"{name:<{width}} {e['plm']:>12.4g} {e['peer']:>12.4g} {e['ratio']:>7.2f} {verdict:>12}  {load:>5.1f}  "
-              f"{e['unit']}")
+        print(f"{name:<{width}} {e['plm']:>12.4g} {e['peer']:>12.4g} {e['ratio']:>7.2f} {verdict(name, e['ratio']):>12}  "
+              f"{load:>5.1f}  {e['unit']}")
     machines = {json.dumps(e["machine"], sort_keys=True) for e in data.values() if "machine" in e}
     for m in sorted(machines):
         print("machine", m)
