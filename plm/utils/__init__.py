@@ -1,0 +1,1 @@
+"""Small general utilities that several layers share (atomic writes, hashing)."""
