@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from plm.data.fasta import open_binary
-from plm.data.sampler import mix64
+from plm.utils.hashing import mix64
 
 OFFSETS_FILE, MEMBERS_FILE = "clusters_offsets.npy", "clusters_members.npy"
 

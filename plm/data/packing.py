@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from plm.data.sampler import MixtureSampler, mix64
+from plm.data.sampler import MixtureSampler
 from plm.data.store import TokenStore
 from plm.tokenizer import CLS, EOS, PAD
+from plm.utils.hashing import mix64
 
 CROP_SALT = 0xC2
 

@@ -19,19 +19,9 @@ from functools import lru_cache
 
 import numpy as np
 
+from plm.utils.hashing import mix64
+
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
-
-
-def mix64(*parts: np.ndarray | int) -> np.ndarray:
-    """SplitMix64-style hash of several integers (vectorised; wraps modulo 2⁶⁴ on purpose)."""
-    with np.errstate(over="ignore"):
-        h = np.uint64(0x9E3779B97F4A7C15)
-        for p in parts:
-            x = np.asarray(p).astype(np.uint64) + h
-            x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-            x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-            h = x ^ (x >> np.uint64(31))
-        return h
 
 
 def uniform(*parts: np.ndarray | int) -> np.ndarray:

@@ -39,7 +39,7 @@ def validation_mask(tokens: np.ndarray, offsets: np.ndarray, val_fraction: float
     short sequences), so it is vectorised over records (no per-record Python at 10⁹ records) and a
     sequence one point mutation away from another usually lands on the same side too (less leakage).
     """
-    from plm.data.sampler import mix64  # numpy only; imported here to keep this module's imports flat
+    from plm.utils.hashing import mix64
 
     offsets = np.asarray(offsets, dtype=np.int64)
     lens = np.diff(offsets)

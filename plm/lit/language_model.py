@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from plm.data.sampler import mix64
 from plm.lit.objectives import IGNORE, Objective, clm_labels, mlm_inputs
 from plm.model.config import SIZES, ModelConfig, config_for
 from plm.model.transformer import Transformer
+from plm.utils.hashing import mix64
 
 
 def cosine_schedule(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
