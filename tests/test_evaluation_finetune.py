@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from plm.cli import main as plm_main
+from plm.evaluation.finetune import FineTune
 from plm.evaluation.heads import ResidueHead
 from plm.evaluation.runner import fit_head, make_batches
-from plm.lit.finetune import FineTune
 from plm.model.io import save_pretrained
 from tests.conftest import tiny_model
 
@@ -143,8 +143,8 @@ def test_downstream_callback_logs_metrics_every_k_steps():
 
 # ---- representation layer and the converged linear probe ----------------------------------------------------
 def test_residue_features_layers_follow_esm_numbering():
+    from plm.evaluation.finetune import residue_features
     from plm.evaluation.runner import pad_tokens
-    from plm.lit.finetune import residue_features
     from plm.tokenizer import FIRST_RESIDUE, PAD
 
     model = tiny_model("esm2", n_layer=3, n_embd=32).eval()

@@ -1,7 +1,7 @@
 """``plm evaluate``: run task YAMLs against one backbone and write results.csv + results.md.
 
 Per task kind: supervised tasks train a head (frozen probe on cached embeddings, LoRA or full
-fine-tuning through ``plm.lit.finetune.FineTune``), ``zero_shot`` scores DMS variants without labels,
+fine-tuning through ``plm.evaluation.finetune.FineTune``), ``zero_shot`` scores DMS variants without labels,
 ``contacts`` fits the ESM attention logistic regression (or a pairwise head) on training chains and
 reports precision at L, L/2, L/5 on the rest.
 """
@@ -80,7 +80,7 @@ def embed(model: Transformer, seqs: list[str], max_len: int, causal: bool, batch
           progress: bool = True, desc: str = "embedding", layer: int = -1) -> list[Tensor]:
     """Residue embeddings (L, h) of ``layer`` per sequence, computed once for frozen probes (length-sorted
     batches)."""
-    from plm.lit.finetune import residue_features
+    from plm.evaluation.finetune import residue_features
 
     model.eval()
     device = next(model.parameters()).device
@@ -220,7 +220,7 @@ def probe_rows(examples: list[dict[str, Any]], kind: str) -> tuple[Tensor, Tenso
 
 def run_supervised(spec: TaskSpec, files: dict[str, Path], model: Transformer, objective: str, mode: str,
                    opts: dict[str, Any], progress: bool) -> list[Row]:
-    from plm.lit.finetune import FineTune
+    from plm.evaluation.finetune import FineTune
 
     max_len, seed = int(opts["max_len"]), int(opts["seed"])
     records = load_records(spec, files, max_len)
@@ -355,7 +355,7 @@ def run_contacts(spec: TaskSpec, files: dict[str, Path], model: Transformer, obj
                  for r in tqdm(test, desc=f"{spec.name}: test maps", disable=not progress)]
         mode = "frozen"
     else:
-        from plm.lit.finetune import FineTune
+        from plm.evaluation.finetune import FineTune
 
         head = PairwiseContactHead(model.config.n_embd)
         seqs = [r.sequence for r in train + test]
