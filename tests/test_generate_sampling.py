@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from plm.generate.cli import main as generate_main
-from plm.generate.likelihood import sequence_logprobs
 from plm.generate.sampling import (
     KVCache,
     SamplingConfig,
@@ -14,6 +13,7 @@ from plm.generate.sampling import (
     sample_batch,
 )
 from plm.model.io import save_pretrained
+from plm.model.likelihood import sequence_logprobs
 from plm.tokenizer import CLS, EOS, PAD, STANDARD_AA_IDS, VOCAB_SIZE
 from tests.conftest import tiny_model
 

@@ -13,10 +13,10 @@ import re
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
+from plm.model.likelihood import masked_logprobs, sequence_logprobs
 from plm.model.transformer import Transformer
-from plm.tokenizer import MASK, PAD, encode
+from plm.tokenizer import encode
 
 _MUT = re.compile(r"^([A-Z])(\d+)([A-Z])$")
 
@@ -64,47 +64,23 @@ def apply_mutations(wildtype: str, muts: list[Mutation]) -> str:
     return "".join(seq)
 
 
-@torch.no_grad()
 def masked_marginal_scores(model: Transformer, wildtype: str, variants: list[list[Mutation]],
                            batch_size: int = 8, progress: bool = True) -> list[float]:
     """ESM-1v masked-marginal score of each variant (positive = predicted better than wild type)."""
-    model.eval()
     device = next(model.parameters()).device
     wt_ids = torch.tensor(encode(wildtype), device=device)  # <cls> seq <eos>
     sites = sorted({m.pos for v in variants for m in v})
-    logp: dict[int, torch.Tensor] = {}
-    for start in tqdm(range(0, len(sites), batch_size), desc="masked marginals", disable=not progress):
-        chunk = sites[start : start + batch_size]
-        toks = wt_ids.repeat(len(chunk), 1)
-        rows = torch.arange(len(chunk), device=device)
-        cols = torch.tensor(chunk, device=device) + 1
-        toks[rows, cols] = MASK
-        lp = model(toks).float().log_softmax(-1)[rows, cols]  # (n, V)
-        for s, row in zip(chunk, lp):
-            logp[s] = row.cpu()
+    lp = masked_logprobs(model.eval(), wt_ids, torch.tensor(sites, dtype=torch.long, device=device) + 1, batch_size,
+                         progress).cpu()  # (n_sites, V); residue i sits at column i + 1
+    logp = dict(zip(sites, lp))
     aa = {c: encode(c, add_special=False)[0] for c in "ACDEFGHIKLMNPQRSTVWYXBZUO"}
     return [float(sum(logp[m.pos][aa[m.mt]] - logp[m.pos][aa[m.wt]] for m in v)) for v in variants]
 
 
-@torch.no_grad()
 def sequence_log_likelihoods(model: Transformer, sequences: list[str], batch_size: int = 8,
                              progress: bool = True) -> list[float]:
     """Causal log p(sequence) summed over residues and the closing <eos> (the <cls> start is given)."""
-    model.eval()
-    device = next(model.parameters()).device
-    out: list[float] = []
-    for start in tqdm(range(0, len(sequences), batch_size), desc="log-likelihoods", disable=not progress):
-        chunk = [encode(s) for s in sequences[start : start + batch_size]]
-        width = max(map(len, chunk))
-        toks = torch.full((len(chunk), width), PAD, device=device)
-        for i, t in enumerate(chunk):
-            toks[i, : len(t)] = torch.tensor(t)
-        lp = model(toks, causal=True).float().log_softmax(-1)[:, :-1]
-        nxt = toks[:, 1:]
-        tok_lp = lp.gather(-1, nxt.unsqueeze(-1)).squeeze(-1)
-        tok_lp = tok_lp.masked_fill(nxt == PAD, 0.0)
-        out.extend(tok_lp.sum(-1).tolist())
-    return out
+    return [lp for lp, _ in sequence_logprobs(model, sequences, batch_size, progress=progress)]
 
 
 def clm_llr_scores(model: Transformer, wildtype: str, variants: list[list[Mutation]], batch_size: int = 8,

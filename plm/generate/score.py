@@ -115,7 +115,7 @@ def score(fasta: str | Path, out: str | Path, opts: ScoreOptions | None = None) 
         missing["novelty"] = "--reference FASTA"
 
     if opts.clm:
-        from plm.generate.likelihood import sequence_logprobs
+        from plm.model.likelihood import sequence_logprobs
 
         for r, (lp, n) in zip(rows, sequence_logprobs(plm.load(opts.clm), seqs, device=opts.device)):
             r["clm_perplexity"] = math.exp(-lp / n)
@@ -124,7 +124,7 @@ def score(fasta: str | Path, out: str | Path, opts: ScoreOptions | None = None) 
         missing["CLM perplexity"] = "--clm CHECKPOINT"
 
     if opts.mlm:
-        from plm.generate.likelihood import pseudo_logprobs
+        from plm.model.likelihood import pseudo_logprobs
 
         for r, (lp, n) in zip(rows, pseudo_logprobs(plm.load(opts.mlm), seqs, device=opts.device)):
             r["mlm_pseudo_perplexity"] = math.exp(-lp / n)
