@@ -14,6 +14,7 @@ from plm.identity.cli import main as data_main
 from plm.identity.cluster import cluster
 from plm.identity.decontaminate import EXCLUDE_FILE, decontaminate, read_exclusions
 from plm.identity.mmseqs import ENV_VAR, MMseqsNotFoundError, find_mmseqs, require_mmseqs
+from plm.identity.pairwise import identity
 from plm.identity.search import Fallback, exact_hits, resolve_backend
 from plm.identity.seqio import SeqRecord, read_sequences, read_train, store_splits, tokens_to_str
 from plm.identity.split import bin_names, parse_bins, split_by_identity
@@ -36,13 +37,15 @@ def proteins(uniprot_fasta) -> list[SeqRecord]:
     return [r for r in read_train(uniprot_fasta) if 150 <= len(r.seq) <= 400][:40]
 
 
-def test_pair_identity_exact_substring_and_mutants(proteins):
+def test_fallback_reports_the_one_identity_on_substrings_and_mutants(proteins):
     a, b = proteins[0].seq, proteins[1].seq
-    assert fallback.pair_identity(a, a) == 1.0
-    assert fallback.pair_identity(a[20:90], a) == 1.0  # contained: a local alignment is 100% identical
-    for p in (0.95, 0.8):
-        assert fallback.pair_identity(mutate(a, p), a) == pytest.approx(p, abs=0.08)
-    assert fallback.pair_identity(a, b) < 0.5  # unrelated real proteins
+    queries = [SeqRecord("same", a), SeqRecord("part", a[20:90]), SeqRecord("m95", mutate(a, 0.95)),
+               SeqRecord("m80", mutate(a, 0.8))]
+    hits = fallback.best_hits(queries, [SeqRecord("a", a)])
+    assert hits[0].identity == 1.0 and hits[1].identity == 1.0  # contained: every residue aligns identically
+    assert hits[2].identity == pytest.approx(0.95, abs=0.01) and hits[3].identity == pytest.approx(0.8, abs=0.01)
+    assert all(hits[i].identity == identity(q.seq, a) for i, q in enumerate(queries))
+    assert fallback.best_hits([SeqRecord("b", b)], [SeqRecord("a", a)])[0].identity < 0.5  # unrelated proteins
 
 
 def test_best_hits_and_greedy_clusters(proteins):

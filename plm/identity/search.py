@@ -39,8 +39,8 @@ def add_backend_args(parser: argparse.ArgumentParser) -> None:
     """The flags every identity command shares."""
     g = parser.add_argument_group("identity backend")
     g.add_argument("--backend", choices=("auto", "mmseqs", "fallback"), default="auto",
-                   help="mmseqs: MMseqs2 (required for real data); fallback: approximate pure-Python k-mer "
-                        "identity for tiny inputs; auto: mmseqs if installed, else fallback with a warning")
+                   help="mmseqs: MMseqs2 (required for real data); fallback: approximate pure-Python search "
+                        "(k-mer prefilter + alignment) for tiny inputs; auto: mmseqs if installed, else fallback")
     g.add_argument("--mmseqs", default=None, help="path to the mmseqs executable (default: $PLM_MMSEQS, then PATH)")
     g.add_argument("--threads", type=int, default=1, help="mmseqs --threads (keep small on shared machines)")
     g.add_argument("--tmp-dir", default=None, help="parent directory for mmseqs temporary files (default: system temp)")
@@ -57,7 +57,7 @@ def resolve_backend(name: BackendName = "auto", executable: str | None = None, t
                     tmp_root: str | None = None, sensitivity: float = 5.7, progress: bool = True) -> Backend:
     if name == "fallback" or (name == "auto" and find_mmseqs(executable) is None):
         if name == "auto":
-            print("warning: mmseqs not found; using the APPROXIMATE k-mer fallback (tiny inputs only). "
+            print("warning: mmseqs not found; using the APPROXIMATE pure-Python fallback (tiny inputs only). "
                   "Install MMseqs2 with `apt-get install mmseqs2` for real results.", file=sys.stderr)
         return Fallback()
     return MMseqs(executable=executable, threads=threads, tmp_root=tmp_root, sensitivity=sensitivity,
