@@ -14,7 +14,6 @@ from plm.lit.language_model import LanguageModel
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_CONFIGS = sorted((REPO / "configs" / "train").glob("*.yaml"))
-MODEL_CONFIGS = sorted((REPO / "configs" / "model").glob("*.yaml"))
 
 
 class _ParseOnly(PlmCLI):
@@ -30,12 +29,23 @@ def test_every_train_config_instantiates(config, tmp_path):
     assert cli.model.hparams.total_steps == cli.trainer.max_steps  # linked, never duplicated
 
 
-@pytest.mark.parametrize("config", MODEL_CONFIGS, ids=lambda p: p.name)
-def test_every_size_config_parses(config):
+@pytest.mark.parametrize("size", ["8m", "650m", "1b", "10b"])
+def test_every_size_plan_parses_as_a_gpu_fit_config(size):
+    from plm.model.config import SIZES
+    from plm.scaling.recipe import Layout, overrides_as_args, plan_for_size
+
+    plan = plan_for_size(size, "transfer", Layout(devices=8, num_nodes=2))
+    args = overrides_as_args(plan.fit_overrides(gpu=True))
     cli = _ParseOnly(LanguageModel, ProteinDataModule, subclass_mode_model=True, run=False,
-                     args=["--config", str(REPO / "configs/train/mlm.yaml"), "--config", str(config)],
+                     args=["--config", str(REPO / "configs/train/transfer.yaml"), *args],
                      parser_kwargs={"parser_mode": "omegaconf"}, auto_configure_optimizers=False)
-    assert cli.config.model.init_args.size == config.stem
+    cfg = cli.config
+    assert cfg.model.init_args.size == size and cfg.trainer.max_steps == plan.steps
+    assert cfg.trainer.accelerator == "gpu" and str(cfg.trainer.devices) == "8" and cfg.trainer.num_nodes == 2
+    strategy = cfg.trainer.strategy
+    assert (strategy == "ddp") if SIZES[size].strategy == "ddp" else strategy.class_path == "plm.strategies.FSDP"
+    (callback,) = cfg.trainer.callbacks  # the plan's switch replaces the demo's 20% share
+    assert callback.init_args.switch_flops == pytest.approx(plan.clm_flops) and callback.init_args.clm_share is None
 
 
 def test_train_refuses_big_size_on_cpu_and_unknown_size(capsys):

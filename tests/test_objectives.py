@@ -1,6 +1,6 @@
 import torch
 
-from plm.lit.language_model import cosine_schedule
+from plm.lit.schedule import cosine_schedule
 from plm.lit.objectives import IGNORE, clm_labels, mlm_inputs
 from plm.tokenizer import CLS, EOS, MASK, PAD, STANDARD_AA_IDS
 

@@ -5,7 +5,8 @@ import pytest
 
 from plm.cli import main as plm_main
 from plm.scaling.laws import LAWS, transfer_split
-from plm.scaling.plan import choose_shape, generated_shape, make_plan
+from plm.scaling.plan import check_epochs
+from plm.scaling.recipe import choose_shape, generated_shape, plan_for_budget
 from tests.test_cli import _fit
 
 
@@ -32,7 +33,7 @@ def test_gpu_hours_budget_and_transfer_split(capsys):
     n, c_clm, c_mlm = transfer_split(plan["flops"])
     assert c_clm + c_mlm == pytest.approx(plan["flops"], rel=1e-6)
     assert LAWS["clm"].n_opt(c_clm) == pytest.approx(n, rel=1e-6) == LAWS["mlm"].n_opt(c_mlm)
-    # the CLM share grows with size (REFERENCE.md: ≈25% at 470M, ≈35% at 1.2B)
+    # the CLM share grows with size (docs/reference.md: ≈25% at 470M, ≈35% at 1.2B)
     shares = [transfer_split(c)[1] / c for c in (1e19, 1e21, 1e23)]
     assert shares == sorted(shares)
 
@@ -59,11 +60,12 @@ def test_manifest_epochs_warn_above_one(tmp_path):
     manifest = tmp_path / "manifest.json"
     manifest.write_text(json.dumps({"sources": {"a": {"train": {"records": 10, "residues": 1e6}},
                                                 "b": {"train": {"records": 10, "residues": 1e9}}}}))
+    plan = plan_for_budget(1e16, "mlm")
     with pytest.warns(UserWarning, match="source 'a' would be seen"):
-        plan = make_plan(1e16, "mlm", manifest=manifest, weights={"a": 0.5, "b": 0.5})
-    assert plan.epochs["a"] == pytest.approx(plan.tokens * 0.5 / 1e6)
+        epochs = check_epochs(plan, manifest, {"a": 0.5, "b": 0.5})
+    assert epochs["a"] == pytest.approx(plan.tokens * 0.5 / 1e6)
     with pytest.raises(ValueError, match="not a `plm data prepare` manifest"):
-        make_plan(1e16, "mlm", manifest=tmp_path / "missing.json")
+        check_epochs(plan, tmp_path / "missing.json", None)
 
 
 @pytest.mark.parametrize("objective", ["mlm", "transfer"])

@@ -49,13 +49,12 @@ def matmul_peak(dtype: torch.dtype = torch.bfloat16, device: str = "cpu", sizes:
 
 
 def datasheet_peak() -> float | None:
-    """Dense bf16 peak of the current GPU from plm.scaling.plan's table, None if unknown or no GPU."""
+    """Dense bf16 peak of the current GPU (plm.hardware's table), None if unknown or no GPU."""
     if not torch.cuda.is_available():
         return None
-    from plm.scaling.plan import GPU_PEAK_BF16
+    from plm.hardware import gpu_peak_bf16
 
-    name = torch.cuda.get_device_name().lower()
-    return next((peak for gpu, peak in GPU_PEAK_BF16.items() if gpu in name), None)
+    return gpu_peak_bf16(torch.cuda.get_device_name())
 
 
 class Throughput(pl.Callback):

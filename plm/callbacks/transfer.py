@@ -1,4 +1,4 @@
-"""CLM → MLM transfer in one run (Cheng et al. 2024, §"CLM → MLM transfer"; REFERENCE.md).
+"""CLM → MLM transfer in one run (Cheng et al. 2024, §"CLM → MLM transfer"; docs/reference.md).
 
 The run starts as a causal LM; once the FLOPs spent reach the CLM budget the callback switches the same
 module to the masked objective: backbone weights carry over untouched, attention becomes bidirectional
@@ -7,9 +7,10 @@ optimizer and LR schedule restart from zero (fresh AdamW state, fresh warm-up + 
 that remain). The LM head is carried over from the CLM by default (same vocabulary and shape; the paper
 does not re-initialise it); ``head_init="random"`` re-initialises it instead.
 
-Budget: by default C_CLM(N) = (N / 1.26e-3)^(1 / 0.578) for this model's non-embedding N (the released
-runs give each stage its compute-optimal budget for the shared size), or ``clm_share`` of the run's
-planned compute, or an explicit ``switch_flops``.
+Budget: by default the CLM law's compute-optimal budget C_CLM(N) for this model's non-embedding N (the
+released runs give each stage its compute-optimal budget for the shared size; ``plm train`` and
+``plm plan`` pass the same value as ``switch_flops`` from the one recipe, :mod:`plm.scaling.recipe`),
+or ``clm_share`` of the run's planned compute, or an explicit ``switch_flops``.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-CLM_LAW = (1.26e-3, 0.578)  # N_opt = A · C^a for CLM (REFERENCE.md)
+from plm.scaling.laws import compute_optimal_flops
 
 
 def clm_budget(n_non_embedding: float) -> float:
-    a, exponent = CLM_LAW
-    return (n_non_embedding / a) ** (1.0 / exponent)
+    """The CLM stage's default budget: the compute at which N is the CLM law's optimum."""
+    return compute_optimal_flops(n_non_embedding, "clm")
 
 
 class CLMToMLMTransfer(pl.Callback):

@@ -15,17 +15,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from plm.lit.objectives import IGNORE, Objective, clm_labels, mlm_inputs
+from plm.lit.schedule import MIN_LR_RATIO, WARMUP_FRACTION, cosine_schedule, warmup_steps
 from plm.model.config import SIZES, ModelConfig, config_for
 from plm.model.transformer import Transformer
 from plm.utils.hashing import mix64
-
-
-def cosine_schedule(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
-    """LR multiplier: linear warm-up to 1, cosine down to ``min_ratio`` exactly at ``total_steps``."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 class LanguageModel(pl.LightningModule):
@@ -38,8 +31,8 @@ class LanguageModel(pl.LightningModule):
         size: str = "tiny",
         arch: dict[str, Any] | None = None,
         lr: float | None = None,
-        min_lr_ratio: float = 0.1,
-        warmup_fraction: float = 0.025,
+        min_lr_ratio: float = MIN_LR_RATIO,
+        warmup_fraction: float = WARMUP_FRACTION,
         weight_decay: float = 0.1,
         betas: tuple[float, float] = (0.9, 0.95),
         total_steps: int = 1000,
@@ -186,22 +179,31 @@ class LanguageModel(pl.LightningModule):
             foreach=True,
         )
         total = max(1, self.hparams.total_steps - self.stage_start_step)
-        warmup = max(1, round(self.hparams.warmup_fraction * total))
+        warmup = warmup_steps(total, self.hparams.warmup_fraction)
         ratio = self.hparams.min_lr_ratio
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_schedule(s, total, warmup, ratio))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
 
     # ---- checkpoint contents --------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["plm_model_config"] = self.config.to_dict()
-        checkpoint["plm_objective"] = self.objective
-        checkpoint["plm_tokens_seen"] = self.tokens_seen
+        """The checkpoint record (plm.model.record) as of now: after a CLM→MLM switch it says MLM."""
+        from plm.model.record import RECORD_KEY, record_dict
+
+        record = record_dict(self.config, self.objective, self.global_step, self.tokens_seen)
+        checkpoint[RECORD_KEY] = record
+        # the same values under the keys older plm versions read (never a second source: copied from record)
+        checkpoint["plm_model_config"] = record["model"]
+        checkpoint["plm_objective"] = record["objective"]
+        checkpoint["plm_tokens_seen"] = record["tokens_seen"]
         checkpoint["plm_stage_start_step"] = self.stage_start_step
         checkpoint["plm_stage_start_tokens"] = self.stage_start_tokens
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.objective = checkpoint.get("plm_objective", self.objective)
-        self.tokens_seen = int(checkpoint.get("plm_tokens_seen", 0))
+        from plm.model.record import stored_record
+
+        record = stored_record(checkpoint)
+        self.objective = record.get("objective") or self.objective
+        self.tokens_seen = int(record.get("tokens_seen") or 0)
         self.stage_start_step = int(checkpoint.get("plm_stage_start_step", 0))
         self.stage_start_tokens = int(checkpoint.get("plm_stage_start_tokens", 0))
 

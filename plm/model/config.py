@@ -1,6 +1,6 @@
 """Model configuration, the size ladder as data, and exact parameter / FLOP counts.
 
-Counts follow Cheng et al. 2024 (REFERENCE.md): N is the *non-embedding* parameter count (token
+Counts follow Cheng et al. 2024 (docs/reference.md): N is the *non-embedding* parameter count (token
 embedding and output projection excluded), training compute C = 6·N·D. Attention FLOPs are excluded
 from C (as in the fits) and included in ``flops_per_token(..., attention=True)`` for MFU.
 """
@@ -140,42 +140,62 @@ class ModelConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
+Strategy = Literal["ddp", "fsdp"]
+
+#: tokens per optimizer step: ≈0.5M (512 × 1024) below 1B non-embedding parameters, ≈1M from 1B
+#: (docs/reference.md, "Architecture and training")
+HALF_M_TOKENS, ONE_M_TOKENS = 512 * 1024, 1024 * 1024
+#: from this many non-embedding parameters a run uses the 1M-token batch and shards its state (FSDP)
+LARGE_MODEL_PARAMS = 1e9
+
+
+def batch_tokens_for(n_params_non_embedding: float) -> int:
+    """The papers' batch rule, for shapes that are not on the ladder."""
+    return ONE_M_TOKENS if n_params_non_embedding >= LARGE_MODEL_PARAMS else HALF_M_TOKENS
+
+
+def strategy_for(n_params_non_embedding: float) -> Strategy:
+    """Data parallel while weights, gradients and Adam state fit on one 40–80 GB GPU; sharded from 1B."""
+    return "fsdp" if n_params_non_embedding >= LARGE_MODEL_PARAMS else "ddp"
+
+
+def peak_lr_for(n_params_non_embedding: float) -> float:
+    """Peak LR by size (docs/reference.md, "Architecture and training") for shapes off the ladder."""
+    n = n_params_non_embedding
+    for limit, lr in ((60e6, 6e-4), (150e6, 5.5e-4), (300e6, 5e-4), (600e6, 4e-4), (950e6, 3.5e-4)):
+        if n <= limit:
+            return lr
+    return 3e-4
+
+
 @dataclass(frozen=True)
 class SizePreset:
-    """One rung of the ladder: shape plus the paper's peak LR and batch (tokens per optimizer step)."""
+    """One rung of the ladder: its shape and what differs between sizes in the recipe — the paper's peak
+    LR, the batch (tokens per optimizer step) and the GPU strategy. Everything else is shared."""
 
     n_layer: int
     n_embd: int
     n_head: int
     peak_lr: float
     batch_tokens: int
+    strategy: Strategy
     origin: str
 
 
-# Shapes, peak LRs and batch sizes from REFERENCE.md ("Size ladder", "Architecture and training").
-_HALF_M, _ONE_M = 512 * 1024, 1024 * 1024
+# Shapes, peak LRs and batch sizes: docs/reference.md ("Size ladder", "Architecture and training").
 SIZES: dict[str, SizePreset] = {
-    "tiny": SizePreset(2, 64, 4, 1e-3, 8 * 256, "test preset: trains in seconds on a CPU"),
-    "8m": SizePreset(6, 320, 20, 6e-4, _HALF_M, "ESM-2 8M"),
-    "35m": SizePreset(12, 480, 20, 6e-4, _HALF_M, "ESM-2 35M"),
-    "85m": SizePreset(12, 768, 12, 5.5e-4, _HALF_M, "paper grid"),
-    "150m": SizePreset(30, 640, 20, 5.5e-4, _HALF_M, "ESM-2 150M"),
-    "470m": SizePreset(24, 1280, 20, 4e-4, _HALF_M, "paper transfer runs (shape ≈)"),
-    "650m": SizePreset(33, 1280, 20, 4e-4, _HALF_M, "ESM-2 650M"),
-    "1b": SizePreset(24, 2048, 32, 3e-4, _ONE_M, "paper 1B (N ≈ 1.2B)"),
-    "3b": SizePreset(36, 2560, 40, 3e-4, _ONE_M, "ESM-2 3B"),
-    "7b": SizePreset(36, 4096, 32, 3e-4, _ONE_M, "paper CLM validation model (N ≈ 7.2B)"),
-    "10b": SizePreset(47, 4352, 34, 3e-4, _ONE_M, "paper MLM validation model (N ≈ 10.7B)"),
+    "tiny": SizePreset(2, 64, 4, 1e-3, 16 * 512, "ddp", "test and CPU-demo shape (the demo trains 900 steps in minutes)"),
+    "8m": SizePreset(6, 320, 20, 6e-4, HALF_M_TOKENS, "ddp", "ESM-2 8M"),
+    "35m": SizePreset(12, 480, 20, 6e-4, HALF_M_TOKENS, "ddp", "ESM-2 35M"),
+    "85m": SizePreset(12, 768, 12, 5.5e-4, HALF_M_TOKENS, "ddp", "paper grid"),
+    "150m": SizePreset(30, 640, 20, 5.5e-4, HALF_M_TOKENS, "ddp", "ESM-2 150M"),
+    "470m": SizePreset(24, 1280, 20, 4e-4, HALF_M_TOKENS, "ddp", "paper transfer runs (shape ≈)"),
+    "650m": SizePreset(33, 1280, 20, 4e-4, HALF_M_TOKENS, "ddp", "ESM-2 650M"),
+    "1b": SizePreset(24, 2048, 32, 3e-4, ONE_M_TOKENS, "fsdp", "paper 1B (N ≈ 1.2B)"),
+    "3b": SizePreset(36, 2560, 40, 3e-4, ONE_M_TOKENS, "fsdp", "ESM-2 3B"),
+    "7b": SizePreset(36, 4096, 32, 3e-4, ONE_M_TOKENS, "fsdp", "paper CLM validation model (N ≈ 7.2B)"),
+    "10b": SizePreset(47, 4352, 34, 3e-4, ONE_M_TOKENS, "fsdp", "paper MLM validation model (N ≈ 10.7B)"),
 }
-
-
-def peak_lr_for(n_params_non_embedding: float) -> float:
-    """Peak LR by size (REFERENCE.md) for shapes that are not on the ladder."""
-    n = n_params_non_embedding
-    for limit, lr in ((60e6, 6e-4), (150e6, 5.5e-4), (300e6, 5e-4), (600e6, 4e-4), (950e6, 3.5e-4)):
-        if n <= limit:
-            return lr
-    return 3e-4
 
 
 def config_for(size: str, **overrides: Any) -> ModelConfig:

@@ -1,4 +1,4 @@
-"""`plm fit-laws`: fit compute-optimal laws to the results of an IsoFLOP sweep (REFERENCE.md).
+"""`plm fit-laws`: fit compute-optimal laws to the results of an IsoFLOP sweep (docs/reference.md).
 
     plm fit-laws results.csv
     plm fit-laws sweeps/clm --json --plots sweeps/clm/plots
@@ -16,7 +16,6 @@ Method (Hoffmann et al. 2022, approaches 2 and 3, as used by Cheng et al. 2024):
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import sys
@@ -28,20 +27,11 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import logsumexp, softmax
 
-REQUIRED = ("objective", "flops", "n_params", "loss")
-NUMERIC = ("flops", "n_params", "tokens", "loss")
+from plm.scaling.results import Run, load_results
+
 MIN_SIZES_PER_BUDGET = 3  # a parabola needs three points
 MIN_BUDGETS = 2  # a power law needs two minima (three for a meaningful interval)
 HUBER_DELTA = 1e-3
-
-
-@dataclass
-class Run:
-    objective: str
-    flops: float
-    n_params: float
-    tokens: float
-    loss: float
 
 
 @dataclass
@@ -87,53 +77,6 @@ class ObjectiveFit:
     def to_json(self) -> dict:
         return {"n_opt": asdict(self.n_opt), "d_opt": asdict(self.d_opt), "parametric": self.parametric,
                 "minima": [asdict(m) for m in self.minima], "notes": self.notes}
-
-
-# ---- loading ------------------------------------------------------------------------------------
-def load_results(path: Path) -> list[Run]:
-    """Read a results CSV (or collect a sweep directory); every problem is reported in one message."""
-    path = Path(path)
-    if path.is_dir():
-        from plm.scaling.sweep import collect
-
-        return collect(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such results CSV or sweep directory")
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [c for c in REQUIRED if c not in header]
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; the header is {header or 'empty'} "
-                             f"and must contain {', '.join(REQUIRED)} (tokens optional: C / 6N)")
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
-    runs, problems = [], []
-    for line, row in enumerate(rows, start=2):
-        before = len(problems)
-        values: dict[str, float] = {}
-        for col in NUMERIC:
-            text = row.get(col, "")
-            if col == "tokens" and text == "":
-                continue
-            try:
-                value = float(text)
-            except ValueError:
-                problems.append(f"line {line}: {col}={text!r} is not a number")
-                continue
-            if not math.isfinite(value) or value <= 0:
-                problems.append(f"line {line}: {col}={text} must be a positive finite number")
-            values[col] = value
-        if not row.get("objective"):
-            problems.append(f"line {line}: objective is empty (use clm or mlm)")
-        if len(problems) == before:
-            tokens = values.get("tokens", values["flops"] / (6.0 * values["n_params"]))
-            runs.append(Run(row["objective"].lower(), values["flops"], values["n_params"], tokens, values["loss"]))
-    if problems:
-        shown = problems[:20] + ([f"… and {len(problems) - 20} more"] if len(problems) > 20 else [])
-        raise ValueError(f"{path}: {len(problems)} bad value(s):\n  " + "\n  ".join(shown))
-    if not runs:
-        raise ValueError(f"{path}: no result rows (only a header)")
-    return runs
 
 
 def check_design(runs: list[Run], source: str) -> None:

@@ -1,4 +1,7 @@
-"""Published compute-optimal laws as data, with provenance (REFERENCE.md).
+"""Published compute-optimal laws as data, with provenance (docs/reference.md, "Compute and scaling laws").
+
+The only place their coefficients live: the planner, ``plm train``, the sweep and the transfer callback
+all read them from here (through :mod:`plm.scaling.recipe`).
 
 Cheng et al. 2024, "Training Compute-Optimal Protein Language Models" (arXiv 2411.02142), fitted by
 IsoFLOP profiles on UniMeta200B: N_opt = A·C^a and D_opt = B·C^b with C = 6·N·D and N the
@@ -48,13 +51,28 @@ def law(objective: str) -> ComputeOptimalLaw:
     return LAWS[objective]
 
 
+def compute_optimal_flops(n_non_embedding: float, objective: str) -> float:
+    """The budget at which ``n_non_embedding`` is the law's optimum: C(N) = (N / A)^(1/a).
+
+    For ``transfer`` the released runs give each stage its own compute-optimal budget for the shared
+    size, so the whole run costs C_CLM(N) + C_MLM(N)."""
+    if objective == "transfer":
+        return LAWS["clm"].n_opt.inverse(n_non_embedding) + LAWS["mlm"].n_opt.inverse(n_non_embedding)
+    return law(objective).n_opt.inverse(n_non_embedding)
+
+
+def clm_share_of_transfer(n_non_embedding: float) -> float:
+    """Share of a transfer run's compute spent in the CLM stage for size N: C_CLM(N) / (C_CLM + C_MLM)."""
+    clm = LAWS["clm"].n_opt.inverse(n_non_embedding)
+    return clm / (clm + LAWS["mlm"].n_opt.inverse(n_non_embedding))
+
+
 def transfer_split(flops: float) -> tuple[float, float, float]:
     """CLM→MLM transfer: the shared size N whose compute-optimal budgets C_CLM(N) + C_MLM(N) add up to
     ``flops`` (the released runs' recipe); returns (N, C_CLM, C_MLM). Solved by bisection in log N."""
     lo, hi = 1e3, 1e13
     for _ in range(200):
         mid = math.sqrt(lo * hi)
-        total = LAWS["clm"].n_opt.inverse(mid) + LAWS["mlm"].n_opt.inverse(mid)
-        lo, hi = (mid, hi) if total < flops else (lo, mid)
+        lo, hi = (mid, hi) if compute_optimal_flops(mid, "transfer") < flops else (lo, mid)
     n = math.sqrt(lo * hi)
     return n, LAWS["clm"].n_opt.inverse(n), LAWS["mlm"].n_opt.inverse(n)

@@ -10,76 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import warnings
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from plm.model.config import SIZES, ModelConfig, config_for, peak_lr_for
-from plm.scaling.laws import law, transfer_split
-
-#: dense bf16 tensor-core peaks (FLOP/s) from vendor data sheets, without sparsity
-GPU_PEAK_BF16 = {
-    "v100": 125e12,  # fp16 tensor cores (no bf16 on V100)
-    "a10g": 125e12,
-    "a100": 312e12,
-    "l40s": 362e12,
-    "h100": 989e12,  # SXM
-    "h200": 989e12,
-    "b200": 2250e12,
-    "mi250x": 383e12,
-    "mi300x": 1307e12,
-}
-LADDER_TOLERANCE = 1.15  # use a ladder size when it is within this factor of N_opt
-
-
-@dataclass
-class Plan:
-    objective: str
-    flops: float
-    n_params: float  # non-embedding N of the chosen shape
-    n_opt: float  # N the law asks for
-    tokens: float
-    layers: int
-    hidden: int
-    heads: int
-    size: str | None  # ladder name, or None for a generated shape
-    batch_tokens: int
-    steps: int
-    warmup_steps: int
-    peak_lr: float
-    clm_flops: float | None = None
-    mlm_flops: float | None = None
-    expected_loss: float | None = None
-    epochs: dict[str, float] | None = None
-    law_source: str = "published: Cheng et al. 2024"
-
-
-def generated_shape(n_target: float) -> tuple[int, int, int]:
-    """Layers × hidden × heads with N ≈ 12·L·h², hidden a multiple of 64, head size 64 (128 from 2048
-    hidden when it divides) and an aspect ratio h/L near the ESM-2 / paper ladder (≈ 20–100)."""
-    best, best_score = (2, 64, 1), float("inf")
-    for layers in range(2, 129):
-        hidden = max(64, round(math.sqrt(n_target / (12 * layers)) / 64) * 64)
-        aspect = hidden / layers
-        if not 16 <= aspect <= 128:
-            continue
-        score = abs(math.log(12 * layers * hidden**2 / n_target)) + 0.05 * abs(math.log(aspect / 48))
-        if score < best_score:
-            head = 128 if hidden >= 2048 and hidden % 128 == 0 else 64  # 128-dim heads only where they divide
-            best, best_score = (layers, hidden, hidden // head), score
-    return best
-
-
-def choose_shape(n_target: float) -> tuple[str | None, ModelConfig]:
-    name = min((s for s in SIZES if s != "tiny"), key=lambda s: abs(math.log(config_for(s).n_params_non_embedding() / n_target)))
-    cfg = config_for(name)
-    if abs(math.log(cfg.n_params_non_embedding() / n_target)) <= math.log(LADDER_TOLERANCE):
-        return name, cfg
-    layers, hidden, heads = generated_shape(n_target)
-    return None, ModelConfig(n_layer=layers, n_embd=hidden, n_head=heads, name="planned")
+from plm.hardware import GPU_PEAK_BF16
+from plm.scaling.recipe import OBJECTIVES, Layout, RunPlan, fit_config, plan_for_budget
+from plm.utils.atomic import atomic_write_text
 
 
 def epochs_per_source(tokens: float, manifest: Path, weights: dict[str, float] | None) -> dict[str, float]:
@@ -112,72 +50,31 @@ def load_fitted_law(path: Path, objective: str) -> dict[str, Any]:
     return entry
 
 
-def make_plan(flops: float, objective: str, row_len: int = 1024, manifest: Path | None = None,
-              weights: dict[str, float] | None = None, fitted: dict[str, Any] | None = None,
-              fitted_source: str = "fitted") -> Plan:
-    """The plan for one budget; ``fitted`` (an objective's `plm fit-laws --json` entry) replaces the published
-    N_opt law and, through its parametric L(N, D), gives the expected loss."""
-    if not flops > 0 or not math.isfinite(flops):
-        raise ValueError(f"--flops must be a positive number, got {flops}")
-    clm_c = mlm_c = None
-    if objective == "transfer":
-        n_opt, clm_c, mlm_c = transfer_split(flops)
-    elif fitted is not None:
-        n_opt = float(fitted["n_opt"]["coef"]) * flops ** float(fitted["n_opt"]["exponent"])
-    else:
-        n_opt = law(objective).n_opt(flops)
-    size, cfg = choose_shape(n_opt)
-    n = cfg.n_params_non_embedding()
-    tokens = flops / (6.0 * n)  # spend the whole budget on the chosen shape
-    batch = (512 if n < 1e9 else 1024) * row_len
-    steps = max(1, math.ceil(tokens / batch))
-    lr = SIZES[size].peak_lr if size else peak_lr_for(n)
-    plan = Plan(objective, flops, n, n_opt, tokens, cfg.n_layer, cfg.n_embd, cfg.n_head, size, batch, steps,
-                max(1, round(0.025 * steps)), lr, clm_c, mlm_c)
-    if fitted is not None:
-        plan.law_source = fitted_source
-        q = fitted.get("parametric")
-        if q:
-            plan.expected_loss = q["E"] + q["A"] / n ** q["alpha"] + q["B"] / tokens ** q["beta"]
-    if manifest is not None:
-        plan.epochs = epochs_per_source(tokens, manifest, weights)
-        for name, e in plan.epochs.items():
-            if e > 1:
-                warnings.warn(f"source {name!r} would be seen {e:.2f} times: repeated data hurts (REFERENCE.md); "
-                              "add data or lower its weight", stacklevel=2)
-    return plan
+def expected_loss(plan: RunPlan, fitted: dict[str, Any] | None) -> float | None:
+    """L(N, D) of a fitted parametric law (the published fits fix the allocation, not the loss level)."""
+    q = (fitted or {}).get("parametric")
+    if not q:
+        return None
+    return q["E"] + q["A"] / plan.n_params ** q["alpha"] + q["B"] / plan.tokens ** q["beta"]
 
 
-def write_config(plan: Plan, path: Path, row_len: int, rows_per_device: int, devices: int, num_nodes: int) -> None:
+def check_epochs(plan: RunPlan, manifest: Path, weights: dict[str, float] | None) -> dict[str, float]:
+    epochs = epochs_per_source(plan.tokens, manifest, weights)
+    for name, e in epochs.items():
+        if e > 1:
+            warnings.warn(f"source {name!r} would be seen {e:.2f} times: repeated data hurts (docs/reference.md, "
+                          "\"Data\"); add data or lower its weight", stacklevel=2)
+    return epochs
+
+
+def write_config(plan: RunPlan, path: Path) -> None:
     """A LightningCLI config `plm fit --config PATH` runs as is; its schedule ends exactly at the budget."""
     import yaml
 
-    per_step_rows = max(1, plan.batch_tokens // row_len)
-    accumulate = max(1, math.ceil(per_step_rows / (rows_per_device * devices * num_nodes)))
-    step_tokens = accumulate * rows_per_device * devices * num_nodes * row_len
-    steps = max(1, math.ceil(plan.tokens / step_tokens))
-    init: dict[str, Any] = {"size": plan.size or "tiny", "lr": plan.peak_lr}
-    if plan.size is None:
-        init["arch"] = {"n_layer": plan.layers, "n_embd": plan.hidden, "n_head": plan.heads}
-    cls = "plm.lit.CausalLM" if plan.objective in ("clm", "transfer") else "plm.lit.MaskedLM"
-    trainer: dict[str, Any] = {
-        "max_steps": steps, "accumulate_grad_batches": accumulate, "devices": devices, "num_nodes": num_nodes,
-        "precision": "bf16-mixed", "gradient_clip_val": 1.0, "val_check_interval": min(steps, 1000) * accumulate,
-        "check_val_every_n_epoch": None, "num_sanity_val_steps": 0,
-    }
-    if plan.objective == "transfer":
-        trainer["callbacks"] = [{"class_path": "plm.callbacks.transfer.CLMToMLMTransfer",
-                                 "init_args": {"switch_flops": plan.clm_flops}}]
-    cfg = {
-        "seed_everything": 0,
-        "run_name": f"plan-{plan.objective}-{plan.flops:.0e}",
-        "model": {"class_path": cls, "init_args": init},
-        "data": {"row_len": row_len, "rows_per_batch": rows_per_device},
-        "trainer": trainer,
-    }
     header = (f"# plm plan: {plan.objective} at C = {plan.flops:.3g} FLOPs → N = {plan.n_params:.3g} non-embedding, "
-              f"D = {steps * step_tokens:.3g} tokens\n")
-    path.write_text(header + yaml.safe_dump(cfg, sort_keys=False))
+              f"D = {plan.train_tokens:.3g} tokens\n")
+    cfg = fit_config(plan, run_name=f"plan-{plan.objective}-{plan.flops:.0e}")
+    atomic_write_text(path, header + yaml.safe_dump(cfg, sort_keys=False))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -187,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     budget.add_argument("--gpu-hours", type=float, help="GPU-hours (with --gpu and --mfu)")
     p.add_argument("--gpu", default="a100", help=f"GPU for --gpu-hours: {', '.join(GPU_PEAK_BF16)}")
     p.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation to assume (0–1)")
-    p.add_argument("--objective", default="mlm", choices=["mlm", "clm", "transfer"], help="training objective")
+    p.add_argument("--objective", default="mlm", choices=OBJECTIVES, help="training objective")
     p.add_argument("--manifest", type=Path, help="DIR/manifest.json of `plm data prepare`: report epochs per source")
     p.add_argument("--weights", help="mixture weights name=w,… for --manifest (default: by residues)")
     p.add_argument("--row-len", type=int, default=1024, help="context length of packed rows")
@@ -218,34 +115,36 @@ def main(argv: list[str]) -> int:
         if args.weights:
             weights = {k: float(v) for k, v in (item.split("=", 1) for item in args.weights.split(","))}
         fitted = load_fitted_law(args.laws, args.objective) if args.laws else None
-        plan = make_plan(budget_from_args(args), args.objective, args.row_len, args.manifest, weights, fitted,
-                         f"fitted: {args.laws}")
+        layout = Layout(args.row_len, args.rows_per_device, args.devices, args.num_nodes)
+        plan = plan_for_budget(budget_from_args(args), args.objective, layout, fitted, f"fitted: {args.laws}")
+        epochs = check_epochs(plan, args.manifest, weights) if args.manifest is not None else None
     except ValueError as err:
         print(f"plm plan: {err}", file=sys.stderr)
         return 2
+    loss = expected_loss(plan, fitted)
     if args.write:
-        write_config(plan, args.write, args.row_len, args.rows_per_device, args.devices, args.num_nodes)
+        write_config(plan, args.write)
     if args.json:
-        print(json.dumps({**asdict(plan), "hidden": plan.hidden, "heads": plan.heads}))
+        print(json.dumps({**plan.to_json(), "expected_loss": loss, "epochs": epochs}))
         return 0
     shape = f"ladder size {plan.size}" if plan.size else "generated shape"
     lines = [
         f"objective {plan.objective}, compute C = {plan.flops:.3g} FLOPs",
         (f"  N_opt ({plan.law_source}) = {plan.n_opt:.3g} non-embedding parameters → {shape}: "
          f"{plan.layers} layers × {plan.hidden} hidden × {plan.heads} heads, N = {plan.n_params:.3g}"),
-        (f"  D = C / 6N = {plan.tokens:.3g} tokens; batch {plan.batch_tokens:,} tokens → {plan.steps:,} steps, "
-         f"warm-up {plan.warmup_steps:,}, peak LR {plan.peak_lr:g}, cosine to LR/10"),
-        (f"  expected loss: {plan.expected_loss:.4f} nats (parametric L(N, D) of {plan.law_source})"
-         if plan.expected_loss is not None else
+        (f"  D = C / 6N = {plan.tokens:.3g} tokens; batch {plan.step_tokens:,} tokens ({plan.accumulate} accumulation "
+         f"× {args.rows_per_device} rows × {layout.world} devices × {args.row_len}) → {plan.steps:,} steps, "
+         f"warm-up {plan.warmup_steps:,}, peak LR {plan.peak_lr:g}, cosine to LR/10; GPU strategy {plan.strategy}"),
+        (f"  expected loss: {loss:.4f} nats (parametric L(N, D) of {plan.law_source})" if loss is not None else
          "  expected loss: not given by the published fits (they fix the allocation, not the loss level; "
          "pass --laws from `plm fit-laws --json`)"),
     ]
     if plan.objective == "transfer":
-        total = plan.clm_flops + plan.mlm_flops
-        lines.append(f"  transfer split: CLM {plan.clm_flops:.3g} FLOPs ({plan.clm_flops / total:.0%}), "
-                     f"MLM {plan.mlm_flops:.3g} FLOPs ({plan.mlm_flops / total:.0%})")
-    if plan.epochs:
-        lines.append("  epochs per source: " + ", ".join(f"{k} {v:.2f}" for k, v in plan.epochs.items()))
+        lines.append(f"  transfer split: CLM {plan.clm_flops:.3g} FLOPs ({plan.clm_flops / plan.flops:.0%}), "
+                     f"MLM {plan.mlm_flops:.3g} FLOPs ({plan.mlm_flops / plan.flops:.0%})")
+    if epochs:
+        lines.append("  epochs per source: " + ", ".join(f"{k} {v:.2f}" for k, v in epochs.items()))
+    lines += [f"  note: {note}" for note in plan.notes]
     if args.write:
         lines.append(f"  wrote {args.write}: plm fit --config {args.write}")
     print("\n".join(lines))

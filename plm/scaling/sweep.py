@@ -15,7 +15,6 @@ verified checkpoint (``--ckpt_path last``).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -26,10 +25,10 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from plm.model.config import SIZES, ModelConfig, config_for, peak_lr_for
-from plm.scaling.fit import Run
+from plm.model.config import SIZES, ModelConfig, config_for
 from plm.scaling.laws import law
-from plm.scaling.plan import generated_shape
+from plm.scaling.recipe import Layout, fit_config, generated_shape, plan_for_size
+from plm.scaling.results import collect, is_finished
 
 AUTO_FACTORS = [2.0**k for k in range(-3, 4)]  # 7 sizes from N_opt/8 to 8·N_opt per budget
 
@@ -70,45 +69,42 @@ def parse_size(spec: str) -> ModelConfig:
 
 def auto_sizes(objective: str, flops: float) -> list[ModelConfig]:
     """Shapes spanning N_opt/8 … 8·N_opt of the published law at this budget (duplicates dropped)."""
-    n_opt = law("clm" if objective == "transfer" else objective).n_opt(flops)
+    n_opt = law(objective).n_opt(flops)
     shapes = {generated_shape(n_opt * f) for f in AUTO_FACTORS}
     return [ModelConfig(n_layer=l, n_embd=h, n_head=a, name=f"{l}x{h}x{a}") for l, h, a in sorted(shapes, key=lambda s: 12 * s[0] * s[1] ** 2)]
 
 
 def make_jobs(objective: str, budgets: list[float], sizes: str, out: Path, row_len: int, rows_per_batch: int,
               lr: float | None, min_steps: int) -> tuple[list[Job], list[str]]:
-    """One job per (budget, size); sizes with fewer than ``min_steps`` steps are dropped with a note."""
+    """One job per (budget, size), each planned by the one recipe on a fixed small batch of
+    ``row_len × rows_per_batch`` tokens; sizes with fewer than ``min_steps`` steps are dropped with a note."""
     jobs, notes = [], []
-    step_tokens = row_len * rows_per_batch
+    layout = Layout(row_len, rows_per_batch)
     for c in budgets:
         shapes = auto_sizes(objective, c) if sizes == "auto" else [parse_size(s) for s in sizes.split(",")]
         for cfg in shapes:
-            n = cfg.n_params_non_embedding()
-            steps = round(c / (6.0 * n) / step_tokens)
-            shape = f"{cfg.n_layer}x{cfg.n_embd}x{cfg.n_head}"
-            if steps < min_steps:
-                notes.append(f"skipped {shape} at C = {c:.3g}: only {steps} steps of {step_tokens} tokens "
-                             f"(< --min-steps {min_steps}); use smaller sizes or rows")
+            plan = plan_for_size(cfg, objective, layout, flops=c, batch_tokens=row_len * rows_per_batch, lr=lr)
+            if plan.steps < min_steps:
+                notes.append(f"skipped {plan.shape} at C = {c:.3g}: only {plan.steps} steps of {plan.step_tokens} "
+                             f"tokens (< --min-steps {min_steps}); use smaller sizes or rows")
                 continue
-            name = f"{objective}-C{c:.2e}-{shape}".replace("+", "")
-            jobs.append(Job(name, objective, c, n, cfg.n_layer, cfg.n_embd, cfg.n_head, steps, steps * step_tokens,
-                            lr if lr is not None else peak_lr_for(n), str(out / "configs" / f"{name}.yaml")))
+            name = f"{objective}-C{c:.2e}-{plan.shape}".replace("+", "")
+            jobs.append(Job(name, objective, c, plan.n_params, plan.layers, plan.hidden, plan.heads, plan.steps,
+                            plan.train_tokens, plan.peak_lr, str(out / "configs" / f"{name}.yaml")))
     return jobs, notes
 
 
 def job_config(job: Job, row_len: int, rows_per_batch: int, val_rows: int, precision: str, seed: int) -> dict:
-    """A LightningCLI config whose cosine schedule ends at max_steps = the budget's token count."""
-    cls = "plm.lit.CausalLM" if job.objective == "clm" else "plm.lit.MaskedLM"
-    return {
-        "seed_everything": seed,
-        "run_name": job.name,
-        "model": {"class_path": cls, "init_args": {
-            "size": "tiny", "lr": job.lr, "arch": {"n_layer": job.layers, "n_embd": job.hidden, "n_head": job.heads}}},
-        "data": {"row_len": row_len, "rows_per_batch": rows_per_batch, "val_rows": val_rows},
-        "trainer": {"max_steps": job.steps, "val_check_interval": job.steps, "check_val_every_n_epoch": None,
-                    "log_every_n_steps": max(1, job.steps // 20), "precision": precision, "gradient_clip_val": 1.0,
-                    "num_sanity_val_steps": 0, "enable_progress_bar": False},
-    }
+    """The recipe's config for the job, validated once at the end (its cosine ends at max_steps)."""
+    cfg = ModelConfig(n_layer=job.layers, n_embd=job.hidden, n_head=job.heads)
+    plan = plan_for_size(cfg, job.objective, Layout(row_len, rows_per_batch), flops=job.flops,
+                         batch_tokens=row_len * rows_per_batch, lr=job.lr)
+    config = fit_config(plan, run_name=job.name)
+    config["seed_everything"] = seed
+    config["data"]["val_rows"] = val_rows
+    config["trainer"].update(val_check_interval=job.steps, log_every_n_steps=max(1, job.steps // 20),
+                             precision=precision, enable_progress_bar=False)
+    return config
 
 
 def fit_command(job: Job, out: Path, base_configs: list[Path]) -> list[str]:
@@ -116,53 +112,6 @@ def fit_command(job: Job, out: Path, base_configs: list[Path]) -> list[str]:
     for base in base_configs:
         cmd += ["--config", str(base)]
     return cmd + ["--config", job.config, "--run_root", str(out / "runs"), "--run_name", job.name, "--ckpt_path", "last"]
-
-
-def is_finished(out: Path, name: str) -> bool:
-    return (out / "runs" / name / "final" / "model.safetensors").is_file()
-
-
-def final_val_loss(run: Path) -> float | None:
-    """The last logged val/loss of a run (csv/metrics.csv), or None when it has none."""
-    metrics = run / "csv" / "metrics.csv"
-    if not metrics.is_file():
-        return None
-    with metrics.open(newline="") as fh:
-        values = [row["val/loss"] for row in csv.DictReader(fh) if row.get("val/loss")]
-    return float(values[-1]) if values else None
-
-
-def collect(out: Path, write: bool = True) -> list[Run]:
-    """Results of the finished runs of a sweep directory (and ``results.csv`` written beside them)."""
-    out = Path(out)
-    manifest = out / "sweep.json"
-    if not manifest.is_file():
-        raise FileNotFoundError(f"{out}: no sweep.json; pass a results CSV or a `plm sweep --out` directory")
-    jobs = [Job(**j) for j in json.loads(manifest.read_text())["jobs"]]
-    runs, missing = [], []
-    for job in jobs:
-        run = out / "runs" / job.name
-        loss = final_val_loss(run) if is_finished(out, job.name) else None
-        if loss is None:
-            missing.append(job.name)
-            continue
-        exported = run / "final" / "config.json"
-        tokens = job.tokens  # real tokens seen (from the export) when recorded: padding excluded
-        if exported.is_file():
-            tokens = json.loads(exported.read_text()).get("tokens_seen") or job.tokens
-        runs.append(Run(job.objective, job.flops, float(job.n_params), float(tokens), loss))
-    if not runs:
-        raise ValueError(f"{out}: none of the {len(jobs)} runs has finished with a val/loss; run `plm sweep ... --run`")
-    if missing:
-        print(f"plm sweep: {len(missing)} of {len(jobs)} runs unfinished, left out: {', '.join(missing[:5])}"
-              + (" …" if len(missing) > 5 else ""), file=sys.stderr)
-    if write:
-        with (out / "results.csv").open("w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["objective", "flops", "n_params", "tokens", "loss"])
-            for r in runs:
-                w.writerow([r.objective, f"{r.flops:.6g}", int(r.n_params), int(r.tokens), f"{r.loss:.6f}"])
-    return runs
 
 
 def write_jobs(out: Path, jobs: list[Job], args: argparse.Namespace) -> None:
@@ -258,7 +207,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--row-len", type=int, default=1024, help="tokens per packed row")
     p.add_argument("--rows-per-batch", type=int, default=8, help="rows per optimizer step (tokens/step = row-len × this)")
     p.add_argument("--val-rows", type=int, default=64, help="held-out rows per source for the final val/loss")
-    p.add_argument("--lr", type=float, help="peak LR of every run (default: plm.model.config.peak_lr_for(N))")
+    p.add_argument("--lr", type=float, help="peak LR of every run (default: the recipe's peak LR for N)")
     p.add_argument("--precision", default="bf16-mixed", help="trainer precision (32-true on CPUs without bf16)")
     p.add_argument("--seed", type=int, default=0, help="seed_everything of every run")
     p.add_argument("--min-steps", type=int, default=20, help="drop (budget, size) pairs with fewer optimizer steps")
