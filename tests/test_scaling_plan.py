@@ -2,12 +2,13 @@ import json
 import math
 
 import pytest
+import yaml
 
 from plm.cli import main as plm_main
 from plm.scaling.laws import LAWS, transfer_split
 from plm.scaling.plan import check_epochs
 from plm.scaling.recipe import choose_shape, generated_shape, plan_for_budget
-from tests.test_cli import _fit
+from tests.test_cli import REPO, _fit
 
 
 def _json(capsys, *args):
@@ -96,3 +97,14 @@ def test_plan_with_fitted_laws_gives_expected_loss(tmp_path, capsys):
     laws.write_text("{not json")
     assert plm_main(["plan", "--flops", "1e20", "--objective", "clm", "--laws", str(laws)]) == 2
     assert "not readable JSON" in capsys.readouterr().err
+
+
+def test_written_config_trains_on_the_manifest_it_was_planned_for(tmp_path):
+    out = tmp_path / "prepared"
+    assert plm_main(["data", "prepare", "--source", f"uni={REPO / 'tests/fixtures/uniprot_tiny500.fasta.gz'}",
+                     "--out", str(out)]) == 0
+    cfg = tmp_path / "plan.yaml"
+    assert plm_main(["plan", "--flops", "1e12", "--manifest", str(out / "manifest.json"), "--weights", "uni=1",
+                     "--write", str(cfg)]) == 0
+    data = yaml.safe_load(cfg.read_text())["data"]
+    assert data["sources"] == {"uni": str((out / "uni").resolve())} and data["weights"] == {"uni": 1.0}

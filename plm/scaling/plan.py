@@ -67,13 +67,25 @@ def check_epochs(plan: RunPlan, manifest: Path, weights: dict[str, float] | None
     return epochs
 
 
-def write_config(plan: RunPlan, path: Path) -> None:
-    """A LightningCLI config `plm fit --config PATH` runs as is; its schedule ends exactly at the budget."""
+def manifest_sources(manifest: Path) -> dict[str, str]:
+    """``data.sources`` for the stores a `plm data prepare` manifest describes (each is DIR/<source>)."""
+    data = json.loads(manifest.read_text())
+    return {name: str((manifest.parent / name).resolve()) for name in data["sources"]}
+
+
+def write_config(plan: RunPlan, path: Path, manifest: Path | None = None,
+                 weights: dict[str, float] | None = None) -> None:
+    """A LightningCLI config `plm fit --config PATH` runs as is; its schedule ends exactly at the budget,
+    on the manifest's stores (and mixture weights) when the plan was made for them."""
     import yaml
 
     header = (f"# plm plan: {plan.objective} at C = {plan.flops:.3g} FLOPs → N = {plan.n_params:.3g} non-embedding, "
               f"D = {plan.train_tokens:.3g} tokens\n")
     cfg = fit_config(plan, run_name=f"plan-{plan.objective}-{plan.flops:.0e}")
+    if manifest is not None:
+        cfg["data"]["sources"] = manifest_sources(manifest)
+        if weights:
+            cfg["data"]["weights"] = weights
     atomic_write_text(path, header + yaml.safe_dump(cfg, sort_keys=False))
 
 
@@ -123,7 +135,7 @@ def main(argv: list[str]) -> int:
         return 2
     loss = expected_loss(plan, fitted)
     if args.write:
-        write_config(plan, args.write)
+        write_config(plan, args.write, args.manifest, weights)
     if args.json:
         print(json.dumps({**plan.to_json(), "expected_loss": loss, "epochs": epochs}))
         return 0
