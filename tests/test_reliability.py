@@ -3,9 +3,8 @@ safe loading and a full disk. Subprocess tests run the real ``plm fit`` on the t
 
 from __future__ import annotations
 
-import builtins
+import contextlib
 import csv
-import io
 import errno
 import os
 import random
@@ -37,6 +36,7 @@ from plm.reliability import (
 )
 from plm.reliability import checkpoint_io
 from plm.reliability.checkpoint_io import sidecar_path
+from plm.utils.atomic import atomic_file
 
 pytestmark = pytest.mark.reliability
 
@@ -293,24 +293,35 @@ def test_malicious_pickle_never_runs_for_plm_load_or_resume(tmp_path, uniprot_fa
 
 
 # ---- disk full -----------------------------------------------------------------------------------------------
-class _FullDisk(io.FileIO):
-    """A file on a disk that fills up after ``budget`` bytes."""
+class _FullDisk:
+    """The real file, on a disk that fills up after ``budget`` bytes."""
 
     budget = 50_000
 
+    def __init__(self, fh, path):
+        self.fh, self.path, self.written = fh, str(path), 0
+
     def write(self, data):
-        if self.tell() + len(data) > self.budget:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.name)
-        return super().write(data)
+        if self.written + len(data) > self.budget:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.path)
+        self.written += len(data)
+        return self.fh.write(data)
+
+    def __getattr__(self, name):  # flush, fileno, … of the real file
+        return getattr(self.fh, name)
+
+
+@contextlib.contextmanager
+def _atomic_file_on_full_disk(path, mode="wb", **kwargs):
+    with atomic_file(path, mode, **kwargs) as fh:
+        yield _FullDisk(fh, path) if "b" in mode else fh
 
 
 def test_disk_full_while_checkpointing_keeps_previous_state_and_rerun_completes(tmp_path, uniprot_fasta, monkeypatch):
     class FullAfterStep2(pl.Callback):
         def on_train_batch_start(self, trainer, pl_module, *a):
             if trainer.global_step == 2:  # the step-3 checkpoint hits a full disk part-way through
-                monkeypatch.setattr(checkpoint_io, "open",
-                                    lambda path, mode="r", *a, **k: _FullDisk(path, mode) if "b" in mode
-                                    else builtins.open(path, mode, *a, **k), raising=False)
+                monkeypatch.setattr(checkpoint_io, "atomic_file", _atomic_file_on_full_disk)
 
     with pytest.raises(CheckpointWriteError, match=r"step00000003\.ckpt: no space left on the device .* no partial file"):
         _fit_inprocess(tmp_path, uniprot_fasta, 5, [FullAfterStep2()])

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from plm.generate.sampling import Sample, SamplingConfig, generate
+from plm.utils.atomic import atomic_file
 
 
 def checkpoint_objective(path: str | os.PathLike) -> str | None:
@@ -20,11 +21,9 @@ def checkpoint_objective(path: str | os.PathLike) -> str | None:
 def write_fasta(samples: list[Sample], path: str | os.PathLike, header: str = "") -> Path:
     """One record per sample; the header carries how it ended and its perplexity under the CLM."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.writelines(f">sample_{i} length={len(s.sequence)} stop={s.stop} ppl={s.perplexity:.3f}{header}\n{s.sequence}\n" for i, s in enumerate(samples))
-    tmp.replace(path)
+    with atomic_file(path, "w") as fh:  # an interrupted run never leaves a truncated FASTA
+        fh.writelines(f">sample_{i} length={len(s.sequence)} stop={s.stop} ppl={s.perplexity:.3f}{header}\n"
+                      f"{s.sequence}\n" for i, s in enumerate(samples))
     return path
 
 

@@ -19,6 +19,8 @@ from typing import Literal
 
 import torch
 
+from plm.utils.atomic import atomic_write_text
+
 FoldDtype = Literal["fp32", "bf16"]
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 GET_WEIGHTS_HINT = ("download facebook/esmfold_v1 on a machine with internet, e.g. "
@@ -126,10 +128,8 @@ class PlddtScorer:
     def _save_cache(self) -> None:
         if not self.cache_path:
             return
-        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.cache_path.with_suffix(self.cache_path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self._cache, sort_keys=True))
-        tmp.replace(self.cache_path)  # atomic: an interrupted run never leaves half a cache
+        # atomic: an interrupted run never leaves half a cache (which would fail the next run's JSON read)
+        atomic_write_text(self.cache_path, json.dumps(self._cache, sort_keys=True))
 
     def _batches(self, seqs: list[str]) -> list[list[str]]:
         batches, current = [], []

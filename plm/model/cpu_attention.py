@@ -31,6 +31,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from plm.utils.atomic import atomic_write_bytes
+
 SOURCE = Path(__file__).parent / "kernels" / "cpu_attention.cpp"
 CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16")
 COMPILE_FLAGS = ("-O3", "-std=c++17", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma",
@@ -60,7 +62,8 @@ def cache_dir() -> Path:
 def build(source: Path = SOURCE, out_dir: Path | None = None) -> Path:
     """Compile ``source`` to a shared library named by the hash of its text and flags; reuse it if built.
 
-    Written to a temporary name and renamed, so concurrent ranks never load a half-written library.
+    Compiled in a private scratch directory and published with ``atomic_write_bytes``, so concurrent
+    ranks never load a half-written library and a failed build leaves nothing in the cache.
     Raises RuntimeError with the compiler's message if the build fails.
     """
     out_dir = out_dir or cache_dir()
@@ -68,21 +71,16 @@ def build(source: Path = SOURCE, out_dir: Path | None = None) -> Path:
     lib = out_dir / f"cpu_attention-{key}.so"
     if lib.exists():
         return lib
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".so.tmp")
-    os.close(fd)
-    try:
-        proc = subprocess.run(["g++", *COMPILE_FLAGS, "-o", tmp, str(source)], capture_output=True, text=True,
-                              check=False)
+    with tempfile.TemporaryDirectory(prefix="plm-kernel-") as scratch:
+        built = Path(scratch) / lib.name
+        try:
+            proc = subprocess.run(["g++", *COMPILE_FLAGS, "-o", str(built), str(source)], capture_output=True,
+                                  text=True, check=False)
+        except FileNotFoundError as e:
+            raise RuntimeError(f"no g++ to build {source} ({e})") from e
         if proc.returncode != 0:
             raise RuntimeError(f"g++ could not build {source}: {proc.stderr.strip()[-2000:]}")
-        os.replace(tmp, lib)
-    except FileNotFoundError as e:
-        raise RuntimeError(f"no g++ to build {source} ({e})") from e
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return lib
+        return atomic_write_bytes(lib, built.read_bytes())
 
 
 def _bind(path: Path) -> ctypes.CDLL:

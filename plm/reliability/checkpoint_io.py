@@ -1,15 +1,16 @@
 """Atomic, checksummed Lightning checkpoints and a resume path that skips broken ones.
 
-A checkpoint is written to a hidden temporary sibling, flushed and ``fsync``-ed, then renamed over
-the target, so a kill or a full disk never leaves a half-written ``last.ckpt`` behind: readers see
-the old file or the new one. Beside each checkpoint sits ``<name>.sha256`` (``sha256sum -c`` format),
-computed while writing; loading verifies it first, so a truncated or bit-rotted file is reported as
-such instead of failing deep inside ``torch.load``. Loading always uses ``weights_only=True`` (through
-``plm.model.io.read_lightning_checkpoint``): a checkpoint never runs code.
+A checkpoint is written with ``plm.utils.atomic.atomic_file`` (a hidden temporary sibling, flushed,
+``fsync``-ed, renamed over the target), so a kill or a full disk never leaves a half-written
+``last.ckpt`` behind: readers see the old file or the new one. Beside each checkpoint sits
+``<name>.sha256`` (``sha256sum -c`` format), computed while writing; loading verifies it first, so a
+truncated or bit-rotted file is reported as such instead of failing deep inside ``torch.load``. Loading
+always uses ``weights_only=True`` (through ``plm.model.io.read_lightning_checkpoint``): a checkpoint
+never runs code.
 
-The checkpoint is renamed before its checksum, so a kill between the two renames leaves a new
-checkpoint with the old checksum: it is then treated as corrupt and the previous one is used — the
-safe direction.
+Both files are complete on disk before either is renamed, and the checkpoint is renamed before its
+checksum, so a kill between the two renames leaves a new checkpoint with the old checksum: it is then
+treated as corrupt and the previous one is used — the safe direction.
 """
 
 from __future__ import annotations
@@ -19,18 +20,18 @@ import hashlib
 import os
 import re
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-import torch
-
 from plm.model.io import CheckpointError, read_lightning_checkpoint
+from plm.utils.atomic import atomic_file, remove_stale_temporaries
 
 SIDECAR_SUFFIX = ".sha256"
-TMP_MARK = ".tmp-"
 _CHUNK = 1 << 22
 #: errors that mean "out of space": a full disk or an exhausted quota
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
@@ -66,19 +67,6 @@ class _HashingWriter:
         self.fh.flush()
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. platforms without directory fds: the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _no_space_cause(err: BaseException) -> BaseException:
     """The ENOSPC/EDQUOT error behind ``err`` if any (torch re-raises write errors as RuntimeError)."""
     seen: BaseException | None = err
@@ -96,28 +84,19 @@ def write_checkpoint_atomic(path: str | os.PathLike, write: Callable[[Any], None
     a full disk raises ``CheckpointWriteError`` saying so.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
-    side_tmp = path.with_name(f".{path.name}{SIDECAR_SUFFIX}{TMP_MARK}{os.getpid()}")
     writer: _HashingWriter | None = None
     try:
-        with open(tmp, "wb") as fh:
+        # Nested so that the inner (checkpoint) rename happens first, and only once the checksum is on disk
+        # too: a failure anywhere before the renames leaves both old files and removes both temporaries.
+        with atomic_file(sidecar_path(path), "w") as side, atomic_file(path, "wb") as fh:
             writer = _HashingWriter(fh)
             write(writer)
-            fh.flush()
-            os.fsync(fh.fileno())
-        digest = writer.sha.hexdigest()
-        with open(side_tmp, "w") as fh:
-            fh.write(f"{digest}  {path.name}\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        os.replace(side_tmp, sidecar_path(path))
-        _fsync_dir(path.parent)
+            digest = writer.sha.hexdigest()
+            side.write(f"{digest}  {path.name}\n")
+            side.flush()
+            os.fsync(side.fileno())
         return digest
     except BaseException as err:
-        for p in (tmp, side_tmp):
-            p.unlink(missing_ok=True)
         cause = writer.error if writer is not None and writer.error is not None else _no_space_cause(err)
         if isinstance(cause, OSError) and cause.errno in _NO_SPACE:
             previous = f"the previous {path.name} is intact" if path.exists() else f"no earlier {path.name} existed"
@@ -188,14 +167,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def remove_checkpoint(self, path: Any) -> None:
         super().remove_checkpoint(path)
         sidecar_path(path).unlink(missing_ok=True)
-
-
-def remove_stale_temporaries(ckpt_dir: Path) -> list[Path]:
-    """Delete temporaries left by a process killed mid-write (they are never valid checkpoints)."""
-    stale = [p for p in ckpt_dir.glob(f".*{TMP_MARK}*") if p.is_file()]
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return stale
 
 
 def resume_candidates(ckpt_dir: Path) -> list[Path]:
