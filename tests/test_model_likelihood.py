@@ -38,7 +38,8 @@ def test_pseudo_logprob_masks_one_residue_at_a_time():
             expected += float(model(row[None], causal=False).float().log_softmax(-1)[0, i, ids[i]])
     (lp, n), = pseudo_logprobs(model, [seq], rows_per_batch=4)  # 4 masked copies per forward
     assert n == len(seq) and lp == pytest.approx(expected, abs=1e-4)
-    assert masked_logprobs(model, ids, torch.tensor([], dtype=torch.long)).shape == (0, model.config.vocab_size)
+    no_columns = torch.tensor([], dtype=torch.long)
+    assert masked_logprobs(model, ids, no_columns).shape == (0, model.config.vocab_size)
 
 
 def test_unknown_letters_are_an_error_naming_the_sequence_unless_mapped_to_x():

@@ -6,7 +6,7 @@ from plm.utils.hashing import mix64
 
 
 def test_mix64_of_zero_is_splitmix64s_first_output():
-    # SplitMix64 seeded with 0 (Steele et al. 2014; Vigna's reference splitmix64.c) first returns 0xE220A8397B1DCDAF
+    # SplitMix64 seeded with 0 (Steele et al. 2014; Vigna's splitmix64.c) first returns 0xE220A8397B1DCDAF
     assert int(mix64(0)) == 0xE220A8397B1DCDAF
 
 

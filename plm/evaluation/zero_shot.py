@@ -70,8 +70,8 @@ def masked_marginal_scores(model: Transformer, wildtype: str, variants: list[lis
     device = next(model.parameters()).device
     wt_ids = torch.tensor(encode(wildtype), device=device)  # <cls> seq <eos>
     sites = sorted({m.pos for v in variants for m in v})
-    lp = masked_logprobs(model.eval(), wt_ids, torch.tensor(sites, dtype=torch.long, device=device) + 1, batch_size,
-                         progress).cpu()  # (n_sites, V); residue i sits at column i + 1
+    columns = torch.tensor(sites, dtype=torch.long, device=device) + 1  # residue i sits at column i + 1
+    lp = masked_logprobs(model.eval(), wt_ids, columns, batch_size, progress).cpu()  # (n_sites, V)
     logp = dict(zip(sites, lp))
     aa = {c: encode(c, add_special=False)[0] for c in "ACDEFGHIKLMNPQRSTVWYXBZUO"}
     return [float(sum(logp[m.pos][aa[m.mt]] - logp[m.pos][aa[m.wt]] for m in v)) for v in variants]

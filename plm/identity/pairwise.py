@@ -97,7 +97,8 @@ class KmerIndex:
         return best, best_ref
 
 
-def greedy_clusters(seqs: Sequence[str], min_identity: float, top: int | None = None, k: int = KMER) -> list[int]:
+def greedy_clusters(seqs: Sequence[str], min_identity: float, top: int | None = None,
+                    k: int = KMER) -> list[int]:
     """The representative (an index into ``seqs``) of each sequence, CD-HIT's greedy incremental scheme.
 
     Longest first, each sequence joins the earliest-founded representative it reaches ``min_identity``

@@ -29,7 +29,7 @@ def _on_device(model: Transformer, device: str | torch.device | None) -> tuple[T
 
 
 def _token_ids(seq: str, index: int, on_unknown: OnUnknown) -> list[int]:
-    """``<cls> residues <eos>``; an unknown letter is an error naming the sequence unless ``on_unknown='x'``."""
+    """``<cls> residues <eos>``; an unknown letter raises naming the sequence (X with ``on_unknown='x'``)."""
     return [CLS, *encode_residues(seq, on_unknown=on_unknown, where=f"sequence {index}").tolist(), EOS]
 
 
@@ -45,7 +45,8 @@ def sequence_logprobs(model: Transformer, sequences: list[str], batch_size: int 
     out: list[tuple[float, int]] = []
     starts = range(0, len(sequences), batch_size)
     for start in tqdm(starts, desc="log-likelihoods", disable=not progress):
-        ids = [_token_ids(s, start + i, on_unknown) for i, s in enumerate(sequences[start : start + batch_size])]
+        batch = sequences[start : start + batch_size]
+        ids = [_token_ids(s, start + i, on_unknown) for i, s in enumerate(batch)]
         width = max(len(x) for x in ids)
         tokens = torch.full((len(ids), width), PAD, dtype=torch.long, device=device)
         for r, x in enumerate(ids):
