@@ -5,8 +5,20 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 
-def load(path: str, map_location: str = "cpu"):
-    """Load a plm weights export directory or a plm Lightning checkpoint as an eval-mode ``Transformer``."""
-    from plm.model.io import load_pretrained
+def load(path: str, map_location: str = "cpu", with_record: bool = False):
+    """Load a plm weights export directory or a plm Lightning checkpoint as an eval-mode ``Transformer``.
 
-    return load_pretrained(path, map_location)
+    ``with_record=True`` returns ``(model, record)``: the :class:`plm.model.record.CheckpointRecord` says
+    which objective the weights were saved under (after a CLM→MLM switch: MLM), the step and tokens seen.
+    """
+    from plm.model.io import load_with_record
+
+    model, record = load_with_record(path, map_location)
+    return (model, record) if with_record else model
+
+
+def read_record(path: str):
+    """What a checkpoint is (config, objective, step, tokens seen) without loading its weights."""
+    from plm.model.record import read_record as _read_record
+
+    return _read_record(path)

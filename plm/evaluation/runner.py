@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
-import json
 import random
 from pathlib import Path
 from typing import Any
@@ -42,24 +41,22 @@ Row = dict[str, Any]
 
 
 # ---- backbone ---------------------------------------------------------------------------------------
-def read_objective(path: str | Path) -> str | None:
-    """The training objective recorded with the weights (export config.json or Lightning hparams)."""
-    path = Path(path)
-    if path.is_dir():
-        meta = json.loads((path / "config.json").read_text())
-        return meta.get("objective")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    return (ckpt.get("hyper_parameters") or {}).get("objective")
+def read_objective(path: str | Path) -> str:
+    """The objective the weights were saved under (plm.model.record), never the run's start-time
+    hyper-parameters: a checkpoint taken after a CLM→MLM switch holds an MLM."""
+    from plm.model.record import read_record
+
+    return read_record(path).objective
 
 
 def load_backbone(checkpoint: str | Path, random_init: bool = False, objective: str | None = None,
                   seed: int = 0) -> tuple[Transformer, str]:
-    """Load weights with ``plm.load``; ``random_init`` keeps the architecture and re-draws the weights
+    """Load weights and their record; ``random_init`` keeps the architecture and re-draws the weights
     (the baseline a trained model must beat)."""
-    import plm
+    from plm.model.io import load_with_record
 
-    model = plm.load(str(checkpoint))
-    objective = objective or read_objective(checkpoint) or ("clm" if model.config.flavour == "progen2" else "mlm")
+    model, record = load_with_record(checkpoint)
+    objective = objective or record.objective
     if random_init:
         torch.manual_seed(seed)
         model = Transformer(model.config).eval()

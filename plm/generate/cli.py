@@ -10,12 +10,11 @@ from plm.generate.sampling import Sample, SamplingConfig, generate
 from plm.utils.atomic import atomic_file
 
 
-def checkpoint_objective(path: str | os.PathLike) -> str | None:
-    """The objective recorded in a plm export directory (None when unknown, e.g. a .ckpt)."""
-    from plm.model.io import read_config
+def checkpoint_objective(path: str | os.PathLike) -> str:
+    """The objective the weights were saved under (a ``.ckpt`` after a CLM→MLM switch says 'mlm')."""
+    from plm.model.record import read_record
 
-    p = Path(path)
-    return read_config(p).get("objective") if p.is_dir() else None
+    return read_record(path).objective
 
 
 def write_fasta(samples: list[Sample], path: str | os.PathLike, header: str = "") -> Path:
@@ -52,12 +51,11 @@ def main(argv: list[str]) -> int:
                              max_length=a.max_length, greedy=a.greedy)
     except ValueError as err:
         p.error(str(err))
-    objective = checkpoint_objective(a.checkpoint)
-    if objective == "mlm":
-        raise ValueError(f"--checkpoint {a.checkpoint}: an MLM export (objective 'mlm'); generation needs a causal LM")
-    import plm
+    from plm.model.io import load_with_record
+    from plm.model.record import read_record, require_objective
 
-    model = plm.load(a.checkpoint)
+    require_objective(read_record(a.checkpoint), "clm", "generation")  # before any weight is read
+    model, _ = load_with_record(a.checkpoint)
     samples = generate(model, a.num, cfg, prompts=a.prompt, seed=a.seed, batch_size=a.batch_size, device=a.device)
     info = f" seed={a.seed} T={a.temperature} top_p={a.top_p} top_k={a.top_k}"
     write_fasta(samples, a.out, info)

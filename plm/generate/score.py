@@ -43,6 +43,17 @@ class ScoreOptions:
     progress: bool = True
 
 
+def load_scorer(path: str, objective: str, flag: str) -> Any:
+    """The model behind ``flag``, refused when its record says it was saved under the other objective
+    (perplexity under an MLM, or pseudo-perplexity under a CLM, is a number with no meaning)."""
+    from plm.model.io import load_with_record
+    from plm.model.record import require_objective
+
+    model, record = load_with_record(path)
+    require_objective(record, objective, flag)
+    return model
+
+
 def read_sequences(path: str | Path) -> tuple[list[str], list[str]]:
     """Ids and residue strings of a FASTA(.gz); invalid records are an error naming the record."""
     from plm.data.fasta import read_fasta
@@ -81,8 +92,6 @@ def _histogram(values: list[float] | np.ndarray, title: str, xlabel: str, path: 
 
 def score(fasta: str | Path, out: str | Path, opts: ScoreOptions | None = None) -> dict[str, Any]:
     """Score every sequence in ``fasta``; write CSV, markdown, JSON and PNGs to ``out``; return the summary."""
-    import plm
-
     opts = opts or ScoreOptions()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -117,7 +126,7 @@ def score(fasta: str | Path, out: str | Path, opts: ScoreOptions | None = None) 
     if opts.clm:
         from plm.model.likelihood import sequence_logprobs
 
-        for r, (lp, n) in zip(rows, sequence_logprobs(plm.load(opts.clm), seqs, device=opts.device)):
+        for r, (lp, n) in zip(rows, sequence_logprobs(load_scorer(opts.clm, "clm", "--clm"), seqs, device=opts.device)):
             r["clm_perplexity"] = math.exp(-lp / n)
         summary["clm_perplexity"] = _stats([r["clm_perplexity"] for r in rows])
     else:
@@ -126,7 +135,7 @@ def score(fasta: str | Path, out: str | Path, opts: ScoreOptions | None = None) 
     if opts.mlm:
         from plm.model.likelihood import pseudo_logprobs
 
-        for r, (lp, n) in zip(rows, pseudo_logprobs(plm.load(opts.mlm), seqs, device=opts.device)):
+        for r, (lp, n) in zip(rows, pseudo_logprobs(load_scorer(opts.mlm, "mlm", "--mlm"), seqs, device=opts.device)):
             r["mlm_pseudo_perplexity"] = math.exp(-lp / n)
         summary["mlm_pseudo_perplexity"] = _stats([r["mlm_pseudo_perplexity"] for r in rows])
     else:

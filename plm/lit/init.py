@@ -6,7 +6,8 @@ Distinct from resuming: no optimizer state, no schedule position, no data positi
 from __future__ import annotations
 
 from plm.model.config import ModelConfig
-from plm.model.io import CheckpointError, load_pretrained
+from plm.model.io import CheckpointError, load_with_record
+from plm.model.record import read_record
 from plm.model.transformer import Transformer
 
 #: fields that may differ between the source and the new run without changing any tensor's meaning
@@ -27,7 +28,9 @@ def check_compatible(source: ModelConfig, target: ModelConfig, where: str) -> No
 
 
 def load_backbone_weights(model: Transformer, path: str) -> None:
-    """Copy every tensor of a compatible checkpoint (plm export dir or ``.ckpt``) into ``model``."""
-    source = load_pretrained(path)
-    check_compatible(source.config, model.config, path)
+    """Copy every tensor of a compatible checkpoint (plm export dir or ``.ckpt``) into ``model``.
+
+    The shape is checked from the record before any weight is read, so a mismatch fails at once."""
+    check_compatible(read_record(path).config, model.config, path)
+    source, _ = load_with_record(path)
     model.load_state_dict(source.state_dict())
