@@ -13,7 +13,7 @@ EXAMPLES = """examples:
   plm convert --from esm2 --to hf esm2_t6_8M_UR50D.pt hf/esm2_8m        # fair-esm .pt straight to HF
   plm convert --from hf-esm --to plm path/to/esm2_t6_8M_UR50D weights/esm2_8m
   plm convert --from progen2 --to plm progen2-small/ weights/progen2_small
-  plm convert --from plm --to hf runs/clm/final hf/my_clm                # → GPTJForCausalLM
+  plm convert --from plm --to hf runs/clm/final hf/my_clm   # CLM: causal EsmForMaskedLM (esm2) or GPTJForCausalLM
 """
 
 
@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         choices=["plm", "hf"],
         help="output format: plm = plm export directory (plm.load, fine-tuning, evaluation); "
-        "hf = Hugging Face directory (EsmForMaskedLM for esm2, GPTJForCausalLM for progen2)",
+        "hf = Hugging Face directory following the saved objective: EsmForMaskedLM for an esm2 MLM, "
+        "EsmForMaskedLM with is_decoder=true (causal attention) for an esm2 CLM, GPTJForCausalLM for a "
+        "progen2 CLM; a progen2 MLM has no HF equivalent and is refused",
     )
     p.add_argument("input", help="checkpoint file or directory to read")
     p.add_argument("output", help="directory to write (replaced if it exists)")

@@ -12,7 +12,8 @@ Character policy (one policy, documented in the README):
 
 from __future__ import annotations
 
-from typing import Iterable, Literal
+from collections.abc import Iterable
+from typing import Literal
 
 import numpy as np
 
@@ -90,13 +91,24 @@ def decode(ids: Iterable[int], skip_special: bool = True) -> str:
     return "".join(out)
 
 
-def hf_tokenizer():
-    """A ``transformers.PreTrainedTokenizerFast`` with the same ids, for Hugging Face export.
+#: What ``tokenizer_config.json`` declares. ``PreTrainedTokenizerFast`` + ``tokenizer.json`` loads with every
+#: transformers the project supports (the class transformers 5 writes by itself, ``TokenizersBackend``,
+#: does not exist in 4.x); the special tokens are spelled out so no version has to guess them.
+HF_SPECIAL_TOKENS = {
+    "bos_token": "<cls>",
+    "cls_token": "<cls>",
+    "eos_token": "<eos>",
+    "pad_token": "<pad>",
+    "unk_token": "<unk>",
+    "mask_token": "<mask>",
+}
+#: Positions of a released ESM-2 (1024 residues + <cls> + <eos>): the default of a tokenizer built without a model.
+ESM2_POSITIONS = 1026
 
-    Built with ``tokenizers`` (character-level WordLevel model) so exported models need no custom code.
-    """
+
+def _backend_tokenizer():
+    """The character-level ``tokenizers.Tokenizer`` (WordLevel over :data:`TOKENS`, same ids as ``encode``)."""
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
 
     vocab = {tok: i for i, tok in enumerate(TOKENS)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
@@ -105,13 +117,42 @@ def hf_tokenizer():
     tok.post_processor = processors.TemplateProcessing(
         single="<cls> $A <eos>", pair="<cls> $A <eos> $B <eos>", special_tokens=[("<cls>", CLS), ("<eos>", EOS)]
     )
+    tok.add_special_tokens([t for t in TOKENS if t.startswith("<")])
+    return tok
+
+
+def hf_tokenizer(model_max_length: int = ESM2_POSITIONS):
+    """A ``transformers.PreTrainedTokenizerFast`` with the same ids, for use in Python.
+
+    ``model_max_length`` counts ``<cls>`` and ``<eos>``: pass the model's ``max_seq_len`` so that
+    ``truncation=True`` never yields more tokens than the model has positions.
+    """
+    from transformers import PreTrainedTokenizerFast
+
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<cls>",
-        cls_token="<cls>",
-        eos_token="<eos>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        mask_token="<mask>",
-        model_max_length=1026,
+        tokenizer_object=_backend_tokenizer(), model_max_length=model_max_length, **HF_SPECIAL_TOKENS
     )
+
+
+def hf_tokenizer_files(model_max_length: int) -> dict[str, str]:
+    """``tokenizer.json``, ``tokenizer_config.json`` and ``special_tokens_map.json`` of a Hugging Face export.
+
+    Written by plm rather than by the installed transformers' ``save_pretrained``, so the export does not
+    depend on which transformers version made it (the floor in pyproject.toml is tested to load it).
+    """
+    import json
+
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        **HF_SPECIAL_TOKENS,
+        "model_max_length": int(model_max_length),
+        "model_input_names": ["input_ids", "attention_mask"],
+        "padding_side": "right",
+        "truncation_side": "right",
+        "clean_up_tokenization_spaces": False,
+    }
+    return {
+        "tokenizer.json": _backend_tokenizer().to_str(pretty=True),
+        "tokenizer_config.json": json.dumps(config, indent=2, sort_keys=True) + "\n",
+        "special_tokens_map.json": json.dumps(HF_SPECIAL_TOKENS, indent=2, sort_keys=True) + "\n",
+    }

@@ -5,6 +5,8 @@ compared on real sequences: max |Δ logits| ≤ 1e-4 in fp32. Round trips plm �
 from __future__ import annotations
 
 import json
+import os
+import stat
 from argparse import Namespace
 from pathlib import Path
 
@@ -12,7 +14,6 @@ import pytest
 import torch
 
 import plm
-
 from plm.cli import main as plm_main
 from plm.model.convert import (
     CONTACT_REGRESSION_NAME,
@@ -31,8 +32,8 @@ from plm.model.convert import (
     save_plm,
     unpack_progen2_qkv,
 )
-from plm.model.io import CheckpointError
-from plm.tokenizer import CLS, EOS, MASK, PAD, TOKENS, encode
+from plm.model.io import CheckpointError, save_pretrained
+from plm.tokenizer import CLS, EOS, HF_SPECIAL_TOKENS, MASK, PAD, TOKENS, encode
 from tests.conftest import tiny_model
 
 TOL = 1e-4
@@ -292,10 +293,10 @@ def test_plm_esm2_without_regression_exports_zeros_and_reimports_none(tmp_path, 
     assert load_hf_esm(tmp_path / "hf", progress=False).contact_regression is None
 
 
-def load_plm_like(model):
+def load_plm_like(model, objective: str = "mlm"):
     from plm.model.convert import Converted, Report
 
-    return Converted(model, "mlm", Report("memory", "plm"))
+    return Converted(model, objective, Report("memory", "plm"))
 
 
 def test_imported_checkpoint_works_with_evaluation_loader(tmp_path):
@@ -417,11 +418,99 @@ def test_plm_progen2_to_gptj_parity_full_and_partial_rotary(tmp_path, real_seque
 
     for i, rotary in enumerate((6, None)):
         model = randomize(tiny_model("progen2", n_layer=3, n_embd=36, n_head=3, rotary_dim=rotary), i)
-        out, _ = save_hf(load_plm_like(model), tmp_path / f"hf{i}", progress=False)
+        out, _ = save_hf(load_plm_like(model, "clm"), tmp_path / f"hf{i}", progress=False)
         hf = AutoModelForCausalLM.from_pretrained(out).eval()
         tokens = batch(real_sequences)
         with torch.no_grad():
             assert max_diff(hf(input_ids=tokens).logits, model(tokens, causal=True), tokens) <= TOL
+
+
+# ---- Hugging Face export: objective, tokenizer, length, permissions --------------------------------
+def test_esm2_clm_exports_a_causal_hf_esm(tmp_path, real_sequences, capsys):
+    """Bug: an esm2-flavour CLM (the default CLM recipe) was exported as a bidirectional EsmForMaskedLM."""
+    from transformers import AutoModelForMaskedLM
+
+    model = randomize(tiny_model("esm2", n_layer=2, n_embd=40, n_head=4), 5)
+    save_pretrained(model, tmp_path / "clm", objective="clm")
+    args = ["convert", "--from", "plm", "--to", "hf", str(tmp_path / "clm"), str(tmp_path / "hf"), "--no-progress"]
+    assert plm_main(args) == 0
+    assert "is_decoder=true makes its attention causal" in capsys.readouterr().out
+    hf = AutoModelForMaskedLM.from_pretrained(tmp_path / "hf").eval()
+    assert hf.config.is_decoder
+    tokens = batch(real_sequences)
+    with torch.no_grad():
+        got = hf(input_ids=tokens, attention_mask=(tokens != PAD).long()).logits
+        causal, bidirectional = model(tokens, causal=True), model(tokens, causal=False)
+    assert max_diff(got, causal, tokens) <= TOL
+    assert max_diff(got, bidirectional, tokens) > 100 * TOL  # the comparison can tell the two apart
+    convert("hf-esm", "plm", tmp_path / "hf", tmp_path / "back", progress=False)
+    assert plm.read_record(tmp_path / "back").objective == "clm"
+
+
+def test_progen2_mlm_has_no_hf_export(tmp_path, capsys):
+    """Bug: an MLM with the progen2 flavour became GPTJForCausalLM, whose attention is always causal."""
+    save_pretrained(tiny_model("progen2", rotary_dim=6), tmp_path / "mlm", objective="mlm")
+    args = ["convert", "--from", "plm", "--to", "hf", str(tmp_path / "mlm"), str(tmp_path / "hf"), "--no-progress"]
+    assert plm_main(args) == 1
+    err = capsys.readouterr().err
+    assert "mlm: an MLM with the progen2 flavour has no Hugging Face equivalent" in err
+    assert "Use the plm export instead" in err and "esm2 flavour" in err
+    assert not (tmp_path / "hf").exists()
+
+
+def test_hf_tokenizer_names_a_class_every_supported_transformers_has(tmp_path, real_sequences):
+    """Bug: tokenizer_config.json named TokenizersBackend, a class only transformers 5 has (the floor is
+    tested in tests/test_hf_floor.py)."""
+    from transformers import AutoTokenizer
+
+    save_hf(load_plm_like(tiny_model("esm2")), tmp_path / "hf", progress=False)
+    conf = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
+    assert conf["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert {k: conf[k] for k in HF_SPECIAL_TOKENS} == HF_SPECIAL_TOKENS
+    tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    enc = tok(real_sequences[2])
+    assert enc["input_ids"] == encode(real_sequences[2]) and set(enc) == {"input_ids", "attention_mask"}
+    assert tok.convert_tokens_to_ids("<mask>") == MASK and tok.pad_token_id == PAD and tok.eos_token_id == EOS
+
+
+@pytest.mark.parametrize("flavour, objective", [("progen2", "clm"), ("esm2", "mlm"), ("esm2", "clm")])
+def test_tokenizer_max_length_is_the_model_positions(tmp_path, flavour, objective):
+    """Bug: the tokenizer allowed 1026 tokens whatever the model (plm: 1024, GPT-J n_positions), so
+    ``truncation=True`` let long sequences through and GPT-J failed with an IndexError."""
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+
+    rotary = 6 if flavour == "progen2" else None
+    model = randomize(tiny_model(flavour, rotary_dim=rotary, max_seq_len=40), 1)
+    save_hf(load_plm_like(model, objective), tmp_path / "hf", progress=False)
+    tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert tok.model_max_length == 40
+    ids = tok("MKTAYIAKQRQISFVKSHFSRQ" * 5, truncation=True, return_tensors="pt")["input_ids"]
+    assert ids.shape == (1, 40)
+    auto = AutoModelForCausalLM if flavour == "progen2" else AutoModelForMaskedLM
+    hf = auto.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        assert max_diff(hf(input_ids=ids).logits, model(ids, causal=objective == "clm"), ids) <= TOL
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_exports_follow_the_umask(tmp_path, umask):
+    """Bug: weights were written 0600 and convert outputs were 0700 directories, while every other file
+    followed the umask; a lab sharing a weights folder could not read them."""
+    _, pt = fair_esm_checkpoint(tmp_path, 1, 40, 4, True)  # with a contact regression: one more file
+    previous = os.umask(umask)
+    try:
+        for _ in range(2):  # a fresh directory, then one replacing the first
+            save_pretrained(tiny_model(), tmp_path / "export", objective="mlm")
+            convert("esm2", "plm", pt, tmp_path / "plm", progress=False)
+            convert("plm", "hf", tmp_path / "plm", tmp_path / "hf", progress=False)
+    finally:
+        os.umask(previous)
+    for name in ("export", "plm", "hf"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o777 & ~umask
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / name).iterdir()}
+        assert "model.safetensors" in modes and set(modes.values()) == {0o666 & ~umask}, modes
+    assert (tmp_path / "plm" / CONTACT_REGRESSION_NAME).is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left
 
 
 # ---- errors ---------------------------------------------------------------------------------------

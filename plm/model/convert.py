@@ -2,7 +2,7 @@
 
 Every format is a key-map table of :class:`Rule` (plm name ⇄ source names, plus the tensor transform in
 each direction); one generic routine applies a table with a strict missing/unexpected-key report, so
-the format quirks live here and nowhere else (STYLE.md, torchtitan ``state_dict_adapter.py``):
+the format quirks live here and nowhere else (as torchtitan's ``state_dict_adapter.py`` does):
 
 * ESM-2 (fair-esm ``.pt`` and HF ``EsmForMaskedLM``): separate q/k/v with biases are concatenated into
   plm's fused ``qkv`` (rows [q; k; v], head-major); rotary is rotate-half in both, so no permutation.
@@ -21,6 +21,10 @@ the format quirks live here and nowhere else (STYLE.md, torchtitan ``state_dict_
   the 25 letters → the same letters. ``<|bos|>``/``<|eos|>`` are never used by ProGen2's sampling or
   likelihood code and are dropped; plm ids with no ProGen2 source (``<unk> . - <null_1> <mask>``) get a
   zero embedding and an output bias of :data:`UNMAPPED_LOGIT_BIAS`, so they are never sampled.
+* A Hugging Face export follows the objective the weights were saved under, not only the flavour: an
+  esm2 MLM becomes ``EsmForMaskedLM``; an esm2 CLM (plm's default CLM recipe) the same class with
+  ``is_decoder=true``, which makes HF ESM attention causal (HF has no ``EsmForCausalLM``); a progen2 CLM
+  becomes ``GPTJForCausalLM``; a progen2 MLM is refused, since GPT-J attention is always causal.
 
 Loading never unpickles code: safetensors, or ``torch.load(weights_only=True)`` with only
 ``argparse.Namespace`` (fair-esm's stored config) allowed.
@@ -32,8 +36,6 @@ import argparse
 import json
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,14 +43,15 @@ from typing import Any, Literal
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from plm.model.config import ModelConfig
-from plm.model.io import CheckpointError, load_pretrained, load_state_into, read_config, save_pretrained
+from plm.model.io import CheckpointError, load_state_into, load_with_record, save_safetensors, write_export
 from plm.model.transformer import ROTARY_BASE, Transformer
-from plm.tokenizer import EOS, MASK, PAD, TOKENS, VOCAB_SIZE, hf_tokenizer
+from plm.tokenizer import EOS, MASK, PAD, TOKENS, VOCAB_SIZE, hf_tokenizer_files
+from plm.utils.atomic import atomic_directory
 
 #: Model-parallel shards ProGen2's fused qkv_proj was packed for (official checkpoints: 8).
 MP_NUM = 8
@@ -681,10 +684,12 @@ def load_hf_esm(directory: str | os.PathLike, progress: bool = True) -> Converte
         if w is not None and b is not None and (w.any() or b.any())
         else None
     )
+    objective = "clm" if conf.get("is_decoder") else "mlm"
     report.notes.append(
         f"token_dropout={cfg.token_dropout}; contact regression {'kept' if contact else 'not present'}"
+        + ("; is_decoder=true: causal attention, imported as a CLM" if objective == "clm" else "")
     )
-    return Converted(model, "mlm", report, contact)
+    return Converted(model, objective, report, contact)
 
 
 def esm_hf_state(
@@ -709,10 +714,13 @@ def esm_hf_state(
     return state
 
 
-def esm_hf_config(cfg: ModelConfig):
+def esm_hf_config(cfg: ModelConfig, causal: bool = False):
+    """``is_decoder`` is what makes HF ESM attention causal; a CLM exported without it would be scored
+    bidirectionally by every HF user without any error."""
     from transformers import EsmConfig
 
     return EsmConfig(
+        is_decoder=causal,
         vocab_size=VOCAB_SIZE,
         hidden_size=cfg.n_embd,
         num_hidden_layers=cfg.n_layer,
@@ -853,79 +861,80 @@ def gptj_hf_config(cfg: ModelConfig):
 def load_plm(path: str | os.PathLike) -> Converted:
     """A plm export directory or Lightning checkpoint, with its contact regression when kept."""
     path = Path(path)
-    model = load_pretrained(path)
+    model, record = load_with_record(path)
     report = Report(str(path), "plm", "plm")
     report.mapped = [(k, (k,)) for k in model.state_dict()]
-    objective = "clm" if model.config.flavour == "progen2" else "mlm"
+    guessed = "" if record.objective_recorded else " (not recorded in the file: inferred from the flavour)"
+    report.notes.append(f"objective {record.objective}{guessed}")
     contact = None
-    if path.is_dir():
-        objective = read_config(path).get("objective", objective)
-        if (path / CONTACT_REGRESSION_NAME).is_file():
-            reg = _load_safetensors(path / CONTACT_REGRESSION_NAME)
-            if set(reg) != {"weight", "bias"}:
-                raise CheckpointError(
-                    f"{path / CONTACT_REGRESSION_NAME}: expected tensors weight and bias, got {sorted(reg)}"
-                )
-            contact = _contact(reg["weight"], reg["bias"], model.config, str(path / CONTACT_REGRESSION_NAME))
-    return Converted(model, objective, report, contact)
+    regression = path / CONTACT_REGRESSION_NAME
+    if path.is_dir() and regression.is_file():
+        reg = _load_safetensors(regression)
+        if set(reg) != {"weight", "bias"}:
+            raise CheckpointError(f"{regression}: expected tensors weight and bias, got {sorted(reg)}")
+        contact = _contact(reg["weight"], reg["bias"], model.config, str(regression))
+    return Converted(model, record.objective, report, contact)
 
 
 def save_plm(conv: Converted, output: str | os.PathLike) -> Path:
-    """Write a plm export (what ``plm.load`` and fine-tuning read) plus the contact regression."""
-    output = Path(output)
-    save_pretrained(
-        conv.model,
-        output,
-        objective=conv.objective,
-        converted_from={"path": conv.report.source, "format": conv.report.source_format},
-        contact_regression=CONTACT_REGRESSION_NAME if conv.contact_regression else None,
-    )
-    if conv.contact_regression:
-        tmp = output / f".{CONTACT_REGRESSION_NAME}.tmp"
-        save_file(
-            conv.contact_regression,
+    """Write a plm export (what ``plm.load`` and fine-tuning read) plus the contact regression, all in
+    one atomic directory."""
+    with atomic_directory(output) as tmp:
+        write_export(
             tmp,
-            metadata={"format": "pt", "layout": "weight (1, n_layer*n_head), bias (1,)"},
+            conv.model,
+            objective=conv.objective,
+            converted_from={"path": conv.report.source, "format": conv.report.source_format},
+            contact_regression=CONTACT_REGRESSION_NAME if conv.contact_regression else None,
         )
-        os.replace(tmp, output / CONTACT_REGRESSION_NAME)
-    return output
+        if conv.contact_regression:
+            save_safetensors(
+                conv.contact_regression,
+                tmp / CONTACT_REGRESSION_NAME,
+                {"format": "pt", "layout": "weight (1, n_layer*n_head), bias (1,)"},
+            )
+    return Path(output)
+
+
+def hf_target(conv: Converted) -> tuple[str, bool]:
+    """The Hugging Face class a model exports to and whether its attention is causal, or a
+    ``CheckpointError`` saying why there is none and what to do instead."""
+    cfg, source = conv.model.config, conv.report.source
+    if cfg.flavour == "progen2":
+        if conv.objective == "mlm":
+            raise CheckpointError(
+                f"{source}: an MLM with the progen2 flavour has no Hugging Face equivalent: GPT-J attention "
+                "is always causal, so GPTJForCausalLM would run it as a CLM. Use the plm export instead "
+                "(plm.load, plm evaluate), or train the MLM with the esm2 flavour to export EsmForMaskedLM"
+            )
+        return "GPTJForCausalLM", True
+    if cfg.rotary != cfg.head_dim:
+        raise CheckpointError(
+            f"{source}: rotary_dim={cfg.rotary} < head_dim={cfg.head_dim}; HF ESM rotates whole heads, so "
+            "this model has no EsmForMaskedLM equivalent; use the plm export instead"
+        )
+    return "EsmForMaskedLM", conv.objective == "clm"
 
 
 def save_hf(conv: Converted, output: str | os.PathLike, progress: bool = True) -> tuple[Path, str]:
-    """plm model → Hugging Face directory: EsmForMaskedLM (esm2) or GPTJForCausalLM (progen2).
+    """plm model → Hugging Face directory, following the objective (see the module docstring).
 
-    Weights, config.json and plm's tokenizer; ``from_pretrained`` needs no custom code. Returns the
-    directory and the architecture name.
+    Weights, config.json and plm's tokenizer (``model_max_length`` = the model's ``max_seq_len``);
+    ``from_pretrained`` needs no custom code. Written in a temporary sibling and swapped in, so no stale
+    shard of an older export survives. Returns the directory and the architecture name.
     """
-    output = Path(output)
+    arch, causal = hf_target(conv)
     cfg = conv.model.config
-    if cfg.flavour == "esm2":
-        if cfg.rotary != cfg.head_dim:
-            raise CheckpointError(
-                f"{conv.report.source}: rotary_dim={cfg.rotary} < head_dim={cfg.head_dim}; "
-                "HF ESM rotates whole heads, so this model has no EsmForMaskedLM equivalent"
-            )
-        state, hf_cfg, arch = (
-            esm_hf_state(conv.model, conv.contact_regression, progress),
-            esm_hf_config(cfg),
-            "EsmForMaskedLM",
-        )
+    if arch == "GPTJForCausalLM":
+        state, hf_cfg = gptj_hf_state(conv.model, progress), gptj_hf_config(cfg)
     else:
-        state, hf_cfg, arch = gptj_hf_state(conv.model, progress), gptj_hf_config(cfg), "GPTJForCausalLM"
-    # filled in a temporary sibling, then renamed: no stale shards from an older export survive
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
-        save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
+        state, hf_cfg = esm_hf_state(conv.model, conv.contact_regression, progress), esm_hf_config(cfg, causal)
+    with atomic_directory(output) as tmp:
+        save_safetensors(state, tmp / "model.safetensors", {"format": "pt"})
         hf_cfg.save_pretrained(tmp)
-        hf_tokenizer().save_pretrained(tmp)
-        if output.exists():
-            shutil.rmtree(output)
-        tmp.rename(output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return output, arch
+        for name, text in hf_tokenizer_files(cfg.max_seq_len).items():
+            (tmp / name).write_text(text)
+    return Path(output), arch
 
 
 def convert(
@@ -957,7 +966,12 @@ def convert(
         written, what = save_plm(conv, output), f"plm export ({conv.objective}; load with plm.load)"
     elif dst == "hf":
         written, arch = save_hf(conv, output, progress)
-        what = f"Hugging Face {arch} directory with plm's tokenizer (33 ids)"
+        what = f"Hugging Face {arch} directory with plm's tokenizer (33 ids, at most {cfg.max_seq_len} tokens)"
+        if arch == "EsmForMaskedLM" and conv.objective == "clm":
+            what += (
+                "; a CLM: is_decoder=true makes its attention causal "
+                "(load with AutoModelForMaskedLM: HF has no EsmForCausalLM)"
+            )
     else:
         raise ValueError(f"unknown target format {dst!r}; choose plm or hf")
     contact = conv.contact_regression
