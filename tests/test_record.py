@@ -96,6 +96,13 @@ def _bad_objective(tmp_path: Path) -> Path:
     return d
 
 
+def _newer_format(tmp_path: Path) -> Path:
+    d = _export(tmp_path)
+    meta = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**meta, "format_version": 99}))
+    return d
+
+
 def _truncated_ckpt(tmp_path: Path) -> Path:
     model = tiny_model()
     path = tmp_path / "last.ckpt"
@@ -120,11 +127,12 @@ def _foreign_ckpt(tmp_path: Path) -> Path:
         (_hf_like, "config.json", "plm convert --from hf-esm"),
         (_no_weights, "model.safetensors", "copy the whole export directory"),
         (_bad_objective, "config.json", "objective='seq2seq'.*set it to the objective"),
+        (_newer_format, "config.json", "format_version=99.*upgrade plm"),
         (_truncated_ckpt, "last.ckpt", "truncated or corrupt.*earlier checkpoint"),
         (_foreign_ckpt, "other.ckpt", "not a plm checkpoint"),
     ],
     ids=["missing", "no-config", "bad-json", "random-bytes", "json-list", "hf-dir", "no-weights",
-         "bad-objective", "truncated-ckpt", "foreign-ckpt"],
+         "bad-objective", "newer-format", "truncated-ckpt", "foreign-ckpt"],
 )
 def test_errors_name_file_and_fix(tmp_path, make, where, fix):
     path = make(tmp_path)

@@ -32,12 +32,18 @@ def main(argv: list[str]) -> int:
     p.add_argument("--num", type=int, default=100, help="number of sequences")
     p.add_argument("--seed", type=int, default=0, help="seed; same seed + settings + batch size = same samples")
     p.add_argument("--out", required=True, help="FASTA file to write")
-    p.add_argument("--temperature", type=float, default=0.9, help="softmax temperature (ProGen2 example: 0.9)")
-    p.add_argument("--top-p", type=float, default=0.8, help="nucleus sampling mass (1 = off; ProGen2 example: 0.8)")
-    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="CTRL penalty on residues already present (> 1)")
-    p.add_argument("--min-length", type=int, default=0, help="residues (prompt included) before <eos> is allowed")
-    p.add_argument("--max-length", type=int, default=256, help="most residues per sequence (prompt included)")
+    d = SamplingConfig()  # the defaults live there (ProGen2's released example)
+    p.add_argument("--temperature", type=float, default=d.temperature,
+                   help="softmax temperature (default %(default)s)")
+    p.add_argument("--top-p", type=float, default=d.top_p,
+                   help="nucleus sampling mass (1 = off; default %(default)s)")
+    p.add_argument("--top-k", type=int, default=d.top_k, help="keep the k most likely tokens (0 = off)")
+    p.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty,
+                   help="CTRL penalty on residues already present (> 1)")
+    p.add_argument("--min-length", type=int, default=d.min_length,
+                   help="residues (prompt included) before <eos> is allowed")
+    p.add_argument("--max-length", type=int, default=d.max_length,
+                   help="most residues per sequence (prompt included)")
     p.add_argument("--prompt", default="", help="N-terminal residues every sample starts with (e.g. M)")
     p.add_argument("--greedy", action="store_true", help="arg-max decoding instead of sampling")
     p.add_argument("--batch-size", type=int, default=32, help="sequences decoded together")

@@ -171,6 +171,12 @@ def lightning_record(checkpoint: Any, path: Path) -> CheckpointRecord:
 
 
 def _build(fields: Mapping[str, Any], kind: Kind, path: Path, source: str, extra: dict) -> CheckpointRecord:
+    version = fields.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{source}: format_version={version!r}, this plm reads up to {FORMAT_VERSION}; "
+            "upgrade plm to load it"
+        )
     try:
         config = ModelConfig.from_dict(dict(fields["model"]), source=source)
     except (TypeError, ValueError) as err:
