@@ -365,3 +365,84 @@ def test_id_hashes_do_not_depend_on_the_other_ids_of_the_batch(tmp_path):
     assert np.array_equal(ids, id_hashes(short + long_))
     for group in (short, long_):
         assert np.array_equal(id_hashes(group), ids[[(short + long_).index(g) for g in group]])
+
+
+# ---- damaged and empty inputs, atomic output -------------------------------------------------------------
+TRUNCATED = gzip.compress(b"".join(b">r%d\n%s\n" % (i, b"MKVLAAGIT" * 30) for i in range(3000)))
+
+
+def test_truncated_gzip_is_a_clear_error_or_a_counted_skip(tmp_path, capsys):
+    """Bug 7: prepare's own parser ended in a traceback (EOFError) on a truncated .gz."""
+    broken = write(tmp_path / "broken.fasta.gz", TRUNCATED[: len(TRUNCATED) // 2])
+    argv = ["--source", f"x={broken}", "--out", str(tmp_path / "out"), "--quiet", "--workers", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "broken.fasta.gz: unreadable gzip tail" in err and "truncated or corrupt gzip stream" in err
+    assert "--on-invalid skip" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "x").exists()
+    assert main(argv + ["--on-invalid", "skip", "--val-fraction", "0"]) == 0
+    out, err = capsys.readouterr()
+    assert "rejected: unreadable gzip tail: 1" in out
+    assert "warning: source 'x': skipped" in err and "broken.fasta.gz" in err
+    kept = list(read_fasta(broken, on_invalid="skip"))  # the line reader keeps the same records
+    store = TokenStore.open(tmp_path / "out" / "x" / "train", verify=True)
+    assert 0 < len(store) == len(kept) < 3000 and np.array_equal(store.get(len(store) - 1), kept[-1].tokens)
+
+
+@pytest.mark.parametrize("content", [b"", b"\n  \r\n"], ids=["zero-bytes", "blank"])
+def test_empty_fasta_is_an_error_naming_the_file(tmp_path, capsys, content):
+    """Bug 8: an empty FASTA became an empty store with "rejected: none" and exit 0."""
+    empty = write(tmp_path / "empty.fasta", content)
+    good = write(tmp_path / "good.fasta", GOOD)
+    argv = ["--source", f"s={good},{empty}", "--out", str(tmp_path / "out"), "--quiet", "--workers", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "empty.fasta: empty file (no FASTA records" in err and "on_invalid=skip" in err
+    assert not (tmp_path / "out" / "s").exists()
+    # under skip the file is one counted, named rejection ...
+    assert main(argv + ["--on-invalid", "skip", "--val-fraction", "0"]) == 0
+    out, err = capsys.readouterr()
+    assert "rejected: empty file: 1" in out and "empty.fasta" in err
+    assert len(TokenStore.open(tmp_path / "out" / "s" / "train")) == 2
+    # ... but a source left with no record at all is an error whatever the policy
+    alone = ["--source", f"e={empty}", "--out", str(tmp_path / "out2"), "--quiet", "--on-invalid", "skip"]
+    assert main(alone) == 2
+    assert "source 'e'" in capsys.readouterr().err and not (tmp_path / "out2" / "e").exists()
+
+
+def _temporaries(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if ".tmp" in p.name)
+
+
+def test_failed_shards_and_stores_leave_no_temporaries_and_stale_ones_are_cleared(tmp_path, monkeypatch):
+    import plm.data.prepare as prep
+
+    good = write(tmp_path / "in.fasta", "".join(f">r{i}\n{'MKV' * (i + 5)}\n" for i in range(300)))
+    out = tmp_path / "out"
+    kw = {"val_fraction": 0.1, "workers": 1, "progress": False, "shard_size": 1024}
+    with pytest.raises(FastaError):  # error mode abandons the shards with invalid records
+        prepare({"s": [write(tmp_path / "bad.fasta", GOOD + ">c\nMKJ\n")]}, out, **kw)
+    assert _temporaries(out) == []
+    prepare({"s": [good]}, out, **kw)
+    before = np.asarray(TokenStore.open(out / "s" / "train").tokens).tobytes()
+
+    def half_written(dst: Path, *args, **kwargs):
+        dst.mkdir(parents=True)
+        (dst / "tokens.bin").write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(prep, "_write_store", half_written)  # a failure while the new store is written ...
+    good.write_text(GOOD)
+    with pytest.raises(OSError):
+        prepare({"s": [good]}, out, **kw)
+    assert _temporaries(out) == []  # ... leaves no temporary and the old store intact
+    assert np.asarray(TokenStore.open(out / "s" / "train", verify=True).tokens).tobytes() == before
+    monkeypatch.undo()
+    # what a killed run leaves (hidden temporaries of a source and of a shard) goes on the next run
+    (out / ".s.tmp-999-dead").mkdir()
+    (out / SHARDS / "s").mkdir(parents=True, exist_ok=True)
+    (out / SHARDS / "s" / ".0000-000000000000000.tmp-999-dead").mkdir()
+    (out / ".manifest.json.tmp-999-dead").write_text("{")
+    prepare({"s": [good]}, out, **kw)
+    assert _temporaries(out) == [] and len(TokenStore.open(out / "s" / "train")) + len(
+        TokenStore.open(out / "s" / "val")) == 2

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from plm.data.fasta import open_binary
+from plm.utils.atomic import atomic_file
 from plm.utils.hashing import mix64
 
 OFFSETS_FILE, MEMBERS_FILE = "clusters_offsets.npy", "clusters_members.npy"
@@ -70,7 +71,7 @@ def id_hashes(idents: list[bytes]) -> np.ndarray:
 
 def _read_pairs(tsv: Path, chunk_lines: int):
     """Yield (rep hashes, member hashes) per chunk of TSV lines; errors name file and line."""
-    with open_binary(tsv) as fh:
+    with open_binary(tsv, "cluster TSV") as fh:
         line_no = 0
         while True:
             lines = fh.readlines(chunk_lines * 32)
@@ -147,12 +148,12 @@ def build_clusters(
 
 
 def save_clusters(directory: str | os.PathLike, offsets: np.ndarray, members: np.ndarray) -> list[Path]:
+    """Write the two index files, each whole or not at all (a reader pairs them by their lengths)."""
     directory = Path(directory)
     out = []
     for name, arr in ((OFFSETS_FILE, offsets), (MEMBERS_FILE, members)):
-        tmp = directory / f".{name}.tmp.npy"
-        np.save(tmp, np.asarray(arr, dtype=np.int64))
-        os.replace(tmp, directory / name)
+        with atomic_file(directory / name) as fh:
+            np.save(fh, np.asarray(arr, dtype=np.int64))
         out.append(directory / name)
     return out
 

@@ -18,17 +18,19 @@ verifies them (size + checksum) and parses only the missing or damaged ones. Fin
 the parts of each store in file order (so the result does not depend on the worker count) by hard
 links, not copies; duplicate ids are dropped, and the shard directories are deleted.
 
-Validation policy: that of :mod:`plm.data.fasta` (empty, outside the alphabet, over-long → error naming
-file, record and byte offset, or a counted skip; CRLF, blank lines, lowercase, trailing ``*`` accepted;
-text before the first header or a header without identifier is always an error) plus duplicate ids
-within a source: the first occurrence is kept, later ones are a counted skip. Duplicates are found from
-64-bit id hashes (8 bytes per record in memory at the end, ~8 GB per 10⁹ records; a false duplicate
-needs a 64-bit collision, probability ≈ n²/2⁶⁵).
+Validation policy: that of :mod:`plm.data.fasta` (one gzip rule, empty / outside the alphabet / over-long
+records and empty or damaged files → an error naming the file, or a counted skip; text before the first
+header or a header without identifier is always an error), parsed by its vectorised block reader, plus
+two rules that need the view over all files of a source: duplicate ids (the first occurrence is kept,
+later ones are a counted skip) and a source left without any record (always an error: nothing
+downstream can use an empty store). Duplicates are found from 64-bit id hashes (8 bytes per record in
+memory at the end, ~8 GB per 10⁹ records; a false duplicate needs a 64-bit collision, probability
+≈ n²/2⁶⁵).
 
-The reader works on 1 MB blocks (numpy temporaries stay in cache): numpy finds headers and line
-breaks, one ``bytes.translate`` maps the sequence text to token ids while dropping whitespace, and
-record lengths, id hashes and the held-out hash are vectorised; Python never touches a line or a
-character, and only touches a record to slice it out of the block.
+Every directory is published with :func:`plm.utils.atomic.atomic_directory` (a shard, a source) and the
+top manifest with :func:`~plm.utils.atomic.atomic_write_text`: a failure at any point leaves the
+previous output and no temporary behind, and a run killed outright leaves hidden temporaries that the
+next run removes.
 """
 
 from __future__ import annotations
@@ -43,14 +45,29 @@ import sys
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from plm.data.clusters import build_clusters, hash_ranges, save_clusters
-from plm.data.fasta import DEFAULT_MAX_LENGTH, FastaError, OnInvalid
+from plm.data.fasta import (
+    DEFAULT_MAX_LENGTH,
+    FILE_REASONS,
+    MAX_EXAMPLES,
+    DamagedGzip,
+    FastaError,
+    FastaStats,
+    OnInvalid,
+    ParsedBlock,
+    is_blank,
+    is_gzip,
+    iter_blocks,
+    parse_block,
+    refuse_damage,
+    refuse_empty,
+)
 from plm.data.store import (
     CHECKSUM,
     OFFSETS_FILE,
@@ -61,19 +78,16 @@ from plm.data.store import (
     part_name,
     validation_mask,
 )
-from plm.tokenizer import _LOOKUP, FIRST_RESIDUE, RESIDUES
+from plm.utils.atomic import atomic_directory, atomic_write_text, remove_stale_temporaries
 
 FORMAT = 2  # 2: token parts hard-linked from shards (store.json lists them)
 STORE_META = "store.json"
 MANIFEST = "manifest.json"
 SHARDS = ".shards"
 IDS_FILE = "ids.npy"
-X_ID = FIRST_RESIDUE + RESIDUES.index("X")
 BLOCK = 1 << 20  # bytes parsed at once by a worker (small: numpy temporaries stay in cache, no page faults)
 MAX_PROBLEMS = 20  # problems gathered into one error message
-MAX_EXAMPLES = 3  # example records per rejection reason in the manifest
 HIST_EDGES = [0, 50, 100, 200, 300, 500, 1000, 2000, 5000, 10_000, 100_000, 1 << 62]
-_DROP = b" \t\r\n"
 
 
 # ---- shard plan ------------------------------------------------------------------------------------
@@ -94,11 +108,6 @@ class Shard:
 
     def spec(self, opts: dict) -> dict:
         return {**asdict(self), **opts, "format": FORMAT}
-
-
-def _is_gzip(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        return fh.read(2) == b"\x1f\x8b"
 
 
 def _next_record_start(fh, pos: int, size: int) -> int:
@@ -123,7 +132,7 @@ def plan_shards(source: str, paths: list[Path], shard_size: int) -> list[Shard]:
     shards = []
     for fi, path in enumerate(paths):
         st = path.stat()
-        if _is_gzip(path):
+        if is_gzip(path):
             shards.append(Shard(source, str(path), fi, 0, -1, True, st.st_size, st.st_mtime_ns))
             continue
         with open(path, "rb") as fh:
@@ -153,50 +162,13 @@ def keep_freed_memory() -> None:
         pass
 
 
-def _blocks(shard: Shard) -> Iterator[tuple[int, bytes]]:
-    """(byte offset, bytes) pieces of the shard, each cut just before a '>' that starts a line."""
-    import gzip
-
-    fh = gzip.open(shard.path, "rb") if shard.gz else open(shard.path, "rb")  # noqa: SIM115 (closed below)
-    with fh:
-        if not shard.gz:
-            pos, want = shard.start, BLOCK
-            while pos < shard.end:  # plain file: re-read the cut-off record instead of copying it
-                fh.seek(pos)
-                buf = fh.read(min(want, shard.end - pos))
-                if not buf:
-                    raise FastaError(f"{shard.path}: ends at byte {pos}, expected {shard.end}; the file changed during prepare")
-                cut = len(buf) - 1 if pos + len(buf) >= shard.end else buf.rfind(b"\n>")
-                if cut < 0:  # a record longer than the block: read more
-                    want *= 2
-                    continue
-                yield pos, buf if cut == len(buf) - 1 else buf[: cut + 1]
-                pos, want = pos + cut + 1, BLOCK
-            return
-        carry, carry_pos = b"", 0
-        while True:
-            chunk = fh.read(BLOCK)
-            if not chunk:
-                if carry:
-                    yield carry_pos, carry
-                return
-            buf = carry + chunk if carry else chunk
-            cut = buf.rfind(b"\n>")
-            if cut < 0:
-                carry = buf
-                continue
-            yield carry_pos, buf[: cut + 1]
-            carry_pos += cut + 1
-            carry = buf[cut + 1 :]
-
-
 class _ShardWriter:
     """Appends one split's tokens (checksummed on the fly) and remembers record lengths."""
 
     def __init__(self, directory: Path) -> None:
         directory.mkdir(parents=True)
         self.dir = directory
-        self.fh = open(directory / TOKENS_FILE, "wb")  # noqa: SIM115 (closed by close())
+        self.fh = open(directory / TOKENS_FILE, "wb")  # noqa: SIM115 (closed by finish() or the shard)
         self.crc = 0
         self.lengths: list[np.ndarray] = []
 
@@ -207,7 +179,7 @@ class _ShardWriter:
         self.crc = zlib.crc32(data, self.crc)
         self.lengths.append(lengths)
 
-    def close(self) -> dict:
+    def finish(self) -> dict:
         self.fh.close()
         lens = np.concatenate(self.lengths) if self.lengths else np.zeros(0, np.int64)
         offsets = np.zeros(len(lens) + 1, dtype=np.int64)
@@ -218,156 +190,101 @@ class _ShardWriter:
         return {"records": len(lens), "residues": int(offsets[-1]), "files": files}
 
 
-_WS = np.zeros(256, dtype=bool)
-_WS[list(b" \t\r\n")] = True
-STAR, NON_ASCII, UNKNOWN = 254, 253, 255  # markers in the translation table (never token ids)
-_TABLE = _LOOKUP.copy()
-_TABLE[ord("*")] = STAR
-_TABLE[128:] = NON_ASCII
-_TABLE_BYTES = _TABLE.tobytes()
+class _ShardOutput:
+    """What one shard's blocks add up to: a writer per split, id hashes, split flags, record starts."""
+
+    def __init__(self, directory: Path) -> None:
+        self.writers = {"train": _ShardWriter(directory / "train"), "val": _ShardWriter(directory / "val")}
+        self.ids: list[np.ndarray] = []
+        self.split: list[np.ndarray] = []
+        self.starts: list[np.ndarray] = []
+
+    def add(self, blk: ParsedBlock, val_fraction: float) -> None:
+        """Write the kept records of a block: held-out by the rule of plm.data.store.is_validation
+        (vectorised), runs of consecutive kept records straight from the block, no copies."""
+        ok, lens, ends = blk.ok, blk.lens, blk.ends
+        val = validation_mask(blk.tokens, np.concatenate([[0], ends]), val_fraction)
+        lo = ends - lens
+        for split, mask in (("train", ok & ~val), ("val", ok & val)):
+            if mask.any():
+                edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.view(np.int8), [0]])))
+                self.writers[split].write_runs(blk.tokens, lo[edges[::2]].tolist(), ends[edges[1::2] - 1].tolist(),
+                                               lens[mask])
+        self.ids.append(hash_ranges(blk.data, blk.id_start[ok], blk.id_end[ok]))
+        self.split.append(val[ok].astype(np.uint8))
+        self.starts.append(blk.starts[ok])
+
+    def close(self) -> None:
+        for w in self.writers.values():
+            w.fh.close()
 
 
-def _bad_char(seq_region: bytes) -> tuple[str, int]:
-    """First character outside the alphabet in a record's sequence text and its 1-based position."""
-    clean = seq_region.translate(None, _DROP)
-    clean = clean[:-1] if clean.endswith(b"*") else clean
-    bad = np.flatnonzero(_TABLE[np.frombuffer(clean, np.uint8)] >= NON_ASCII)
-    i = int(bad[0]) if len(bad) else 0
-    return chr(clean[i]), i + 1
+class _ShardProblems(Exception):
+    """Error mode found invalid records: the shard is abandoned (its temporary directory removed)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__(f"{len(problems)} problem(s)")
+        self.problems = problems
 
 
-def _parse_block(block: bytes, base: int, shard: Shard, opts: dict, first: bool, out: dict) -> None:
-    """Validate and tokenise every record of one block; append results to ``out``.
+def _parse_shard(shard: Shard, opts: dict, out: _ShardOutput, stats: FastaStats) -> list[str]:
+    """Parse the shard's blocks into ``out``; returns the problems found (error mode: gathered, up to
+    MAX_PROBLEMS, and nothing more is written once there is one)."""
+    problems: list[str] = []
+    try:
+        for i, (pos, block) in enumerate(iter_blocks(shard.path, shard.start, shard.end, shard.gz, BLOCK)):
+            blk = parse_block(block, pos, shard.path, opts["on_invalid"], opts["max_length"],
+                              i == 0 and shard.start == 0, stats, problems)
+            if blk is not None and not problems:
+                out.add(blk, opts["val_fraction"])
+            if blk is not None and blk.error is not None:
+                raise blk.error
+            if len(problems) >= MAX_PROBLEMS:
+                break
+    except DamagedGzip as err:
+        try:
+            refuse_damage(err, opts["on_invalid"], stats)  # skip/x: the records before it are kept
+        except FastaError as refused:
+            problems.append(str(refused))
+    except FastaError as err:
+        problems.append(str(err))
+    return problems
 
-    Vectorised over the block: numpy finds headers and whitespace, one ``bytes.translate`` maps the
-    sequence text to token ids while dropping whitespace, id and held-out hashes are numpy.
-    """
-    if not block.startswith(b">"):  # only the first block of a file: blank lines or junk before '>'
-        i = block.find(b"\n>")
-        lead = i + 1 if i >= 0 else len(block)
-        if not first or block[:lead].strip():
-            line = block.lstrip()[:60].split(b"\n")[0]
-            raise FastaError(
-                f"{shard.path}: byte {base}: sequence data before the first '>' header ({line!r}); is this a FASTA file?"
-            )
-        if lead == len(block):
-            return
-        block, base = block[lead:], base + lead
-    arr = np.frombuffer(block, dtype=np.uint8)
-    size = len(arr)
-    low = np.flatnonzero(arr <= 32)
-    wsp = np.append(low[_WS[arr[low]]], size)  # positions of blanks, tabs, CR, LF
-    nl = np.append(low[arr[low] == ord("\n")], size)
-    after_nl = nl[:-1][nl[:-1] + 1 < size] + 1
-    gt = after_nl[arr[after_nl] == ord(">")]  # headers: '>' at a line start (found from the line breaks:
-    gt = np.concatenate([[0], gt]) if size and arr[0] == ord(">") else gt  # one pass over the block fewer)
-    n = len(gt)
-    head_end = nl[np.searchsorted(nl, gt)]
-    id_start = gt + 1
-    id_end = np.minimum(wsp[np.searchsorted(wsp, id_start)], head_end)
-    for r in np.flatnonzero(id_end <= id_start):  # empty header, or blanks before the identifier
-        text = block[id_start[r] : head_end[r]]
-        if not text.strip():
-            raise FastaError(f"{shard.path}: byte {base + int(gt[r])}: header '>' has no identifier; fix the file")
-        id_start[r] += len(text) - len(text.lstrip())
-        id_end[r] = id_start[r] + len(text.split(None, 1)[0])
-    # sequence text = from a header's line end to the next header; translate maps letters to token ids
-    # and drops whitespace in one C pass (measured: slicing and joining the records beats blanking the
-    # headers of a copy in place, re.sub and numpy index scatter)
-    next_gt = np.append(gt[1:], size)
-    text = b"".join([block[x:y] for x, y in zip(head_end.tolist(), next_gt.tolist())])
-    tok = np.frombuffer(text.translate(_TABLE_BYTES, _DROP), dtype=np.uint8)
-    lens = (next_gt - head_end) - (np.searchsorted(wsp, next_gt) - np.searchsorted(wsp, head_end))
-    starts = base + gt
-    ends = np.cumsum(lens)
-    star = (lens > 0) & (tok[np.maximum(ends - 1, 0)] == STAR) if len(tok) else np.zeros(n, bool)
-    if star.any():  # trailing stop codon written by gene callers: dropped
-        drop = np.ones(len(tok), dtype=bool)
-        drop[ends[star] - 1] = False
-        tok = tok[drop]
-        lens = lens - star
-        ends = np.cumsum(lens)
-    reasons: dict[int, str] = {}
-    if len(tok) and tok.max() >= NON_ASCII:  # max is one vectorised pass; flatnonzero only on bad blocks
-        bad_pos = np.flatnonzero(tok >= NON_ASCII)
-        tok = tok.copy()
-        bad_rec = np.searchsorted(ends, bad_pos, side="right")
-        if opts["on_invalid"] == "x":  # as read_fasta: every unknown character becomes X
-            tok[bad_pos] = X_ID
-        else:
-            non_ascii = np.unique(bad_rec[tok[bad_pos] == NON_ASCII])
-            for r in non_ascii:
-                reasons[int(r)] = "non-ASCII bytes in sequence"
-            for r in np.setdiff1d(np.unique(bad_rec), non_ascii):
-                char, pos_in = _bad_char(block[head_end[r] : next_gt[r]])
-                reasons[int(r)] = f"character outside the alphabet ({char!r} at position {pos_in})"
-    for r in np.flatnonzero(lens == 0):
-        reasons[int(r)] = "empty sequence"
-    for r in np.flatnonzero(lens > opts["max_length"]):
-        reasons.setdefault(int(r), f"longer than max_length={opts['max_length']}")
-    ok = np.ones(n, dtype=bool)
-    for r, why in sorted(reasons.items()):
-        ok[r] = False
-        rid = block[id_start[r] : id_end[r]].decode("utf-8", "replace")
-        where = f"{shard.path}: record {rid!r} at byte {int(starts[r])}"
-        if opts["on_invalid"] == "error":
-            out["problems"].append(f"{where}: {why}")
-        key = why.split(" (")[0]
-        out["rejected"][key] += 1
-        ex = out["examples"].setdefault(key, [])
-        if len(ex) < MAX_EXAMPLES:
-            ex.append(f"{where}: {why}")
-    if out["problems"]:
-        return  # error mode: keep gathering problems, write nothing
-    # held-out split: the rule of plm.data.store.is_validation, vectorised over the block
-    val = validation_mask(tok, np.concatenate([[0], ends]), opts["val_fraction"])
-    lo = ends - lens
-    for split, mask in (("train", ok & ~val), ("val", ok & val)):
-        if mask.any():  # write runs of consecutive kept records straight from the block: no copies
-            edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.view(np.int8), [0]])))
-            out[split].write_runs(tok, lo[edges[::2]].tolist(), ends[edges[1::2] - 1].tolist(), lens[mask])
-    out["ids"].append(hash_ranges(arr, id_start[ok], id_end[ok]))
-    out["split"].append(val[ok].astype(np.uint8))
-    out["starts"].append(starts[ok])
+
+def _write_shard(directory: Path, shard: Shard, opts: dict) -> dict:
+    """Parse one shard into ``directory`` and write its manifest (raises _ShardProblems instead)."""
+    t0 = time.perf_counter()
+    stats = FastaStats()
+    out = _ShardOutput(directory)
+    try:
+        problems = _parse_shard(shard, opts, out, stats)
+    finally:
+        out.close()
+    if problems:
+        raise _ShardProblems(problems)
+    manifest = {"spec": shard.spec(opts), "rejected": dict(stats.rejected), "examples": stats.examples,
+                "seconds": round(time.perf_counter() - t0, 3), "files": {}}
+    for split, writer in out.writers.items():
+        info = writer.finish()
+        manifest[split] = {"records": info["records"], "residues": info["residues"]}
+        manifest["files"].update({f"{split}/{k}": v for k, v in info["files"].items()})
+    for name, parts, dtype in (("ids.npy", out.ids, np.uint64), ("split.npy", out.split, np.uint8),
+                               ("starts.npy", out.starts, np.int64)):
+        np.save(directory / name, np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype))
+        manifest["files"][name] = file_entry(directory / name)
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return manifest
 
 
 def run_shard(shard: Shard, opts: dict, root: str) -> dict:
-    """Parse one shard into ``root/.shards/SOURCE/KEY`` atomically; return its manifest.
-
-    In error mode a shard with invalid records writes nothing and returns its problems instead.
-    """
+    """Parse one shard into ``root/.shards/SOURCE/KEY``, published whole or not at all; return its
+    manifest, or (error mode, invalid records) its problems with nothing written."""
     final = Path(root) / SHARDS / shard.source / shard.key
-    tmp = final.with_name(f"{shard.key}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    out = {"train": _ShardWriter(tmp / "train"), "val": _ShardWriter(tmp / "val"), "ids": [], "split": [],
-           "starts": [], "rejected": Counter(), "examples": {}, "problems": []}
-    t0 = time.perf_counter()
     try:
-        for i, (pos, block) in enumerate(_blocks(shard)):
-            _parse_block(block, pos, shard, opts, first=(i == 0 and shard.start == 0), out=out)
-            if len(out["problems"]) >= MAX_PROBLEMS:
-                break
-    except FastaError as err:
-        out["problems"].append(str(err))
-    if out["problems"]:
-        for w in ("train", "val"):
-            out[w].fh.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-        return {"key": shard.key, "source": shard.source, "problems": out["problems"]}
-    manifest = {"spec": shard.spec(opts), "rejected": dict(out["rejected"]), "examples": out["examples"],
-                "seconds": round(time.perf_counter() - t0, 3), "files": {}}
-    for split in ("train", "val"):
-        info = out[split].close()
-        manifest[split] = {"records": info["records"], "residues": info["residues"]}
-        manifest["files"].update({f"{split}/{k}": v for k, v in info["files"].items()})
-    for name, parts, dtype in (("ids.npy", out["ids"], np.uint64), ("split.npy", out["split"], np.uint8),
-                               ("starts.npy", out["starts"], np.int64)):
-        np.save(tmp / name, np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype))
-        manifest["files"][name] = file_entry(tmp / name)
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    shutil.rmtree(final, ignore_errors=True)
-    os.rename(tmp, final)  # atomic: the shard exists complete or not at all
+        with atomic_directory(final) as tmp:
+            manifest = _write_shard(tmp, shard, opts)
+    except _ShardProblems as err:
+        return {"key": shard.key, "source": shard.source, "problems": err.problems}
     return {"key": shard.key, "source": shard.source, "manifest": manifest}
 
 
@@ -508,35 +425,38 @@ def first_occurrences(ids: np.ndarray) -> np.ndarray:
     return keep
 
 
-def finalize_source(name: str, out: Path, shards: list[Shard], manifests: dict[str, dict], spec: dict,
-                    cluster_tsv: Path | None) -> dict:
-    """Shards → DIR/NAME/{train,val} + manifest; drops later duplicate ids; removes the shards."""
-    sroot = out / SHARDS / name
-    dirs = [sroot / s.key for s in shards]
-    ids = [np.load(d / "ids.npy") for d in dirs]
-    split = [np.load(d / "split.npy") for d in dirs]
-    all_ids = np.concatenate(ids) if ids else np.zeros(0, np.uint64)
-    keep_all = first_occurrences(all_ids)
-    rejected, examples = Counter(), {}
+def _rejections(shards: list[Shard], manifests: dict[str, dict], files: FastaStats) -> FastaStats:
+    """The source's rejections: its files' (empty files) and every shard's, examples capped."""
+    total = FastaStats(rejected=Counter(files.rejected), examples={k: list(v) for k, v in files.examples.items()})
     for s in shards:
         m = manifests[s.key]
-        rejected.update(m["rejected"])
+        total.rejected.update(m["rejected"])
         for k, v in m["examples"].items():
-            examples.setdefault(k, [])
-            examples[k] += v[: MAX_EXAMPLES - len(examples[k])]
+            ex = total.examples.setdefault(k, [])
+            ex += v[: MAX_EXAMPLES - len(ex)]
+    return total
+
+
+def _count_duplicates(stats: FastaStats, keep_all: np.ndarray, ids: list[np.ndarray], dirs: list[Path],
+                      shards: list[Shard]) -> None:
     n_dup = int((~keep_all).sum())
-    if n_dup:
-        rejected["duplicate identifier"] += n_dup
-        bounds = np.cumsum([0] + [len(i) for i in ids])
-        for g in np.flatnonzero(~keep_all)[:MAX_EXAMPLES]:
-            si = int(np.searchsorted(bounds, g, side="right") - 1)
-            start = int(np.load(dirs[si] / "starts.npy")[g - bounds[si]])
-            where = (f"record at uncompressed byte {start}" if shards[si].gz
-                     else f"record {_read_id_at(shards[si].path, start)!r} at byte {start}")
-            examples.setdefault("duplicate identifier", []).append(f"{shards[si].path}: {where}")
+    if not n_dup:
+        return
+    stats.rejected["duplicate identifier"] += n_dup
+    bounds = np.cumsum([0] + [len(i) for i in ids])
+    for g in np.flatnonzero(~keep_all)[:MAX_EXAMPLES]:
+        si = int(np.searchsorted(bounds, g, side="right") - 1)
+        start = int(np.load(dirs[si] / "starts.npy")[g - bounds[si]])
+        where = (f"record at uncompressed byte {start}" if shards[si].gz
+                 else f"record {_read_id_at(shards[si].path, start)!r} at byte {start}")
+        stats.examples.setdefault("duplicate identifier", []).append(f"{shards[si].path}: {where}")
+
+
+def _write_splits(tmp: Path, name: str, shards: list[Shard], dirs: list[Path], manifests: dict[str, dict],
+                  ids: list[np.ndarray], keep_all: np.ndarray, cluster_tsv: Path | None) -> tuple[dict, dict]:
+    """DIR/NAME/{train,val} in ``tmp`` from the shards; returns (files, summary per split)."""
+    split = [np.load(d / "split.npy") for d in dirs]
     keeps = np.split(keep_all, np.cumsum([len(i) for i in ids])[:-1]) if ids else []
-    tmp = out / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     files: dict[str, dict] = {}
     summary: dict[str, dict] = {}
     for sname, flag in (("train", 0), ("val", 1)):
@@ -558,19 +478,30 @@ def finalize_source(name: str, out: Path, shards: list[Shard], manifests: dict[s
         meta = {"name": name, "split": sname, **summary[sname], "parts": parts, "files": sfiles}
         (tmp / sname / STORE_META).write_text(json.dumps(meta, indent=1))
         files.update({f"{sname}/{k}": v for k, v in sfiles.items()})
-    manifest = {
-        "name": name, "format": FORMAT, "spec": spec, **summary,
-        "rejected": dict(rejected), "rejected_examples": examples,
-        "inputs": [{"path": p["path"], "size": p["size"], "mtime_ns": p["mtime_ns"],
-                    "mtime": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(p["mtime_ns"] / 1e9))}
-                   for p in spec["inputs"]],
-        "shards": len(shards), "files": files,
-    }
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    final = out / name
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
+    return files, summary
+
+
+def finalize_source(name: str, out: Path, shards: list[Shard], manifests: dict[str, dict], spec: dict,
+                    cluster_tsv: Path | None, file_stats: FastaStats | None = None) -> dict:
+    """Shards → DIR/NAME/{train,val} + manifest, replacing an older DIR/NAME in one step; drops later
+    duplicate ids; removes the shards once the source is in place."""
+    sroot = out / SHARDS / name
+    dirs = [sroot / s.key for s in shards]
+    ids = [np.load(d / "ids.npy") for d in dirs]
+    keep_all = first_occurrences(np.concatenate(ids) if ids else np.zeros(0, np.uint64))
+    stats = _rejections(shards, manifests, file_stats or FastaStats())
+    _count_duplicates(stats, keep_all, ids, dirs, shards)
+    with atomic_directory(out / name) as tmp:
+        files, summary = _write_splits(tmp, name, shards, dirs, manifests, ids, keep_all, cluster_tsv)
+        manifest = {
+            "name": name, "format": FORMAT, "spec": spec, **summary,
+            "rejected": dict(stats.rejected), "rejected_examples": stats.examples,
+            "inputs": [{"path": p["path"], "size": p["size"], "mtime_ns": p["mtime_ns"],
+                        "mtime": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(p["mtime_ns"] / 1e9))}
+                       for p in spec["inputs"]],
+            "shards": len(shards), "files": files,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
     shutil.rmtree(sroot, ignore_errors=True)
     return manifest
 
@@ -595,26 +526,8 @@ def _up_to_date(root: Path, spec: dict) -> dict | None:
     return man
 
 
-def prepare(
-    sources: dict[str, list[str | os.PathLike]],
-    out: str | os.PathLike,
-    clusters: dict[str, str | os.PathLike] | None = None,
-    val_fraction: float = 0.02,
-    on_invalid: OnInvalid = "error",
-    workers: int | None = None,
-    shard_size: int = 64 << 20,
-    max_length: int = DEFAULT_MAX_LENGTH,
-    progress: bool = True,
-    on_shard_done: Callable[[str, str], None] | None = None,
-) -> dict:
-    """Prepare every source; returns the top-level manifest (also written to ``out/manifest.json``).
-
-    ``on_shard_done(source, key)`` is called in the main process after each shard is parsed (not for
-    shards reused from an earlier run); raising from it interrupts the run like a kill would.
-    """
-    out = Path(out)
-    clusters = {k: Path(v) for k, v in (clusters or {}).items()}
-    paths = {n: [Path(p).resolve() for p in ps] for n, ps in sources.items()}
+def _argument_problems(paths: dict[str, list[Path]], clusters: dict[str, Path], on_invalid: str,
+                       val_fraction: float) -> list[str]:
     problems = []
     if not paths:
         problems.append("no --source given")
@@ -631,17 +544,37 @@ def prepare(
         problems.append(f"on_invalid={on_invalid!r}: use error, skip or x")
     if not 0.0 <= val_fraction < 1.0:
         problems.append(f"val_fraction={val_fraction}: must be in [0, 1)")
-    if problems:
-        raise ValueError("plm data prepare: " + "; ".join(problems))
-    out.mkdir(parents=True, exist_ok=True)
-    opts = {"val_fraction": val_fraction, "on_invalid": on_invalid, "max_length": max_length}
-    specs = {n: _source_spec(n, ps, opts, clusters.get(n)) for n, ps in paths.items()}
-    done_sources = {n: m for n, m in ((n, _up_to_date(out / n, specs[n])) for n in paths) if m is not None}
-    plan = {n: plan_shards(n, ps, shard_size) for n, ps in paths.items() if n not in done_sources}
+    return problems
+
+
+def _empty_files(paths: dict[str, list[Path]], on_invalid: OnInvalid) -> tuple[list[str], dict[str, FastaStats]]:
+    """Files without a single record, by the FASTA policy: problems (error mode) or counted rejections.
+    Checked before any parsing: a 0-byte plain file has no shard that could notice it."""
+    problems, stats = [], {n: FastaStats() for n in paths}
+    for n, ps in paths.items():
+        for p in ps:
+            if is_blank(p):
+                try:
+                    refuse_empty(p, on_invalid, stats[n])
+                except FastaError as err:
+                    problems.append(f"source {n!r}: {err}")
+    return problems, stats
+
+
+def _plan(out: Path, paths: dict[str, list[Path]], specs: dict[str, dict], opts: dict, shard_size: int
+          ) -> tuple[dict[str, dict], dict[str, list[Shard]], dict[str, dict[str, dict]], list[Shard]]:
+    """(sources already done, shards per source to finalise, reusable shard manifests, shards to parse).
+
+    Temporaries a killed run left (hidden ``.NAME.tmp-…`` siblings) are removed first: this run holds
+    the output directory."""
+    remove_stale_temporaries(out)
+    done = {n: m for n, m in ((n, _up_to_date(out / n, specs[n])) for n in paths) if m is not None}
+    plan = {n: plan_shards(n, ps, shard_size) for n, ps in paths.items() if n not in done}
     manifests: dict[str, dict[str, dict]] = {n: {} for n in plan}
     todo: list[Shard] = []
     redone: list[str] = []
     for n, shards in plan.items():
+        remove_stale_temporaries(out / SHARDS / n)
         for s in shards:
             man, bad = reusable_shard(out / SHARDS / n / s.key, s, opts)
             if man is not None:
@@ -651,19 +584,27 @@ def prepare(
                 redone += bad
     if redone:
         print("plm data prepare: damaged shards will be redone:\n  " + "\n  ".join(redone), file=sys.stderr)
-    t_start = time.perf_counter()
-    total = sum((s.size if s.gz else s.end - s.start) for s in todo)
-    workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
-    errors: list[str] = []
+    return done, plan, manifests, todo
+
+
+def _shard_bytes(s: Shard) -> int:
+    return s.size if s.gz else s.end - s.start
+
+
+def _parse_shards(todo: list[Shard], opts: dict, out: Path, workers: int | None, progress: bool,
+                  manifests: dict[str, dict[str, dict]], on_shard_done: Callable[[str, str], None] | None) -> None:
+    """Run the shards (largest first) in worker processes; raise one error listing the problems."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, unit="B", unit_scale=True, desc="prepare", disable=not progress or not todo)
-    args = [(s, opts, str(out)) for s in sorted(todo, key=lambda s: -(s.size if s.gz else s.end - s.start))]
+    workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
+    errors: list[str] = []
+    bar = tqdm(total=sum(map(_shard_bytes, todo)), unit="B", unit_scale=True, desc="prepare",
+               disable=not progress or not todo)
+    args = [(s, opts, str(out)) for s in sorted(todo, key=lambda s: -_shard_bytes(s))]
     by_key = {(s.source, s.key): s for s in todo}
 
     def handle(res: dict) -> None:
-        s = by_key[(res["source"], res["key"])]
-        bar.update(s.size if s.gz else s.end - s.start)
+        bar.update(_shard_bytes(by_key[(res["source"], res["key"])]))
         if "problems" in res:
             errors.extend(res["problems"])
             return
@@ -686,19 +627,31 @@ def prepare(
     if errors:
         more = f"\n  … and more (first {MAX_PROBLEMS} per shard shown)" if len(errors) > MAX_PROBLEMS else ""
         raise FastaError(
-            f"plm data prepare: {len(errors)} invalid record(s):\n  " + "\n  ".join(errors[:MAX_PROBLEMS]) + more
-            + "\nFix the file(s) or re-run with --on-invalid skip (count and drop) or x (unknown letters → X)"
+            f"plm data prepare: {len(errors)} invalid record(s) or file(s):\n  " + "\n  ".join(errors[:MAX_PROBLEMS])
+            + more + "\nFix the file(s) or re-run with --on-invalid skip (count and drop) or x (unknown letters → X)"
             " (a missing header or text before the first '>' cannot be skipped: fix the file);"
             " finished shards are kept and reused."
         )
-    t_parsed = time.perf_counter()
-    result = dict(done_sources)
+
+
+def _check_not_empty(plan: dict[str, list[Shard]], manifests: dict[str, dict[str, dict]],
+                     file_stats: dict[str, FastaStats], paths: dict[str, list[Path]]) -> None:
+    """A source without a single record left is an error whatever ``on_invalid`` says: an empty store
+    would only fail later, at training time, far from its cause."""
+    problems = []
     for n, shards in plan.items():
-        result[n] = finalize_source(n, out, shards, manifests[n], specs[n], clusters.get(n))
-    top = {
-        "format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "options": opts,
-        "seconds": {"parse": round(t_parsed - t_start, 2), "finalize": round(time.perf_counter() - t_parsed, 2),
-                    "shards_parsed": len(todo), "shards_reused": sum(len(m) for m in manifests.values()) - len(todo)},
+        if any(m["train"]["records"] + m["val"]["records"] for m in manifests[n].values()):
+            continue
+        rejected = _rejections(shards, manifests[n], file_stats[n]).rejected
+        why = ", ".join(f"{k}: {v}" for k, v in rejected.items()) or "the files hold no records"
+        problems.append(f"source {n!r} ({', '.join(map(str, paths[n]))}): no record left ({why})")
+    if problems:
+        raise FastaError("plm data prepare: " + "; ".join(problems) + "; check the files or leave the source out")
+
+
+def _top_manifest(out: Path, opts: dict, result: dict[str, dict], seconds: dict) -> dict:
+    return {
+        "format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "options": opts, "seconds": seconds,
         "sources": {n: {"train": {k: m["train"][k] for k in ("records", "residues")},
                         "val": {k: m["val"][k] for k in ("records", "residues")},
                         "rejected": m["rejected"], "inputs": [i["path"] for i in m["inputs"]]}
@@ -706,9 +659,47 @@ def prepare(
         "files": {f"{n}/{rel}": v for n, m in result.items() for rel, v in
                   {**m["files"], MANIFEST: file_entry(out / n / MANIFEST)}.items()},
     }
-    tmp = out / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(top, indent=1))
-    os.replace(tmp, out / MANIFEST)
+
+
+def prepare(
+    sources: dict[str, list[str | os.PathLike]],
+    out: str | os.PathLike,
+    clusters: dict[str, str | os.PathLike] | None = None,
+    val_fraction: float = 0.02,
+    on_invalid: OnInvalid = "error",
+    workers: int | None = None,
+    shard_size: int = 64 << 20,
+    max_length: int = DEFAULT_MAX_LENGTH,
+    progress: bool = True,
+    on_shard_done: Callable[[str, str], None] | None = None,
+) -> dict:
+    """Prepare every source; returns the top-level manifest (also written to ``out/manifest.json``).
+
+    ``on_shard_done(source, key)`` is called in the main process after each shard is parsed (not for
+    shards reused from an earlier run); raising from it interrupts the run like a kill would.
+    """
+    out = Path(out)
+    clusters = {k: Path(v) for k, v in (clusters or {}).items()}
+    paths = {n: [Path(p).resolve() for p in ps] for n, ps in sources.items()}
+    problems = _argument_problems(paths, clusters, on_invalid, val_fraction)
+    empty_problems, file_stats = _empty_files(paths, on_invalid) if not problems else ([], {})
+    if problems or empty_problems:
+        raise FastaError("plm data prepare: " + "; ".join(problems + empty_problems))
+    out.mkdir(parents=True, exist_ok=True)
+    opts = {"val_fraction": val_fraction, "on_invalid": on_invalid, "max_length": max_length}
+    specs = {n: _source_spec(n, ps, opts, clusters.get(n)) for n, ps in paths.items()}
+    done, plan, manifests, todo = _plan(out, paths, specs, opts, shard_size)
+    t_start = time.perf_counter()
+    _parse_shards(todo, opts, out, workers, progress, manifests, on_shard_done)
+    _check_not_empty(plan, manifests, file_stats, paths)
+    t_parsed = time.perf_counter()
+    result = dict(done)
+    for n, shards in plan.items():
+        result[n] = finalize_source(n, out, shards, manifests[n], specs[n], clusters.get(n), file_stats[n])
+    seconds = {"parse": round(t_parsed - t_start, 2), "finalize": round(time.perf_counter() - t_parsed, 2),
+               "shards_parsed": len(todo), "shards_reused": sum(len(m) for m in manifests.values()) - len(todo)}
+    top = _top_manifest(out, opts, result, seconds)
+    atomic_write_text(out / MANIFEST, json.dumps(top, indent=1))
     if (out / SHARDS).is_dir() and not any((out / SHARDS).iterdir()):
         (out / SHARDS).rmdir()
     return top
@@ -732,6 +723,17 @@ def _name_paths(text: str) -> tuple[str, list[str]]:
     if not sep or not name or not rest:
         raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=PATH[,PATH…]")
     return name, [p for p in rest.split(",") if p]
+
+
+def _warn_file_rejections(out: Path, top: dict) -> None:
+    """Whole files (or gzip tails) skipped under --on-invalid skip/x: named on stderr, not only counted."""
+    for n, s in top["sources"].items():
+        if not any(k in s["rejected"] for k in FILE_REASONS):
+            continue
+        examples = json.loads((out / n / MANIFEST).read_text()).get("rejected_examples", {})
+        for key in FILE_REASONS:
+            for ex in examples.get(key, []):
+                print(f"warning: source {n!r}: skipped {ex}", file=sys.stderr)
 
 
 def main(argv: list[str]) -> int:
@@ -784,6 +786,7 @@ def main(argv: list[str]) -> int:
         rej = ", ".join(f"{k}: {v}" for k, v in s["rejected"].items()) or "none"
         print(f"{n}: train {s['train']['records']:,} records / {s['train']['residues']:,} residues, "
               f"val {s['val']['records']:,} / {s['val']['residues']:,}; rejected: {rej}")
+    _warn_file_rejections(Path(a.out), top)
     print(f"wrote {Path(a.out) / MANIFEST}")
     return 0
 
