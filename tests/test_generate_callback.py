@@ -36,3 +36,13 @@ def test_skipped_for_mlm_and_validates_args(tmp_path):
     assert cb.history == []
     with pytest.raises(ValueError, match="every_n_steps=0"):
         GenerationCallback(every_n_steps=0)
+
+
+def test_sampling_defaults_are_progen2s_released_example_everywhere():
+    from plm.generate.sampling import SamplingConfig
+
+    d = SamplingConfig()
+    # salesforce/progen progen2/README.md: sample.py --t 0.8 --p 0.9; sample.py's --max-length default 256
+    assert (d.temperature, d.top_p, d.max_length) == (0.8, 0.9, 256)
+    cb = GenerationCallback()
+    assert (cb.sampling.temperature, cb.sampling.top_p) == (d.temperature, d.top_p)

@@ -21,14 +21,15 @@ class GenerationCallback(pl.Callback):
         every_n_steps: sample after every K-th optimizer step (K > 0).
         num: sequences per evaluation.
         max_length: residues per sequence at most.
-        temperature, top_p: sampling settings (ProGen2's example: 0.9, 0.8).
+        temperature, top_p: sampling settings (default: ``SamplingConfig``'s, ProGen2's released example).
         seed: generator seed, the same at every evaluation.
         esmfold: local ESMFold directory; None skips pLDDT.
         fold_dtype: 'fp32' or 'bf16' for ESMFold's language model.
     """
 
-    def __init__(self, every_n_steps: int = 1000, num: int = 16, max_length: int = 128, temperature: float = 0.9,
-                 top_p: float = 0.8, seed: int = 0, esmfold: str | None = None, fold_dtype: str = "fp32") -> None:
+    def __init__(self, every_n_steps: int = 1000, num: int = 16, max_length: int = 128,
+                 temperature: float = SamplingConfig.temperature, top_p: float = SamplingConfig.top_p, seed: int = 0,
+                 esmfold: str | None = None, fold_dtype: str = "fp32") -> None:
         if every_n_steps < 1 or num < 1:
             raise ValueError(f"GenerationCallback: every_n_steps={every_n_steps} and num={num} must be >= 1")
         self.every_n_steps, self.num, self.seed = every_n_steps, num, seed

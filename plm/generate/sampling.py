@@ -60,13 +60,14 @@ class KVCache:
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """How to pick each next token. Defaults follow ProGen2's released example (REFERENCE.md)."""
+    """How to pick each next token. Defaults follow ProGen2's released example, ``sample.py --t 0.8 --p 0.9``
+    (docs/reference.md, "Generation evaluation"); ``plm generate`` and the generation callback read them here."""
 
-    temperature: float = 0.9
+    temperature: float = 0.8
     """Divides the logits; < 1 sharpens. Ignored when greedy."""
     top_k: int = 0
     """Keep only the k most likely tokens (0 = off)."""
-    top_p: float = 0.8
+    top_p: float = 0.9
     """Nucleus sampling: keep the smallest set of tokens whose probability mass reaches top_p (1 = off)."""
     repetition_penalty: float = 1.0
     """CTRL-style penalty (> 1 discourages) on residues already in the sequence, prompt included."""
