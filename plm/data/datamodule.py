@@ -27,7 +27,7 @@ from plm.data.sampler import MixtureSampler
 from plm.data.store import TokenStore, split_fasta
 from plm.tokenizer import RESIDUE_IDS
 
-#: UniMeta200B sampling shares (REFERENCE.md): UniRef50/S, UniRef90/50, ColabFoldDB centroids, members.
+#: UniMeta200B shares (docs/reference.md, "Data"): UniRef50/S, UniRef90/50, ColabFoldDB centroids, members.
 UNIMETA_WEIGHTS = {"uniref50": 0.085, "uniref90": 0.195, "cfdb_centroids": 0.195, "cfdb_members": 0.525}
 
 
@@ -231,7 +231,7 @@ class ProteinDataModule(pl.LightningDataModule):
                 self._warned_epochs.add(name)
                 warnings.warn(
                     f"source {name!r} has passed one epoch ({e:.2f}): its data now repeats; the papers "
-                    "show repeats hurt (REFERENCE.md). Add data or lower its weight.",
+                    "show repeats hurt (docs/reference.md, \"Data\"). Add data or lower its weight.",
                     stacklevel=2,
                 )
         return out

@@ -2,9 +2,10 @@
 
 Weights come from a local directory (``config.json`` + safetensors/bin), never the hub. The trunk always
 runs in fp32; the 3B ESM-2 language model inside runs in fp32 or bf16. fp16 is refused: ESMFold
-produces NaNs in fp16 (REFERENCE.md). pLDDT is ``plddt`` (B, L, 37 atoms, 0–1) averaged over
-``atom37_atom_exists`` and ×100, matching fair-esm's ``mean_plddt``. Results are cached by the SHA-256
-of (model fingerprint, sequence) in a JSON file so re-scoring a FASTA folds only new sequences.
+produces NaNs in fp16 (docs/reference.md, "ESMFold (pLDDT)"). pLDDT is ``plddt`` (B, L, 37 atoms,
+0–1) averaged over ``atom37_atom_exists`` and ×100, matching fair-esm's ``mean_plddt``. Results are
+cached by the SHA-256 of (model fingerprint, sequence) in a JSON file so re-scoring a FASTA folds only
+new sequences.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""``plm score``: judge generated proteins the way the CLM papers do (REFERENCE.md, "Generation evaluation").
+"""``plm score``: judge generated proteins the way the CLM papers do.
+
+The measures and their sources are in docs/reference.md, "Generation evaluation".
 
 Per sequence: length, ESMFold mean pLDDT, perplexity under the generating CLM, pseudo-perplexity under
 an MLM, max identity to a reference set (novelty), repeat and low-complexity fractions. Over the set:
