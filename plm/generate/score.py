@@ -78,6 +78,19 @@ def _stats(values: list[float]) -> dict[str, float]:
             "max": float(v.max())}
 
 
+def _add_metric(rows: list[dict[str, Any]], summary: dict[str, Any], name: str, values: list[float]) -> None:
+    """Each sequence's value as its row's ``name`` column and their statistics as ``summary[name]``, so the
+    CSV and the summary can never describe different numbers."""
+    for r, v in zip(rows, values):
+        r[name] = v
+    summary[name] = _stats(values)
+
+
+def _perplexities(scores: list[tuple[float, int]]) -> list[float]:
+    """exp(−log-likelihood / tokens scored) per sequence, from ``plm.model.likelihood``'s (sum, count)."""
+    return [math.exp(-lp / n) for lp, n in scores]
+
+
 def _histogram(values: list[float] | np.ndarray, title: str, xlabel: str, path: Path) -> None:
     import matplotlib
 
@@ -102,12 +115,9 @@ def score(fasta: str | Path, out: str | Path, opts: ScoreOptions | None = None) 
     summary: dict[str, Any] = {"fasta": str(fasta), "n": len(seqs), "length": _stats([len(s) for s in seqs])}
     missing: dict[str, str] = {}
 
-    for r, s in zip(rows, seqs):
-        r["repeat_fraction"] = metrics.repeat_fraction(s)
-        r["low_complexity_fraction"] = metrics.low_complexity_fraction(s)
-    summary["repeat_fraction"] = _stats([r["repeat_fraction"] for r in rows])
+    _add_metric(rows, summary, "repeat_fraction", [metrics.repeat_fraction(s) for s in seqs])
     summary["repetitive_share"] = float(np.mean([r["repeat_fraction"] > REPETITIVE_ABOVE for r in rows]))
-    summary["low_complexity_fraction"] = _stats([r["low_complexity_fraction"] for r in rows])
+    _add_metric(rows, summary, "low_complexity_fraction", [metrics.low_complexity_fraction(s) for s in seqs])
 
     pairwise = metrics.pairwise_identities(seqs, max_pairs=opts.max_pairs)
     summary["pairwise_identity"] = _stats(pairwise.tolist())
@@ -118,9 +128,8 @@ def score(fasta: str | Path, out: str | Path, opts: ScoreOptions | None = None) 
     if opts.reference:
         _, refs = read_sequences(opts.reference)
         novelty, method = metrics.max_identity_to_reference(seqs, refs, opts.novelty_backend)
-        for r, ident in zip(rows, novelty):
-            r["max_identity_to_reference"] = ident
-        summary["max_identity_to_reference"] = {**_stats(novelty), "method": method}
+        _add_metric(rows, summary, "max_identity_to_reference", novelty)
+        summary["max_identity_to_reference"]["method"] = method
         summary["novel_share"] = float(np.mean([r["max_identity_to_reference"] < NOVEL_BELOW for r in rows]))
     else:
         missing["novelty"] = "--reference FASTA"
@@ -128,18 +137,16 @@ def score(fasta: str | Path, out: str | Path, opts: ScoreOptions | None = None) 
     if opts.clm:
         from plm.model.likelihood import sequence_logprobs
 
-        for r, (lp, n) in zip(rows, sequence_logprobs(load_scorer(opts.clm, "clm", "--clm"), seqs, device=opts.device)):
-            r["clm_perplexity"] = math.exp(-lp / n)
-        summary["clm_perplexity"] = _stats([r["clm_perplexity"] for r in rows])
+        scores = sequence_logprobs(load_scorer(opts.clm, "clm", "--clm"), seqs, device=opts.device)
+        _add_metric(rows, summary, "clm_perplexity", _perplexities(scores))
     else:
         missing["CLM perplexity"] = "--clm CHECKPOINT"
 
     if opts.mlm:
         from plm.model.likelihood import pseudo_logprobs
 
-        for r, (lp, n) in zip(rows, pseudo_logprobs(load_scorer(opts.mlm, "mlm", "--mlm"), seqs, device=opts.device)):
-            r["mlm_pseudo_perplexity"] = math.exp(-lp / n)
-        summary["mlm_pseudo_perplexity"] = _stats([r["mlm_pseudo_perplexity"] for r in rows])
+        scores = pseudo_logprobs(load_scorer(opts.mlm, "mlm", "--mlm"), seqs, device=opts.device)
+        _add_metric(rows, summary, "mlm_pseudo_perplexity", _perplexities(scores))
     else:
         missing["MLM pseudo-perplexity"] = "--mlm CHECKPOINT"
 
@@ -148,9 +155,7 @@ def score(fasta: str | Path, out: str | Path, opts: ScoreOptions | None = None) 
 
         scorer = PlddtScorer(opts.esmfold, opts.fold_dtype, opts.device, opts.fold_token_budget,
                              cache=opts.fold_cache or out / "plddt_cache.json")
-        for r, p in zip(rows, scorer(seqs, progress=opts.progress)):
-            r["plddt"] = p
-        summary["plddt"] = _stats([r["plddt"] for r in rows])
+        _add_metric(rows, summary, "plddt", scorer(seqs, progress=opts.progress))
         summary["plddt_confident_share"] = float(np.mean([r["plddt"] > PLDDT_CONFIDENT for r in rows]))
     else:
         missing["pLDDT"] = "--esmfold DIR"
