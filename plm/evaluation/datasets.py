@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from plm.data.fasta import FastaError, open_binary, read_text_records
+
 IGNORE = -100
 MAX_LISTED = 5  # problems named in one error message
 
@@ -95,36 +97,30 @@ def _raise_problems(path: Path, records: list[ResidueRecord], problems: list[str
         raise ValueError(f"{path}: {empty}")
 
 
-def open_text(path: str | Path) -> io.TextIOBase:
-    """Open plain, .gz or single-member .zip text files."""
+def task_file(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file (check the task YAML's data paths and --data-root)")
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
+    return path
+
+
+def open_text(path: str | Path) -> io.TextIOBase:
+    """Open plain, gzip (decided by magic bytes, the rule of :mod:`plm.data.fasta`) or single-member .zip
+    text files."""
+    path = task_file(path)
     if path.suffix == ".zip":
         zf = zipfile.ZipFile(path)
         members = [n for n in zf.namelist() if not n.endswith("/")]
         return io.TextIOWrapper(zf.open(members[0]), encoding="utf-8")
-    return open(path, encoding="utf-8")
+    return io.TextIOWrapper(open_binary(path, "file"), encoding="utf-8")
 
 
 def iter_fasta_text(path: str | Path) -> Iterator[tuple[str, str, str]]:
-    """(id, description, sequence string) for each record; labels/masks are not residues, so this does
-    not go through the tokenizer like ``plm.data.fasta.read_fasta``."""
-    rid, desc, chunks = None, "", []
-    with open_text(path) as fh:
-        for line in fh:
-            line = line.strip()
-            if line.startswith(">"):
-                if rid is not None:
-                    yield rid, desc, "".join(chunks)
-                desc = line[1:]
-                rid, chunks = (desc.split() or [""])[0], []
-            elif line:
-                chunks.append(line)
-    if rid is not None:
-        yield rid, desc, "".join(chunks)
+    """(id, header line, sequence string) for each record. Labels and masks are not residues: they are
+    read by :func:`plm.data.fasta.read_text_records` (the FASTA structure, gzip and empty-file rules of
+    every reader) without the tokenizer's alphabet."""
+    for rec in read_text_records(task_file(path)):
+        yield rec.id, rec.header, "".join(rec.lines)
 
 
 def header_fields(description: str) -> dict[str, str]:
@@ -245,15 +241,13 @@ def read_annotated_fasta(
     (TMbed's blacklist of proteins removed from its evaluation)."""
     records, problems = [], []
     for path in as_paths(paths):
-        with open_text(path) as fh:
-            lines = [ln.strip() for ln in fh if ln.strip()]
-        starts = [i for i, ln in enumerate(lines) if ln.startswith(">")]
-        if not lines or not lines[0].startswith(">"):
-            raise ValueError(f"{path}: not an annotated FASTA (first line must be a '>' header)")
+        try:
+            recs = list(read_text_records(task_file(path)))
+        except FastaError as err:
+            raise ValueError(f"{path}: not an annotated FASTA ('>header', sequence line, label line): {err}") from None
         file_problems = []
-        for k, start in enumerate(starts):
-            body = lines[start + 1 : starts[k + 1] if k + 1 < len(starts) else len(lines)]
-            rid = (lines[start][1:].split() or [""])[0]
+        for rec in recs:
+            body, rid = rec.lines, rec.id
             if len(body) != 2:
                 file_problems.append(f"record {rid!r}: {len(body)} line(s) after the header, expected 2 (sequence, labels)")
                 continue

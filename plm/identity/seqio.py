@@ -5,26 +5,30 @@ a ``sequence``/``target_seq`` column, CB513 as TSV), so :func:`read_sequences` a
 :func:`read_train` reads training data with the same validation policy ``plm data prepare`` uses.
 Records are handed to mmseqs under their *position* (``0``, ``1``, …) rather than their header, so
 identifiers with spaces, pipes or duplicates can never be confused, and mapped back afterwards.
+Files are read through :mod:`plm.data.fasta`, so gzip detection, FASTA structure, empty files and damaged
+gzip streams follow the one policy everywhere.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
-from plm.data.fasta import open_binary, read_fasta
+from plm.data.fasta import open_binary, read_fasta, read_text_records
 from plm.data.store import OFFSETS_FILE, TOKENS_FILE, TokenStore
 from plm.tokenizer import FIRST_RESIDUE, RESIDUES
+from plm.utils.atomic import atomic_file
 
 SEQUENCE_COLUMNS = ("sequence", "target_seq", "seq", "mutated_sequence", "input")
-_AA = set("ACDEFGHIKLMNPQRSTVWYXBZUO")
+_AA = {c for c in RESIDUES if c.isalpha()}  # the tokenizer's letters ('.' and '-' are gaps, not residues)
 _LETTERS = np.zeros(256, dtype=np.uint8)
 _LETTERS[FIRST_RESIDUE : FIRST_RESIDUE + len(RESIDUES)] = np.frombuffer(RESIDUES.encode(), dtype=np.uint8)
 
@@ -43,45 +47,29 @@ def tokens_to_str(tokens: np.ndarray) -> str:
 
 def _base_suffix(path: Path) -> str:
     name = path.name.lower()
-    return Path(name[:-3] if name.endswith(".gz") else name).suffix
-
-
-def _raw_fasta(path: Path) -> Iterator[tuple[str, list[str]]]:
-    header, lines = None, []
-    with io.TextIOWrapper(open_binary(path), encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            line = line.strip()
-            if line.startswith(">"):
-                if header is not None:
-                    yield header, lines
-                header, lines = line[1:].strip(), []
-            elif line:
-                if header is None:
-                    raise ValueError(f"{path}: sequence data before the first '>' header; is this a FASTA file?")
-                lines.append(line)
-    if header is not None:
-        yield header, lines
+    return Path(name.removesuffix(".gz")).suffix
 
 
 def _fasta_sequences(path: Path) -> Iterator[SeqRecord]:
     """FASTA records; a record of two equal-length lines whose second is not amino acids is TMbed's
     annotated format (sequence, then per-residue labels) and only the first line is kept."""
-    for header, lines in _raw_fasta(path):
+    for rec in read_text_records(path):
+        lines = rec.lines
         if len(lines) == 2 and len(lines[0]) == len(lines[1]) and not set(lines[1].upper()) <= _AA:
             lines = lines[:1]
         seq = "".join(lines).upper().rstrip("*")
         bad = set(seq) - _AA
         if bad:
             raise ValueError(
-                f"{path}: record {header.split()[0]!r} has non-residue characters {sorted(bad)}; "
+                f"{path}: record {rec.id!r} has non-residue characters {sorted(bad)}; "
                 "is this a label file rather than sequences?"
             )
         if seq:
-            yield SeqRecord(header.split()[0] if header else "", seq)
+            yield SeqRecord(rec.id, seq)
 
 
 def _table_sequences(path: Path, delimiter: str) -> Iterator[SeqRecord]:
-    with io.TextIOWrapper(open_binary(path), encoding="utf-8", errors="replace", newline="") as fh:
+    with io.TextIOWrapper(open_binary(path, "sequence table"), encoding="utf-8", errors="replace", newline="") as fh:
         reader = csv.DictReader(fh, delimiter=delimiter)
         column = next((c for c in SEQUENCE_COLUMNS if c in (reader.fieldnames or [])), None)
         if column is None:
@@ -143,15 +131,16 @@ def write_indexed_fasta(records: Iterable[SeqRecord], path: str | os.PathLike) -
 
 
 def write_fasta(records: Iterable[SeqRecord], path: str | os.PathLike, width: int = 0) -> int:
-    """Write records under their own ids (gzip when the name ends in .gz); returns the count."""
+    """Write records under their own ids (gzip when the name ends in .gz), whole or not at all: these
+    are outputs other commands read; returns the count."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    opener = gzip.open if path.name.endswith(".gz") else open
     n = 0
-    with opener(path, "wt") as fh:
-        for rec in records:
-            seq = rec.seq if width <= 0 else "\n".join(rec.seq[i : i + width] for i in range(0, len(rec.seq), width))
-            header = f"{rec.id} {rec.description}" if rec.description else rec.id
-            fh.write(f">{header}\n{seq}\n")
-            n += 1
+    with atomic_file(path) as raw:
+        gz = gzip.GzipFile(fileobj=raw, mode="wb") if path.name.endswith(".gz") else contextlib.nullcontext(raw)
+        with gz as sink:
+            for rec in records:
+                seq = rec.seq if width <= 0 else "\n".join(rec.seq[i : i + width] for i in range(0, len(rec.seq), width))
+                header = f"{rec.id} {rec.description}" if rec.description else rec.id
+                sink.write(f">{header}\n{seq}\n".encode())
+                n += 1
     return n
