@@ -19,7 +19,7 @@ COMMANDS: dict[str, str] = {
     "sweep": "plm.scaling.sweep:main",
     "fit-laws": "plm.scaling.fit:main",
     "evaluate": "plm.evaluation.runner:main",
-    "data": "plm.identity.cli:main",
+    "data": "plm.data.cli:main",
     "generate": "plm.generate.cli:main",
     "score": "plm.generate.score:main",
     "convert": "plm.convert_cli:main",

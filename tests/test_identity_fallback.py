@@ -8,9 +8,9 @@ import random
 import numpy as np
 import pytest
 
+from plm.data.cli import main as data_main
 from plm.data.store import TokenStore
 from plm.identity import fallback
-from plm.identity.cli import main as data_main
 from plm.identity.cluster import cluster
 from plm.identity.decontaminate import EXCLUDE_FILE, decontaminate, read_exclusions
 from plm.identity.mmseqs import ENV_VAR, MMseqsNotFoundError, find_mmseqs, require_mmseqs

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from plm.data.cli import main as data_main
 from plm.data.fasta import read_fasta
-from plm.identity.cli import main as data_main
 from plm.identity.mmseqs import MMseqs, MMseqsError, require_mmseqs
 from plm.identity.seqio import SeqRecord, read_sequences, read_train, write_indexed_fasta
 from plm.identity.split import split_by_identity

@@ -446,3 +446,16 @@ def test_failed_shards_and_stores_leave_no_temporaries_and_stale_ones_are_cleare
     prepare({"s": [good]}, out, **kw)
     assert _temporaries(out) == [] and len(TokenStore.open(out / "s" / "train")) + len(
         TokenStore.open(out / "s" / "val")) == 2
+
+
+def test_plm_data_commands_are_dispatched_from_plm_data(capsys):
+    import importlib
+
+    from plm.cli import main as plm_main
+    from plm.data.cli import SUBCOMMANDS
+
+    assert set(SUBCOMMANDS) == {"prepare", "decontaminate", "split-by-identity", "cluster"}
+    for target, _ in SUBCOMMANDS.values():  # every subcommand still reaches a main after the move
+        module, func = target.split(":")
+        assert callable(getattr(importlib.import_module(module), func))
+    assert plm_main(["data", "--help"]) == 0 and "split-by-identity" in capsys.readouterr().out

@@ -1,6 +1,7 @@
 """``plm data <subcommand>``: one entry point for the data tools, each imported only when called.
 
-``prepare`` lives in :mod:`plm.data.prepare`; the identity tools (MMseqs2) live here.
+The commands belong to the data layer; ``prepare`` is :mod:`plm.data.prepare`, the identity commands
+(MMseqs2 or the fallback) are thin mains over the algorithms in :mod:`plm.identity`.
 """
 
 from __future__ import annotations
