@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from plm.data.fasta import FastaStats, OnInvalid, read_fasta
+from plm.utils.atomic import atomic_file
 
 TOKENS_FILE, OFFSETS_FILE = "tokens.bin", "offsets.npy"
 STORE_META = "store.json"  # written by `plm data prepare`: sizes + checksums of the store's files
@@ -150,10 +151,12 @@ class TokenStore:
         return cls(name, tokens, offsets)
 
     def save(self, directory: str | os.PathLike) -> None:
+        """Each file whole or not at all (a torn pair is caught by ``open``'s size check)."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        np.asarray(self.tokens, dtype=np.uint8).tofile(directory / TOKENS_FILE)
-        np.save(directory / OFFSETS_FILE, np.asarray(self.offsets, dtype=np.int64))
+        with atomic_file(directory / TOKENS_FILE) as fh:
+            fh.write(memoryview(np.ascontiguousarray(self.tokens, dtype=np.uint8)))
+        with atomic_file(directory / OFFSETS_FILE) as fh:
+            np.save(fh, np.asarray(self.offsets, dtype=np.int64))
 
     @classmethod
     def open(cls, directory: str | os.PathLike, name: str | None = None, verify: bool = False) -> TokenStore:

@@ -16,6 +16,7 @@ from pathlib import Path
 from plm.identity import fallback
 from plm.identity.search import Backend, Fallback, add_backend_args, backend_from_args, method_name
 from plm.identity.seqio import read_train, write_indexed_fasta
+from plm.utils.atomic import atomic_file, atomic_write_text
 
 
 def cluster(fasta: str | Path, out: str | Path, backend: Backend, min_identity: float, coverage: float = 0.8,
@@ -35,8 +36,7 @@ def cluster(fasta: str | Path, out: str | Path, backend: Backend, min_identity: 
             with open(tmp / "clu.tsv") as fh:
                 rows = [(records[int(a)].id, records[int(b)].id) for a, b in csv.reader(fh, delimiter="\t")]
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as fh:
+    with atomic_file(out, "w", newline="") as fh:  # `plm data prepare --clusters` reads it
         csv.writer(fh, delimiter="\t", lineterminator="\n").writerows(rows)
     sizes: dict[str, int] = {}
     for rep, _ in rows:
@@ -47,7 +47,7 @@ def cluster(fasta: str | Path, out: str | Path, backend: Backend, min_identity: 
         "records": len(records), "clusters": len(sizes), "singletons": sum(v == 1 for v in sizes.values()),
         "largest_cluster": max(sizes.values()),
     }
-    Path(str(out) + ".json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(Path(str(out) + ".json"), json.dumps(summary, indent=2) + "\n")
     return summary
 
 

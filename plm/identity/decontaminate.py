@@ -20,8 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from plm.identity.search import Backend, add_backend_args, backend_from_args, best_hits, exact_hits, method_name
+from plm.identity.search import (
+    Backend,
+    add_backend_args,
+    backend_from_args,
+    best_hits,
+    exact_hits,
+    method_name,
+)
 from plm.identity.seqio import SeqRecord, read_sequences, read_store, read_train, store_splits, write_fasta
+from plm.utils.atomic import atomic_file, atomic_write_text
 
 EXCLUDE_FILE = "exclude.npy"
 REPORT_FILE, SUMMARY_FILE = "removed.tsv", "summary.json"
@@ -84,7 +92,8 @@ def decontaminate(
         if train.is_dir():
             store_dir = store_splits(train)[split]
             merged = np.union1d(read_exclusions(store_dir), np.asarray(removed, dtype=np.int64)).astype(np.int64)
-            np.save(store_dir / EXCLUDE_FILE, merged)
+            with atomic_file(store_dir / EXCLUDE_FILE) as fh:  # training reads it: whole or not at all
+                np.save(fh, merged)
             outputs.append(str(store_dir / EXCLUDE_FILE))
         else:
             dropped = set(removed)
@@ -92,7 +101,7 @@ def decontaminate(
             write_fasta((r for i, r in enumerate(records) if i not in dropped), target)
             outputs.append(str(target))
 
-    with open(out / REPORT_FILE, "w", newline="") as fh:
+    with atomic_file(out / REPORT_FILE, "w", newline="") as fh:
         w = csv.writer(fh, delimiter="\t", lineterminator="\n")
         w.writerow(["split", "record_index", "record_id", "best_eval_hit", "identity", "exact"])
         w.writerows(rows)
@@ -108,7 +117,7 @@ def decontaminate(
         "splits": per_split, "removed_by_eval_file": by_eval,
         "outputs": [str(out / REPORT_FILE), *outputs],
     }
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     return summary
 
 

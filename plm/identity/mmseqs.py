@@ -20,10 +20,10 @@ import sys
 import tempfile
 import time
 from collections import deque
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 ENV_VAR = "PLM_MMSEQS"
 INSTALL_HINT = (

@@ -10,7 +10,7 @@ import argparse
 import hashlib
 import sys
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal
 
 from plm.identity import fallback
 from plm.identity.fallback import Best
@@ -28,7 +28,7 @@ class Fallback:
     method: str = fallback.METHOD
 
 
-Backend = Union[MMseqs, Fallback]
+Backend = MMseqs | Fallback
 
 
 def method_name(backend: Backend) -> str:

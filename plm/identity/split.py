@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 from pathlib import Path
 
 from plm.identity.search import Backend, add_backend_args, backend_from_args, best_hits, method_name
 from plm.identity.seqio import SeqRecord, read_sequences, read_store, read_train, store_splits, write_fasta
+from plm.utils.atomic import atomic_file, atomic_write_text
 
 TABLE_FILE, SUMMARY_FILE = "max_identity.tsv", "summary.json"
 
@@ -37,7 +39,7 @@ def parse_bins(text: str | list[float]) -> list[float]:
 def bin_names(bounds: list[float]) -> list[str]:
     """Disjoint bin file stems, lowest first: lt0.5, 0.5-0.9, ge0.9."""
     names = [f"lt{bounds[0]:g}"]
-    names += [f"{lo:g}-{hi:g}" for lo, hi in zip(bounds, bounds[1:])]
+    names += [f"{lo:g}-{hi:g}" for lo, hi in itertools.pairwise(bounds)]
     return names + [f"ge{bounds[-1]:g}"]
 
 
@@ -82,7 +84,7 @@ def split_by_identity(source: str | Path, train: list[str | Path], bounds: list[
     for k, hi in enumerate(bounds[1:], start=1):  # cumulative "< hi" sets, as the paper reports
         idx = sorted(i for b in members[: k + 1] for i in b)
         files[f"lt{hi:g}"] = write_fasta((records[i] for i in idx), out / f"lt{hi:g}.fasta")
-    with open(out / TABLE_FILE, "w", newline="") as fh:
+    with atomic_file(out / TABLE_FILE, "w", newline="") as fh:
         w = csv.writer(fh, delimiter="\t", lineterminator="\n")
         w.writerow(["id", "max_identity", "best_train_hit", "bin"])
         for i, r in enumerate(records):
@@ -97,7 +99,7 @@ def split_by_identity(source: str | Path, train: list[str | Path], bounds: list[
             for n, idx in zip(names, members)
         },
     }
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     return summary
 
 
