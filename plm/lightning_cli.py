@@ -62,6 +62,7 @@ class PlmCLI(LightningCLI):
 
         from plm.reliability import AtomicCheckpointIO, NaNGuard, PreemptionCheckpoint, resolve_resume_path
         from plm.reliability.best import BestCheckpoint
+        from plm.reliability.last import LastCheckpoint
 
         plugins = config.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
@@ -70,6 +71,7 @@ class PlmCLI(LightningCLI):
         callbacks += [NaNGuard(cfg.max_bad_steps), PreemptionCheckpoint(run / "ckpt")]
         if config.get("enable_checkpointing", True) is not False:
             callbacks.append(BestCheckpoint(run / "ckpt"))  # best.ckpt by val/loss, beside the newest K
+            callbacks.append(LastCheckpoint(run / "ckpt"))  # last.ckpt = the final step, not the last due one
         if self.subcommand == "fit" and cfg.get("ckpt_path") == "last":
             # the newest checkpoint that verifies, not blindly last.ckpt (None: first attempt, start fresh)
             self.config_init[self.subcommand]["ckpt_path"] = resolve_resume_path(run / "ckpt")

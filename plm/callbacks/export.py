@@ -11,9 +11,30 @@ from lightning.pytorch.utilities import rank_zero_info
 from plm.model.io import save_pretrained
 
 
+def validation_summary(trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[str]:
+    """The last held-out loss against the unigram baseline scored on the same positions, per set."""
+    metrics = trainer.callback_metrics
+    val = metrics.get("val/loss")
+    if val is None:
+        return []
+    what = "masked positions" if getattr(pl_module, "objective", "") == "mlm" else "next tokens"
+    base = metrics.get("val/unigram_loss")
+    if base is None:
+        return [f"final validation loss ({what}) {float(val):.4f} nats (ppl {math.exp(float(val)):.2f})"]
+    verdict = "below" if float(val) < float(base) else "NOT below"
+    lines = [f"final validation loss on {what} {float(val):.4f} nats (ppl {math.exp(float(val)):.2f}) is {verdict} "
+             f"the unigram baseline on the same positions {float(base):.4f} nats (ppl {math.exp(float(base)):.2f})"]
+    metric = getattr(pl_module, "val_metric", "loss")
+    for key in sorted(k for k in metrics if k.startswith("val/") and k.endswith(f"/{metric}") and k.count("/") == 2):
+        name = key.split("/")[1]
+        uni = metrics.get(f"val/{name}/unigram_{metric}")
+        lines.append(f"  {name}: {float(metrics[key]):.4f}" + (f" vs unigram {float(uni):.4f}" if uni is not None else ""))
+    return lines
+
+
 class FinalExport(pl.Callback):
     """At the end of ``fit``: safetensors + config.json in ``dirpath`` (atomic), then a summary that
-    compares the final validation loss with the unigram-entropy baseline of the training data."""
+    compares the final validation loss with a unigram model scored on the same positions."""
 
     def __init__(self, dirpath: str | Path) -> None:
         self.dirpath = Path(dirpath)
@@ -39,14 +60,6 @@ class FinalExport(pl.Callback):
             f"non-embedding N = {cfg.n_params_non_embedding():,}, tokens seen = {pl_module.tokens_seen:,}, "
             f"C = 6·N·D = {cfg.flops_per_token(attention=False) * pl_module.tokens_seen:.3g} FLOPs",
         ]
-        val = trainer.callback_metrics.get("val/loss")
-        dm = getattr(trainer, "datamodule", None)
-        if val is not None and dm is not None and hasattr(dm, "unigram_entropy"):
-            base = dm.unigram_entropy()
-            verdict = "below" if float(val) < base else "NOT below"
-            lines.append(
-                f"final validation loss {float(val):.4f} nats (ppl {math.exp(float(val)):.2f}) is {verdict} "
-                f"the unigram-entropy baseline {base:.4f} nats (ppl {math.exp(base):.2f})"
-            )
+        lines += validation_summary(trainer, pl_module)
         for line in lines:
             rank_zero_info(line)

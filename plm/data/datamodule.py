@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from plm.data.clusters import exclude_records, load_clusters
-from plm.data.fasta import FastaStats, OnInvalid
+from plm.data.fasta import FastaStats, OnInvalid, read_fasta
 from plm.data.packing import StreamPacker, materialize, pack_records
 from plm.data.sampler import MixtureSampler
 from plm.data.store import TokenStore, split_fasta
@@ -46,6 +46,26 @@ def load_source(name: str, spec: str | list[str], val_fraction: float, on_invali
     if missing:
         raise FileNotFoundError(f"data source {name!r}: not found: {missing}; fix data.sources in your config")
     return split_fasta(name, paths, val_fraction, on_invalid=on_invalid, stats=FastaStats())
+
+
+def load_eval_set(name: str, spec: str | list[str], on_invalid: OnInvalid) -> TokenStore:
+    """An external held-out set: every record is evaluated (it never goes through the train/val split,
+    which would leave its training side empty). FASTA file(s), e.g. the bins `plm data split-by-identity`
+    writes, or a `plm data prepare` source directory (its train and val records together)."""
+    paths = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
+    missing = [str(p) for p in paths if not Path(p).exists()]
+    if missing:
+        raise FileNotFoundError(f"data.eval_sets {name!r}: not found: {missing}; fix data.eval_sets in your config")
+    if len(paths) == 1 and Path(paths[0]).is_dir():
+        root = Path(paths[0])
+        parts = [TokenStore.open(root / s, name) for s in ("train", "val") if (root / s).is_dir()]
+        stores = parts or [TokenStore.open(root, name)]
+        seqs = [store.get(i) for store in stores for i in range(len(store))]
+    else:
+        seqs = [rec.tokens for path in paths for rec in read_fasta(path, on_invalid=on_invalid)]
+    if not seqs:
+        raise ValueError(f"data.eval_sets {name!r}: no sequences in {[str(p) for p in paths]}")
+    return TokenStore.from_arrays(name, seqs)
 
 
 class PackedStream(IterableDataset):
@@ -80,7 +100,7 @@ class ProteinDataModule(pl.LightningDataModule):
         self,
         sources: dict[str, str | list[str]] | None = None,
         weights: dict[str, float] | None = None,
-        eval_sets: dict[str, str] | None = None,
+        eval_sets: dict[str, str | list[str]] | None = None,
         row_len: int = 1024,
         rows_per_batch: int = 8,
         val_fraction: float = 0.02,
@@ -95,7 +115,9 @@ class ProteinDataModule(pl.LightningDataModule):
         Args:
             sources: name → FASTA path(s) or a `plm data prepare` directory. Default: the bundled sample.
             weights: name → sampling weight (normalised). Default: proportional to residues.
-            eval_sets: name → extra held-out FASTA (e.g. the < 0.5 identity set), each reported alone.
+            eval_sets: name → external held-out set: FASTA path(s) or a prepared source directory (e.g. the
+                < 0.5 identity bin of `plm data split-by-identity`); every record is evaluated, each set
+                reported alone (val/<name>/…) and left out of the in-distribution val/loss.
             row_len: tokens per packed row (the context length).
             rows_per_batch: packed rows per device per micro-batch.
             val_fraction: share of each source held out, chosen by a hash of the sequence.
@@ -137,8 +159,9 @@ class ProteinDataModule(pl.LightningDataModule):
             if len(val):
                 self.val_stores[name] = val
         for name, path in self.eval_sets.items():
-            _, store = split_fasta(name, [path], val_fraction=1.0, on_invalid=self.on_invalid)
-            self.val_stores[name] = store
+            if name in self.val_stores:
+                raise ValueError(f"data.eval_sets {name!r}: also a data.sources name; give the held-out set its own name")
+            self.val_stores[name] = load_eval_set(name, path, self.on_invalid)
         if self.weights is None:
             w = [float(s.n_residues) for s in self.train_stores]
         else:
@@ -155,16 +178,21 @@ class ProteinDataModule(pl.LightningDataModule):
     def heldout_names(self) -> list[str]:
         return [n for n in self.val_stores if n not in self.eval_sets]
 
-    def unigram_entropy(self) -> float:
-        """Entropy (nats) of the residue distribution in the training mixture: the loss of a model
-        that ignores context. A trained model must beat it."""
+    def unigram_probs(self) -> np.ndarray:
+        """Residue frequencies of the training mixture (by token id): the predictions of a model that
+        ignores context. Validation scores it on the same positions as the model."""
         counts = np.zeros(max(RESIDUE_IDS) + 1)
         share = self.sampler.counts / self.sampler.counts.sum()
         for store, w in zip(self.train_stores, share):
             c = np.bincount(np.asarray(store.tokens[: 5_000_000]), minlength=len(counts))
             counts += w * c / max(1, c.sum())
-        p = counts[counts > 0]
-        p = p / p.sum()
+        return counts / counts.sum()
+
+    def unigram_entropy(self) -> float:
+        """Entropy (nats) of the training mixture's residue distribution: the unigram model's loss on
+        positions drawn like the training data. A trained model must beat it."""
+        p = self.unigram_probs()
+        p = p[p > 0]
         return float(-(p * np.log(p)).sum())
 
     # ---- loaders ----------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from plm.lit.objectives import IGNORE, Objective, clm_labels, mlm_inputs
 from plm.lit.schedule import MIN_LR_RATIO, WARMUP_FRACTION, cosine_schedule, warmup_steps
 from plm.model.config import SIZES, ModelConfig, config_for
 from plm.model.transformer import Transformer
+from plm.tokenizer import MASK
 from plm.utils.hashing import mix64
 
 
@@ -110,14 +111,25 @@ class LanguageModel(pl.LightningModule):
         return tokens, clm_labels(tokens, docs)
 
     def loss(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
-        """Mean cross-entropy over predicted positions, and their count. The LM head runs only on the
-        positions that have a label (15% of them for MLM)."""
+        """The training objective: mean cross-entropy over predicted positions, and their count."""
+        loss, count, _ = self.scored_loss(batch)
+        return loss, count
+
+    def scored_loss(self, batch: dict[str, Any], masked_only: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """Mean cross-entropy over the scored positions, their count and their labels. The LM head runs
+        only on positions that have a label (15% of them for MLM).
+
+        ``masked_only`` (MLM validation): score only positions whose input is ``<mask>``. The 10% of
+        selected positions left unchanged show the answer in the input (their loss is ≈ 0.6 nats), so
+        averaging over them flatters the model; training keeps the full 80/10/10 objective."""
         inputs, labels = self.objective_inputs(batch)
         hidden, _ = self.model.hidden(inputs, batch["doc_ids"], causal=self.causal)
         sel = labels != IGNORE
+        if masked_only and self.objective == "mlm":
+            sel &= inputs == MASK
         logits = self.model.head(hidden[sel])  # (n_predicted, V)
         loss = F.cross_entropy(logits.float(), labels[sel])
-        return loss, sel.sum()
+        return loss, sel.sum(), labels[sel]
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         loss, _ = self.loss(batch)
@@ -132,32 +144,52 @@ class LanguageModel(pl.LightningModule):
         self.log("train/flops", self.config.flops_per_token(attention=False) * self.tokens_seen)
         return loss
 
+    @property
+    def val_metric(self) -> str:
+        """Per-set metric stem: it names the positions scored (MLM: ``<mask>`` inputs only)."""
+        return "masked_loss" if self.objective == "mlm" else "loss"
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        loss, count = self.loss(batch)
-        name = batch["set"]
-        sums = self._val_sums.setdefault(name, [0.0, 0])
+        loss, count, labels = self.scored_loss(batch, masked_only=True)
+        sums = self._val_sums.setdefault(batch["set"], [0.0, 0, 0.0])
         sums[0] += float(loss) * int(count)
         sums[1] += int(count)
+        if self._unigram_nll is not None:  # the context-free baseline on exactly these positions
+            sums[2] += float(self._unigram_nll.to(labels.device)[labels].sum())
 
     def on_validation_epoch_start(self) -> None:
         self._val_sums: dict[str, list] = {}
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        self._unigram_nll: Tensor | None = None
+        if dm is not None and hasattr(dm, "unigram_probs") and getattr(dm, "sampler", None) is not None:
+            p = torch.as_tensor(dm.unigram_probs(), dtype=torch.float64)
+            self._unigram_nll = -torch.log(p.clamp(min=1e-12))
 
     def on_validation_epoch_end(self) -> None:
+        """Per set: ``val/<set>/<metric>`` and the unigram baseline on the same positions; over the
+        in-distribution held-out sets: ``val/loss`` (what best.ckpt and sweeps rank by) and ``val/ppl``."""
         dm = getattr(self.trainer, "datamodule", None)
         heldout = set(getattr(dm, "heldout_names", self._val_sums))
-        total, count = 0.0, 0
-        for name, (s, n) in sorted(self._val_sums.items()):
-            s_t = torch.tensor([s, float(n)], device=self.device, dtype=torch.float64)
+        metric = self.val_metric
+        total = torch.zeros(3, dtype=torch.float64)
+        for name, (s, n, u) in sorted(self._val_sums.items()):
+            s_t = torch.tensor([s, float(n), u], device=self.device, dtype=torch.float64)
             if self.trainer.world_size > 1:
                 s_t = self.trainer.strategy.reduce(s_t, reduce_op="sum")
-            mean = float(s_t[0] / s_t[1].clamp(min=1))
-            self.log(f"val/{name}/loss", mean, sync_dist=False, add_dataloader_idx=False)
-            self.log(f"val/{name}/ppl", math.exp(min(mean, 50)), add_dataloader_idx=False)
+            count = float(s_t[1].clamp(min=1))
+            mean = float(s_t[0]) / count
+            self.log(f"val/{name}/{metric}", mean, sync_dist=False, add_dataloader_idx=False)
+            self.log(f"val/{name}/{metric.replace('loss', 'ppl')}", math.exp(min(mean, 50)), add_dataloader_idx=False)
+            if self._unigram_nll is not None:
+                self.log(f"val/{name}/unigram_{metric}", float(s_t[2]) / count, add_dataloader_idx=False)
             if name in heldout:
-                total, count = total + float(s_t[0]), count + int(s_t[1])
-        if count:
-            self.log("val/loss", total / count, prog_bar=True, add_dataloader_idx=False)
-            self.log("val/ppl", math.exp(min(total / count, 50)), add_dataloader_idx=False)
+                total += s_t.cpu()
+        if total[1]:
+            mean = float(total[0] / total[1])
+            self.log("val/loss", mean, prog_bar=True, add_dataloader_idx=False)
+            self.log("val/ppl", math.exp(min(mean, 50)), add_dataloader_idx=False)
+            if self._unigram_nll is not None:
+                self.log("val/unigram_loss", float(total[2] / total[1]), add_dataloader_idx=False)
 
     test_step = validation_step
     on_test_epoch_start = on_validation_epoch_start
