@@ -752,7 +752,9 @@ def main(argv: list[str]) -> int:
                    help="share of each source held out, chosen by a hash of the sequence (default 0.02)")
     p.add_argument("--on-invalid", choices=("error", "skip", "x"), default="error",
                    help="records breaking the policy: error (list them and stop), skip (count and drop), "
-                   "x (unknown letters → X); default error")
+                   "x (unknown letters → X); skip and x also count an empty file or the unreadable tail of a "
+                   "damaged .gz instead of stopping (a source left with no record is always an error); "
+                   "default error")
     p.add_argument("--workers", type=int, default=None, help="parallel worker processes (default: all cores)")
     p.add_argument("--shard-size", type=parse_size, default=64 << 20,
                    help="bytes of plain FASTA per shard, the unit of parallelism and of resume (default 64M)")
