@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -97,7 +98,8 @@ def test_plm_evaluate_all_kinds_on_small_subsets(tiny_export, tmp_path):
                    "--out", str(out), "--small", "--epochs", "1", "--no-progress"])
     assert rc == 0
     got, rows = _read(out)
-    assert list(rows[0]) == ["task", "metric", "value", "split", "mode", "n"]
+    assert list(rows[0]) == ["task", "metric", "value", "split", "mode", "n", "weights", "step", "seed", "objective",
+                             "data", "checkpoint"]
     for key in [("ss3", "accuracy"), ("gb1", "spearman"), ("dms_blat", "spearman"), ("contacts", "P@L/5_long"),
                 ("contacts_pairwise", "P@L/5_long")]:
         v = float(got[key]["value"])
@@ -117,10 +119,11 @@ def test_plm_evaluate_lora_and_random_init(tiny_export, tmp_path):
     assert got[("ss3", "accuracy")]["mode"] == "lora"
 
 
-def test_plm_evaluate_missing_full_data_names_yaml(tiny_export, tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"gb1\.yaml: data file\(s\) not found: table: .*flip_gb1"):
-        plm_main(["evaluate", "--checkpoint", str(tiny_export), "--tasks", "gb1", "--out", str(tmp_path),
-                  "--data-root", str(tmp_path / "empty")])
+def test_plm_evaluate_missing_full_data_names_yaml(tiny_export, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert plm_main(["evaluate", "--checkpoint", str(tiny_export), "--tasks", "gb1", "--out", str(tmp_path),
+                     "--data-root", str(tmp_path / "empty")]) == 2
+    assert re.match(r"plm evaluate: .*gb1\.yaml: data file\(s\) not found: table: .*flip_gb1", capsys.readouterr().err)
 
 
 def test_downstream_callback_logs_metrics_every_k_steps():

@@ -4,6 +4,12 @@ Per task kind: supervised tasks train a head (frozen probe on cached embeddings,
 fine-tuning through ``plm.evaluation.finetune.FineTune``), ``zero_shot`` scores DMS variants without labels,
 ``contacts`` fits the ESM attention logistic regression (or a pairwise head) on training chains and
 reports precision at L, L/2, L/5 on the rest.
+
+A run reads and checks every task's files (columns, labels, mutations, the split) before it loads the
+model, so a broken task costs seconds, not the tasks before it; then it writes results.csv/.md after each
+task, so a later failure keeps what finished. Each row says what was evaluated (trained or random
+weights, the checkpoint's step, the objective, the seed, full or bundled data). Anything the run changes
+about a task (a cap on examples, training records dropped as duplicates of test ones) is printed.
 """
 
 from __future__ import annotations
@@ -11,7 +17,11 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import hashlib
 import random
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +30,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from plm.errors import PlmError, add_debug_argument, one_line_errors
 from plm.evaluation import datasets as ds
 from plm.evaluation.heads import (
     AttentionContactRegression,
@@ -31,13 +42,40 @@ from plm.evaluation.heads import (
     fit_linear_probe,
 )
 from plm.evaluation.metrics import classification_metrics, contact_metrics, regression_metrics
-from plm.evaluation.tasks import TaskSpec, load_task
+from plm.evaluation.tasks import DataSource, TaskSpec, load_task, resolve_data
 from plm.evaluation.zero_shot import parse_mutations, score_variants
 from plm.model.transformer import Transformer
 from plm.tokenizer import PAD, encode
+from plm.utils.atomic import atomic_file, atomic_write_text
 
-FIELDS = ["task", "metric", "value", "split", "mode", "n"]
+# What was measured, then what it was measured on: weights = trained | random_init, step = the
+# checkpoint's optimizer step (empty for imported weights), data = full | bundled.
+FIELDS = ["task", "metric", "value", "split", "mode", "n", "weights", "step", "seed", "objective", "data",
+          "checkpoint"]
+OPTION_KEYS = ("epochs", "lr", "batch_size", "max_train", "max_test", "max_len", "seed", "lora_rank", "lora_alpha",
+               "backbone_lr", "layer", "probe_c", "probe_max_iter")
+NEAR_IDENTITY = 0.9  # test sequences this identical to a training one are reported (MMseqs2)
+MAX_NAMED = 5  # ids named in one message
 Row = dict[str, Any]
+Note = Callable[[str], None]
+
+
+def note(message: str) -> None:
+    """Tell the user what the run changed or checked about a task (stderr: results.md goes to stdout)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class PreparedTask:
+    """A task whose files were read and checked and whose split was drawn and capped: everything its run
+    needs except the model, so every task can be checked before the model is loaded."""
+
+    spec: TaskSpec
+    opts: dict[str, Any]
+    train: list[Any] = field(default_factory=list)
+    test: list[Any] = field(default_factory=list)  # zero-shot: the scored variants
+    wildtype: str = ""
+    mutations: list[Any] = field(default_factory=list)  # zero-shot: the parsed mutations of each variant
 
 
 # ---- backbone ---------------------------------------------------------------------------------------
@@ -156,12 +194,40 @@ def predict(module: Any, batches: list[dict[str, Tensor]]) -> tuple[list[Tensor]
     return outs, labels
 
 
-def split_records(spec: TaskSpec, records: list[Any], max_train: int, max_test: int, seed: int) -> tuple[list, list]:
-    """Train/test by the split column (YAML ``split: {train: <value>, test: <value>}``), subsampled.
-
-    ``split: {train_fraction: f}`` instead shuffles the records (seeded) and trains on the first
-    fraction: for benchmarks that ship as one set (CB513 is the only 8-state source here)."""
+# ---- splits: one rule, no overlap, explicit caps -----------------------------------------------------
+def split_records(spec: TaskSpec, records: list[Any], max_train: int | None, max_test: int | None, seed: int,
+                  say: Note = note, origins: dict[str, str] | None = None) -> tuple[list, list]:
+    """Train/test by the task's one split rule, training records that repeat a test sequence left out,
+    then each side capped (``None`` = all; a cap that applies is said)."""
     rng = random.Random(seed)
+    train, test = split_by_rule(spec, records, rng)
+    train = without_test_overlap(spec, train, test, say)
+    total_train, total_test = len(train), len(test)
+    train, test = capped(train, max_train, rng), capped(test, max_test, rng)
+    for kept, total, key, what in ((train, total_train, "max_train", "training records"),
+                                   (test, total_test, "max_test", "test records")):
+        if len(kept) < total:
+            say(cap_note(spec, len(kept), total, what, key, origins))
+    return train, test
+
+
+def capped(items: list, limit: int | None, rng: random.Random) -> list:
+    """A seeded sample of at most ``limit`` items; without a limit all of them, in the same seeded order
+    (the draws stay those of the capped runs before caps became optional)."""
+    return rng.sample(items, len(items) if limit is None else min(int(limit), len(items)))
+
+
+def cap_note(spec: TaskSpec, kept: int, total: int, what: str, key: str, origins: dict[str, str] | None) -> str:
+    where = (origins or {}).get(key, "the caller")
+    return (f"{spec.name}: using {kept:,} of {total:,} {what} ({key} {kept} from {where}; "
+            f"--{key.replace('_', '-')} changes it)")
+
+
+def split_by_rule(spec: TaskSpec, records: list[Any], rng: random.Random) -> tuple[list, list]:
+    """Train/test by the split column (YAML ``split: {train: <value>, test: <value>}``; by-file formats
+    tag their records ``train``/``test``), or ``split: {train_fraction: f}``: a seeded shuffle and the
+    first fraction trains, for benchmarks that ship as one set (CB513 is the only 8-state source here).
+    ``load_task`` refuses a YAML with both rules."""
     if "train_fraction" in spec.split:
         shuffled = rng.sample(records, len(records))
         n_train = round(float(spec.split["train_fraction"]) * len(shuffled))
@@ -177,9 +243,56 @@ def split_records(spec: TaskSpec, records: list[Any], max_train: int, max_test: 
             seen = sorted({r.split for r in records})
             raise ValueError(f"{spec.source}: split values {train_val!r}/{test_val!r} select {len(train)} train and "
                              f"{len(test)} test records; values present: {seen}")
-    train = rng.sample(train, min(max_train, len(train)))
-    test = rng.sample(test, min(max_test, len(test)))
     return train, test
+
+
+def without_test_overlap(spec: TaskSpec, train: list[Any], test: list[Any], say: Note = note) -> list[Any]:
+    """The training records minus those whose sequence is also a test sequence: a test set never
+    overlaps train. The test side stays whole (it is the benchmark others report on). A record id on both
+    sides means the split itself is wrong (one file in both roles, a record listed twice): an error."""
+    shared = sorted({r.id for r in train} & {r.id for r in test})
+    if shared:
+        named = ", ".join(repr(i) for i in shared[:MAX_NAMED]) + (" …" if len(shared) > MAX_NAMED else "")
+        raise ValueError(f"{spec.source}: {len(shared):,} record id(s) are on both the train and the test side "
+                         f"({named}); the data files or the split rule put the same records in both: give train "
+                         "and test different records")
+    test_sequences = {r.sequence for r in test}
+    kept = [r for r in train if r.sequence not in test_sequences]
+    if not kept:
+        raise ValueError(f"{spec.source}: all {len(train):,} training sequences also occur in the test set; "
+                         "give train and test different sequences")
+    if len(kept) < len(train):
+        say(f"{spec.name}: left out {len(train) - len(kept):,} of {len(train):,} training records whose sequence "
+            "is identical to a test sequence (a test set never overlaps train)")
+    return kept
+
+
+_NEAR_DUPLICATES: dict[bytes, int] = {}  # sequences digest → count, so periodic evaluation searches once
+_HINTS_GIVEN: set[str] = set()  # install hints are said once per process, not once per task
+
+
+def near_duplicate_note(spec: TaskSpec, train: list[Any], test: list[Any]) -> str:
+    """How many test sequences have a training sequence at least ``NEAR_IDENTITY`` identical (MMseqs2).
+    Only reported: homology across a split is the benchmark's design (GB1's test variants differ from
+    training ones at a few sites by construction), but whoever reads the number must know it."""
+    from plm.identity.mmseqs import MMseqs, find_mmseqs
+
+    if find_mmseqs() is None:
+        how = "" if "mmseqs" in _HINTS_GIVEN else ": apt-get install mmseqs2, or set PLM_MMSEQS to the binary"
+        _HINTS_GIVEN.add("mmseqs")
+        return (f"{spec.name}: identical sequences checked; near-duplicates (>= {NEAR_IDENTITY:.0%} identity) "
+                f"between train and test not checked (no MMseqs2{how})")
+    digest = hashlib.sha1("\n".join([r.sequence for r in train] + [">"] + [r.sequence for r in test]).encode()).digest()
+    if digest not in _NEAR_DUPLICATES:
+        from plm.identity.search import best_hits
+        from plm.identity.seqio import SeqRecord
+
+        hits = best_hits([SeqRecord(str(i), r.sequence) for i, r in enumerate(test)],
+                         [SeqRecord(str(i), r.sequence) for i, r in enumerate(train)],
+                         MMseqs(progress=False), min_identity=NEAR_IDENTITY)
+        _NEAR_DUPLICATES[digest] = len(hits)
+    return (f"{spec.name}: {_NEAR_DUPLICATES[digest]:,} of {len(test):,} test sequences are >= {NEAR_IDENTITY:.0%} "
+            "identical to a training sequence (MMseqs2)")
 
 
 def load_records(spec: TaskSpec, files: dict[str, Any], max_len: int) -> list[Any]:
@@ -192,8 +305,9 @@ def load_records(spec: TaskSpec, files: dict[str, Any], max_len: int) -> list[An
         return ds.read_residue_table(files["table"], spec.classes, cols.get("sequence", "sequence"), cols.get("labels", "labels"),
                                      cols.get("mask", []), cols.get("id"), cols.get("split"), max_len, ignore)
     if fmt == "sequence_csv":
+        split_column = None if "train_fraction" in spec.split else cols.get("split", "set")
         return ds.read_sequence_csv(files["table"], cols.get("sequence", "sequence"), cols.get("target", "target"),
-                                    cols.get("split", "set"), spec.classes or None, max_len)
+                                    split_column, spec.classes or None, max_len)
     exclude = ds.read_ids(files["exclude"]) if "exclude" in files else None
     if fmt == "annotated_fasta":
         read = lambda paths, split: ds.read_annotated_fasta(paths, spec.classes, split, max_len, ignore, exclude)
@@ -215,17 +329,15 @@ def probe_rows(examples: list[dict[str, Any]], kind: str) -> tuple[Tensor, Tenso
     return torch.stack([e["feats"].mean(0) for e in examples]), torch.stack([torch.as_tensor(e["labels"]) for e in examples])
 
 
-def run_supervised(spec: TaskSpec, files: dict[str, Path], model: Transformer, objective: str, mode: str,
-                   opts: dict[str, Any], progress: bool) -> list[Row]:
+def run_supervised(task: PreparedTask, model: Transformer, objective: str, mode: str, progress: bool) -> list[Row]:
     from plm.evaluation.finetune import FineTune
 
+    spec, opts, train, test = task.spec, task.opts, task.train, task.test
     max_len, seed = int(opts["max_len"]), int(opts["seed"])
-    records = load_records(spec, files, max_len)
     if spec.kind == "residue_classification":
         labels_of = lambda r: torch.as_tensor(r.labels)
     else:
         labels_of = lambda r: torch.tensor(r.target).long() if spec.classes else torch.tensor(r.target)
-    train, test = split_records(spec, records, int(opts["max_train"]), int(opts["max_test"]), seed)
     mean, std = 0.0, 1.0
     if spec.kind == "sequence_regression":
         t = torch.tensor([r.target for r in train])
@@ -276,8 +388,9 @@ def run_supervised(spec: TaskSpec, files: dict[str, Path], model: Transformer, o
 
 
 # ---- zero-shot --------------------------------------------------------------------------------------
-def run_zero_shot(spec: TaskSpec, files: dict[str, Path], model: Transformer, objective: str,
-                  opts: dict[str, Any], progress: bool) -> list[Row]:
+def prepare_zero_shot(spec: TaskSpec, files: dict[str, Path], opts: dict[str, Any], origins: dict[str, str],
+                      say: Note) -> PreparedTask:
+    """The wild type and every scored variant, each mutation checked against the wild type."""
     wt = ds.read_wildtype(files["wildtype"], spec.wildtype_id)
     variants = ds.read_dms_csv(files["table"], spec.columns.get("mutant", "mutant"), spec.columns.get("score", "DMS_score"))
     parsed, problems = [], []
@@ -289,14 +402,19 @@ def run_zero_shot(spec: TaskSpec, files: dict[str, Path], model: Transformer, ob
     if problems:
         raise ValueError(f"{files['table']}: {len(problems)} mutation(s) do not match wild type "
                          f"{spec.wildtype_id!r} with offset {spec.offset}: " + "; ".join(problems[:5]))
-    max_n = int(opts["max_test"])
-    if len(variants) > max_n:
-        pick = sorted(random.Random(int(opts["seed"])).sample(range(len(variants)), max_n))
+    max_n = opts["max_test"]
+    if max_n is not None and len(variants) > int(max_n):
+        say(cap_note(spec, int(max_n), len(variants), "variants", "max_test", origins))
+        pick = sorted(random.Random(int(opts["seed"])).sample(range(len(variants)), int(max_n)))
         variants, parsed = [variants[i] for i in pick], [parsed[i] for i in pick]
-    scores = score_variants(model, objective, wt, parsed, progress=progress)
-    m = regression_metrics(torch.tensor(scores), torch.tensor([v.score for v in variants]))
-    return [{"task": spec.name, "metric": "spearman", "value": m["spearman"], "split": "all",
-             "mode": f"zero_shot_{objective}", "n": len(variants)}]
+    return PreparedTask(spec, opts, test=variants, wildtype=wt, mutations=parsed)
+
+
+def run_zero_shot(task: PreparedTask, model: Transformer, objective: str, progress: bool) -> list[Row]:
+    scores = score_variants(model, objective, task.wildtype, task.mutations, progress=progress)
+    m = regression_metrics(torch.tensor(scores), torch.tensor([v.score for v in task.test]))
+    return [{"task": task.spec.name, "metric": "spearman", "value": m["spearman"], "split": "all",
+             "mode": f"zero_shot_{objective}", "n": len(task.test)}]
 
 
 # ---- contacts ---------------------------------------------------------------------------------------
@@ -327,15 +445,26 @@ def attention_maps(model: Transformer, seq: str, causal: bool) -> Tensor:
     return attention_features([m.cpu() for m in maps], len(seq))
 
 
-def run_contacts(spec: TaskSpec, files: dict[str, Path], model: Transformer, objective: str, mode: str,
-                 opts: dict[str, Any], progress: bool) -> list[Row]:
-    seed = int(opts["seed"])
-    recs = load_structures(spec, files, int(opts["max_len"]))
+def split_structures(spec: TaskSpec, recs: list[ds.StructureRecord], max_test: int | None, seed: int,
+                     say: Note = note, origins: dict[str, str] | None = None) -> tuple[list, list]:
+    """Train on a seeded ``train_fraction`` of the chains (default 0.3), test on the rest (first
+    ``max_test`` of them); training chains that repeat a test sequence are left out."""
+    recs = list(recs)
     random.Random(seed).shuffle(recs)
     n_train = max(1, round(float(spec.split.get("train_fraction", 0.3)) * len(recs)))
     if len(recs) <= n_train:
         raise ValueError(f"{spec.source}: {len(recs)} usable structure(s); need at least 2 (train and test chains)")
-    train, test = recs[:n_train], recs[n_train : n_train + int(opts["max_test"])]
+    train, test = recs[:n_train], recs[n_train:]
+    train = without_test_overlap(spec, train, test, say)
+    if max_test is not None and len(test) > int(max_test):
+        say(cap_note(spec, int(max_test), len(test), "test chains", "max_test", origins))
+        test = test[: int(max_test)]
+    return train, test
+
+
+def run_contacts(task: PreparedTask, model: Transformer, objective: str, mode: str, progress: bool) -> list[Row]:
+    spec, opts, train, test = task.spec, task.opts, task.train, task.test
+    seed = int(opts["seed"])
     causal = objective == "clm"
     truths = [torch.as_tensor(r.contacts()).long() for r in test]
     gen = torch.Generator().manual_seed(seed)
@@ -376,32 +505,111 @@ def run_contacts(spec: TaskSpec, files: dict[str, Path], model: Transformer, obj
 
 
 # ---- driver -----------------------------------------------------------------------------------------
+def task_options(spec: TaskSpec, max_seq_len: int, overrides: dict[str, Any] | None = None
+                 ) -> tuple[dict[str, Any], dict[str, str]]:
+    """The task's options (plm's defaults < the YAML's ``defaults`` < ``overrides``) and where each came
+    from, so a cap that applies can say who set it."""
+    opts = {k: spec.option(k) for k in OPTION_KEYS}
+    origins = {k: spec.source.name if k in spec.defaults else "plm's defaults" for k in OPTION_KEYS}
+    opts["max_len"] = min(int(opts["max_len"]), max_seq_len - 2)
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            opts[k], origins[k] = v, "an override"
+    return opts, origins
+
+
+def prepare_task(spec: TaskSpec, source: DataSource, max_seq_len: int, overrides: dict[str, Any] | None = None,
+                 say: Note = note) -> PreparedTask:
+    """Read and check the task's files, draw its split and apply its caps (all said when they apply)."""
+    files = spec.files_in(source)
+    opts, origins = task_options(spec, max_seq_len, overrides)
+    if spec.kind == "zero_shot":
+        return prepare_zero_shot(spec, files, opts, origins, say)
+    max_test, seed = opts["max_test"], int(opts["seed"])
+    if spec.kind == "contacts":
+        train, test = split_structures(spec, load_structures(spec, files, int(opts["max_len"])), max_test, seed, say,
+                                       origins)
+    else:
+        train, test = split_records(spec, load_records(spec, files, int(opts["max_len"])), opts["max_train"],
+                                    max_test, seed, say, origins)
+    say(near_duplicate_note(spec, train, test))
+    return PreparedTask(spec, opts, train, test)
+
+
+def prepare_all(names: list[str], task_dir: str | None, source: DataSource, max_seq_len: int,
+                overrides: dict[str, Any] | None = None, say: Note = note) -> list[PreparedTask]:
+    """Every task read and checked before the model is loaded; every broken task reported at once, because
+    a bad file found after an hour of other tasks costs that hour."""
+    tasks, problems = [], []
+    for name in names:
+        try:
+            tasks.append(prepare_task(load_task(name, task_dir), source, max_seq_len, overrides, say))
+        except (ValueError, FileNotFoundError) as err:
+            problems.append(str(err))
+    if len(problems) == 1:
+        raise PlmError(problems[0])
+    if problems:
+        raise PlmError(f"{len(problems)} of {len(names)} tasks cannot run (nothing was evaluated):\n  "
+                       + "\n  ".join(problems))
+    return tasks
+
+
+def run_prepared(task: PreparedTask, model: Transformer, objective: str, mode: str = "frozen",
+                 progress: bool = True) -> list[Row]:
+    """Evaluate one prepared task; every row records the task's seed."""
+    if task.spec.kind == "zero_shot":
+        rows = run_zero_shot(task, model, objective, progress)
+    elif task.spec.kind == "contacts":
+        rows = run_contacts(task, model, objective, mode, progress)
+    else:
+        rows = run_supervised(task, model, objective, mode, progress)
+    return [{**r, "seed": int(task.opts["seed"])} for r in rows]
+
+
 def run_task(spec: TaskSpec, model: Transformer, objective: str, mode: str = "frozen",
              data_root: str | Path | None = None, small: bool = False, overrides: dict[str, Any] | None = None,
              progress: bool = True) -> list[Row]:
     """Evaluate one task; ``overrides`` replace the YAML's defaults (epochs, max_train, …)."""
-    files = spec.files(data_root, small)
-    opts = {k: spec.option(k) for k in ("epochs", "lr", "batch_size", "max_train", "max_test", "max_len", "seed",
-                                        "lora_rank", "lora_alpha", "backbone_lr", "layer", "probe_c", "probe_max_iter")}
-    opts["max_len"] = min(int(opts["max_len"]), model.config.max_seq_len - 2)
-    opts.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    if spec.kind == "zero_shot":
-        return run_zero_shot(spec, files, model, objective, opts, progress)
-    if spec.kind == "contacts":
-        return run_contacts(spec, files, model, objective, mode, opts, progress)
-    return run_supervised(spec, files, model, objective, mode, opts, progress)
+    source = resolve_data(data_root, small)
+    if source.note:
+        note(source.note)
+    task = prepare_task(spec, source, model.config.max_seq_len, overrides)
+    return run_prepared(task, model, objective, mode, progress)
+
+
+def run_all(tasks: list[PreparedTask], model: Transformer, objective: str, mode: str, out: Path,
+            meta: dict[str, Any], title: str = "", progress: bool = True) -> list[Row]:
+    """Run the tasks in turn, rewriting results.csv/.md after each, so a failure keeps what finished."""
+    rows: list[Row] = []
+    write_results(rows, out, title)  # no stale rows of an earlier run under this run's title
+    for done, task in enumerate(tasks):
+        try:
+            rows += [{**r, **meta} for r in run_prepared(task, model, objective, mode, progress)]
+        except Exception:
+            if done:
+                note(f"plm evaluate: task {task.spec.name} failed; the {done} task(s) before it are in {out / 'results.csv'}")
+            raise
+        write_results(rows, out, title)
+    return rows
 
 
 def write_results(rows: list[Row], out: Path, title: str = "") -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "results.csv", "w", newline="") as fh:
+    """results.csv (every field) and results.md, each replaced atomically: a reader never sees half a file."""
+    with atomic_file(Path(out) / "results.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, FIELDS, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
     lines = [f"# {title}", ""] if title else []
-    lines += ["| task | metric | value | split | mode | n |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['task']} | {r['metric']} | {r['value']:.4f} | {r['split']} | {r['mode']} | {r['n']} |" for r in rows]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    lines += ["| task | metric | value | split | mode | n | seed |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['task']} | {r['metric']} | {r['value']:.4f} | {r['split']} | {r['mode']} | {r['n']} | "
+              f"{r.get('seed', '')} |" for r in rows]
+    atomic_write_text(Path(out) / "results.md", "\n".join(lines) + "\n")
+
+
+def run_metadata(checkpoint: str, record: Any, random_init: bool, objective: str, source: DataSource) -> dict[str, Any]:
+    """The per-row fields saying what was evaluated (``record``: plm.model.record.CheckpointRecord)."""
+    return {"weights": "random_init" if random_init else "trained", "step": "" if record.step is None else record.step,
+            "objective": objective, "data": "bundled" if source.bundled else "full", "checkpoint": str(checkpoint)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -410,34 +618,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", required=True, help="comma-separated task names (evaluation/tasks/<name>.yaml) or YAML paths")
     p.add_argument("--out", required=True, type=Path, help="output directory for results.csv and results.md")
     p.add_argument("--mode", default="frozen", choices=["frozen", "lora", "full"], help="supervised training mode")
-    p.add_argument("--data-root", default=None, help="root the YAML 'data' paths are relative to (default $PLM_DATA_ROOT or ../shared/data)")
-    p.add_argument("--small", action="store_true", help="use the small in-repo subsets (evaluation/data) instead of the full files")
+    p.add_argument("--data-root", default=None,
+                   help="directory holding the full task files the YAMLs' 'data' paths name (default: $PLM_DATA_ROOT, "
+                        "else ../shared/data beside the checkout as in CI; without any, the bundled subsets)")
+    p.add_argument("--small", action="store_true", help="use the bundled subsets (evaluation/data) instead of the full files")
     p.add_argument("--task-dir", default=None, help="directory of task YAMLs (default evaluation/tasks)")
     p.add_argument("--random-init", action="store_true", help="same architecture, freshly initialised weights (baseline)")
     p.add_argument("--objective", choices=["mlm", "clm"], default=None, help="override the recorded training objective")
     p.add_argument("--epochs", type=int, default=None, help="override the task's training epochs")
-    p.add_argument("--max-train", type=int, default=None, help="override the task's cap on training examples")
-    p.add_argument("--max-test", type=int, default=None, help="override the task's cap on test examples / variants")
-    p.add_argument("--seed", type=int, default=None, help="override the task's seed (sampling, head init)")
+    p.add_argument("--max-train", type=int, default=None,
+                   help="cap training examples per task (default: the task's own cap, else all; printed when it applies)")
+    p.add_argument("--max-test", type=int, default=None,
+                   help="cap test examples / variants per task (default: the task's own cap, else all; printed when it applies)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="override the tasks' seed (sampling, head init) and draw --random-init weights with it (default 0)")
     p.add_argument("--layer", type=int, default=None,
                    help="representation to probe: 0 = embeddings, i = after block i, -1 = final after the final norm (default)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_debug_argument(p)
     return p
 
 
+@one_line_errors("plm evaluate", expected=(ValueError, FileNotFoundError))
 def main(argv: list[str]) -> int:
+    """Check the checkpoint and every task's data, then load the model and run the tasks in turn."""
+    from plm.model.record import read_record
+
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    specs = [load_task(t.strip(), args.task_dir) for t in args.tasks.split(",") if t.strip()]
-    model, objective = load_backbone(args.checkpoint, args.random_init, args.objective)
+    record = read_record(args.checkpoint)  # without the weights: a wrong path fails before any data is read
+    source = resolve_data(args.data_root, args.small)
+    if source.note:
+        note(source.note)
     overrides = {"epochs": args.epochs, "max_train": args.max_train, "max_test": args.max_test, "seed": args.seed,
                  "layer": args.layer}
-    rows: list[Row] = []
-    for spec in specs:
-        rows += run_task(spec, model, objective, args.mode, args.data_root, args.small, overrides, not args.no_progress)
-    label = f"{args.checkpoint}{' (random init)' if args.random_init else ''}, objective {objective}"
-    write_results(rows, args.out, label)
+    names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    tasks = prepare_all(names, args.task_dir, source, record.config.max_seq_len, overrides)
+    model, objective = load_backbone(args.checkpoint, args.random_init, args.objective,
+                                     seed=args.seed if args.seed is not None else 0)
+    meta = run_metadata(args.checkpoint, record, args.random_init, objective, source)
+    title = (f"{args.checkpoint} ({meta['weights']}, step {meta['step'] if meta['step'] != '' else 'not recorded'}), "
+             f"objective {objective}, {source.describe()}")
+    note(f"plm evaluate: {title}")
+    run_all(tasks, model, objective, args.mode, args.out, meta, title, not args.no_progress)
     print((args.out / "results.md").read_text())
     return 0

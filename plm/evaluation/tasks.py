@@ -3,6 +3,10 @@
 A YAML names the format, the data files (full files relative to the data root, small in-repo copies
 relative to ``evaluation/data``), the columns, the split, the head and the metric defaults, so a new
 task of a known kind needs no code. Unknown keys and missing fields are reported together.
+
+Where the full files live: ``--data-root``, else ``$PLM_DATA_ROOT``, else ``../shared/data`` beside the
+checkout (the layout CI uses). A plain clone has none of these, so without them the bundled subsets
+under ``evaluation/data`` are used, and the run says so (``resolve_data``).
 """
 
 from __future__ import annotations
@@ -44,14 +48,56 @@ TOP_KEYS = {"name", "description", "kind", "format", "data", "small_data", "colu
 # ``layer``: representation probes read (ESM repr_layers numbering, -1 = final after the final norm);
 # ``probe_c``, ``probe_max_iter``: the frozen linear probe's inverse L2 strength (scikit-learn's C) and
 # L-BFGS iterations (heads.fit_linear_probe); epochs / lr apply to MLP heads, LoRA and full fine-tuning.
-DEFAULTS: dict[str, Any] = {"epochs": 10, "lr": 1e-3, "batch_size": 32, "max_train": 2000, "max_test": 2000,
+# ``max_train`` / ``max_test``: None = every example. A cap changes the question (a DMS assay scored on a
+# sample is another number), so it is never implicit: a task or the command line sets it, and the run
+# prints it whenever it applies.
+DEFAULTS: dict[str, Any] = {"epochs": 10, "lr": 1e-3, "batch_size": 32, "max_train": None, "max_test": None,
                             "max_len": 1022, "seed": 0, "lora_rank": 8, "lora_alpha": 16, "backbone_lr": 1e-4,
                             "layer": -1, "probe_c": 1.0, "probe_max_iter": 200}
+# ``split`` rules: ``train``/``test`` values of the split column, or ``train_fraction`` of the records
+SPLIT_KEYS = ("train", "test", "train_fraction")
+DATA_ROOT_ENV = "PLM_DATA_ROOT"
+# The CI layout (full task files beside the checkout); users point --data-root / $PLM_DATA_ROOT at theirs.
+CI_DATA_ROOT = REPO.parent / "shared" / "data"
+POINT_HINT = (f"point --data-root or ${DATA_ROOT_ENV} at the full task data (README: 'Task data' lists where "
+              "each set comes from)")
+FULL_DATA_HINT = f"{POINT_HINT}, or pass --small to use the bundled subsets"
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where a run reads its task files: the full files under ``root``, or the bundled subsets."""
+
+    root: Path
+    bundled: bool
+    origin: str  # what chose it: --small, --data-root, $PLM_DATA_ROOT, the CI layout, or the fallback
+    note: str = ""  # said once per run when the choice was not asked for
+
+    def describe(self) -> str:
+        return f"bundled subsets ({self.origin})" if self.bundled else f"full data under {self.root} ({self.origin})"
 
 
 def default_data_root() -> Path:
-    """``$PLM_DATA_ROOT`` if set, else ``../shared/data`` next to the checkout (the CI layout)."""
-    return Path(os.environ.get("PLM_DATA_ROOT", REPO.parent / "shared" / "data"))
+    """``$PLM_DATA_ROOT`` if set, else the CI layout ``../shared/data`` next to the checkout."""
+    return Path(os.environ.get(DATA_ROOT_ENV) or CI_DATA_ROOT)
+
+
+def resolve_data(data_root: str | Path | None = None, small: bool = False) -> DataSource:
+    """Full data where the user pointed (a missing directory is an error), the CI layout when present,
+    else the bundled subsets with a note: a plain clone must run, and must say it ran on subsets."""
+    if small:
+        return DataSource(SMALL_DATA_ROOT, True, "--small")
+    for value, origin in ((data_root, "--data-root"), (os.environ.get(DATA_ROOT_ENV), f"${DATA_ROOT_ENV}")):
+        if value:
+            if not Path(value).is_dir():
+                raise FileNotFoundError(f"{origin} {value}: no such directory; {FULL_DATA_HINT}")
+            return DataSource(Path(value), False, origin)
+    if CI_DATA_ROOT.is_dir():
+        return DataSource(CI_DATA_ROOT, False, "default data root")
+    note = (f"no full task data (no --data-root, no ${DATA_ROOT_ENV}, nothing at {CI_DATA_ROOT}): using the "
+            f"bundled subsets in {SMALL_DATA_ROOT}; their numbers are not the full benchmarks'. To run the "
+            f"full tasks, {POINT_HINT}")
+    return DataSource(SMALL_DATA_ROOT, True, "no full data found", note)
 
 
 @dataclass
@@ -76,22 +122,61 @@ class TaskSpec:
     ignore_labels: list[str] = field(default_factory=list)
 
     def files(self, data_root: str | Path | None = None, small: bool = False) -> dict[str, Any]:
-        """Absolute data paths (a list for ``train``/``test`` roles given as lists); a missing file is an
-        error naming the YAML, the key and the path."""
-        entries, root = (self.small_data, SMALL_DATA_ROOT) if small else (self.data, Path(data_root or default_data_root()))
+        """Absolute data paths (a list for ``train``/``test`` roles given as lists) under the data the
+        arguments select (:func:`resolve_data`)."""
+        return self.files_in(resolve_data(data_root, small))
+
+    def files_in(self, source: DataSource) -> dict[str, Any]:
+        """Absolute data paths under ``source``; a missing file is an error naming the YAML, the role, the
+        path and how to point at the data."""
+        entries, root = (self.small_data, SMALL_DATA_ROOT) if source.bundled else (self.data, source.root)
         if not entries:
-            raise ValueError(f"{self.source}: no {'small_data' if small else 'data'} section")
+            if source.bundled:
+                raise FileNotFoundError(f"{self.source}: task {self.name!r} ships no bundled subset (no 'small_data' "
+                                        f"section) and the run uses them ({source.origin}); {POINT_HINT}, or leave "
+                                        "this task out")
+            raise ValueError(f"{self.source}: no 'data' section")
         resolve = lambda v: root / v if not Path(v).is_absolute() else Path(v)
         paths: dict[str, Any] = {k: [resolve(x) for x in v] if isinstance(v, list) else resolve(v) for k, v in entries.items()}
         flat = [(k, q) for k, v in paths.items() for q in (v if isinstance(v, list) else [v])]
         missing = [f"{k}: {q}" for k, q in flat if not q.exists()]
         if missing:
-            hint = "" if small else f" (data root {root}; set --data-root or $PLM_DATA_ROOT)"
+            hint = "" if source.bundled else f" (data root {root}, from {source.origin}; {FULL_DATA_HINT})"
             raise FileNotFoundError(f"{self.source}: data file(s) not found: {'; '.join(missing)}{hint}")
         return paths
 
     def option(self, key: str) -> Any:
         return self.defaults.get(key, DEFAULTS.get(key))
+
+
+def split_problems(split: dict[str, Any], fmt: str, columns: dict[str, Any]) -> list[str]:
+    """Each task has one split rule, because a second one silently won before: ``train_fraction`` over
+    separate train and test files pooled them, so test proteins came from the training file."""
+    problems = []
+    unknown = sorted(map(str, set(split) - set(SPLIT_KEYS)))
+    if unknown:
+        problems.append(f"split: unknown key(s) {unknown} (use train/test values of the split column, or train_fraction)")
+    by_value = sorted(str(k) for k in split if k in ("train", "test"))
+    if "train" in FILES[fmt][0]:
+        if split:
+            problems.append(f"split: format {fmt} splits by file (data.train / data.test); remove 'split' "
+                            f"({split}): a second rule would pool or re-cut the two files")
+        return problems
+    if fmt == "dms_csv" and split:
+        problems.append("split: zero-shot scoring uses no training data; remove 'split'")
+    if "train_fraction" not in split:
+        if fmt == "structures" and by_value:
+            problems.append("split: structures are split by train_fraction of the chains, not by train/test values")
+        return problems
+    fraction = split["train_fraction"]
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        problems.append(f"split: train_fraction must be a number strictly between 0 and 1, got {fraction!r}")
+    if by_value:
+        problems.append(f"split: train_fraction and {by_value} are two rules for one split; keep one")
+    if isinstance(columns, dict) and columns.get("split"):
+        problems.append(f"split: train_fraction conflicts with the split column columns.split="
+                        f"{columns['split']!r}; keep one")
+    return problems
 
 
 def load_task(name_or_path: str | Path, task_dir: str | Path | None = None) -> TaskSpec:
@@ -171,6 +256,8 @@ def load_task(name_or_path: str | Path, task_dir: str | Path | None = None) -> T
         problems.append("format sequence_fasta needs 'header_pattern' (a regex with a (?P<target>...) group)")
     if fmt == "dms_csv" and not raw.get("wildtype_id"):
         problems.append("format dms_csv needs 'wildtype_id' (record id in the wild-type FASTA)")
+    if fmt in FILES:
+        problems += split_problems(raw.get("split") or {}, fmt, raw.get("columns") or {})
     if problems:
         raise ValueError(f"{p}: invalid task definition: " + "; ".join(problems))
     unknown_defaults = sorted(set(raw.get("defaults") or {}) - set(DEFAULTS))
