@@ -54,7 +54,7 @@ TASKS ?= ss3,gb1,dms_blat,contacts
 plan: setup ## compute-optimal size and tokens for FLOPS=… OBJECTIVE=… (plm plan; ARGS='--write run.yaml')
 	$(BIN)/plm plan --flops $(FLOPS) --objective $(OBJECTIVE) $(ARGS)
 
-eval: setup ## downstream tasks on CKPT=… (default: the make train MLM) → checkpoints/eval/
+eval: setup ## downstream tasks on CKPT=… (default: the make train MLM) → checkpoints/eval/; full data from PLM_DATA_ROOT=DIR, else the bundled subsets
 	$(BIN)/plm evaluate --checkpoint $(or $(CKPT),checkpoints/mlm/final) --tasks $(TASKS) --out checkpoints/eval $(ARGS)
 
 generate: setup ## sample 100 proteins from CKPT=… (default: the make train OBJECTIVE=clm model) → checkpoints/samples.fasta
