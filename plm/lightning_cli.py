@@ -7,6 +7,8 @@ linked, never duplicated: ``trainer.max_steps`` → ``model.total_steps`` (the L
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,17 @@ class PlmCLI(LightningCLI):
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         run = self._run_dir()
+        if self.subcommand == "fit" and not (config.get("max_steps") or 0) > 0:
+            raise ValueError(f"trainer.max_steps={config.get('max_steps')}: plm fit needs a positive step count, the "
+                             "LR schedule's warm-up and cosine end there; give --trainer.max_steps N "
+                             "(plm plan / plm train --size compute it from a budget)")
         config["default_root_dir"] = str(run)
+        if config.get("enable_progress_bar", True) is not False:  # steps, not micro-batches; plain lines in logs
+            from plm.callbacks.progress import StepProgress
+
+            callbacks = [*callbacks, StepProgress()]
+        if config.get("enable_model_summary") is None:  # the start line of StepProgress says what matters
+            config["enable_model_summary"] = False
         if config.get("logger") in (None, True):
             config["logger"] = _loggers(list(cfg.loggers), run)
         callbacks = list(callbacks)
@@ -99,7 +111,28 @@ def _loggers(names: list[str], run: Path) -> list[Any]:
     return loggers
 
 
+#: Lightning notes that say nothing about a plm run: an advert, a default plm always sets on purpose,
+#: and a deprecation inside Lightning itself. Everything else Lightning logs is kept.
+_NOISE = ("try installing [litlogger]", "`weights_only` was not set", "isinstance(treespec, LeafSpec)")
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in _NOISE)
+
+
+def quiet_lightning_noise() -> None:
+    """Filter the notes in ``_NOISE`` from Lightning's loggers and warnings (idempotent)."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero",
+                 "lightning.pytorch.trainer.connectors.checkpoint_connector"):
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in log.filters):
+            log.addFilter(_DropNoise())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
 def run_lightning_cli(args: list[str] | None) -> PlmCLI:
+    quiet_lightning_noise()
     return PlmCLI(
         LanguageModel,
         ProteinDataModule,
