@@ -149,11 +149,10 @@ def _skip_leading_blanks(block: bytes, base: int, path: str, first: bool) -> tup
     return block[lead:], base + lead
 
 
-def _identifiers(arr: np.ndarray, block: bytes, gt: np.ndarray, head_end: np.ndarray,
-                 low: np.ndarray) -> tuple[np.ndarray, np.ndarray, int | None]:
-    """Identifier byte ranges (from after '>' and any blanks to the first header blank) and the first
-    record whose header has no identifier, if any."""
-    idsp = np.append(low[_ID_END[arr[low]]], len(arr))
+def _identifiers(block: bytes, gt: np.ndarray, head_end: np.ndarray,
+                 idsp: np.ndarray) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """Identifier byte ranges (from after '>' and any blanks to the first header blank, positions
+    ``idsp``) and the first record whose header has no identifier, if any."""
     id_start = gt + 1
     id_end = np.minimum(idsp[np.searchsorted(idsp, id_start)], head_end)
     for r in np.flatnonzero(id_end <= id_start):  # empty header, or blanks before the identifier
@@ -206,12 +205,16 @@ def parse_block(block: bytes, base: int, path: str, on_invalid: OnInvalid, max_l
     arr = np.frombuffer(block, dtype=np.uint8)
     size = len(arr)
     low = np.flatnonzero(arr <= 32)
-    nl = np.append(low[arr[low] == ord("\n")], size)
+    kind = arr[low]
+    nl = np.append(low[kind == ord("\n")], size)
+    wsp = np.append(low[_SEQ_BLANK[kind]], size)  # positions of blanks, tabs, CR, LF
+    # identifiers also end at \v and \f (bytes.split does); a memchr each, and a second mask only if present
+    idsp = wsp if b"\x0b" not in block and b"\x0c" not in block else np.append(low[_ID_END[kind]], size)
     after_nl = nl[:-1][nl[:-1] + 1 < size] + 1
     gt = after_nl[arr[after_nl] == ord(">")]  # headers: '>' at a line start (found from the line breaks:
     gt = np.concatenate([[0], gt])  # one pass over the block fewer); a block always starts with one
     head_end = nl[np.searchsorted(nl, gt)]
-    id_start, id_end, no_id = _identifiers(arr, block, gt, head_end, low)
+    id_start, id_end, no_id = _identifiers(block, gt, head_end, idsp)
     if no_id is not None:
         err = no_identifier(path, base + int(gt[no_id]))
         if no_id == 0:
@@ -225,7 +228,6 @@ def parse_block(block: bytes, base: int, path: str, on_invalid: OnInvalid, max_l
     next_gt = np.append(gt[1:], size)
     text = b"".join([block[x:y] for x, y in zip(head_end.tolist(), next_gt.tolist())])
     tok = np.frombuffer(text.translate(TABLE_BYTES, SEQUENCE_BLANKS), dtype=np.uint8)
-    wsp = np.append(low[_SEQ_BLANK[arr[low]]], size)  # positions of blanks, tabs, CR, LF
     lens = (next_gt - head_end) - (np.searchsorted(wsp, next_gt) - np.searchsorted(wsp, head_end))
     ends = np.cumsum(lens)
     star = (lens > 0) & (tok[np.maximum(ends - 1, 0)] == STAR) if len(tok) else np.zeros(len(gt), bool)
