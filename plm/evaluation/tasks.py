@@ -77,11 +77,6 @@ class DataSource:
         return f"bundled subsets ({self.origin})" if self.bundled else f"full data under {self.root} ({self.origin})"
 
 
-def default_data_root() -> Path:
-    """``$PLM_DATA_ROOT`` if set, else the CI layout ``../shared/data`` next to the checkout."""
-    return Path(os.environ.get(DATA_ROOT_ENV) or CI_DATA_ROOT)
-
-
 def resolve_data(data_root: str | Path | None = None, small: bool = False) -> DataSource:
     """Full data where the user pointed (a missing directory is an error), the CI layout when present,
     else the bundled subsets with a note: a plain clone must run, and must say it ran on subsets."""
