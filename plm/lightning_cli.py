@@ -8,6 +8,7 @@ linked, never duplicated: ``trainer.max_steps`` → ``model.total_steps`` (the L
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
 
 from plm.callbacks.export import FinalExport
 from plm.callbacks.monitor import DataMonitor, Throughput
@@ -46,6 +48,7 @@ class PlmCLI(LightningCLI):
                              "LR schedule's warm-up and cosine end there; give --trainer.max_steps N "
                              "(plm plan / plm train --size compute it from a budget)")
         config["default_root_dir"] = str(run)
+        config["precision"] = cpu_precision(config.get("precision"), config.get("accelerator"))
         if config.get("enable_progress_bar", True) is not False:  # steps, not micro-batches; plain lines in logs
             from plm.callbacks.progress import StepProgress
 
@@ -109,6 +112,23 @@ def _loggers(names: list[str], run: Path) -> list[Any]:
         else:
             raise ValueError(f"--loggers: unknown logger {name!r}; use tensorboard, csv or wandb")
     return loggers
+
+
+def cpu_precision(precision: Any, accelerator: Any) -> Any:
+    """bf16 on a CPU without native bf16 matrix products runs ≈40× slower than fp32 (plm.hardware): such a
+    run trains in fp32 instead, and says so. ``PLM_CPU_BF16=1`` keeps bf16 (e.g. to test its numerics)."""
+    import torch
+
+    from plm.hardware import NATIVE_BF16_FLAGS, cpu_native_bf16
+
+    on_cpu = str(accelerator) == "cpu" or (str(accelerator) in ("auto", "None") and not torch.cuda.is_available())
+    if not (on_cpu and str(precision).startswith("bf16")) or os.environ.get("PLM_CPU_BF16") == "1":
+        return precision
+    if cpu_native_bf16():
+        return precision
+    rank_zero_info(f"precision {precision} → 32-true: this CPU has no native bf16 ({' / '.join(NATIVE_BF16_FLAGS)}), "
+                   "where bf16 matrix products are ≈40× slower than fp32; PLM_CPU_BF16=1 keeps bf16")
+    return "32-true"
 
 
 #: Lightning notes that say nothing about a plm run: an advert, a default plm always sets on purpose,

@@ -42,3 +42,34 @@ def test_unbounded_max_steps_is_refused(tmp_path):
     res = _run(tmp_path, "--run_name", "r", "--trainer.max_steps", "-1", check=False)
     assert res.returncode != 0
     assert "trainer.max_steps=-1" in res.stderr and "positive step count" in res.stderr
+
+
+def test_long_cpu_plans_ask_for_force(capsys, monkeypatch):
+    from plm.cli import main as plm_main
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert plm_main(["train", "--size", "8m"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"needs ≈ [\d,.]+ days on this CPU", err) and "FORCE=1" in err
+    assert plm_main(["train", "--size", "tiny", "--tokens", "1e5", "--dry-run"]) == 0  # seconds: no question
+    assert "needs ≈" not in capsys.readouterr().err
+
+
+def test_bf16_on_a_cpu_without_native_bf16_trains_in_fp32(tmp_path, monkeypatch):
+    from plm import hardware
+    from plm.lightning_cli import cpu_precision
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 fma\n")
+    assert not hardware.cpu_native_bf16(info)
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert hardware.cpu_native_bf16(info)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_native_bf16", lambda: False)
+    assert cpu_precision("bf16-mixed", "auto") == "32-true" == cpu_precision("bf16-mixed", "cpu")
+    assert cpu_precision("bf16-mixed", "gpu") == "bf16-mixed" and cpu_precision("32-true", "cpu") == "32-true"
+    monkeypatch.setenv("PLM_CPU_BF16", "1")
+    assert cpu_precision("bf16-mixed", "cpu") == "bf16-mixed"
+    monkeypatch.delenv("PLM_CPU_BF16")
+    monkeypatch.setattr(hardware, "cpu_native_bf16", lambda: True)
+    assert cpu_precision("bf16-mixed", "cpu") == "bf16-mixed"

@@ -13,7 +13,8 @@ The kernel is plain C++ with no Python or torch headers: it is compiled with the
 use (about two seconds) into ``$PLM_CACHE`` (default ``~/.cache/plm``), keyed by the source's hash, and
 called through ctypes. Used when all of these hold, else the SDPA path runs and nothing changes:
 CPU tensors in bf16, an even head size ≤ 64, a CPU with avx512f/bw/vl/bf16, a working ``g++``, and
-``PLM_CPU_ATTENTION`` not set to ``sdpa``. A failed build warns once, naming the compiler's error.
+``PLM_CPU_ATTENTION`` not set to ``sdpa``. A failed build warns once, naming the compiler's error. Whether it
+runs is decided with the other kernels in ``plm.model.attention.choose_backend`` (``PLM_ATTENTION``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from plm import hardware
 from plm.utils.atomic import atomic_write_bytes
 
 SOURCE = Path(__file__).parent / "kernels" / "cpu_attention.cpp"
@@ -44,15 +46,7 @@ _i64, _i32, _f32, _ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_
 
 def cpu_has_flags(flags: tuple[str, ...] = CPU_FLAGS, cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """Whether the CPU advertises every instruction-set flag the kernel is compiled for (Linux only)."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return False
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            have = set(line.split(":", 1)[1].split())
-            return all(f in have for f in flags)
-    return False
+    return hardware.cpu_has_flags(flags, cpuinfo)
 
 
 def cache_dir() -> Path:
@@ -109,12 +103,16 @@ def library() -> ctypes.CDLL | None:
         return None
 
 
+def supports_head_dim(hd: int) -> bool:
+    """The kernel works on bf16 pairs and keeps a row of up to 64 channels in registers."""
+    return hd % 2 == 0 and 2 <= hd <= 64
+
+
 def supports(q: Tensor) -> bool:
     """Whether ``q`` (N, nh, hd) can go to the kernel: CPU bf16, even head size ≤ 64, kernel available."""
     if q.device.type != "cpu" or q.dtype != torch.bfloat16:
         return False
-    hd = q.shape[-1]
-    return hd % 2 == 0 and 2 <= hd <= 64 and library() is not None
+    return supports_head_dim(q.shape[-1]) and library() is not None
 
 
 def _rows(x: Tensor) -> Tensor:
