@@ -50,8 +50,10 @@ def test_score_reports_what_it_did_not_compute(tmp_path):
     assert plm_main(["score", str(fasta), "--out", str(tmp_path / "o"), "--cluster-backend", "python"]) == 0
     md = (tmp_path / "o" / "summary.md").read_text()
     assert "pLDDT: not computed (pass --esmfold DIR)" in md and "novelty: not computed (pass --reference FASTA)" in md
+    from plm.generate.score import ScoreOptions, score
+
     with pytest.raises(FileNotFoundError, match="--esmfold .*missing: no such directory"):
-        plm_main(["score", str(fasta), "--out", str(tmp_path / "o"), "--esmfold", str(tmp_path / "missing")])
+        score(fasta, tmp_path / "o", ScoreOptions(esmfold=str(tmp_path / "missing")))
 
 
 @pytest.mark.mmseqs
@@ -67,3 +69,30 @@ def test_novelty_uses_mmseqs_when_installed(tmp_path):
     assert got[0] == 1.0 and 0.85 < got[1] < 1.0 and got[2] < 0.5  # exact, 3 substitutions, unrelated
     py, py_method = max_identity_to_reference([A, A_MUT3, B], refs, "python")
     assert py_method.startswith("python") and py[0] == 1.0 and abs(py[1] - got[1]) < 0.05
+
+
+def test_score_checks_every_input_before_any_work(tmp_path, capsys, monkeypatch):
+    """A bad --esmfold or --reference fails at once, in one line, before the minutes of scoring."""
+    from plm.generate import metrics
+
+    fasta = tmp_path / "samples.fasta"
+    fasta.write_text(f">a\n{A}\n>b\n{B}\n")
+    save_pretrained(tiny_model("progen2", rotary_dim=6), tmp_path / "clm", objective="clm")
+    called = []
+    monkeypatch.setattr(metrics, "pairwise_identities", lambda *a, **k: called.append(1))
+    base = ["score", str(fasta), "--out", str(tmp_path / "out"), "--clm", str(tmp_path / "clm")]
+    for extra, expected in ((["--esmfold", str(tmp_path / "nope")], "--esmfold"),
+                            (["--reference", str(tmp_path / "missing.fasta")], "--reference"),
+                            (["--mlm", str(tmp_path / "clm")], "--mlm")):
+        assert plm_main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("plm score: ") and expected in err and "Traceback" not in err
+    assert not called and not (tmp_path / "out").exists()
+
+
+def test_score_reports_each_stage(tmp_path, capsys):
+    fasta = tmp_path / "samples.fasta"
+    fasta.write_text(f">a\n{A}\n>b\n{B}\n")
+    assert plm_main(["score", str(fasta), "--out", str(tmp_path / "out"), "--cluster-backend", "python"]) == 0
+    err = capsys.readouterr().err
+    assert "[1/2] sequence statistics …" in err and "[2/2] pairwise identity and clusters: done in" in err

@@ -15,12 +15,14 @@ import argparse
 import csv
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from plm.errors import add_debug_argument, one_line_errors
 from plm.generate import metrics
 
 PLDDT_CONFIDENT = 70.0  # AlphaFold/ESMFold convention: > 70 is a confident backbone
@@ -105,9 +107,56 @@ def _histogram(values: list[float] | np.ndarray, title: str, xlabel: str, path: 
     plt.close(fig)
 
 
+def check_inputs(fasta: str | Path, opts: ScoreOptions) -> None:
+    """Every path the options name, checked before minutes of scoring: the FASTA and the reference
+    exist, the ESMFold directory is complete, the CLM and MLM records say the right objective (read from
+    their records, without loading weights)."""
+    from plm.model.record import read_record, require_objective
+
+    for flag, path in (("FASTA", fasta), ("--reference", opts.reference)):
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"{flag} {path}: no such file")
+    for flag, path, objective in (("--clm", opts.clm, "clm"), ("--mlm", opts.mlm, "mlm")):
+        if path is not None:
+            require_objective(read_record(path), objective, flag)
+    if opts.esmfold:
+        from plm.generate.fold import check_esmfold_dir
+
+        check_esmfold_dir(opts.esmfold)
+
+
+class _Stages:
+    """``[k/n] what … done in Xs`` lines, so a long scoring run says what it is doing."""
+
+    def __init__(self, names: list[str], enabled: bool) -> None:
+        self.names, self.enabled, self.k = names, enabled, 0
+
+    def __call__(self, name: str) -> Any:
+        import contextlib
+        import time
+
+        @contextlib.contextmanager
+        def stage() -> Any:
+            self.k += 1
+            t0 = time.perf_counter()
+            if self.enabled:
+                print(f"[{self.k}/{len(self.names)}] {name} …", file=sys.stderr, flush=True)
+            yield
+            if self.enabled:
+                print(f"[{self.k}/{len(self.names)}] {name}: done in {time.perf_counter() - t0:.1f} s",
+                      file=sys.stderr, flush=True)
+
+        return stage()
+
+
 def score(fasta: str | Path, out: str | Path, opts: ScoreOptions | None = None) -> dict[str, Any]:
     """Score every sequence in ``fasta``; write CSV, markdown, JSON and PNGs to ``out``; return the summary."""
     opts = opts or ScoreOptions()
+    check_inputs(fasta, opts)
+    names = ["sequence statistics", "pairwise identity and clusters"]
+    names += [n for n, on in (("novelty against --reference", opts.reference), ("CLM perplexity", opts.clm),
+                              ("MLM pseudo-perplexity", opts.mlm), ("ESMFold pLDDT", opts.esmfold)) if on]
+    stage = _Stages(names, opts.progress)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ids, seqs = read_sequences(fasta)
@@ -115,19 +164,22 @@ def score(fasta: str | Path, out: str | Path, opts: ScoreOptions | None = None) 
     summary: dict[str, Any] = {"fasta": str(fasta), "n": len(seqs), "length": _stats([len(s) for s in seqs])}
     missing: dict[str, str] = {}
 
-    _add_metric(rows, summary, "repeat_fraction", [metrics.repeat_fraction(s) for s in seqs])
-    summary["repetitive_share"] = float(np.mean([r["repeat_fraction"] > REPETITIVE_ABOVE for r in rows]))
-    _add_metric(rows, summary, "low_complexity_fraction", [metrics.low_complexity_fraction(s) for s in seqs])
+    with stage("sequence statistics"):
+        _add_metric(rows, summary, "repeat_fraction", [metrics.repeat_fraction(s) for s in seqs])
+        summary["repetitive_share"] = float(np.mean([r["repeat_fraction"] > REPETITIVE_ABOVE for r in rows]))
+        _add_metric(rows, summary, "low_complexity_fraction", [metrics.low_complexity_fraction(s) for s in seqs])
 
-    pairwise = metrics.pairwise_identities(seqs, max_pairs=opts.max_pairs)
-    summary["pairwise_identity"] = _stats(pairwise.tolist())
-    n_clu, method = metrics.n_clusters(seqs, opts.cluster_identity, opts.cluster_backend)
+    with stage("pairwise identity and clusters"):
+        pairwise = metrics.pairwise_identities(seqs, max_pairs=opts.max_pairs)
+        summary["pairwise_identity"] = _stats(pairwise.tolist())
+        n_clu, method = metrics.n_clusters(seqs, opts.cluster_identity, opts.cluster_backend)
     summary["clusters"] = {"min_identity": opts.cluster_identity, "count": n_clu, "method": method,
                            "per_sequence": n_clu / len(seqs)}
 
     if opts.reference:
-        _, refs = read_sequences(opts.reference)
-        novelty, method = metrics.max_identity_to_reference(seqs, refs, opts.novelty_backend)
+        with stage("novelty against --reference"):
+            _, refs = read_sequences(opts.reference)
+            novelty, method = metrics.max_identity_to_reference(seqs, refs, opts.novelty_backend)
         _add_metric(rows, summary, "max_identity_to_reference", novelty)
         summary["max_identity_to_reference"]["method"] = method
         summary["novel_share"] = float(np.mean([r["max_identity_to_reference"] < NOVEL_BELOW for r in rows]))
@@ -137,7 +189,8 @@ def score(fasta: str | Path, out: str | Path, opts: ScoreOptions | None = None) 
     if opts.clm:
         from plm.model.likelihood import sequence_logprobs
 
-        scores = sequence_logprobs(load_scorer(opts.clm, "clm", "--clm"), seqs, device=opts.device)
+        with stage("CLM perplexity"):
+            scores = sequence_logprobs(load_scorer(opts.clm, "clm", "--clm"), seqs, device=opts.device)
         _add_metric(rows, summary, "clm_perplexity", _perplexities(scores))
     else:
         missing["CLM perplexity"] = "--clm CHECKPOINT"
@@ -145,7 +198,8 @@ def score(fasta: str | Path, out: str | Path, opts: ScoreOptions | None = None) 
     if opts.mlm:
         from plm.model.likelihood import pseudo_logprobs
 
-        scores = pseudo_logprobs(load_scorer(opts.mlm, "mlm", "--mlm"), seqs, device=opts.device)
+        with stage("MLM pseudo-perplexity"):
+            scores = pseudo_logprobs(load_scorer(opts.mlm, "mlm", "--mlm"), seqs, device=opts.device)
         _add_metric(rows, summary, "mlm_pseudo_perplexity", _perplexities(scores))
     else:
         missing["MLM pseudo-perplexity"] = "--mlm CHECKPOINT"
@@ -153,9 +207,10 @@ def score(fasta: str | Path, out: str | Path, opts: ScoreOptions | None = None) 
     if opts.esmfold:
         from plm.generate.fold import PlddtScorer
 
-        scorer = PlddtScorer(opts.esmfold, opts.fold_dtype, opts.device, opts.fold_token_budget,
-                             cache=opts.fold_cache or out / "plddt_cache.json")
-        _add_metric(rows, summary, "plddt", scorer(seqs, progress=opts.progress))
+        with stage("ESMFold pLDDT"):
+            scorer = PlddtScorer(opts.esmfold, opts.fold_dtype, opts.device, opts.fold_token_budget,
+                                 cache=opts.fold_cache or out / "plddt_cache.json")
+            _add_metric(rows, summary, "plddt", scorer(seqs, progress=opts.progress))
         summary["plddt_confident_share"] = float(np.mean([r["plddt"] > PLDDT_CONFIDENT for r in rows]))
     else:
         missing["pLDDT"] = "--esmfold DIR"
@@ -216,8 +271,10 @@ def render_markdown(s: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+@one_line_errors("plm score", expected=(FileNotFoundError, ValueError))
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="plm score", description=__doc__.split("\n\n")[0])
+    add_debug_argument(p)
     p.add_argument("fasta", help="FASTA(.gz) of sequences to score (e.g. from `plm generate`)")
     p.add_argument("--out", required=True, help="directory for scores.csv, summary.md/json and hist_*.png")
     p.add_argument("--esmfold", help="local ESMFold directory (config.json + weights) for mean pLDDT")
