@@ -34,8 +34,8 @@ from plm.callbacks.monitor import attended_pairs, matmul_peak
 from plm.data.datamodule import ProteinDataModule
 from plm.lit import MaskedLM
 from plm.lit.objectives import IGNORE
+from plm.model.attention import attention_mask
 from plm.model.config import config_for
-from plm.model.transformer import attention_mask
 from plm.tokenizer import CLS, EOS, MASK, PAD
 
 ROW_LEN = 1024

@@ -14,7 +14,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from plm.model.transformer import doc_segments
+from plm.model.attention import doc_segments
 from plm.tokenizer import PAD
 
 PRECISION_DTYPE = {"bf16": torch.bfloat16, "16": torch.float16, "32": torch.float32}

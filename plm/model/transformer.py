@@ -9,36 +9,34 @@ Notation: B batch rows, T tokens per row, h hidden, nh heads, hd = h / nh head s
   attention biases, partial rotary, untied LM head with bias.
 
 MLM and CLM differ only in ``causal``; packed rows carry ``doc_ids`` so attention never crosses a
-sequence boundary and rotary positions restart at every sequence. Packed rows run as variable-length
-sequences (``DocSegments``, flash-attention's ``cu_seqlens`` layout): ``flash_attn_varlen_func`` when
-flash-attn is installed and the tensors are CUDA fp16/bf16, plm's own bf16 kernel on CPUs with AVX512-BF16
-(``plm.model.cpu_attention``, which also applies the rotary embedding), else one unmasked SDPA call per
-document.
-Either way only the Σ len² same-document pairs are scored, not the T² of a dense document mask (issue
-#9: Σ len² ≈ 0.4 T² on the bundled data). Dense masks remain for attention maps, KV-cache decoding and
-caller-given masks. Rotary uses the "rotate half" layout everywhere; checkpoints whose layout
-interleaves pairs (GPT-J / ProGen2) are permuted by the converter, so no format quirk lives here.
+sequence boundary and rotary positions restart at every sequence. How packed rows are attended (which
+kernel, the document segments, dense masks) lives in :mod:`plm.model.attention`. Rotary uses the "rotate
+half" layout everywhere; checkpoints whose layout interleaves pairs (GPT-J / ProGen2) are permuted by the
+converter, so no format quirk lives here.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+import zlib
+from collections.abc import Iterable
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from plm.model import attention as A
 from plm.model import cpu_attention
+from plm.model.attention import DocSegments, attention_mask, doc_segments, positions_from_doc_ids
 from plm.model.config import ModelConfig
 from plm.tokenizer import MASK, PAD
+from plm.utils.hashing import mix64
 
 #: ESM-2 was trained with 15% masking of which 80% became <mask>: token dropout rescales to this ratio.
 ESM_MASK_RATIO_TRAIN = 0.15 * 0.8
 ROTARY_BASE = 10000.0
+INIT_STD = 0.02
 
 
 class KVCache(Protocol):
@@ -47,133 +45,24 @@ class KVCache(Protocol):
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]: ...
 
 
-def positions_from_doc_ids(doc_ids: Tensor) -> Tensor:
-    """Position of each token inside its own document: (B, T) → (B, T), restarting at 0 per document."""
-    b, t = doc_ids.shape
-    idx = torch.arange(t, device=doc_ids.device).expand(b, t)
-    starts = torch.ones_like(doc_ids, dtype=torch.bool)
-    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
-    start_idx = torch.where(starts, idx, torch.zeros_like(idx)).cummax(dim=1).values
-    return idx - start_idx
-
-
-def attention_mask(doc_ids: Tensor, causal: bool) -> Tensor:
-    """Boolean (B, 1, T, T) mask, True = may attend: same document (and not in the future if causal).
-
-    Padding carries a document id of its own, so pad queries attend to pads (never NaN) and real
-    tokens never see them.
-    """
-    same = doc_ids[:, None, :, None] == doc_ids[:, None, None, :]
-    if causal:
-        t = doc_ids.shape[1]
-        same = same & torch.ones(t, t, dtype=torch.bool, device=doc_ids.device).tril()
-    return same
-
-
-@dataclass(frozen=True)
-class DocSegments:
-    """The documents of packed rows as variable-length sequences over the flattened B·T tokens.
-
-    ``cu_seqlens`` (n_docs + 1,) int32 holds each document's first flat index and then B·T, as
-    ``flash_attn_varlen_func`` expects; ``lengths`` is the same on the host for the SDPA loop.
-    ``positions_restart``: every token's rotary position is its index in its document (positions derived
-    from the document ids), so a kernel may rotate q and k itself.
-    """
-
-    cu_seqlens: Tensor
-    lengths: tuple[int, ...]
-    max_seqlen: int
-    positions_restart: bool = True
-
-
-def doc_segments(doc_ids: Tensor, positions_restart: bool = True) -> DocSegments:
-    """(B, T) document ids → DocSegments. A document starts at every row start and every id change,
-    so equal ids in two rows (all rows use 0, 1, …) are still separate documents."""
-    b, t = doc_ids.shape
-    starts = torch.ones_like(doc_ids, dtype=torch.bool)
-    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
-    first = starts.flatten().nonzero().squeeze(1)  # (n_docs,)
-    end = torch.tensor([b * t], device=doc_ids.device)
-    cu_seqlens = torch.cat([first, end]).to(torch.int32)
-    lengths = tuple(cu_seqlens.diff().tolist())  # one host sync per forward, not per layer
-    return DocSegments(cu_seqlens, lengths, max(lengths), positions_restart)
-
-
-@functools.cache
-def _flash_varlen() -> Callable[..., Tensor] | None:
-    """``flash_attn.flash_attn_varlen_func`` if importable (imported on first use, never at module load)."""
-    try:
-        from flash_attn import flash_attn_varlen_func
-    except (ImportError, OSError):  # not installed, or installed without a usable CUDA runtime
-        return None
-    return flash_attn_varlen_func
-
-
-def use_flash_varlen(device_type: str, dtype: torch.dtype) -> bool:
-    """Whether varlen attention goes to flash-attn: CUDA, fp16/bf16, and flash-attn importable."""
-    return device_type == "cuda" and dtype in (torch.float16, torch.bfloat16) and _flash_varlen() is not None
-
-
-@torch.compiler.disable  # data-dependent document lengths: keep them out of compiled graphs
-def varlen_attention(q: Tensor, k: Tensor, v: Tensor, segments: DocSegments, causal: bool) -> Tensor:
-    """Attention within each document: q, k, v (N, nh, hd) with N = B·T flat tokens → (N, nh, hd)."""
-    if use_flash_varlen(q.device.type, q.dtype):
-        cu, n = segments.cu_seqlens, segments.max_seqlen
-        return _flash_varlen()(q, k, v, cu, cu, n, n, causal=causal)
-    if cpu_attention.supports(q):
-        return cpu_attention.varlen_attention_bf16(q, k, v, segments.cu_seqlens, causal)
-    return sdpa_varlen(q, k, v, segments.lengths, causal)
-
-
-@torch.compiler.disable
-def rotary_varlen_attention(qkv: Tensor, rotary: Rotary, segments: DocSegments, causal: bool) -> Tensor:
-    """Rotary and attention within each document in one kernel: qkv (N, 3, nh, hd) unrotated → (N, nh, hd).
-    Only for ``fuses_rotary``; saves the rotary's passes and the q, k, v split's copies forward and backward
-    (issue #9: 9% of a 35m CPU training step)."""
-    cos, sin = rotary.tables(segments.max_seqlen)
-    return cpu_attention.varlen_rotary_attention_bf16(qkv, cos, sin, segments.cu_seqlens, causal)
-
-
-def fuses_rotary(qkv: Tensor, segments: DocSegments) -> bool:
-    """Whether ``rotary_varlen_attention`` serves these packed rows: plm's CPU bf16 kernel is usable and each
-    token's position is its index in its document."""
-    return segments.positions_restart and cpu_attention.supports(qkv[..., 0, :, :])
-
-
-def sdpa_varlen(q: Tensor, k: Tensor, v: Tensor, lengths: tuple[int, ...], causal: bool) -> Tensor:
-    """The fallback: one unmasked SDPA call per document, (N, nh, hd) → (N, nh, hd)."""
-    dtype, work = q.dtype, sdpa_dtype(q)
-    q, k, v = q.to(work), k.to(work), v.to(work)  # once for all documents
-    # split, not slicing: its backward is one cat, where each slice's backward would zero-fill all N
-    outs = [
-        F.scaled_dot_product_attention(qd.transpose(0, 1)[None], kd.transpose(0, 1)[None], vd.transpose(0, 1)[None],
-                                       is_causal=causal)[0].transpose(0, 1)  # (1, nh, L, hd) → (L, nh, hd)
-        for qd, kd, vd in zip(q.split(lengths), k.split(lengths), v.split(lengths))
-    ]
-    return torch.cat(outs).to(dtype)  # (N, nh, hd)
-
-
-def sdpa_dtype(x: Tensor) -> torch.dtype:
-    """The dtype SDPA computes in: fp32 for half-precision inputs on CPU, else the input dtype.
-
-    PyTorch's CPU flash-attention backward is much slower in bf16 than in fp32 at small head sizes
-    and ESM-like lengths (issue #9, 35m, head size 24, 2 threads, real packed batches: 156–237 ms vs
-    279–309 ms per layer for forward + backward including the casts; per document of 256 tokens
-    3.0 vs 4.9 ms backward), so under bf16-mixed on CPU the attention core runs in fp32, which is
-    also the more accurate choice. GPUs keep the input dtype.
-    """
-    return torch.float32 if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16) else x.dtype
-
-
 class Rotary(nn.Module):
     """Rotary position embedding on the first ``dim`` channels of each head (rotate-half layout)."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.dim = dim
-        inv_freq = 1.0 / (ROTARY_BASE ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("inv_freq", self._inv_freq(), persistent=False)
         self._tables: tuple[Tensor, Tensor] | None = None
+
+    def _inv_freq(self, device: torch.device | str | None = None) -> Tensor:
+        return 1.0 / (ROTARY_BASE ** (torch.arange(0, self.dim, 2, dtype=torch.float32, device=device) / self.dim))
+
+    def reset_parameters(self) -> None:
+        """Recompute the frequencies in place: a module built on the meta device and then given storage
+        (``to_empty``) has an uninitialised buffer, and it is not in any state dict to load it from."""
+        with torch.no_grad():
+            self.inv_freq.copy_(self._inv_freq(self.inv_freq.device))
+        self._tables = None
 
     def tables(self, max_len: int) -> tuple[Tensor, Tensor]:
         """cos, sin (≥ max_len, dim/2) fp32 by position in a document, for the kernel that rotates itself.
@@ -224,41 +113,32 @@ class Attention(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         b, t, h = x.shape
         qkv = self.qkv(x).view(b, t, 3, self.n_head, self.head_dim)  # (B, T, 3, nh, hd)
-        if isinstance(mask, DocSegments) and fuses_rotary(qkv, mask):
-            y = rotary_varlen_attention(qkv.view(b * t, 3, self.n_head, self.head_dim), rotary, mask, causal)
-            return self.out(y.view(b, t, h)), None
+        if isinstance(mask, DocSegments):  # packed rows, no cache, no maps: documents as varlen sequences
+            return self.out(self._packed(qkv, rotary, cos, sin, mask, causal).view(b, t, h)), None
         # split, not qkv[:, :, :2] and qkv[:, :, 2]: the backward is one cat instead of two zero-filled
         # copies of the whole qkv gradient plus their sum
         qk, v = qkv.split([2, 1], dim=2)  # (B, T, 2, nh, hd), (B, T, 1, nh, hd)
         qk = rotary.apply(qk, cos, sin)  # q and k rotated in one pass: (B, T, 2, nh, hd)
-        if isinstance(mask, DocSegments):  # packed rows, no cache, no maps: documents as varlen sequences
-            q, k = qk.view(b * t, 2, self.n_head, self.head_dim).unbind(1)  # 2×(B·T, nh, hd)
-            v = v.reshape(b * t, self.n_head, self.head_dim)  # (B·T, nh, hd), a view
-            y = varlen_attention(q, k, v, mask, causal).view(b, t, h)  # (B, T, h)
-            return self.out(y), None
         q, k = qk.transpose(1, 3).unbind(2)  # 2×(B, nh, T, hd)
         v = v.squeeze(2).transpose(1, 2)  # (B, nh, T, hd)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer, k, v)  # (B, nh, T_past + T, hd)
-        weights = None
-        if need_weights:  # explicit softmax: contact prediction reads the maps, SDPA cannot return them
-            scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)  # (B, nh, T, T_k)
-            if mask is not None:
-                scores = scores.masked_fill(~mask, float("-inf"))
-            elif causal:
-                scores = scores.masked_fill(~torch.ones_like(scores, dtype=torch.bool).tril(), float("-inf"))
-            weights = scores.softmax(dim=-1)
-            y = weights.to(v.dtype) @ v
-        else:
-            if causal and mask is None and q.shape[2] != k.shape[2] and q.shape[2] > 1:
-                raise ValueError("several new tokens after a non-empty KV cache need an explicit attn_mask")
-            # SDPA's is_causal aligns top-left: right only when queries and keys start together
-            is_causal = causal and mask is None and q.shape[2] == k.shape[2]
-            work = sdpa_dtype(q)
-            y = F.scaled_dot_product_attention(q.to(work), k.to(work), v.to(work), attn_mask=mask, is_causal=is_causal)
-            y = y.to(q.dtype)
+        y, weights = A.dense_attention(q, k, v, mask, causal, need_weights)
         y = y.transpose(1, 2).reshape(b, t, h)  # (B, T, h)
         return self.out(y), weights
+
+    def _packed(self, qkv: Tensor, rotary: Rotary, cos: Tensor, sin: Tensor, segments: DocSegments,
+                causal: bool) -> Tensor:
+        """(B, T, 3, nh, hd) projections of packed rows → (B·T, nh, hd), attention within each document."""
+        n = qkv.shape[0] * qkv.shape[1]
+        backend = A.backend_for(qkv)
+        if A.fuses_rotary(backend, segments):
+            tables = rotary.tables(segments.max_seqlen)
+            return A.rotary_varlen_attention(qkv.view(n, 3, self.n_head, self.head_dim), tables, segments, causal)
+        qk, v = qkv.split([2, 1], dim=2)
+        q, k = rotary.apply(qk, cos, sin).view(n, 2, self.n_head, self.head_dim).unbind(1)  # 2×(B·T, nh, hd)
+        v = v.reshape(n, self.n_head, self.head_dim)  # (B·T, nh, hd), a view
+        return A.varlen_attention(q, k, v, segments, causal, backend)
 
 
 class MLP(nn.Module):
@@ -312,12 +192,36 @@ class LMHead(nn.Module):
         return F.linear(x, self.weight, self.bias)
 
 
+def init_weights(named: Iterable[tuple[str, nn.Parameter]], seed: int, n_layer: int) -> None:
+    """GPT-2 style init: N(0, 0.02), residual projections scaled by 1/sqrt(2L), zero biases, unit norms.
+
+    Each matrix is drawn in fp32 on the CPU from its own generator keyed by (seed, parameter name), so the
+    values do not depend on the order, the device, or which other parameters exist yet: a model built whole
+    and one materialised block by block on the ranks of a sharded run start from the same weights."""
+    for name, p in named:
+        if p.is_meta:
+            continue
+        with torch.no_grad():
+            if p.dim() == 1:
+                p.fill_(1.0 if "norm" in name else 0.0)
+                continue
+            std = INIT_STD / math.sqrt(2 * n_layer) if name.endswith(("attn.out.weight", "fc_out.weight")) else INIT_STD
+            g = torch.Generator().manual_seed(int(mix64(seed, zlib.crc32(name.encode())) >> 1))
+            p.copy_(torch.empty(p.shape, dtype=torch.float32).normal_(0.0, std, generator=g))
+
+
 class Transformer(nn.Module):
     """Embedding → blocks → final norm → LM head. ``forward`` returns logits; ``hidden`` stops before the head."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, init_seed: int | None = None) -> None:
+        """``init_seed`` keys every parameter's initial values (default: drawn from torch's global RNG, so
+        ``torch.manual_seed`` before construction decides them). Under ``torch.device("meta")`` nothing is
+        allocated; ``init_weights`` fills any part later with the same values (FSDP2 materialises block by
+        block)."""
         super().__init__()
         self.config = cfg
+        # drawn on the CPU explicitly: the same number under a meta-device context as without one
+        self.init_seed = int(torch.randint(0, 2**62, (), device="cpu")) if init_seed is None else init_seed
         self.embed = nn.Embedding(cfg.vocab_size, cfg.n_embd, padding_idx=PAD)
         self.rotary = Rotary(cfg.rotary)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
@@ -326,15 +230,8 @@ class Transformer(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """GPT-2 style init: N(0, 0.02), residual projections scaled by 1/sqrt(2L), zero biases."""
-        std = 0.02
-        for name, p in self.named_parameters():
-            if p.dim() == 1:
-                nn.init.ones_(p) if "norm" in name else nn.init.zeros_(p)
-            elif name.endswith(("attn.out.weight", "fc_out.weight")):
-                nn.init.normal_(p, std=std / math.sqrt(2 * self.config.n_layer))
-            else:
-                nn.init.normal_(p, std=std)
+        """GPT-2 style init (see ``init_weights``); nothing to do on the meta device."""
+        init_weights(self.named_parameters(), self.init_seed, self.config.n_layer)
 
     def embed_tokens(self, tokens: Tensor, doc_ids: Tensor) -> Tensor:
         x = self.embed(tokens)  # (B, T, h)
@@ -366,8 +263,33 @@ class Transformer(nn.Module):
         """Final-norm hidden states (B, T, h) and, if ``need_weights``, each layer's (B, nh, T, T) attention.
 
         ``doc_ids`` None means one sequence per row with ``<pad>`` as padding. With a ``kv_cache`` the
-        caller passes ``positions`` and ``attn_mask`` (or None for a plain causal step).
+        caller passes ``positions`` and ``attn_mask`` (or None for a plain causal step). Goes through
+        ``__call__`` so that module hooks run (FSDP2 gathers the embedding and final norm in them).
         """
+        return self(tokens, doc_ids, causal, positions=positions, kv_cache=kv_cache, attn_mask=attn_mask,
+                    need_weights=need_weights, return_hidden=True)
+
+    def forward(self, tokens: Tensor, doc_ids: Tensor | None = None, causal: bool = False,
+                select: Tensor | None = None, return_hidden: bool = False, **kwargs) -> Tensor | tuple:
+        """Logits (B, T, V), or (n, V) at the positions of a boolean (B, T) ``select`` only (the LM head is
+        the largest matmul of a small model's MLM step and only 15% of positions have labels).
+        ``return_hidden``: what ``hidden`` returns instead. One call for all of it, so that a sharded model
+        gathers the LM head's weights inside its forward."""
+        hidden, maps = self._hidden(tokens, doc_ids, causal=causal, **kwargs)
+        if return_hidden:
+            return hidden, maps
+        return self.head(hidden if select is None else hidden[select])
+
+    def _hidden(
+        self,
+        tokens: Tensor,
+        doc_ids: Tensor | None = None,
+        positions: Tensor | None = None,
+        causal: bool = False,
+        kv_cache: KVCache | None = None,
+        attn_mask: Tensor | None = None,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, list[Tensor]]:
         if doc_ids is None:
             doc_ids = (tokens == PAD).to(torch.long)  # real tokens doc 0, padding its own doc 1
             single_doc = not bool(doc_ids.any())
@@ -393,8 +315,3 @@ class Transformer(nn.Module):
             if w is not None:
                 maps.append(w)
         return self.final_norm(x), maps
-
-    def forward(self, tokens: Tensor, doc_ids: Tensor | None = None, causal: bool = False, **kwargs) -> Tensor:
-        """Logits (B, T, V)."""
-        hidden, _ = self.hidden(tokens, doc_ids, causal=causal, **kwargs)
-        return self.head(hidden)
