@@ -12,6 +12,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from plm.model.record import read_record
+
 REQUIRED = ("objective", "flops", "n_params", "loss")
 NUMERIC = ("flops", "n_params", "tokens", "loss")
 RESULTS_HEADER = ["objective", "flops", "n_params", "tokens", "loss"]
@@ -98,10 +100,7 @@ def collect(out: Path, write: bool = True) -> list[Run]:
         if loss is None:
             missing.append(job["name"])
             continue
-        exported = run / "final" / "config.json"
-        tokens = job["tokens"]  # real tokens seen (from the export) when recorded: padding excluded
-        if exported.is_file():
-            tokens = json.loads(exported.read_text()).get("tokens_seen") or job["tokens"]
+        tokens = read_record(run / "final").tokens_seen or job["tokens"]  # real tokens seen: padding excluded
         runs.append(Run(job["objective"], job["flops"], float(job["n_params"]), float(tokens), loss))
     if not runs:
         raise ValueError(f"{out}: none of the {len(jobs)} runs has finished with a val/loss; run `plm sweep ... --run`")
