@@ -61,3 +61,15 @@ def test_validate_an_existing_checkpoint_on_an_eval_set(tmp_path):
                          timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "val/cath/masked_loss" in res.stdout and "val/cath/masked_ppl" in res.stdout
+
+
+def test_shipped_demo_configs_validate_on_the_bundled_cath_set_from_any_directory(tmp_path, monkeypatch):
+    import yaml
+
+    from plm.data.datamodule import load_eval_set
+
+    monkeypatch.chdir(tmp_path)  # the configs name data/sample/… relative to the checkout
+    for name in ("mlm", "clm", "transfer"):
+        sets = yaml.safe_load((REPO / f"configs/train/{name}.yaml").read_text())["data"]["eval_sets"]
+        store = load_eval_set("cath_s40", sets["cath_s40"], "skip")
+        assert len(store) == 500 and store.n_residues == 77_754

@@ -25,6 +25,7 @@ from plm.data.fasta import FastaStats, OnInvalid, read_fasta
 from plm.data.packing import StreamPacker, materialize, pack_records
 from plm.data.sampler import MixtureSampler
 from plm.data.store import TokenStore, split_fasta
+from plm.reliability.signals import SignalSafeDataLoader, ignore_stop_signals
 from plm.tokenizer import RESIDUE_IDS
 
 #: UniMeta200B shares (docs/reference.md, "Data"): UniRef50/S, UniRef90/50, ColabFoldDB centroids, members.
@@ -48,11 +49,20 @@ def load_source(name: str, spec: str | list[str], val_fraction: float, on_invali
     return split_fasta(name, paths, val_fraction, on_invalid=on_invalid, stats=FastaStats())
 
 
+def _in_checkout(path: str | os.PathLike) -> str | os.PathLike:
+    """A relative path as given when it exists from here, else from the checkout root: the shipped
+    configs name bundled files (data/sample/…) relative to it, and runs start from anywhere."""
+    if Path(path).is_absolute() or Path(path).exists():
+        return path
+    bundled = Path(__file__).resolve().parents[2] / path
+    return bundled if bundled.exists() else path
+
+
 def load_eval_set(name: str, spec: str | list[str], on_invalid: OnInvalid) -> TokenStore:
     """An external held-out set: every record is evaluated (it never goes through the train/val split,
     which would leave its training side empty). FASTA file(s), e.g. the bins `plm data split-by-identity`
     writes, or a `plm data prepare` source directory (its train and val records together)."""
-    paths = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
+    paths = [_in_checkout(p) for p in ([spec] if isinstance(spec, (str, os.PathLike)) else list(spec))]
     missing = [str(p) for p in paths if not Path(p).exists()]
     if missing:
         raise FileNotFoundError(f"data.eval_sets {name!r}: not found: {missing}; fix data.eval_sets in your config")
@@ -93,6 +103,21 @@ class PackedStream(IterableDataset):
                     "set": "train",
                 }
             cursor, m = nxt, m + 1
+
+
+class RankBatches(IterableDataset):
+    """One rank's ready-made held-out batches. Iterable, so Lightning leaves it alone: a list would get a
+    DistributedSampler under DDP / FSDP that splits this rank's share again and repeats batches to even it
+    out (validation then scored a different, partly duplicated subset than one process)."""
+
+    def __init__(self, batches: list[dict[str, Any]]) -> None:
+        self.batches = batches
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 class ProteinDataModule(pl.LightningDataModule):
@@ -169,6 +194,7 @@ class ProteinDataModule(pl.LightningDataModule):
         self.sampler = MixtureSampler([len(s) for s in self.train_stores], w, self.seed, self.sampler_block,
                                       clusters=[s.clusters for s in self.train_stores])
         self.packer = StreamPacker(self.train_stores, self.sampler, self.row_len, self.seed, self.min_piece)
+        self.check_fingerprint()
 
     @property
     def source_names(self) -> list[str]:
@@ -204,13 +230,16 @@ class ProteinDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
         stream = PackedStream(self.packer, self.rows_per_batch, rank, world, self.cursor)
-        return DataLoader(stream, batch_size=None, num_workers=self.num_workers, persistent_workers=False)
+        # workers ignore SIGTERM/SIGINT sent to the whole process group: the main process saves and stops
+        return SignalSafeDataLoader(stream, batch_size=None, num_workers=self.num_workers, persistent_workers=False,
+                                    worker_init_fn=ignore_stop_signals if self.num_workers else None)
 
     def val_dataloader(self) -> list[DataLoader]:
         loaders = []
         for i, (name, store) in enumerate(self.val_stores.items()):
             rows = pack_records(store, self.row_len, self.val_rows)
             rank, world = self._rank_world()
+            per_rank = math.ceil(math.ceil(len(rows) / world) / self.rows_per_batch)
             rows = rows[rank::world]
             batches = []
             for b in range(0, len(rows), self.rows_per_batch):
@@ -226,7 +255,13 @@ class ProteinDataModule(pl.LightningDataModule):
                         "set": name,
                     }
                 )
-            loaders.append(DataLoader(batches, batch_size=None))
+            # every rank runs as many batches (a sharded forward's collectives must pair up, and a rank with no
+            # batch at all would skip validation and its barriers): fillers of one padding row score nothing
+            filler = materialize([store], [[]], self.row_len)
+            batches += [{"tokens": torch.from_numpy(filler.tokens), "doc_ids": torch.from_numpy(filler.doc_ids),
+                         "n_real": torch.tensor(0), "cursor_start": torch.tensor(-1), "cursor_end": torch.tensor(0),
+                         "set": name}] * (per_rank - len(batches))
+            loaders.append(DataLoader(RankBatches(batches), batch_size=None))
         return loaders
 
     def test_dataloader(self) -> list[DataLoader]:
@@ -240,10 +275,31 @@ class ProteinDataModule(pl.LightningDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         seen = self.sampler.seen_per_source(self.cursor).tolist() if self.sampler else []
-        return {"cursor": self.cursor, "seen_per_source": dict(zip(self.source_names, seen))}
+        fingerprint = self.fingerprint() if self.sampler else None
+        return {"cursor": self.cursor, "seen_per_source": dict(zip(self.source_names, seen)), "fingerprint": fingerprint}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.cursor = int(state["cursor"])
+        self._resumed_fingerprint = state.get("fingerprint")  # None in checkpoints older than the check
+        if self.sampler is not None:
+            self.check_fingerprint()
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What besides the cursor decides which samples the stream holds (not how rows are split over ranks,
+        devices or micro-batches, which may change on resume)."""
+        return {"sources": {n: [len(s), int(s.n_residues)] for n, s in zip(self.source_names, self.train_stores)},
+                "weights": self.sampler.counts.tolist(), "seed": self.seed, "row_len": self.row_len,
+                "min_piece": self.min_piece, "sampler_block": self.sampler_block}
+
+    def check_fingerprint(self) -> None:
+        """A resume on other data would silently train on other samples at the saved cursor: refuse it."""
+        saved, now = getattr(self, "_resumed_fingerprint", None), self.fingerprint()
+        if saved is None or saved == now:
+            return
+        diffs = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in now if saved.get(k) != now[k])
+        raise ValueError(f"resume refused: the checkpoint's data stream differs from this run's ({diffs}). Resume "
+                         "with the data.* settings (sources, weights, seed, row_len) the run started with, or start a "
+                         "new run (model.init_from takes the weights without the data position)")
 
     def data_stats(self) -> dict[str, float]:
         """Sequences and epochs seen per source at the current cursor (for logging)."""
