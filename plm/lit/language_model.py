@@ -229,15 +229,28 @@ class LanguageModel(pl.LightningModule):
         checkpoint["plm_tokens_seen"] = record["tokens_seen"]
         checkpoint["plm_stage_start_step"] = self.stage_start_step
         checkpoint["plm_stage_start_tokens"] = self.stage_start_tokens
+        from plm.reliability.resume import CHECKPOINT_KEY, optimizer_settings
+
+        checkpoint[CHECKPOINT_KEY] = optimizer_settings(self)  # what the saved optimizer state was built with
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         from plm.model.record import stored_record
+        from plm.reliability.resume import saved_settings
 
         record = stored_record(checkpoint)
         self.objective = record.get("objective") or self.objective
         self.tokens_seen = int(record.get("tokens_seen") or 0)
         self.stage_start_step = int(checkpoint.get("plm_stage_start_step", 0))
         self.stage_start_tokens = int(checkpoint.get("plm_stage_start_tokens", 0))
+        self._saved_optimizer = saved_settings(checkpoint)
+
+    def on_train_start(self) -> None:
+        """A resume restored the optimizer as saved: a learning rate (or other optimizer setting) given with
+        the resume is applied from here on, and the change is logged (plm.reliability.resume)."""
+        from plm.reliability.resume import apply_resumed_settings
+
+        apply_resumed_settings(self, getattr(self, "_saved_optimizer", None))
+        self._saved_optimizer = None
 
 
 class MaskedLM(LanguageModel):

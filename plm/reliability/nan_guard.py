@@ -13,6 +13,7 @@ its calibration, so only the loss is checked then.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -25,14 +26,16 @@ class NumericalFaultError(RuntimeError):
 
 
 class NaNGuard(pl.Callback):
-    def __init__(self, max_bad_steps: int = 5) -> None:
+    def __init__(self, max_bad_steps: int = 5, ckpt_dir: str | Path | None = None) -> None:
         """
         Args:
             max_bad_steps: consecutive skipped steps after which training stops with an error.
+            ckpt_dir: the run's checkpoint directory: the stop message names its ``best.ckpt`` to restart from.
         """
         if max_bad_steps < 1:
             raise ValueError(f"--max_bad_steps={max_bad_steps}: must be >= 1")
         self.max_bad_steps = max_bad_steps
+        self.ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else None
         self.skipped = 0  # skipped optimizer steps over the whole run (survives resume)
         self.consecutive = 0
         self._loss_finite: torch.Tensor | None = None
@@ -65,8 +68,7 @@ class NaNGuard(pl.Callback):
             raise NumericalFaultError(
                 f"{self.consecutive} consecutive optimizer steps (up to step {step}) had a non-finite {what}; "
                 f"stopping before the bad update, so the checkpoints on disk keep finite weights "
-                f"({self.skipped} steps skipped in this run). Lower the learning rate or raise warm-up, check the "
-                f"data around this step, then resume with --ckpt_path last (or raise --max_bad_steps)"
+                f"({self.skipped} steps skipped in this run). {self.advice(pl_module)}"
             )
         if scaler is None:
             for p in params:
@@ -75,6 +77,20 @@ class NaNGuard(pl.Callback):
             f"step {step}: non-finite {what}; optimizer step skipped "
             f"({self.consecutive}/{self.max_bad_steps} in a row, {self.skipped} in total)"
         )
+
+    def advice(self, pl_module: pl.LightningModule) -> str:
+        """The command that works after a blow-up. The newest checkpoints are finite but may already hold
+        diverging weights (|w| ~ 1e9 before the first NaN); ``best.ckpt`` (lowest validation loss, never
+        pruned) predates the divergence. A resume applies a changed learning rate (LanguageModel)."""
+        peak = getattr(pl_module, "peak_lr", None)
+        lower = f" --model.init_args.lr {peak / 10:g}" if isinstance(peak, (int, float)) and peak > 0 else ""
+        best = self.ckpt_dir / "best.ckpt" if self.ckpt_dir is not None else None
+        if best is not None and best.is_file():
+            return (f"Restart from the checkpoint with the best validation loss, from before the divergence, "
+                    f"with a lower learning rate (a resume applies it): add --ckpt_path {best}{lower} to the "
+                    f"same command (or raise warm-up; check the data around step {pl_module.global_step})")
+        return (f"Lower the learning rate or raise warm-up (a resume applies them), check the data around this "
+                f"step, then resume: add --ckpt_path last{lower} to the same command (or raise --max_bad_steps)")
 
     # ---- reporting and state --------------------------------------------------------------------------
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
