@@ -43,7 +43,8 @@ def test_every_size_plan_parses_as_a_gpu_fit_config(size):
     assert cfg.model.init_args.size == size and cfg.trainer.max_steps == plan.steps
     assert cfg.trainer.accelerator == "gpu" and str(cfg.trainer.devices) == "8" and cfg.trainer.num_nodes == 2
     strategy = cfg.trainer.strategy
-    assert (strategy == "ddp") if SIZES[size].strategy == "ddp" else strategy.class_path == "plm.strategies.FSDP"
+    assert (strategy == "ddp") if SIZES[size].strategy == "ddp" else strategy.class_path == "plm.strategies.FSDP2"
+    assert cfg.model.init_args.meta_init == (SIZES[size].strategy == "fsdp")  # never whole on one rank
     (callback,) = cfg.trainer.callbacks  # the plan's switch replaces the demo's 20% share
     assert callback.init_args.switch_flops == pytest.approx(plan.clm_flops) and callback.init_args.clm_share is None
 

@@ -45,9 +45,12 @@ class FinalExport(pl.Callback):
         if was_preempted(trainer):  # a preempted run is not finished: final/ must not pretend it is
             rank_zero_info("stopped by a preemption signal: no final export; resume with --ckpt_path last")
             return
+        from plm.strategies import full_model
+
+        model = full_model(pl_module.model)  # FSDP2: every rank sends its shards, rank 0 gets the model
         if trainer.is_global_zero:
             save_pretrained(
-                pl_module.model,
+                model,
                 self.dirpath,
                 objective=pl_module.objective,
                 tokens_seen=pl_module.tokens_seen,

@@ -6,6 +6,7 @@ switch it in place: same backbone, the mask becomes bidirectional and the inputs
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -41,6 +42,7 @@ class LanguageModel(pl.LightningModule):
         seed: int = 0,
         init_from: str | None = None,
         compile: bool = False,
+        meta_init: bool = False,
     ) -> None:
         """
         Args:
@@ -61,6 +63,9 @@ class LanguageModel(pl.LightningModule):
             compile: ``torch.compile`` each Transformer block (fuses norms, rotary, GELU, casts; the
                 attention kernel itself stays eager). Parameter names and checkpoints are unchanged.
                 The first steps pay the compilation.
+            meta_init: build the Transformer on the meta device; ``configure_model`` gives it storage and
+                its initial values (sharded block by block under FSDP2, whole otherwise), so a 7b/10b model is
+                never whole on one rank. The recipe sets it for sharded sizes. Same weights as without.
         """
         super().__init__()
         objective = objective or self.default_objective
@@ -70,7 +75,10 @@ class LanguageModel(pl.LightningModule):
             raise ValueError(f"objective={objective!r}: use 'mlm' or 'clm'")
         base = config_for(size).to_dict()
         base.update(arch or {})
-        with torch.random.fork_rng():
+        if meta_init and init_from:
+            raise ValueError("model.init_from with model.meta_init: load the weights into a whole model (drop "
+                             "meta_init) or convert them to a sharded checkpoint and resume from it")
+        with torch.random.fork_rng(), torch.device("meta") if meta_init else contextlib.nullcontext():
             torch.manual_seed(seed)
             self.model = Transformer(ModelConfig.from_dict(base, source="model.arch"))
         self.objective = objective
@@ -123,22 +131,31 @@ class LanguageModel(pl.LightningModule):
         selected positions left unchanged show the answer in the input (their loss is ≈ 0.6 nats), so
         averaging over them flatters the model; training keeps the full 80/10/10 objective."""
         inputs, labels = self.objective_inputs(batch)
-        hidden, _ = self.model.hidden(inputs, batch["doc_ids"], causal=self.causal)
         sel = labels != IGNORE
         if masked_only and self.objective == "mlm":
             sel &= inputs == MASK
-        logits = self.model.head(hidden[sel])  # (n_predicted, V)
+        logits = self.model(inputs, batch["doc_ids"], causal=self.causal, select=sel)  # (n_predicted, V)
         loss = F.cross_entropy(logits.float(), labels[sel])
         return loss, sel.sum(), labels[sel]
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        loss, _ = self.loss(batch)
-        n_real = batch["n_real"].to(self.device, torch.float64)
-        if self.trainer.world_size > 1:
-            n_real = self.trainer.strategy.reduce(n_real, reduce_op="sum")
+        """The loss of the whole global batch, token-weighted: DDP and FSDP average the ranks' gradients, so
+        rank r's mean is scaled by its share of the scored positions (count_r · world / Σ count); a plain
+        average of per-rank means would weight a rank's positions by how few it has, and 2 ranks would
+        not train like one process on the same rows (issue #21). One all-reduce carries it with the
+        token count."""
+        loss, count = self.loss(batch)
+        stats = torch.stack([batch["n_real"].to(self.device, torch.float64), count.to(torch.float64),
+                             loss.detach().to(torch.float64) * count])
+        world = self.trainer.world_size
+        if world > 1:
+            stats = self.trainer.strategy.reduce(stats, reduce_op="sum")
+            loss = loss * (count * world / stats[1].clamp(min=1)).to(loss.dtype)
+        n_real, total, loss_sum = stats.tolist()
         self.tokens_seen += int(n_real)
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/ppl", loss.detach().exp())
+        mean = loss_sum / max(total, 1.0)  # over the global batch, the same on every rank
+        self.log("train/loss", mean, prog_bar=True)
+        self.log("train/ppl", math.exp(min(mean, 50.0)))
         self.log("train/tokens", float(self.tokens_seen))
         self.log("train/objective_is_mlm", float(self.objective == "mlm"))
         self.log("train/flops", self.config.flops_per_token(attention=False) * self.tokens_seen)
@@ -152,6 +169,8 @@ class LanguageModel(pl.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         loss, count, labels = self.scored_loss(batch, masked_only=True)
         sums = self._val_sums.setdefault(batch["set"], [0.0, 0, 0.0])
+        if not count:  # a rank's filler batch (plm.data: every rank runs as many batches): nothing scored
+            return
         sums[0] += float(loss) * int(count)
         sums[1] += int(count)
         if self._unigram_nll is not None:  # the context-free baseline on exactly these positions
@@ -194,6 +213,24 @@ class LanguageModel(pl.LightningModule):
     test_step = validation_step
     on_test_epoch_start = on_validation_epoch_start
     on_test_epoch_end = on_validation_epoch_end
+
+    def configure_model(self) -> None:
+        """Shard the Transformer under FSDP2, give a meta-built one storage otherwise, log the attention
+        kernel. Called by Lightning before the strategy sets the model up (and again per fit/validate)."""
+        from lightning.pytorch.utilities import rank_zero_info
+
+        from plm.model.attention import describe_choice
+        from plm.strategies import FSDP2, materialize_whole
+
+        strategy = self.trainer.strategy
+        if isinstance(strategy, FSDP2):
+            strategy.shard(self.model)
+        else:
+            materialize_whole(self.model, strategy.root_device)
+        precision = str(self.trainer.precision)
+        dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") \
+            else torch.float32
+        rank_zero_info(describe_choice(strategy.root_device.type, dtype, self.config.head_dim))
 
     # ---- optimisation -------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:

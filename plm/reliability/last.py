@@ -28,6 +28,6 @@ class LastCheckpoint(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         from plm.reliability.signals import was_preempted
 
-        if was_preempted(trainer) or self._saved_step == trainer.global_step and (self.dirpath / "last.ckpt").is_file():
+        if was_preempted(trainer) or self._saved_step == trainer.global_step and (self.dirpath / "last.ckpt").exists():
             return
         trainer.save_checkpoint(self.dirpath / "last.ckpt")

@@ -52,7 +52,8 @@ class NaNGuard(pl.Callback):
         self._loss_finite = None
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         if scaler is None:
-            checks += [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
+            # FSDP2 gradients are DTensors: this rank's shard is checked, the decision is reduced below
+            checks += [torch.isfinite(getattr(p.grad, "_local_tensor", p.grad)).all() for p in params if p.grad is not None]
         finite = bool(torch.stack([c.to(checks[0].device) for c in checks]).all()) if checks else True
         if trainer.world_size > 1:  # sharded gradients (FSDP) can disagree: any bad rank skips everywhere
             finite = not trainer.strategy.reduce_boolean_decision(not finite, all=False)

@@ -39,11 +39,12 @@ FAR_FROM_OPTIMUM = 1.5
 MAX_LAYERS, MIN_ASPECT, MAX_ASPECT = 128, 16, 128
 VALIDATION_EVERY_MAX = 1000  # optimizer steps between validations in long runs
 
-#: what differs between the GPU strategies; precision and the rest are shared by every plan
+#: what differs between the GPU strategies (``plm fit`` keys); precision and the rest are shared by every
+#: plan. FSDP2 builds the model on the meta device and materialises it block by block as it shards it.
 STRATEGIES: dict[str, dict[str, Any]] = {
-    "ddp": {"strategy": "ddp"},
-    "fsdp": {"strategy": {"class_path": "plm.strategies.FSDP",
-                          "init_args": {"activation_checkpointing": True, "sharding_strategy": "FULL_SHARD"}}},
+    "ddp": {"trainer.strategy": "ddp"},
+    "fsdp": {"trainer.strategy": {"class_path": "plm.strategies.FSDP2", "init_args": {"activation_checkpointing": True}},
+             "model.init_args.meta_init": True},
 }
 
 
@@ -143,7 +144,7 @@ class RunPlan:
                                          "init_args": {"switch_flops": self.clm_flops, "clm_share": None}}]
         if gpu or (gpu is None and (self.layout.world > 1 or self.strategy == "fsdp")):
             out["trainer.accelerator"] = "gpu"
-            out.update({f"trainer.{k}": v for k, v in STRATEGIES[self.strategy].items()})
+            out.update(STRATEGIES[self.strategy])
         return out
 
 
