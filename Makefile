@@ -11,13 +11,17 @@ SIZE ?=
 OBJECTIVE ?= mlm
 TOKENS ?=
 FORCE ?=
+DRY_RUN ?=
+GPUS ?=
+NODES ?=
 ARGS ?=
 
-.PHONY: help setup train test test-slow bench plan eval generate sweep clean-runs
+.PHONY: help setup train test test-slow bench gpu-check plan eval generate sweep clean-runs
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 	@echo "  variables: SIZE=tiny|8m|35m|…|10b  OBJECTIVE=mlm|clm|transfer  TOKENS=2e9  FORCE=1  ARGS='--trainer.max_steps 10'"
+	@echo "             GPUS=8 NODES=4 (train: devices per node, nodes)  DRY_RUN=1 (train: plan + per-GPU memory, no run)"
 	@echo "             FLOPS=1e21 (plan)  CKPT=checkpoints/mlm/final TASKS=ss3,gb1,dms_blat,contacts (eval, generate)"
 
 $(VENV)/.installed: pyproject.toml
@@ -31,8 +35,9 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed ## create .venv and install plm (idempotent)
 
-train: setup ## train: CPU demo by default; SIZE=… OBJECTIVE=mlm|clm TOKENS=… FORCE=1
-	$(BIN)/plm train $(if $(SIZE),--size $(SIZE)) --objective $(OBJECTIVE) $(if $(TOKENS),--tokens $(TOKENS)) $(if $(FORCE),--force) $(ARGS)
+train: setup ## train: CPU demo by default; SIZE=… OBJECTIVE=mlm|clm TOKENS=… GPUS=… NODES=… DRY_RUN=1 FORCE=1
+	$(BIN)/plm train $(if $(SIZE),--size $(SIZE)) --objective $(OBJECTIVE) $(if $(TOKENS),--tokens $(TOKENS)) \
+	  $(if $(GPUS),--devices $(GPUS)) $(if $(NODES),--num-nodes $(NODES)) $(if $(DRY_RUN),--dry-run) $(if $(FORCE),--force) $(ARGS)
 
 test: setup ## fast test suite (< 10 min on 2 cores)
 	@if command -v mmseqs >/dev/null 2>&1 || [ -n "$$PLM_REQUIRE_MMSEQS" ]; then \
@@ -46,6 +51,9 @@ test-slow: setup ## slow checks only (CI runs them when time allows)
 
 bench: setup ## performance benchmarks → benchmarks/results.json (≈ 25 min on 2 cores)
 	nice -n -10 $(BIN)/python benchmarks/run_all.py  # raised priority where allowed; a warning elsewhere
+
+gpu-check: setup ## CUDA machines: varlen vs dense attention parity, FSDP2 on 2 GPUs, MFU → benchmarks/results_gpu.json (< 10 min)
+	$(BIN)/python -m benchmarks.gpu_check $(ARGS)
 
 FLOPS ?= 1e21
 CKPT ?=

@@ -25,6 +25,21 @@ GPU_PEAK_BF16: dict[str, float] = {
 }
 
 
+#: memory per GPU (GB, data sheets; the larger variant where there are two: A100 80 GB, V100 32 GB) for
+#: ``plm train --dry-run``'s memory plan (plm/scaling/memory.py); a real run reads the device's own size
+GPU_MEMORY_GB: dict[str, float] = {
+    "v100": 32,
+    "a10g": 24,
+    "a100": 80,
+    "l40s": 48,
+    "h100": 80,
+    "h200": 141,
+    "b200": 192,
+    "mi250x": 128,
+    "mi300x": 192,
+}
+
+
 def gpu_peak_bf16(name: str) -> float | None:
     """The data-sheet peak of a GPU whose name (``torch.cuda.get_device_name()`` or ``h100``) contains a
     known model, None when unknown."""

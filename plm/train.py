@@ -17,7 +17,9 @@ from pathlib import Path
 
 import torch
 
+from plm.hardware import GPU_MEMORY_GB
 from plm.model.config import SIZES
+from plm.scaling.memory import DEFAULT_GPU, DEFAULT_MFU
 from plm.scaling.recipe import OBJECTIVES, Layout, RunPlan, overrides_as_args, plan_for_size
 
 BYTES_PER_PARAM_TRAINING = 16  # fp32 master weights 4 + grads 4 + Adam moments 8 (bf16 autocast on top)
@@ -32,8 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=float, default=None, help="training tokens (default: compute-optimal for the size)")
     p.add_argument("--row-len", type=int, default=1024, help="context / packed row length for ladder sizes")
     p.add_argument("--rows-per-device", type=int, default=8, help="packed rows per device per micro-batch")
-    p.add_argument("--devices", type=int, default=None, help="devices per node (default: all GPUs, or 1 CPU)")
-    p.add_argument("--num-nodes", type=int, default=1, help="nodes (SLURM / torchrun)")
+    p.add_argument("--devices", "--gpus", type=int, default=None, help="devices per node (default: all GPUs, or 1 CPU)")
+    p.add_argument("--num-nodes", "--nodes", type=int, default=1, help="nodes (SLURM / torchrun)")
+    p.add_argument("--gpu", default=None, help="GPU model the memory plan and step time assume (default: this "
+                   f"machine's, else {DEFAULT_GPU}): {', '.join(GPU_MEMORY_GB)}")
+    p.add_argument("--mfu", type=float, default=DEFAULT_MFU, help="model FLOPs utilisation the step time assumes")
     p.add_argument("--cpu-max-params", type=float, default=DEFAULT_CPU_MAX_PARAMS,
                    help="largest model (total params) trained on a machine without a GPU")
     p.add_argument("--force", action="store_true", help="train even if the machine looks too small")
@@ -70,9 +75,12 @@ def main(argv: list[str]) -> int:
             print(f"plm train: {err}", file=sys.stderr)
             return 2
         print(describe(plan))
+        if (has_gpu or args.dry_run) and not fits_gpu(plan, args, has_gpu):
+            return 2
         if refuse_on_cpu(plan, has_gpu, args) and not args.dry_run:
             return 2
-        fit_args += overrides_as_args({**plan.fit_overrides(gpu=has_gpu), "run_name": plan.run_name}) + extra
+        gpu = True if has_gpu else None if args.dry_run else False  # a dry run shows the GPU command it plans
+        fit_args += overrides_as_args({**plan.fit_overrides(gpu=gpu), "run_name": plan.run_name}) + extra
     print("plm " + shlex.join(fit_args))
     if args.dry_run:
         return 0
@@ -97,6 +105,38 @@ def describe(plan: RunPlan) -> str:
     if plan.objective == "transfer":
         lines.append(f"  transfer: CLM until {plan.clm_flops:.3g} FLOPs ({plan.clm_flops / plan.flops:.0%}), then MLM")
     return "\n".join(lines)
+
+
+def fits_gpu(plan: RunPlan, args: argparse.Namespace, has_gpu: bool) -> bool:
+    """Print the per-GPU memory plan (plm.scaling.memory); False (after saying so, with the smallest layout
+    that fits) when it does not fit the GPU, unless --force."""
+    from plm.scaling import memory
+
+    gpu = args.gpu or (torch.cuda.get_device_name() if has_gpu else DEFAULT_GPU)
+    layout = plan.layout
+    mem = memory.memory_plan(plan.config, plan.strategy, layout.world, layout.rows_per_device, layout.row_len)
+    try:
+        name, capacity, _ = memory.gpu_facts(gpu)
+        print(memory.table(mem, gpu, plan.steps, plan.step_tokens, args.mfu))
+    except ValueError as err:
+        print(f"plm train: no memory plan ({err}); pass --gpu to get one", file=sys.stderr)
+        return True
+    if mem.fits(capacity) or args.force:
+        return True
+    need = mem.total() / memory.GB
+    lines = [(f"plm train: refusing: size {plan.size} needs {need:.1f} GB per GPU on {layout.world} × "
+              f"{name.upper()} ({plan.strategy}, {layout.rows_per_device} rows × {layout.row_len} per GPU), more "
+              f"than the {memory.USABLE_FRACTION * capacity / memory.GB:.0f} GB usable.")]
+    best = memory.smallest_fitting(mem, capacity)
+    if best is None:
+        lines.append("  No layout up to 4096 GPUs fits; use a smaller size or a shorter --row-len.")
+    else:
+        how = "FSDP2, activation checkpointing" if best.strategy == "fsdp" else "DDP"
+        lines.append(f"  Smallest layout that fits: {memory.layout_flags(best.world)} --rows-per-device {best.rows} "
+                     f"({how}: {best.total() / memory.GB:.1f} GB per GPU); more GPUs shorten the run.")
+    lines.append("  FORCE=1 (make) or --force launches anyway.")
+    print("\n".join(lines), file=sys.stderr)
+    return False
 
 
 #: share of the measured bf16 matmul peak a CPU run reaches (0.6 measured for 35m on AVX512-BF16; tiny
