@@ -235,13 +235,17 @@ def test_truncated_last_checkpoint_is_detected_and_previous_good_one_used(tmp_pa
         verify_checkpoint(last)
     with pytest.warns(UserWarning, match=r"last\.ckpt: checksum mismatch.*previous good checkpoint .*step00000003\.ckpt"):
         assert resolve_resume_path(tmp_path / "ckpt") == str(tmp_path / "ckpt" / "step00000003.ckpt")
+    # the bad file is set aside (not retried by the next resume), with its checksum and the reason
+    moved = tmp_path / "ckpt" / "quarantine" / "last.ckpt"
+    assert not last.exists() and moved.is_file() and sidecar_path(moved).is_file()
+    assert "checksum mismatch" in (moved.parent / "last.ckpt.why").read_text()
     # loading it directly says what is wrong instead of a torch traceback
     with pytest.raises(CheckpointError, match="checksum mismatch"):
-        AtomicCheckpointIO().load_checkpoint(last)
+        AtomicCheckpointIO().load_checkpoint(moved)
     # without a checksum beside it, the zip structure still exposes the truncation
-    sidecar_path(last).unlink()
+    sidecar_path(moved).unlink()
     with pytest.raises(CheckpointError, match="not a complete torch checkpoint archive"):
-        verify_checkpoint(last)
+        verify_checkpoint(moved)
     # and resuming from the resolved path continues to the end
     trainer, _ = _fit_inprocess(tmp_path, uniprot_fasta, 5, ckpt_path=resolve_resume_path(tmp_path / "ckpt"))
     assert trainer.global_step == 5 and verify_checkpoint(last)

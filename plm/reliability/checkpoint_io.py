@@ -32,6 +32,8 @@ from plm.model.io import CheckpointError, read_lightning_checkpoint
 from plm.utils.atomic import atomic_file, remove_stale_temporaries
 
 SIDECAR_SUFFIX = ".sha256"
+#: where checkpoints that failed verification go (inside the checkpoint directory), so no resume retries them
+QUARANTINE_DIR = "quarantine"
 _CHUNK = 1 << 22
 #: errors that mean "out of space": a full disk or an exhausted quota
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
@@ -127,6 +129,26 @@ def verify_checkpoint(path: str | os.PathLike) -> bool:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     side = sidecar_path(path)
+    key = _identity(path, side)
+    if key in _VERIFIED:
+        return _VERIFIED[key]
+    _VERIFIED[key] = _verify_file(path, side)
+    return _VERIFIED[key]
+
+
+#: files already verified, by (path, size, mtime) of the file and its checksum: resolving the resume
+#: checkpoint, the CLI's check of --ckpt_path and Lightning's load would otherwise hash it three times
+_VERIFIED: dict[tuple, bool] = {}
+
+
+def _identity(path: Path, side: Path) -> tuple:
+    st = path.stat()
+    side_st = side.stat() if side.is_file() else None
+    return (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino,
+            side_st and (side_st.st_size, side_st.st_mtime_ns, side_st.st_ino))
+
+
+def _verify_file(path: Path, side: Path) -> bool:
     if side.is_file():
         text = side.read_text().split()
         expected = text[0].lower() if text else ""
@@ -170,45 +192,112 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def resume_candidates(ckpt_dir: Path) -> list[Path]:
-    """Checkpoints newest first by modification time; ``best*`` ones (saved mid-validation) last.
-
-    Newest rather than ``last.ckpt`` first: a kill between writing ``stepN.ckpt`` and refreshing
-    ``last.ckpt`` leaves the step file newer, and it is the one to resume from.
-    """
-    files = [p for p in ckpt_dir.glob("*.ckpt") if p.is_file() and not p.name.startswith(".")]
-    return sorted(files, key=lambda p: (not p.stem.startswith("best"), p.stat().st_mtime_ns), reverse=True)
+    """Every file (or sharded directory) in ``ckpt_dir`` that may be a checkpoint, in no particular order."""
+    return [p for p in ckpt_dir.glob("*.ckpt")
+            if (p.is_file() or (p / "meta.pt").is_file()) and not p.name.startswith(".")]
 
 
-def resolve_resume_path(ckpt_dir: str | os.PathLike) -> str | None:
-    """The checkpoint ``--ckpt_path last`` should resume from: the newest one that verifies.
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The optimizer step a checkpoint holds, read without reading its tensors (memory-mapped).
 
-    Returns None when the directory holds no checkpoint (a first run started with ``--ckpt_path last``
-    starts from scratch, so one requeue command works for every attempt). Raises ``CheckpointError``
-    listing every problem when checkpoints exist but none verifies.
+    Raises ``CheckpointError`` when the file does not load as a Lightning checkpoint."""
+    path = Path(path)
+    source = path / "meta.pt" if path.is_dir() else path
+    state = read_lightning_checkpoint(source, mmap=True)
+    step = state.get("global_step") if isinstance(state, dict) else None
+    if isinstance(step, bool) or not isinstance(step, int) or not ("state_dict" in state or path.is_dir()):
+        raise CheckpointError(f"{path}: loads, but is not a Lightning checkpoint (no global_step and state_dict)")
+    return step
+
+
+def quarantine(path: Path, reason: str) -> Path:
+    """Move a checkpoint that failed verification (and its checksum) to ``quarantine/`` beside it, so no
+    later resume tries it again, and keep it for inspection instead of deleting it."""
+    target_dir = path.parent / QUARANTINE_DIR
+    target_dir.mkdir(exist_ok=True)
+    target = target_dir / path.name
+    n = 1
+    while target.exists() or sidecar_path(target).exists():
+        target, n = target_dir / f"{path.name}.{n}", n + 1
+    os.replace(path, target)
+    if sidecar_path(path).exists():
+        os.replace(sidecar_path(path), sidecar_path(target))
+    (target_dir / f"{target.name}.why").write_text(reason + "\n")
+    return target
+
+
+def _by_step(ckpt_dir: Path, move_bad: bool) -> tuple[list[tuple[int, Path]], list[str], list[str]]:
+    """(step, path) of every candidate that loads as a checkpoint, highest step first; the problems of
+    files that failed verification (quarantined when ``move_bad``) and of files that are not checkpoints."""
+    found: list[tuple[int, bool, int, Path]] = []
+    bad: list[str] = []
+    foreign: list[str] = []
+    for path in resume_candidates(ckpt_dir):
+        try:
+            step = checkpoint_step(path)
+        except CheckpointError as load_err:
+            try:
+                verify_checkpoint(path)
+            except CheckpointError as err:
+                bad.append(_set_aside(path, str(err), move_bad))
+                continue
+            foreign.append(str(load_err))  # a sound zip that is no checkpoint: not ours to move
+            continue
+        # same step: a step or last checkpoint (saved between steps) before best.ckpt (saved mid-validation)
+        found.append((step, not path.stem.startswith("best"), path.stat().st_mtime_ns, path))
+    found.sort(key=lambda t: t[:3], reverse=True)
+    return [(step, path) for step, _, _, path in found], bad, foreign
+
+
+def _set_aside(path: Path, reason: str, move_bad: bool) -> str:
+    if not move_bad:
+        return reason
+    moved = quarantine(path, reason)
+    return f"{reason} (moved to {moved})"
+
+
+def find_resume_checkpoint(ckpt_dir: str | os.PathLike, move_bad: bool = True) -> tuple[str, int] | None:
+    """(path, step) of the checkpoint to resume from: the highest recorded step among those that verify.
+
+    The step recorded inside each checkpoint decides, not the file's modification time: a touched or
+    copied older checkpoint must not win. A file that fails verification (checksum mismatch, truncated,
+    corrupt) is moved to ``quarantine/`` when ``move_bad`` (rank zero only: other ranks just skip it); one
+    that is a sound archive but no checkpoint is skipped and left where it is. None when the directory
+    holds no checkpoint; ``CheckpointError`` listing every problem when it holds some but none is usable.
     """
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
-        rank_zero_info(f"--ckpt_path last: {ckpt_dir} does not exist yet; starting from scratch")
         return None
-    stale = remove_stale_temporaries(ckpt_dir)
+    stale = remove_stale_temporaries(ckpt_dir) if move_bad else []
     if stale:
         rank_zero_info(f"removed {len(stale)} partial checkpoint file(s) left by an interrupted write in {ckpt_dir}")
-    problems: list[str] = []
-    for path in resume_candidates(ckpt_dir):
+    ranked, bad, foreign = _by_step(ckpt_dir, move_bad)
+    for step, path in ranked:
         try:
             verified = verify_checkpoint(path)
         except CheckpointError as err:
-            problems.append(str(err))
+            bad.append(_set_aside(path, str(err), move_bad))
             continue
-        if problems:
-            rank_zero_warn("skipping unusable checkpoint(s): " + " | ".join(problems) + f"; resuming from the previous good checkpoint {path}")
+        if bad or foreign:
+            rank_zero_warn("skipping unusable checkpoint(s): " + " | ".join(bad + foreign)
+                           + f"; resuming from the previous good checkpoint {path} (step {step})")
         elif not verified:
             rank_zero_warn(f"{path}: no {SIDECAR_SUFFIX} checksum beside it; resuming after a zip/CRC check only")
-        return str(path)
-    if problems:
+        return str(path), step
+    if bad or foreign:
         raise CheckpointError(
-            f"{ckpt_dir}: no usable checkpoint to resume from: " + " | ".join(problems)
-            + "; restore a copy, or start a new run without --ckpt_path"
+            f"{ckpt_dir}: no usable checkpoint to resume from: " + " | ".join(bad + foreign)
+            + "; restore a copy, or start a separate run under another --run_name"
         )
-    rank_zero_info(f"--ckpt_path last: no checkpoint in {ckpt_dir} yet; starting from scratch")
     return None
+
+
+def resolve_resume_path(ckpt_dir: str | os.PathLike, move_bad: bool = True) -> str | None:
+    """The checkpoint ``--ckpt_path last`` resumes from (:func:`find_resume_checkpoint`), or None when
+    there is none yet: a first attempt started with ``--ckpt_path last`` starts from scratch, so one
+    requeue command works for every attempt."""
+    found = find_resume_checkpoint(ckpt_dir, move_bad)
+    if found is None:
+        rank_zero_info(f"--ckpt_path last: no checkpoint in {ckpt_dir} yet; starting from scratch")
+        return None
+    return found[0]
