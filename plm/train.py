@@ -77,7 +77,8 @@ def main(argv: list[str]) -> int:
         print(describe(plan))
         if (has_gpu or args.dry_run) and not fits_gpu(plan, args, has_gpu):
             return 2
-        if refuse_on_cpu(plan, has_gpu, args) and not args.dry_run:
+        gpu_layout = args.dry_run and plan.layout.world > 1  # planning GPUs from here: this CPU is not the target
+        if not gpu_layout and refuse_on_cpu(plan, has_gpu, args) and not args.dry_run:
             return 2
         gpu = True if has_gpu else None if args.dry_run else False  # a dry run shows the GPU command it plans
         fit_args += overrides_as_args({**plan.fit_overrides(gpu=gpu), "run_name": plan.run_name}) + extra
@@ -117,7 +118,9 @@ def fits_gpu(plan: RunPlan, args: argparse.Namespace, has_gpu: bool) -> bool:
     mem = memory.memory_plan(plan.config, plan.strategy, layout.world, layout.rows_per_device, layout.row_len)
     try:
         name, capacity, _ = memory.gpu_facts(gpu)
-        print(memory.table(mem, gpu, plan.steps, plan.step_tokens, args.mfu))
+        if has_gpu and args.gpu is None:  # this machine's GPU: its own size, not the data sheet's
+            capacity = float(torch.cuda.get_device_properties(0).total_memory)
+        print(memory.table(mem, gpu, plan.steps, plan.step_tokens, args.mfu, capacity))
     except ValueError as err:
         print(f"plm train: no memory plan ({err}); pass --gpu to get one", file=sys.stderr)
         return True

@@ -148,9 +148,12 @@ def _fit_word(plan: MemoryPlan, memory: float) -> str:
     return "fits" if plan.fits(memory) else "does NOT fit"
 
 
-def table(plan: MemoryPlan, gpu: str, steps: int, step_tokens: int, mfu: float = DEFAULT_MFU) -> str:
-    """The per-GPU memory table, the step time and the days to finish, as ``plm train --dry-run`` prints."""
-    name, memory, peak = gpu_facts(gpu)
+def table(plan: MemoryPlan, gpu: str, steps: int, step_tokens: int, mfu: float = DEFAULT_MFU,
+          memory: float | None = None) -> str:
+    """The per-GPU memory table, the step time and the days to finish, as ``plm train --dry-run`` prints.
+    ``memory``: the GPU's bytes when known from the device (default: its data sheet)."""
+    name, sheet, peak = gpu_facts(gpu)
+    memory = memory or sheet
     ac, no_ac = replace(plan, checkpointing=True), replace(plan, checkpointing=False)
     what = "FSDP2: full shard" if plan.strategy == "fsdp" else "DDP: full replica"
     usable = USABLE_FRACTION * memory
