@@ -38,6 +38,7 @@ class ResidueRecord:
     sequence: str
     labels: np.ndarray
     split: str = ""
+    validation: bool = False  # a training record the benchmark sets aside for validation (FLIP's VALIDATION=True)
 
 
 @dataclass
@@ -48,6 +49,7 @@ class SequenceRecord:
     sequence: str
     target: float
     split: str = ""
+    validation: bool = False  # a training record the benchmark sets aside for validation (FLIP's validation column)
 
 
 @dataclass
@@ -136,10 +138,12 @@ def read_residue_fasta(
     split_field: str = "SET",
     max_len: int | None = None,
     ignore: Sequence[str] = (),
+    validation_field: str | None = None,
 ) -> list[ResidueRecord]:
     """FLIP-style per-residue labels: sequences, labels and an optional 0/1 mask in three FASTA files
-    sharing record ids. The split comes from ``split_field=`` in the label header. Residues whose label
-    is in ``ignore`` (e.g. TMbed's ``U`` = unresolved) are kept in the sequence but not scored."""
+    sharing record ids. The split comes from ``split_field=`` in the label header, the validation flag
+    (``is_true``) from ``validation_field=``. Residues whose label is in ``ignore`` (e.g. TMbed's ``U`` =
+    unresolved) are kept in the sequence but not scored."""
     seqs = {rid: s for rid, _, s in iter_fasta_text(sequences)}
     masks = {rid: m for rid, _, m in iter_fasta_text(mask)} if mask else {}
     records, problems = [], []
@@ -159,11 +163,18 @@ def read_residue_fasta(
                 problems.append(f"record {rid!r}: mask missing or of length {len(m or '')} != {len(seq)} in {mask}")
                 continue
             _apply_mask(y, m)
-        records.append(_cropped(ResidueRecord(rid, seq, y, header_fields(desc).get(split_field, "")), max_len))
+        fields = header_fields(desc)
+        records.append(_cropped(ResidueRecord(rid, seq, y, fields.get(split_field, ""),
+                                              is_true(fields.get(validation_field or "", ""))), max_len))
     _raise_problems(Path(labels), records, problems, "bad label records",
                     "Labels, sequences and mask must share ids and have one character per residue.",
                     "no label records found (is it a FASTA file?)")
     return records
+
+
+def is_true(value: str | None) -> bool:
+    """A validation flag as benchmark files write it (FLIP: ``True`` / ``False`` or empty)."""
+    return (value or "").strip().lower() in ("true", "1", "yes")
 
 
 def encode_residue_labels(labels: str, sequence: str, classes: Sequence[str], ignore: Sequence[str] = ()) -> np.ndarray:
@@ -333,9 +344,12 @@ def read_sequence_csv(
     split_column: str | None = "set",
     classes: list[str] | None = None,
     max_len: int | None = None,
+    validation_column: str | None = None,
 ) -> list[SequenceRecord]:
-    """A sequence/target table (FLIP format). With ``classes`` the target is a class name."""
-    rows = read_csv_rows(path, [sequence_column, target_column] + ([split_column] if split_column else []))
+    """A sequence/target table (FLIP format). With ``classes`` the target is a class name; rows whose
+    ``validation_column`` is true (``is_true``) are the benchmark's validation records."""
+    optional = [c for c in (split_column, validation_column) if c]
+    rows = read_csv_rows(path, [sequence_column, target_column] + optional)
     records, problems = [], []
     lookup = {c: i for i, c in enumerate(classes or [])}
     for i, row in enumerate(rows, start=2):  # line 1 is the header
@@ -350,7 +364,8 @@ def read_sequence_csv(
             problems.append(f"line {i}: empty sequence")
             continue
         records.append(SequenceRecord(f"line{i}", seq[:max_len] if max_len else seq, target,
-                                      row[split_column] if split_column else ""))
+                                      row[split_column] if split_column else "",
+                                      is_true(row[validation_column]) if validation_column else False))
     if problems:
         raise _problem_error(Path(path), "bad rows", problems, f"Check column {target_column!r}.")
     return records

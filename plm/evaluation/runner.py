@@ -300,14 +300,14 @@ def load_records(spec: TaskSpec, files: dict[str, Any], max_len: int) -> list[An
     cols, fmt, ignore = spec.columns, spec.format, spec.ignore_labels
     if fmt == "residue_fasta":
         return ds.read_residue_fasta(files["sequences"], files["labels"], spec.classes, files.get("mask"),
-                                     cols.get("split", "SET"), max_len, ignore)
+                                     cols.get("split", "SET"), max_len, ignore, cols.get("validation"))
     if fmt == "residue_table":
         return ds.read_residue_table(files["table"], spec.classes, cols.get("sequence", "sequence"), cols.get("labels", "labels"),
                                      cols.get("mask", []), cols.get("id"), cols.get("split"), max_len, ignore)
     if fmt == "sequence_csv":
         split_column = None if "train_fraction" in spec.split else cols.get("split", "set")
         return ds.read_sequence_csv(files["table"], cols.get("sequence", "sequence"), cols.get("target", "target"),
-                                    split_column, spec.classes or None, max_len)
+                                    split_column, spec.classes or None, max_len, cols.get("validation"))
     exclude = ds.read_ids(files["exclude"]) if "exclude" in files else None
     if fmt == "annotated_fasta":
         read = lambda paths, split: ds.read_annotated_fasta(paths, spec.classes, split, max_len, ignore, exclude)
