@@ -22,3 +22,14 @@ def read_record(path: str):
     from plm.model.record import read_record as _read_record
 
     return _read_record(path)
+
+
+def load_finetuned(path: str, map_location: str = "cpu"):
+    """Load a kept fine-tuned model (the ``final/`` directory ``plm finetune`` writes) in eval mode.
+
+    ``model.predict(sequences)`` returns one array per sequence: class probabilities, per-label
+    probabilities or a value (per residue for residue tasks); ``model.classes`` names the columns.
+    """
+    from plm.evaluation.kept import load_finetuned as _load_finetuned
+
+    return _load_finetuned(path, map_location)

@@ -1,4 +1,4 @@
-"""The ``plm`` command: LightningCLI for fit/validate/test/predict, plain subcommands for the rest.
+"""The ``plm`` command: LightningCLI for fit/validate/test, plain subcommands for the rest.
 
 Plain subcommands are a table of ``name → "module:function"``; each function takes ``argv`` and returns
 an exit code, and is imported only when called so ``plm --help`` stays fast.
@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test")
 
 COMMANDS: dict[str, str] = {
     "train": "plm.train:main",
@@ -19,6 +19,8 @@ COMMANDS: dict[str, str] = {
     "sweep": "plm.scaling.sweep:main",
     "fit-laws": "plm.scaling.fit:main",
     "evaluate": "plm.evaluation.runner:main",
+    "finetune": "plm.finetune_cli:main",
+    "predict": "plm.predict:main",
     "data": "plm.data.cli:main",
     "generate": "plm.generate.cli:main",
     "score": "plm.generate.score:main",
@@ -31,6 +33,8 @@ COMMAND_HELP: dict[str, str] = {
     "sweep": "IsoFLOP sweep: one plm fit config per (budget, size), run in turn (resumable) or as a job list",
     "fit-laws": "fit N_opt(C), D_opt(C) (bootstrap CIs) and L(N, D) to sweep results; table, JSON, PNG plots",
     "evaluate": "downstream tasks (probes, LoRA, zero-shot DMS, contacts) → results.csv/.md",
+    "finetune": "fine-tune on a task YAML like plm fit (frozen / LoRA / full, resume) → a kept model in final/",
+    "predict": "FASTA → predictions of a fine-tuned model, or embeddings / log-probabilities of a plm LM",
     "data": "data tools: prepare, decontaminate, split-by-identity, cluster (plm data --help)",
     "generate": "sample proteins from a CLM checkpoint into a FASTA (temperature, top-p, prompts, seed)",
     "score": "score generated proteins: pLDDT (ESMFold), perplexity, diversity, novelty, repeats",

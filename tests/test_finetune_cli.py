@@ -23,27 +23,10 @@ from plm.evaluation.downstream_data import DownstreamDataModule, EpochBatches, c
 from plm.model.io import save_pretrained
 from plm.reliability.checkpoint_io import sidecar_path
 from tests.conftest import tiny_model
+from tests.helpers.toy_tasks import write_toy_task
 
 REPO = Path(__file__).resolve().parents[1]
-AA = "ACDEFGHIKLMNPQRSTVWY"
 MAX_STEPS = 12
-
-
-def write_toy_task(root: Path, n: int = 60) -> Path:
-    """A FLIP-style CSV (train / test by ``set``, rows 40-47 flagged ``validation``) and its task YAML."""
-    rng = random.Random(0)
-    with open(root / "toy.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["sequence", "target", "set", "validation"])
-        for i in range(n):
-            s = "".join(rng.choice(AA) for _ in range(rng.randint(8, 24)))
-            w.writerow([s, f"{s.count('K') / len(s):.4f}", "test" if i >= 48 else "train",
-                        "True" if 40 <= i < 48 else ""])
-    (root / "toy.yaml").write_text(
-        "name: toy\nkind: sequence_regression\nformat: sequence_csv\ndata: {table: toy.csv}\n"
-        "columns: {sequence: sequence, target: target, split: set, validation: validation}\n"
-        "split: {train: train, test: test}\nmetric: spearman\n")
-    return root / "toy.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +160,14 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted_run(reference, toy, t
     for name in ("head.safetensors", "adapter/adapter_model.safetensors"):
         x, y = load_file(reference / "final" / name), load_file(tmp_path / "killed" / "final" / name)
         assert all(torch.equal(x[k], y[k]) for k in x), name
+
+
+def test_finetune_and_predict_are_plm_commands_and_lightning_predict_is_gone(capsys):
+    from plm.cli import COMMANDS, LIGHTNING_SUBCOMMANDS
+
+    assert "predict" not in LIGHTNING_SUBCOMMANDS and COMMANDS["predict"] == "plm.predict:main"
+    with pytest.raises(SystemExit) as done:
+        plm_main(["finetune", "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "--early_stopping_patience" in out and "--data.task" in out
