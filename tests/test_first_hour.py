@@ -20,13 +20,13 @@ def test_progress_counts_optimizer_steps_in_plain_lines_and_across_a_resume(tmp_
     first = _run(tmp_path, "--run_name", "p", "--trainer.max_steps", "4", "--trainer.accumulate_grad_batches", "2")
     out = first.stdout + first.stderr
     assert "steps 0 → 4" in out and "2 micro-batches per step" in out
-    steps = [(int(a), int(b)) for a, b in re.findall(r"^step (\d+)/(\d+) ", out, re.M)]
+    steps = [(int(a), int(b)) for a, b in re.findall(r"^step (\d+)/(\d+) ", out, re.MULTILINE)]
     assert steps and steps[-1] == (4, 4) and all(a <= b for a, b in steps)  # never 8/4 for 2 micro-batches
     again = _run(tmp_path, "--run_name", "p", "--trainer.max_steps", "6", "--trainer.accumulate_grad_batches", "2",
                  "--ckpt_path", "last")
     out = again.stdout + again.stderr
     assert "resumed at step 4" in out and "steps 4 → 6" in out
-    steps = [(int(a), int(b)) for a, b in re.findall(r"^step (\d+)/(\d+) ", out, re.M)]
+    steps = [(int(a), int(b)) for a, b in re.findall(r"^step (\d+)/(\d+) ", out, re.MULTILINE)]
     assert steps[0][0] > 4 and steps[-1] == (6, 6)
 
 

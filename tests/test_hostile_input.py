@@ -11,7 +11,6 @@ import contextlib
 import gzip
 import io
 import tempfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +19,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from plm.data.fasta import FastaError, read_fasta
 from plm.data.datamodule import ProteinDataModule
+from plm.data.fasta import FastaError, read_fasta
 from plm.evaluation.tasks import load_task
 from plm.evaluation.zero_shot import apply_mutations, parse_mutations
 from plm.lightning_cli import PlmCLI

@@ -1,7 +1,9 @@
+import itertools
+
 import torch
 
-from plm.lit.schedule import cosine_schedule
 from plm.lit.objectives import IGNORE, clm_labels, mlm_inputs
+from plm.lit.schedule import cosine_schedule
 from plm.tokenizer import CLS, EOS, MASK, PAD, STANDARD_AA_IDS
 
 
@@ -56,7 +58,7 @@ def test_lr_schedule_shape():
     total, warmup = 1000, 25
     lrs = [cosine_schedule(s, total, warmup, 0.1) for s in range(total + 50)]
     assert lrs[0] == 1 / warmup and abs(lrs[warmup - 1] - 1.0) < 1e-9
-    assert all(a <= b for a, b in zip(lrs[:warmup], lrs[1:warmup]))
+    assert all(a <= b for a, b in itertools.pairwise(lrs[:warmup]))
     assert all(a >= b for a, b in zip(lrs[warmup:total], lrs[warmup + 1 : total + 1]))
     assert abs(lrs[total] - 0.1) < 1e-9 and abs(lrs[-1] - 0.1) < 1e-9
     assert abs(cosine_schedule(warmup + (total - warmup) // 2, total, warmup, 0.1) - 0.55) < 1e-3

@@ -20,7 +20,7 @@ def _train_fit_args(capsys, *argv: str) -> dict[str, str]:
     assert plm_main(["train", *argv, "--dry-run", "--force"]) == 0
     command = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("plm fit"))
     words = shlex.split(command)[2:]
-    return {words[i]: words[i + 1] for i in range(0, len(words) - 1) if words[i].startswith("--")}
+    return {words[i]: words[i + 1] for i in range(len(words) - 1) if words[i].startswith("--")}
 
 
 def _plan_json(capsys, flops: float, objective: str) -> dict:

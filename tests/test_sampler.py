@@ -72,6 +72,6 @@ def test_packing_fills_rows_with_framed_documents():
                 assert (seg == PAD).all()
                 continue
             assert seg[0] == CLS and seg[-1] == EOS and (seg[1:-1] >= 4).all()
-    rows2, cursor2 = packer.plan(cursor, 5)  # continuing from the cursor == planning more at once
+    rows2, _ = packer.plan(cursor, 5)  # continuing from the cursor == planning more at once
     rows_all, _ = packer.plan(0, 55)
     assert rows_all[50:] == rows2

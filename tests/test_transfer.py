@@ -1,5 +1,4 @@
 import csv
-import math
 
 import lightning.pytorch as pl
 import pytest

@@ -27,7 +27,7 @@ def test_mlm_validation_scores_only_masked_inputs():
     tokens[:, 0] = 0
     batch = {"tokens": tokens, "doc_ids": torch.zeros_like(tokens), "cursor_start": torch.tensor(7), "set": "x"}
     model.trainer = None
-    loss, count, labels = model.scored_loss(batch, masked_only=True)
+    loss, count, _ = model.scored_loss(batch, masked_only=True)
     inputs, all_labels = model.objective_inputs(batch)
     hidden, _ = model.model.hidden(inputs, batch["doc_ids"], causal=False)
     hidden_positions = (all_labels != IGNORE) & (inputs == MASK)
@@ -35,7 +35,7 @@ def test_mlm_validation_scores_only_masked_inputs():
     assert torch.allclose(loss, expected) and int(count) == int(hidden_positions.sum())
     shown = (all_labels != IGNORE) & (inputs == all_labels)  # unchanged positions: the answer is the input
     assert shown.any() and int(count) < int((all_labels != IGNORE).sum())
-    train_loss, train_count = model.loss(batch)  # the training objective still covers every selected position
+    _, train_count = model.loss(batch)  # the training objective still covers every selected position
     assert int(train_count) == int((all_labels != IGNORE).sum())
 
 

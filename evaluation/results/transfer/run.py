@@ -27,7 +27,7 @@ from plm.data.datamodule import ProteinDataModule
 from plm.lit import CausalLM, MaskedLM
 
 HERE = Path(__file__).parent
-SIZES = {"2x64": dict(n_layer=2, n_embd=64, n_head=4), "4x128": dict(n_layer=4, n_embd=128, n_head=4)}
+SIZES = {"2x64": {"n_layer": 2, "n_embd": 64, "n_head": 4}, "4x128": {"n_layer": 4, "n_embd": 128, "n_head": 4}}
 ROW_LEN, ROWS = 256, 8
 SCRATCH_STEPS = (200, 400, 600, 800)
 TRANSFER_STEPS = 400
@@ -87,7 +87,7 @@ def plot(rows: list[dict], out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import matplotlib.ticker  # noqa: F401 - used through matplotlib.ticker
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for i, size in enumerate(SIZES):
