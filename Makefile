@@ -16,7 +16,7 @@ GPUS ?=
 NODES ?=
 ARGS ?=
 
-.PHONY: help setup train test test-slow bench gpu-check plan eval generate sweep clean-runs
+.PHONY: help setup train test test-slow bench gpu-check plan eval generate sweep clean-runs lint
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ setup: $(VENV)/.installed ## create .venv and install plm (idempotent)
 train: setup ## train: CPU demo by default; SIZE=… OBJECTIVE=mlm|clm TOKENS=… GPUS=… NODES=… DRY_RUN=1 FORCE=1
 	$(BIN)/plm train $(if $(SIZE),--size $(SIZE)) --objective $(OBJECTIVE) $(if $(TOKENS),--tokens $(TOKENS)) \
 	  $(if $(GPUS),--devices $(GPUS)) $(if $(NODES),--num-nodes $(NODES)) $(if $(DRY_RUN),--dry-run) $(if $(FORCE),--force) $(ARGS)
+
+lint: setup ## ruff check over the tree (a CI gate)
+	$(BIN)/ruff check .
 
 test: setup ## fast test suite (< 10 min on 2 cores)
 	@if command -v mmseqs >/dev/null 2>&1 || [ -n "$$PLM_REQUIRE_MMSEQS" ]; then \
