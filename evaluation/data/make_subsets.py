@@ -1,4 +1,4 @@
-"""Rebuild the small in-repo subsets of ss8, scl, tmbed and conservation from the full files.
+"""Rebuild the small in-repo subsets of ss8, scl, tmbed, conservation, bind and ec from the full files.
 
     .venv/bin/python evaluation/data/make_subsets.py [--data-root ../shared/data]
 
@@ -88,11 +88,52 @@ def conservation(root: Path) -> None:
     write_gz(HERE / "conservation/sequences.fasta.gz", "".join(f">{desc}\n{s}\n" for _, desc, s in seqs))
 
 
+def bind(root: Path) -> None:
+    """FLIP bind, from_publication split: 50 SET=train VALIDATION=False + 10 VALIDATION=True + 30 SET=test
+    label records of length <= 300 whose residues bind something, and their sequences; headers unchanged."""
+    d = root / "tasks/flip_bind"
+    labels = [r for r in iter_fasta_text(d / "from_publication.fasta") if len(r[2]) <= 300 and r[2].strip("0")]
+    rng = random.Random(0)
+    pick = (rng.sample([r for r in labels if "SET=train" in r[1] and "VALIDATION=False" in r[1]], 50)
+            + rng.sample([r for r in labels if "SET=train" in r[1] and "VALIDATION=True" in r[1]], 10)
+            + rng.sample([r for r in labels if "SET=test" in r[1]], 30))
+    ids = {r[0] for r in pick}
+    seqs = [r for r in iter_fasta_text(d / "sequences.fasta") if r[0] in ids]
+    write_gz(HERE / "bind/labels.fasta.gz", "".join(f">{desc}\n{s}\n" for _, desc, s in pick))
+    write_gz(HERE / "bind/sequences.fasta.gz", "".join(f">{desc}\n{s}\n" for _, desc, s in seqs))
+
+
+def ec(root: Path) -> None:
+    """DeepFRI nrPDB-EC: only the 1,920 test chains have sequences in the snapshot, so the subset re-splits
+    150 of them (length <= 300, annotated with one of the 10 EC numbers most frequent among those chains)
+    into 100 train / 50 test at random; annotations are the chains' full rows, and the vocabulary line lists
+    the EC numbers they use (in the order of DeepFRI's vocabulary)."""
+    d = root / "tasks/ec_deepfri"
+    with open_text(d / "nrPDB-EC_2020.04_annot.tsv") as fh:
+        lines = [ln.rstrip("\n") for ln in fh]
+    vocabulary = lines[1].split("\t")
+    rows = dict(ln.split("\t", 1) for ln in lines[3:] if ln.strip())
+    seqs = {rid: s for rid, _, s in iter_fasta_text(d / "nrPDB-EC_2020.04_test_sequences.fasta") if len(s) <= 300}
+    counts: dict[str, int] = {}
+    for rid in seqs:
+        for label in rows[rid].split(","):
+            counts[label] = counts.get(label, 0) + 1
+    top = set(sorted(counts, key=lambda c: (-counts[c], c))[:10])
+    rng = random.Random(0)
+    pick = rng.sample(sorted(r for r in seqs if top & set(rows[r].split(","))), 150)
+    used = {c for r in pick for c in rows[r].split(",")}
+    header = ["### EC-numbers", "\t".join(c for c in vocabulary if c in used), "### PDB-chain\tEC-numbers"]
+    write_gz(HERE / "ec/annot.tsv.gz", "\n".join(header + [f"{r}\t{rows[r]}" for r in sorted(pick)]) + "\n")
+    write_gz(HERE / "ec/sequences.fasta.gz", "".join(f">{r} nrPDB_test\n{seqs[r]}\n" for r in sorted(pick)))
+    (HERE / "ec/train.txt").write_text("".join(f"{r}\n" for r in sorted(pick[:100])))
+    (HERE / "ec/test.txt").write_text("".join(f"{r}\n" for r in sorted(pick[100:])))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-root", type=Path, default=HERE.parents[1].parent / "shared" / "data")
     args = p.parse_args()
-    for make in (ss8, scl, tmbed, conservation):
+    for make in (ss8, scl, tmbed, conservation, bind, ec):
         make(args.data_root)
     return 0
 

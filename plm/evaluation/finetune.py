@@ -168,7 +168,7 @@ class FineTune(pl.LightningModule):
             head, kind = self._from_task(task, task_dir, head, backbone, head_type)
         if mode != "frozen" and backbone is None:
             raise ValueError(f"mode {mode!r} needs a backbone; frozen mode trains on cached embeddings")
-        if head is None:
+        if head is None and self.spec is None:
             raise ValueError("FineTune needs a head module or a task to build one from")
         option = (lambda key, value: value if value is not None else self.spec.option(key)) if self.spec else (
             lambda key, value: value if value is not None else _FALLBACK[key])
@@ -215,12 +215,15 @@ class FineTune(pl.LightningModule):
         from plm.evaluation.tasks import load_task
 
         self.spec = load_task(task, task_dir)
-        if head is None:
-            if backbone is None:
-                raise ValueError(f"task {task!r}: building the head needs the backbone (its width)")
-            n_out = kinds.n_outputs(self.spec.kind, len(self.spec.classes))
-            head = head_for(self.spec.kind, backbone.config.n_embd, n_out, head_type or self.spec.head)
-        return head, self.spec.kind
+        if head is None and backbone is None:
+            raise ValueError(f"task {task!r}: building the head needs the backbone (its width)")
+        if head is None and (self.spec.classes or self.spec.kind == "sequence_regression"):
+            head = self._build_head(backbone, head_type)
+        return head, self.spec.kind  # None: the classes are read with the data (setup builds the head)
+
+    def _build_head(self, backbone: Transformer, head_type: str | None) -> nn.Module:
+        n_out = kinds.n_outputs(self.spec.kind, len(self.spec.classes))
+        return head_for(self.spec.kind, backbone.config.n_embd, n_out, head_type or self.spec.head)
 
     def lora_peft_config(self) -> Any:
         return lora_config(self.lora["rank"], self.lora["alpha"], self.lora["dropout"])
@@ -235,6 +238,11 @@ class FineTune(pl.LightningModule):
         target scale and 'balanced' class weights. A resumed run recomputes the same values (and loads
         ``target_stats`` from its checkpoint)."""
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if self.head is None:  # the label vocabulary came with the data (e.g. EC numbers from the file's header)
+            if dm is None or not getattr(dm, "classes", None):
+                raise ValueError(f"{self.spec.source}: no classes in the YAML and no datamodule to read them from")
+            self.spec.classes = list(dm.classes)
+            self.head = self._build_head(self.backbone, self.head_type).to(self.device)
         labels = dm.train_labels() if dm is not None and hasattr(dm, "train_labels") else None
         if labels is None or stage != "fit":
             return

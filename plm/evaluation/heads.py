@@ -110,7 +110,8 @@ class AttentionContactRegression(nn.Module):
 def fit_linear_probe(linear: nn.Linear, x: Tensor, y: Tensor, loss: str = "cross_entropy", c: float = 1.0,
                      max_iter: int = 200) -> nn.Linear:
     """Fit a linear probe to convergence on cached features: multinomial logistic regression
-    (``cross_entropy``, y = class ids) or ridge regression (``mse``, y = targets), full-batch L-BFGS.
+    (``cross_entropy``, y = class ids), ridge regression (``mse``, y = targets) or one logistic regression
+    per label (``bce``, y = 0/1 rows of a multi-label task), full-batch L-BFGS.
 
     Why not a few epochs of Adam: a probe that stops early measures the optimiser, not the features.
     With 10 epochs of Adam the SS3 probe on a trained tiny model was still ~4 points below its optimum,
@@ -123,7 +124,8 @@ def fit_linear_probe(linear: nn.Linear, x: Tensor, y: Tensor, loss: str = "cross
     mu, sd = x.mean(0), x.std(0).clamp(min=1e-6)
     z = (x - mu) / sd
     target = y.long() if loss == "cross_entropy" else y.float().reshape(n, -1)
-    objective = nn.functional.cross_entropy if loss == "cross_entropy" else nn.functional.mse_loss
+    objective = {"cross_entropy": nn.functional.cross_entropy, "mse": nn.functional.mse_loss,
+                 "bce": nn.functional.binary_cross_entropy_with_logits}[loss]
     penalty = 1.0 / (2.0 * c * n)
     with torch.no_grad():
         linear.weight.zero_()

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from plm.errors import PlmError, add_debug_argument, one_line_errors
 from plm.evaluation import datasets as ds
+from plm.evaluation import kinds
 from plm.evaluation.heads import (
     AttentionContactRegression,
     PairwiseContactHead,
@@ -143,8 +144,11 @@ def _pad_stack(items: list[Tensor], fill: float, square: bool = False) -> Tensor
     return out
 
 
-def make_batches(examples: list[dict[str, Any]], batch_size: int, shuffle: bool, seed: int) -> list[dict[str, Tensor]]:
-    """Examples hold 'seq' or 'feats' plus 'labels'; batches are padded tensors (labels with -100)."""
+def make_batches(examples: list[dict[str, Any]], batch_size: int, shuffle: bool, seed: int,
+                 square: bool | None = None) -> list[dict[str, Tensor]]:
+    """Examples hold 'seq' or 'feats' plus 'labels'; batches are padded tensors (labels with -100). Labels
+    with two dimensions are (L, L) contact maps padded in both unless ``square`` is False ((L, C) rows of
+    a per-residue multi-label task)."""
     idx = list(range(len(examples)))
     if shuffle:
         random.Random(seed).shuffle(idx)
@@ -158,7 +162,8 @@ def make_batches(examples: list[dict[str, Any]], batch_size: int, shuffle: bool,
         else:
             b["tokens"] = pad_tokens([e["seq"] for e in chunk], 10**9)
         labels = [torch.as_tensor(e["labels"]) for e in chunk]
-        b["labels"] = _pad_stack(labels, ds.IGNORE, square=labels[0].dim() == 2) if labels[0].dim() else torch.stack(labels)
+        two_d = labels[0].dim() == 2 if square is None else square
+        b["labels"] = _pad_stack(labels, ds.IGNORE, square=two_d) if labels[0].dim() else torch.stack(labels)
         batches.append(b)
     return batches
 
@@ -298,6 +303,8 @@ def near_duplicate_note(spec: TaskSpec, train: list[Any], test: list[Any]) -> st
 def load_records(spec: TaskSpec, files: dict[str, Any], max_len: int) -> list[Any]:
     """The task's records in its YAML format; formats that split by file tag records ``train``/``test``."""
     cols, fmt, ignore = spec.columns, spec.format, spec.ignore_labels
+    if spec.kind in ("residue_multilabel", "sequence_multilabel"):
+        return load_multilabel(spec, files, max_len)
     if fmt == "residue_fasta":
         return ds.read_residue_fasta(files["sequences"], files["labels"], spec.classes, files.get("mask"),
                                      cols.get("split", "SET"), max_len, ignore, cols.get("validation"))
@@ -319,11 +326,27 @@ def load_records(spec: TaskSpec, files: dict[str, Any], max_len: int) -> list[An
     return read(files["train"], "train") + read(files["test"], "test")
 
 
+def load_multilabel(spec: TaskSpec, files: dict[str, Any], max_len: int) -> list[Any]:
+    """Multi-label records (plm.evaluation.multilabel); a vocabulary read from the data becomes the spec's
+    classes, so heads, metrics and kept models all use it."""
+    from plm.evaluation import multilabel as ml
+
+    cols = spec.columns
+    if spec.kind == "residue_multilabel":
+        return ml.read_residue_multilabel(files["sequences"], files["labels"], spec.classes, spec.label_map,
+                                          files.get("mask"), cols.get("split", "SET"), cols.get("validation"), max_len)
+    records = ml.read_id_annotations(files["sequences"], files["labels"], files["train"], files["test"],
+                                     files.get("valid"), spec.classes or None, max_len)
+    spec.classes = list(records.classes)
+    return records
+
+
 def probe_rows(examples: list[dict[str, Any]], kind: str) -> tuple[Tensor, Tensor]:
     """The frozen linear probe's design matrix: every scored residue (residue tasks) or each sequence's
     mean residue embedding (what ``SequenceHead`` pools), with its label."""
-    if kind == "residue_classification":
+    if kind in ("residue_classification", "residue_multilabel"):
         keep = [torch.as_tensor(e["labels"]) != ds.IGNORE for e in examples]
+        keep = [k.all(-1) if k.dim() == 2 else k for k in keep]
         x = torch.cat([e["feats"][k] for e, k in zip(examples, keep)])
         return x, torch.cat([torch.as_tensor(e["labels"])[k] for e, k in zip(examples, keep)])
     return torch.stack([e["feats"].mean(0) for e in examples]), torch.stack([torch.as_tensor(e["labels"]) for e in examples])
@@ -334,7 +357,7 @@ def run_supervised(task: PreparedTask, model: Transformer, objective: str, mode:
 
     spec, opts, train, test = task.spec, task.opts, task.train, task.test
     max_len, seed = int(opts["max_len"]), int(opts["seed"])
-    if spec.kind == "residue_classification":
+    if spec.kind in ("residue_classification", "residue_multilabel", "sequence_multilabel"):
         labels_of = lambda r: torch.as_tensor(r.labels)
     else:
         labels_of = lambda r: torch.tensor(r.target).long() if spec.classes else torch.tensor(r.target)
@@ -345,7 +368,7 @@ def run_supervised(task: PreparedTask, model: Transformer, objective: str, mode:
     n_out = len(spec.classes) if spec.classes else 1
     causal = objective == "clm"
     torch.manual_seed(seed)
-    head_cls = ResidueHead if spec.kind == "residue_classification" else SequenceHead
+    head_cls = ResidueHead if spec.kind in ("residue_classification", "residue_multilabel") else SequenceHead
     head = head_cls(model.config.n_embd, n_out, spec.head)
     layer = int(opts["layer"])
     if mode == "frozen":
@@ -364,13 +387,18 @@ def run_supervised(task: PreparedTask, model: Transformer, objective: str, mode:
     bs = int(opts["batch_size"])
     if mode == "frozen" and spec.head == "linear":
         x, y = probe_rows(ex[: len(train)], spec.kind)
-        fit_linear_probe(head.net, x, y, "mse" if spec.kind == "sequence_regression" else "cross_entropy",
-                         float(opts["probe_c"]), int(opts["probe_max_iter"]))
+        loss = {"sequence_regression": "mse", "residue_multilabel": "bce", "sequence_multilabel": "bce"}
+        fit_linear_probe(head.net, x, y, loss.get(spec.kind, "cross_entropy"), float(opts["probe_c"]),
+                         int(opts["probe_max_iter"]))
     else:
-        fit_head(module, make_batches(ex[: len(train)], bs, True, seed), int(opts["epochs"]), progress,
+        fit_head(module, make_batches(ex[: len(train)], bs, True, seed, square=False), int(opts["epochs"]), progress,
                  bool(opts.get("use_trainer", True)))
-    outs, labels = predict(module, make_batches(ex[len(train) :], bs, False, seed))
-    if spec.kind == "residue_classification":
+    outs, labels = predict(module, make_batches(ex[len(train) :], bs, False, seed, square=False))
+    if spec.kind in kinds.MULTILABEL_KINDS:
+        rows, y = kinds.scored_rows(spec.kind, outs, labels, n_out)
+        metrics = kinds.multilabel_metrics(rows.sigmoid(), y, spec.classes)
+        n = rows.shape[0]
+    elif spec.kind == "residue_classification":
         logits = torch.cat([o[:, : y.shape[1]].reshape(-1, n_out) for o, y in zip(outs, labels)])
         y = torch.cat([y.reshape(-1) for y in labels])
         keep = y != ds.IGNORE

@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from plm.evaluation import kinds
+
 REPO = Path(__file__).resolve().parents[2]
 TASK_DIR = REPO / "evaluation" / "tasks"
 SMALL_DATA_ROOT = REPO / "evaluation" / "data"
@@ -30,6 +32,8 @@ KINDS = {
     "sequence_classification": ["sequence_csv", "sequence_fasta"],
     "zero_shot": ["dms_csv"],
     "contacts": ["structures"],
+    "residue_multilabel": ["residue_fasta"],
+    "sequence_multilabel": ["id_annotations"],
 }
 # files each format needs in ``data`` (others optional); ``train``/``test`` roles split by file and
 # may list several files (TMbed's cross-validation folds)
@@ -41,10 +45,12 @@ FILES = {
     "sequence_fasta": (["train", "test"], ["exclude"]),
     "dms_csv": (["table", "wildtype"], []),
     "structures": ([], ["dir", "files", "index"]),
+    "id_annotations": (["sequences", "labels", "train", "test"], ["valid"]),
 }
 LIST_ROLES = {"train", "test"}
 TOP_KEYS = {"name", "description", "kind", "format", "data", "small_data", "columns", "classes", "split",
-            "head", "metric", "defaults", "wildtype_id", "offset", "min_contacts", "header_pattern", "ignore_labels"}
+            "head", "metric", "defaults", "wildtype_id", "offset", "min_contacts", "header_pattern", "ignore_labels",
+            "label_map"}
 # ``layer``: representation probes read (ESM repr_layers numbering, -1 = final after the final norm);
 # ``probe_c``, ``probe_max_iter``: the frozen linear probe's inverse L2 strength (scikit-learn's C) and
 # L-BFGS iterations (heads.fit_linear_probe); epochs / lr apply to MLP heads, LoRA and full fine-tuning.
@@ -115,6 +121,7 @@ class TaskSpec:
     description: str = ""
     header_pattern: str = ""
     ignore_labels: list[str] = field(default_factory=list)
+    label_map: dict[str, list[str]] = field(default_factory=dict)  # multi-label: label character → classes
 
     def files(self, data_root: str | Path | None = None, small: bool = False) -> dict[str, Any]:
         """Absolute data paths (a list for ``train``/``test`` roles given as lists) under the data the
@@ -243,8 +250,12 @@ def load_task(name_or_path: str | Path, task_dir: str | Path | None = None) -> T
                     if not ok:
                         problems.append(f"{section}: {role!r} must be a path" + (" or a list of paths" if role in LIST_ROLES else "")
                                         + f", got {value!r}")
-    if kind in ("residue_classification", "sequence_classification") and not raw.get("classes"):
+    if kind in ("residue_classification", "sequence_classification", "residue_multilabel") and not raw.get("classes"):
         problems.append(f"kind {kind} needs 'classes' (the label alphabet / class names)")
+    problems += label_map_problems(raw, kind)
+    metric_problem = kinds.metric_problem(kind, raw.get("metric", ""), len(raw.get("classes") or []))
+    if metric_problem:
+        problems.append(metric_problem)
     if raw.get("head", "linear") not in ("linear", "mlp", "attention", "pairwise"):
         problems.append(f"head {raw.get('head')!r}: use linear, mlp (probes) or attention, pairwise (contacts)")
     if fmt == "sequence_fasta" and not raw.get("header_pattern"):
@@ -266,4 +277,25 @@ def load_task(name_or_path: str | Path, task_dir: str | Path | None = None) -> T
         defaults=raw.get("defaults") or {}, wildtype_id=raw.get("wildtype_id", ""), offset=int(raw.get("offset", 1)),
         min_contacts=int(raw.get("min_contacts", 1)), description=raw.get("description", ""),
         header_pattern=str(raw.get("header_pattern", "")), ignore_labels=[str(c) for c in raw.get("ignore_labels") or []],
+        label_map={str(k): [str(c) for c in v] for k, v in (raw.get("label_map") or {}).items()},
     )
+
+
+def label_map_problems(raw: dict[str, Any], kind: Any) -> list[str]:
+    """A per-residue multi-label task says which classes each label character switches on; every class it
+    names must be declared, and no other kind takes the key."""
+    label_map = raw.get("label_map")
+    if kind != "residue_multilabel":
+        return [f"'label_map' applies to kind residue_multilabel, not {kind}"] if label_map is not None else []
+    if not isinstance(label_map, dict) or not label_map:
+        return ["kind residue_multilabel needs 'label_map' (label character → list of classes it switches on)"]
+    classes = {str(c) for c in raw.get("classes") or []}
+    problems = []
+    for char, on in label_map.items():
+        if len(str(char)) != 1:
+            problems.append(f"label_map: key {char!r} must be one label character")
+        if not isinstance(on, list):
+            problems.append(f"label_map: {char!r} must map to a list of classes, got {on!r}")
+        elif set(map(str, on)) - classes:
+            problems.append(f"label_map: {char!r} names {sorted(set(map(str, on)) - classes)}, not in classes {sorted(classes)}")
+    return problems
