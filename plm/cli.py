@@ -43,15 +43,31 @@ COMMAND_HELP: dict[str, str] = {
 
 
 def _lightning_cli(args: list[str]) -> int:
-    from plm.lightning_cli import run_lightning_cli
+    """Run LightningCLI; expected errors (bad input, busy or foreign run directory, full disk, numerical
+    blow-up) print one line with exit code 2, the traceback only with --debug or PLM_DEBUG=1. Exit code
+    0 after a finished run, a run that needed nothing more, or a SIGTERM/SIGUSR1 save; 130 after a Ctrl-C
+    save."""
+    from plm.errors import debug_requested, report, strip_debug
+    from plm.lightning_cli import expected_error_message, run_lightning_cli
+    from plm.reliability.run_dir import RunComplete
+    from plm.reliability.signals import preemption_exit_code
 
+    prog = f"plm {args[0]}"
     saved = sys.argv
-    sys.argv = [saved[0], *args]  # LightningCLI reads sys.argv; passing args as well makes it warn
+    sys.argv = [saved[0], *strip_debug(args)]  # LightningCLI reads sys.argv; passing args as well makes it warn
     try:
-        run_lightning_cli(None)
+        cli = run_lightning_cli(None)
+    except RunComplete as done:
+        print(f"{prog}: {done}", file=sys.stderr)
+        return 0
+    except Exception as err:
+        message = expected_error_message(err)
+        if message is None:
+            raise
+        return report(prog, err, debug_requested(args), message)
     finally:
         sys.argv = saved
-    return 0
+    return preemption_exit_code(getattr(cli, "trainer", None))
 
 
 def usage() -> str:

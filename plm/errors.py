@@ -23,6 +23,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 ENV_VAR = "PLM_DEBUG"
 DEBUG_FLAG = "--debug"
@@ -53,12 +54,34 @@ def one_line(err: BaseException) -> str:
     return text or type(err).__name__
 
 
-def report(prog: str, err: BaseException, debug: bool) -> int:
-    """Print ``<prog>: <message>`` (after the traceback when ``debug``) and return the exit code."""
+def report(prog: str, err: BaseException, debug: bool, message: str | None = None) -> int:
+    """Print ``<prog>: <message>`` (after the traceback when ``debug``) and return the exit code;
+    ``message`` replaces the exception's own (e.g. to say what a library's error means)."""
     if debug:
         traceback.print_exception(type(err), err, err.__traceback__, file=sys.stderr)
-    print(f"{prog}: {one_line(err)}", file=sys.stderr)
+    print(f"{prog}: {message or one_line(err)}", file=sys.stderr)
     return EXIT_CODE
+
+
+def strip_debug(argv: Sequence[str]) -> list[str]:
+    """``argv`` without ``--debug`` (before a ``--``), for parsers that do not know the flag (LightningCLI)."""
+    argv = list(argv)
+    end = argv.index("--") if "--" in argv else len(argv)
+    return [a for a in argv[:end] if a != DEBUG_FLAG] + argv[end:]
+
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def raised_in_package(err: BaseException) -> bool:
+    """True when plm's own code raised ``err`` (the innermost traceback frame is in the plm package): a
+    ``ValueError`` plm raises about an input is expected; one from deep inside a library is a bug."""
+    tb = err.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(PACKAGE_DIR)
 
 
 def one_line_errors(prog: str, expected: tuple[type[BaseException], ...] = ()) -> Callable[[Main], Main]:

@@ -1,30 +1,55 @@
 """LightningCLI wiring: run layout under ``checkpoints/<run_name>/``, default loggers and callbacks.
 
 Every run writes ``ckpt/`` (Lightning checkpoints, ``last.ckpt`` for resume), ``final/`` (weights
-export: safetensors + config.json), ``tb/`` and ``csv/`` logs. Values the config already knows are
-linked, never duplicated: ``trainer.max_steps`` → ``model.total_steps`` (the LR schedule's end).
+export: safetensors + config.json), ``tb/`` and ``csv/`` logs, ``run.json`` (its configuration) and holds
+``.lock`` while it runs. Before anything is written :mod:`plm.reliability.run_dir` decides whether this
+command resumes the run, starts it, or is refused (busy directory, another configuration). Values the
+config already knows are linked, never duplicated: ``trainer.max_steps`` → ``model.total_steps`` (the LR
+schedule's end).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from plm.callbacks.export import FinalExport
 from plm.callbacks.monitor import DataMonitor, Throughput
 from plm.data.datamodule import ProteinDataModule
 from plm.lit.language_model import LanguageModel
+from plm.reliability.run_dir import (
+    DataReport,
+    FitStart,
+    RunDirectory,
+    check_ckpt_path,
+    flatten,
+    is_primary_process,
+)
+
+#: the run directory of the command being run (for messages about it, e.g. a full disk)
+ACTIVE_RUN: list[Path] = []
 
 
 class PlmCLI(LightningCLI):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.run_directory: RunDirectory | None = None
+        self.fit_start: FitStart | None = None
+        try:
+            super().__init__(*args, **kwargs)
+        finally:
+            if self.run_directory is not None:
+                self.run_directory.release()
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--run_name", type=str, default="run", help="run directory name under run_root")
         parser.add_argument("--run_root", type=str, default="checkpoints", help="where runs are written")
@@ -40,13 +65,42 @@ class PlmCLI(LightningCLI):
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         return Path(cfg.run_root) / cfg.run_name
 
+    def _parse_ckpt_path(self) -> None:
+        """Check an explicit ``--ckpt_path`` first (one plm message instead of a zip or unpickling error).
+
+        For ``fit`` Lightning's step is skipped: it reads the checkpoint's hyper-parameters over the
+        command's, so a changed learning rate was silently dropped on resume; the run directory compares
+        the command with the run's own record instead (:mod:`plm.reliability.run_dir`)."""
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        check_ckpt_path(self.config[subcommand].get("ckpt_path"))
+        if subcommand != "fit":
+            super()._parse_ckpt_path()
+
+    def before_instantiate_classes(self) -> None:
+        """Lock the run directory, then (``fit``) decide between resuming and starting: nothing is written
+        there before this."""
+        if self.subcommand is None:
+            return
+        cfg = self.config[self.subcommand]
+        ACTIVE_RUN[:] = [self._run_dir()]
+        self.run_directory = RunDirectory(self._run_dir(), primary=is_primary_process())
+        self.run_directory.lock()
+        if self.subcommand != "fit":
+            return
+        max_steps = cfg.trainer.max_steps
+        if not (max_steps or 0) > 0:
+            raise ValueError(f"trainer.max_steps={max_steps}: plm fit needs a positive step count, the "
+                             "LR schedule's warm-up and cosine end there; give --trainer.max_steps N "
+                             "(plm plan / plm train --size compute it from a budget)")
+        self.fit_start = self.run_directory.start_fit(flatten(cfg.as_dict()), cfg.get("ckpt_path"), max_steps)
+        cfg["ckpt_path"] = self.fit_start.ckpt_path
+
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         run = self._run_dir()
-        if self.subcommand == "fit" and not (config.get("max_steps") or 0) > 0:
-            raise ValueError(f"trainer.max_steps={config.get('max_steps')}: plm fit needs a positive step count, the "
-                             "LR schedule's warm-up and cosine end there; give --trainer.max_steps N "
-                             "(plm plan / plm train --size compute it from a budget)")
+        resume_step = self.fit_start.step if self.fit_start is not None else None
         config["default_root_dir"] = str(run)
         config["precision"] = cpu_precision(config.get("precision"), config.get("accelerator"))
         if config.get("enable_progress_bar", True) is not False:  # steps, not micro-batches; plain lines in logs
@@ -56,7 +110,7 @@ class PlmCLI(LightningCLI):
         if config.get("enable_model_summary") is None:  # the start line of StepProgress says what matters
             config["enable_model_summary"] = False
         if config.get("logger") in (None, True):
-            config["logger"] = _loggers(list(cfg.loggers), run)
+            config["logger"] = _loggers(list(cfg.loggers), run, resume_step)
         callbacks = list(callbacks)
         if config.get("enable_checkpointing", True) is not False:
             callbacks.append(
@@ -71,11 +125,11 @@ class PlmCLI(LightningCLI):
                     save_last=True,
                 )
             )
-        callbacks += [FinalExport(run / "final"), Throughput(), DataMonitor()]
+        callbacks += [FinalExport(run / "final"), Throughput(), DataMonitor(), DataReport(run)]
         # fault tolerance (plm.reliability): atomic verified checkpoints, NaN/Inf skipping, preemption
         from lightning.pytorch.plugins import CheckpointIO
 
-        from plm.reliability import AtomicCheckpointIO, NaNGuard, PreemptionCheckpoint, resolve_resume_path
+        from plm.reliability import AtomicCheckpointIO, NaNGuard, PreemptionCheckpoint
         from plm.reliability.best import BestCheckpoint
         from plm.reliability.last import LastCheckpoint
 
@@ -83,25 +137,27 @@ class PlmCLI(LightningCLI):
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             config["plugins"] = [*plugins, AtomicCheckpointIO()]
-        callbacks += [NaNGuard(cfg.max_bad_steps), PreemptionCheckpoint(run / "ckpt")]
+        callbacks += [NaNGuard(cfg.max_bad_steps, ckpt_dir=run / "ckpt"), PreemptionCheckpoint(run / "ckpt")]
         if config.get("enable_checkpointing", True) is not False:
             callbacks.append(BestCheckpoint(run / "ckpt"))  # best.ckpt by val/loss, beside the newest K
             callbacks.append(LastCheckpoint(run / "ckpt"))  # last.ckpt = the final step, not the last due one
-        if self.subcommand == "fit" and cfg.get("ckpt_path") == "last":
-            # the newest checkpoint that verifies, not blindly last.ckpt (None: first attempt, start fresh)
-            self.config_init[self.subcommand]["ckpt_path"] = resolve_resume_path(run / "ckpt")
         if config["logger"]:
             callbacks.append(LearningRateMonitor(logging_interval="step"))
         return super()._instantiate_trainer(config, callbacks)
 
 
-def _loggers(names: list[str], run: Path) -> list[Any]:
+def _loggers(names: list[str], run: Path, resume_step: int | None = None) -> list[Any]:
+    """The run's loggers; ``resume_step`` (the step this fit starts at, None outside fit) makes the CSV and
+    TensorBoard logs continue the run's earlier segments with each step once (plm.reliability.logs)."""
+    from plm.reliability.logs import ContinuedCSVLogger
+
     loggers: list[Any] = []
     for name in names:
         if name == "tensorboard":
-            loggers.append(TensorBoardLogger(save_dir=str(run), name="tb", version=""))
+            purge = {"purge_step": resume_step} if resume_step is not None else {}
+            loggers.append(TensorBoardLogger(save_dir=str(run), name="tb", version="", **purge))
         elif name == "csv":
-            loggers.append(CSVLogger(save_dir=str(run), name="csv", version=""))
+            loggers.append(ContinuedCSVLogger(save_dir=str(run), name="csv", version="", keep_before_step=resume_step))
         elif name == "wandb":
             try:
                 from lightning.pytorch.loggers import WandbLogger
@@ -149,6 +205,60 @@ def quiet_lightning_noise() -> None:
         if not any(isinstance(f, _DropNoise) for f in log.filters):
             log.addFilter(_DropNoise())
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
+#: less free space than this under the run directory when a write failed means the disk is full, whatever
+#: error a library made of it (TensorBoard: "you tried to log 0")
+FULL_DISK_BYTES = 1 << 20
+_NO_SPACE_TEXT = ("no space left on device", "os error 28", "disk quota exceeded")
+
+
+def no_space_message(err: BaseException) -> str | None:
+    """One line for a full disk anywhere in the run (checkpoint, export, logs, config), or None."""
+    seen: BaseException | None = err
+    cause: BaseException | None = None
+    while seen is not None and cause is None:
+        if (isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT)) or any(
+                text in str(seen).lower() for text in _NO_SPACE_TEXT):
+            cause = seen
+        seen = seen.__cause__ or seen.__context__
+    run = ACTIVE_RUN[0] if ACTIVE_RUN else None
+    free = _free_bytes(run)
+    if cause is None and (free is None or free >= FULL_DISK_BYTES):
+        return None
+    where = getattr(cause, "filename", None) or run or "the output directory"
+    room = f", {free / 1e6:.1f} MB free" if free is not None else ""
+    return (f"no space left on the device while writing {where}{room} ({type(err).__name__}: "
+            f"{str(err).strip().splitlines()[0][:160] if str(err).strip() else 'no message'}). Free space there "
+            "(or point --run_root at a larger disk, lower --keep_checkpoints), then run the same command again: "
+            "it resumes from the last verified checkpoint")
+
+
+def _free_bytes(run: Path | None) -> int | None:
+    path = run
+    while path is not None and not path.exists():
+        path = path.parent if path != path.parent else None
+    try:
+        return shutil.disk_usage(path).free if path is not None else None
+    except OSError:
+        return None
+
+
+def expected_error_message(err: BaseException) -> str | None:
+    """The one line for an error that is the input's or the machine's, not plm's (None: a bug, keep the
+    traceback): plm's own errors, a full disk, a missing input, a ValueError plm raised."""
+    from plm.errors import PlmError, one_line, raised_in_package
+    from plm.model.io import CheckpointError
+    from plm.reliability import CheckpointWriteError, NumericalFaultError
+
+    if isinstance(err, (PlmError, CheckpointError, CheckpointWriteError, NumericalFaultError)):
+        return one_line(err)
+    full_disk = no_space_message(err)
+    if full_disk is not None:
+        return full_disk
+    if isinstance(err, FileNotFoundError) or (isinstance(err, ValueError) and raised_in_package(err)):
+        return one_line(err)
+    return None
 
 
 def run_lightning_cli(args: list[str] | None) -> PlmCLI:

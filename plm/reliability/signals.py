@@ -91,6 +91,8 @@ class PreemptionCheckpoint(pl.Callback):
             return
         path = self.dirpath / "last.ckpt"
         trainer.save_checkpoint(path)
+        for logger in trainer.loggers:  # the logs up to the saved step, should SIGKILL follow the signal
+            logger.save()
         self.saved_path = path
         trainer.should_stop = True
         name = signal.Signals(self.received).name if self.received is not None else "a signal on another rank"

@@ -18,6 +18,7 @@ from plm.reliability.checkpoint_io import (
     sidecar_path,
     write_checkpoint_atomic,
 )
+from tests.faults.helpers import logged_steps, run_fit
 
 pytestmark = pytest.mark.reliability
 
@@ -97,3 +98,14 @@ def test_only_unusable_files_is_one_error_naming_each(tmp_path):
         zf.writestr("x", "y")
     with pytest.raises(CheckpointError, match=r"no usable checkpoint.*last\.ckpt.*notes\.ckpt.*another --run_name"):
         resolve_resume_path(d)
+@pytest.mark.slow
+def test_resume_of_a_real_run_ignores_touched_and_foreign_files(tmp_path):
+    run = tmp_path / "r"
+    run_fit(tmp_path, "r", "--checkpoint_every", "2", "--keep_checkpoints", "-1", "--trainer.max_steps", "4")
+    os.utime(run / "ckpt" / "step00000002.ckpt")
+    with zipfile.ZipFile(run / "ckpt" / "zz.ckpt", "w") as zf:
+        zf.writestr("x", "y")
+    res = run_fit(tmp_path, "r", "--checkpoint_every", "2", "--keep_checkpoints", "-1", "--trainer.max_steps", "6",
+                  "--ckpt_path", "last")
+    assert "resuming" in res.stderr and "from step 4" in res.stderr
+    assert logged_steps(run, "train/loss") == list(range(6))  # every step once, 4 and 5 from the resume
