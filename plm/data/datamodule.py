@@ -18,6 +18,7 @@ from typing import Any, Iterator
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from plm.data.clusters import exclude_records, load_clusters
@@ -32,8 +33,10 @@ from plm.tokenizer import RESIDUE_IDS
 UNIMETA_WEIGHTS = {"uniref50": 0.085, "uniref90": 0.195, "cfdb_centroids": 0.195, "cfdb_members": 0.525}
 
 
-def load_source(name: str, spec: str | list[str], val_fraction: float, on_invalid: OnInvalid) -> tuple[TokenStore, TokenStore]:
-    """A source is a prepared store directory (``plm data prepare``) or one or more FASTA files."""
+def load_source(name: str, spec: str | list[str], val_fraction: float, on_invalid: OnInvalid,
+                stats: FastaStats | None = None) -> tuple[TokenStore, TokenStore]:
+    """A source is a prepared store directory (``plm data prepare``) or one or more FASTA files; ``stats``
+    counts the FASTA records kept and rejected."""
     paths = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
     if len(paths) == 1 and Path(paths[0]).is_dir():
         root = Path(paths[0])
@@ -46,7 +49,7 @@ def load_source(name: str, spec: str | list[str], val_fraction: float, on_invali
     missing = [str(p) for p in paths if not Path(p).exists()]
     if missing:
         raise FileNotFoundError(f"data source {name!r}: not found: {missing}; fix data.sources in your config")
-    return split_fasta(name, paths, val_fraction, on_invalid=on_invalid, stats=FastaStats())
+    return split_fasta(name, paths, val_fraction, on_invalid=on_invalid, stats=stats if stats is not None else FastaStats())
 
 
 def _in_checkout(path: str | os.PathLike) -> str | os.PathLike:
@@ -58,7 +61,7 @@ def _in_checkout(path: str | os.PathLike) -> str | os.PathLike:
     return bundled if bundled.exists() else path
 
 
-def load_eval_set(name: str, spec: str | list[str], on_invalid: OnInvalid) -> TokenStore:
+def load_eval_set(name: str, spec: str | list[str], on_invalid: OnInvalid, stats: FastaStats | None = None) -> TokenStore:
     """An external held-out set: every record is evaluated (it never goes through the train/val split,
     which would leave its training side empty). FASTA file(s), e.g. the bins `plm data split-by-identity`
     writes, or a `plm data prepare` source directory (its train and val records together)."""
@@ -72,7 +75,7 @@ def load_eval_set(name: str, spec: str | list[str], on_invalid: OnInvalid) -> To
         stores = parts or [TokenStore.open(root, name)]
         seqs = [store.get(i) for store in stores for i in range(len(store))]
     else:
-        seqs = [rec.tokens for path in paths for rec in read_fasta(path, on_invalid=on_invalid)]
+        seqs = [rec.tokens for path in paths for rec in read_fasta(path, on_invalid=on_invalid, stats=stats)]
     if not seqs:
         raise ValueError(f"data.eval_sets {name!r}: no sequences in {[str(p) for p in paths]}")
     return TokenStore.from_arrays(name, seqs)
@@ -178,15 +181,20 @@ class ProteinDataModule(pl.LightningDataModule):
             unknown = sorted(set(self.weights) - set(names))
             if unknown:
                 raise ValueError(f"data.weights names unknown sources {unknown}; sources are {names}")
+        self.fasta_report: dict[str, dict[str, Any]] = {}  # per FASTA source: kept and rejected records
         for name in names:
-            train, val = load_source(name, self.sources[name], self.val_fraction, self.on_invalid)
+            stats = FastaStats()
+            train, val = load_source(name, self.sources[name], self.val_fraction, self.on_invalid, stats)
+            self._report("data.sources", name, stats)
             self.train_stores.append(train)
             if len(val):
                 self.val_stores[name] = val
         for name, path in self.eval_sets.items():
             if name in self.val_stores:
                 raise ValueError(f"data.eval_sets {name!r}: also a data.sources name; give the held-out set its own name")
-            self.val_stores[name] = load_eval_set(name, path, self.on_invalid)
+            stats = FastaStats()
+            self.val_stores[name] = load_eval_set(name, path, self.on_invalid, stats)
+            self._report("data.eval_sets", name, stats)
         if self.weights is None:
             w = [float(s.n_residues) for s in self.train_stores]
         else:
@@ -195,6 +203,20 @@ class ProteinDataModule(pl.LightningDataModule):
                                       clusters=[s.clusters for s in self.train_stores])
         self.packer = StreamPacker(self.train_stores, self.sampler, self.row_len, self.seed, self.min_piece)
         self.check_fingerprint()
+
+    def _report(self, where: str, name: str, stats: FastaStats) -> None:
+        """Count what the FASTA policy rejected, say it at start and keep it (checkpoints, <run>/data.json):
+        skipping is only acceptable when it is never silent."""
+        if not stats.records and not stats.rejected:
+            return  # a prepared source: its manifest.json holds prepare's counts
+        self.fasta_report[f"{where}.{name}"] = {"records": stats.records, "residues": stats.residues,
+                                                "rejected": dict(stats.rejected), "rejected_examples": stats.examples}
+        if stats.rejected:
+            reasons = ", ".join(f"{why}: {n:,}" for why, n in stats.rejected.most_common())
+            example = next(iter(stats.examples.values()), [""])[0]
+            rank_zero_warn(f"{where} {name!r}: {sum(stats.rejected.values()):,} FASTA record(s) skipped under "
+                           f"on_invalid={self.on_invalid} ({reasons}; kept {stats.records:,}), e.g. {example}. "
+                           "data.on_invalid=error stops at the first instead, x maps bad residues to X")
 
     @property
     def source_names(self) -> list[str]:
@@ -276,7 +298,8 @@ class ProteinDataModule(pl.LightningDataModule):
     def state_dict(self) -> dict[str, Any]:
         seen = self.sampler.seen_per_source(self.cursor).tolist() if self.sampler else []
         fingerprint = self.fingerprint() if self.sampler else None
-        return {"cursor": self.cursor, "seen_per_source": dict(zip(self.source_names, seen)), "fingerprint": fingerprint}
+        return {"cursor": self.cursor, "seen_per_source": dict(zip(self.source_names, seen)), "fingerprint": fingerprint,
+                "fasta_report": getattr(self, "fasta_report", {})}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.cursor = int(state["cursor"])
