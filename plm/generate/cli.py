@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from plm.errors import add_debug_argument, one_line_errors
 from plm.generate.sampling import Sample, SamplingConfig, generate
 from plm.utils.atomic import atomic_file
 
@@ -26,6 +27,7 @@ def write_fasta(samples: list[Sample], path: str | os.PathLike, header: str = ""
     return path
 
 
+@one_line_errors("plm generate", expected=(ValueError, FileNotFoundError))  # CheckpointError is a ValueError
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="plm generate", description="Sample proteins from a causal plm model.")
     p.add_argument("--checkpoint", required=True, help="plm export directory or Lightning .ckpt of a CLM")
@@ -48,6 +50,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--greedy", action="store_true", help="arg-max decoding instead of sampling")
     p.add_argument("--batch-size", type=int, default=32, help="sequences decoded together")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    add_debug_argument(p)
     a = p.parse_args(argv)
     if a.num < 1:
         p.error(f"--num {a.num}: must be >= 1")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,6 +229,9 @@ def read_lightning_checkpoint(path: Path, map_location: str = "cpu", mmap: bool 
         if path.suffix == ".safetensors":
             fix = f"; pass the export directory that holds {path.name}, not the weights file"
         first = text.strip().splitlines()[0][:200] if text.strip() else ""
+        if refused:  # torch's first line advises weights_only=False, i.e. running the file's code: never say that
+            found = re.search(r"(?:unsupported|Unsupported) (?:GLOBAL|global):? ?([\w.]+)", text)
+            first = f"it names {found.group(1)}" if found else "it holds objects other than tensors"
         raise CheckpointError(f"{path}: {kind} ({type(err).__name__}: {first}){fix}") from err
 
 
