@@ -76,6 +76,19 @@ class FinetuneCLI(PlmCLI):
         parser.link_arguments("data.task", "model.init_args.task")
         parser.link_arguments("data.task_dir", "model.init_args.task_dir")
 
+    def before_instantiate_classes(self) -> None:
+        """The task YAML and the backbone's record are read first: their errors are plm's one-line messages,
+        not jsonargparse's wrapping of them, and nothing is locked or written for a command that cannot run."""
+        if self.subcommand is not None:
+            from plm.evaluation.tasks import load_task
+            from plm.model.record import read_record
+
+            cfg = self.config[self.subcommand]
+            load_task(cfg.data.task, cfg.data.task_dir)
+            if isinstance(cfg.model.init_args.get("backbone"), str):
+                read_record(cfg.model.init_args.backbone)
+        super().before_instantiate_classes()
+
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
         from plm.callbacks.export import FinalExport
         from plm.callbacks.monitor import DataMonitor, Throughput
