@@ -12,8 +12,9 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -344,7 +345,7 @@ class ProteinDataModule(pl.LightningDataModule):
         return out
 
     def planned_tokens(self, steps: int, accumulate: int = 1) -> int:
-        rank, world = self._rank_world()
+        _, world = self._rank_world()
         return steps * accumulate * world * self.rows_per_batch * self.row_len
 
     def steps_for_tokens(self, tokens: float, world: int = 1, accumulate: int = 1) -> int:
