@@ -251,7 +251,9 @@ def expected_error_message(err: BaseException) -> str | None:
     from plm.model.io import CheckpointError
     from plm.reliability import CheckpointWriteError, NumericalFaultError
 
-    if isinstance(err, (PlmError, CheckpointError, CheckpointWriteError, NumericalFaultError)):
+    if isinstance(err, CheckpointWriteError) and err.strerror:
+        return err.strerror  # the whole message, without OSError's "[Errno 28]" in front
+    if isinstance(err, (PlmError, CheckpointError, NumericalFaultError)):
         return one_line(err)
     full_disk = no_space_message(err)
     if full_disk is not None:

@@ -106,7 +106,8 @@ def write_checkpoint_atomic(path: str | os.PathLike, write: Callable[[Any], None
                 cause.errno,
                 f"{path}: no space left on the device while writing the checkpoint ({os.strerror(cause.errno)}); "
                 f"{previous} and no partial file was left. Free space under {path.parent} (or point --run_root "
-                "at a larger disk, lower --keep_checkpoints), then rerun the same command with --ckpt_path last",
+                "at a larger disk, lower --keep_checkpoints), then run the same command again: it resumes from the "
+                "last verified checkpoint",
             ) from cause
         raise
 
