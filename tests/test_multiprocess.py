@@ -80,6 +80,8 @@ CONFIGS = {
     "single": {"world": 1, "args": []},
     "ddp": {"world": 2, "args": ["--trainer.strategy", "ddp"]},
     "fsdp": {"world": 2, "args": ["--trainer.strategy", FSDP2]},
+    # the model built on the meta device, each rank materialising and sharding it block by block
+    "fsdp_meta": {"world": 2, "args": ["--trainer.strategy", FSDP2, "--model.init_args.meta_init", "true"]},
     # the sharded step-3 checkpoint of "fsdp", resumed by 2 ranks
     "fsdp_resumed": {"world": 2, "args": ["--trainer.strategy", FSDP2,
                                           "--ckpt_path", "{root}/fsdp/ckpt/step00000003.ckpt"]},
@@ -138,6 +140,15 @@ def test_uneven_validation_rows_finish_with_one_process_metrics(runs, strategy):
     assert set(got) == set(ref)
     for key in ref:
         assert got[key] == pytest.approx(ref[key], rel=1e-6, abs=1e-6), key
+
+
+@pytest.mark.slow
+def test_meta_device_init_on_two_ranks_trains_like_a_whole_build(runs):
+    """meta_init (what the recipe sets from 1b): the same initial weights, so the same run."""
+    eager, meta = runs.get("fsdp"), runs.get("fsdp_meta")
+    assert stream(meta) == stream(eager)
+    assert global_loss(meta) == global_loss(eager)
+    assert torch.equal(meta["logits"]["logits"], eager["logits"]["logits"])
 
 
 # ---- sharded checkpoints ------------------------------------------------------------------------------------
