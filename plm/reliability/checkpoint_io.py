@@ -127,6 +127,8 @@ def verify_checkpoint(path: str | os.PathLike) -> bool:
     zip structure and member CRCs (torch's format) could be checked.
     """
     path = Path(path)
+    if path.is_dir():
+        return verify_sharded_checkpoint(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     side = sidecar_path(path)
@@ -172,6 +174,17 @@ def _verify_file(path: Path, side: Path) -> bool:
     if bad is not None:
         raise CheckpointError(f"{path}: member {bad!r} fails its CRC check; the checkpoint is corrupt")
     return False
+
+
+def verify_sharded_checkpoint(path: Path) -> bool:
+    """A sharded (FSDP2) checkpoint directory: published whole by a rename once every rank wrote its shard
+    (plm.strategies.FSDP2), so a complete one has torch.distributed.checkpoint's ``.metadata`` and
+    Lightning's ``meta.pt``; the latter is checked like a file checkpoint without a sidecar."""
+    missing = [name for name in (".metadata", "meta.pt") if not (path / name).is_file()]
+    if missing:
+        raise CheckpointError(f"{path}: sharded checkpoint without {', '.join(missing)}: incomplete or not a checkpoint")
+    verify_checkpoint(path / "meta.pt")
+    return True
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
