@@ -1,4 +1,4 @@
-"""Rebuild the small in-repo subsets of ss8, scl, tmbed, conservation, bind and ec from the full files.
+"""Rebuild the small in-repo subsets of ss8, scl (and setHARD), tmbed, conservation, bind, ec and three DMS assays from the full files.
 
     .venv/bin/python evaluation/data/make_subsets.py [--data-root ../shared/data]
 
@@ -88,6 +88,27 @@ def conservation(root: Path) -> None:
     write_gz(HERE / "conservation/sequences.fasta.gz", "".join(f">{desc}\n{s}\n" for _, desc, s in seqs))
 
 
+def scl_hard(root: Path) -> None:
+    """DeepLoc setHARD (the Light-Attention authors' low-redundancy test set): 40 proteins of length <= 400,
+    headers unchanged."""
+    recs = [r for r in iter_fasta_text(root / "tasks/scl_deeploc/setHARD.fasta") if len(r[2]) <= 400]
+    pick = random.Random(0).sample(recs, 40)
+    write_gz(HERE / "scl/hard.fasta.gz", "".join(f">{desc}\n{seq}\n" for _, desc, seq in pick))
+
+
+def dms(root: Path) -> None:
+    """The three DMS assays without a subset yet: 150 scored rows each (random, kept in file order), only the
+    mutant and score columns the task YAML reads, under the assay's file name."""
+    d = root / "tasks/dms"
+    for name, score in (("BLAT_ECOLX_Ranganathan2015.csv.gz", "2500"), ("DLG4_RAT_Ranganathan2012.csv", "CRIPT"),
+                        ("PABP_YEAST_Fields2013-singles.csv", "log")):
+        with open_text(d / name) as fh:
+            rows = [r for r in csv.DictReader(fh) if (r[score] or "").strip().lower() not in ("", "nan", "na")]
+        keep = sorted(random.Random(0).sample(range(len(rows)), 150))
+        out = HERE / "dms" / name.removesuffix(".gz")
+        out.write_text(f"mutant,{score}\n" + "".join(f"{rows[i]['mutant']},{rows[i][score]}\n" for i in keep))
+
+
 def bind(root: Path) -> None:
     """FLIP bind, from_publication split: 50 SET=train VALIDATION=False + 10 VALIDATION=True + 30 SET=test
     label records of length <= 300 whose residues bind something, and their sequences; headers unchanged."""
@@ -133,7 +154,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-root", type=Path, default=HERE.parents[1].parent / "shared" / "data")
     args = p.parse_args()
-    for make in (ss8, scl, tmbed, conservation, bind, ec):
+    for make in (ss8, scl, tmbed, conservation, bind, ec, scl_hard, dms):
         make(args.data_root)
     return 0
 

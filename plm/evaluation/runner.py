@@ -640,10 +640,27 @@ def run_metadata(checkpoint: str, record: Any, random_init: bool, objective: str
             "objective": objective, "data": "bundled" if source.bundled else "full", "checkpoint": str(checkpoint)}
 
 
+def run_suite_command(args: argparse.Namespace, source: DataSource, overrides: dict[str, Any]) -> int:
+    from plm.evaluation.suites import load_suite, run_suite
+
+    suite = load_suite(args.suite)
+    if args.random_init or args.seed is not None:
+        raise PlmError("--suite runs its own seeds and random-init control: use --seeds and --no-random-init-control")
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    run_suite(suite, args.checkpoint, args.out, source, overrides, args.objective, not args.no_progress,
+              False if args.no_random_init_control else None, seeds)
+    print((args.out / "results.md").read_text())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="plm evaluate", description="Evaluate a plm checkpoint or export on downstream tasks.")
     p.add_argument("--checkpoint", required=True, help="plm export directory or Lightning .ckpt (imported weights are export dirs)")
-    p.add_argument("--tasks", required=True, help="comma-separated task names (evaluation/tasks/<name>.yaml) or YAML paths")
+    p.add_argument("--tasks", help="comma-separated task names (evaluation/tasks/<name>.yaml) or YAML paths")
+    p.add_argument("--suite", help="a named protocol (evaluation/suites/<name>.yaml: schmirler2024, proteingym_dms): "
+                                   "its tasks over its seeds, with the random-init control and the published numbers")
+    p.add_argument("--seeds", default=None, help="--suite: comma-separated seeds (default: the suite's)")
+    p.add_argument("--no-random-init-control", action="store_true", help="--suite: skip the random-init runs")
     p.add_argument("--out", required=True, type=Path, help="output directory for results.csv and results.md")
     p.add_argument("--mode", default="frozen", choices=["frozen", "lora", "full"], help="supervised training mode")
     p.add_argument("--data-root", default=None,
@@ -676,12 +693,16 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if bool(args.tasks) == bool(args.suite):
+        raise PlmError("give --tasks (task names or YAML paths) or --suite (a named protocol), one of them")
     record = read_record(args.checkpoint)  # without the weights: a wrong path fails before any data is read
     source = resolve_data(args.data_root, args.small)
     if source.note:
         note(source.note)
     overrides = {"epochs": args.epochs, "max_train": args.max_train, "max_test": args.max_test, "seed": args.seed,
                  "layer": args.layer}
+    if args.suite:
+        return run_suite_command(args, source, overrides)
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
     tasks = prepare_all(names, args.task_dir, source, record.config.max_seq_len, overrides)
     model, objective = load_backbone(args.checkpoint, args.random_init, args.objective,
