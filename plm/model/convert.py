@@ -950,6 +950,10 @@ def convert(
     """Read ``input_path`` in format ``src``, write ``output`` as ``dst``; returns the model and a summary."""
     if src == "plm" and dst == "plm":
         raise ValueError("--from plm --to plm would copy the export unchanged; choose --to hf")
+    if src == "plm" and dst == "hf" and (Path(input_path) / "finetune.json").is_file():
+        from plm.evaluation.kept_hf import export_hf  # a kept fine-tuned model: backbone, adapter and head
+
+        return export_hf(input_path, output, progress)
     if src == "esm2":
         conv = load_esm2_pt(input_path, contact_regression, n_head, progress)
     elif src == "hf-esm":
