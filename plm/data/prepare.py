@@ -232,7 +232,8 @@ def _parse_shard(shard: Shard, opts: dict, out: _ShardOutput, stats: FastaStats)
     MAX_PROBLEMS, and nothing more is written once there is one)."""
     problems: list[str] = []
     try:
-        for i, (pos, block) in enumerate(iter_blocks(shard.path, shard.start, shard.end, shard.gz, BLOCK)):
+        blocks = iter_blocks(shard.path, shard.start, shard.end, shard.gz, BLOCK, opts["max_length"])
+        for i, (pos, block) in enumerate(blocks):
             blk = parse_block(block, pos, shard.path, opts["on_invalid"], opts["max_length"],
                               i == 0 and shard.start == 0, stats, problems)
             if blk is not None and not problems:

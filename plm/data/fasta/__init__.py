@@ -11,7 +11,9 @@ Policy (the README's "Data" section summarises it; this is the full statement):
     header without identifier. The identifier is the header up to its first whitespace.
   * per record, under ``on_invalid``: an empty sequence, a character outside the alphabet of
     :mod:`plm.tokenizer` (non-ASCII bytes reported as such), more than ``max_length`` residues
-    (default 100,000: no real protein is that long) → ``"error"`` raises :class:`FastaError` naming file,
+    (default 100,000: no real protein is that long) — or more than ``4 × max_length + 64 KiB`` bytes from
+    its '>' to the next header, judged as the reader passes that size without reading the record whole,
+    so a compressed bomb costs linear time and bounded memory — → ``"error"`` raises :class:`FastaError` naming file,
     record and byte; ``"skip"`` counts it under its reason in :class:`FastaStats`; ``"x"`` maps unknown
     characters to ``X`` (empty and over-long records are still skipped and counted).
   * a file with no record at all (0 bytes, or only whitespace) is an error naming it; under skip/x it is

@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -38,6 +39,7 @@ from plm.data.fasta.policy import (
     check_on_invalid,
     invalid_record,
     no_identifier,
+    record_byte_cap,
     record_where,
     refuse_damage,
     refuse_empty,
@@ -53,17 +55,20 @@ _ID_END[list(HEADER_BLANKS)] = True
 
 
 def iter_blocks(path: str | os.PathLike, start: int = 0, end: int | None = None, gz: bool | None = None,
-                block: int = CHUNK) -> Iterator[tuple[int, bytes]]:
+                block: int = CHUNK, max_length: int | None = None) -> Iterator[tuple[int, bytes]]:
     """(byte offset, bytes) pieces of ``path[start:end]``, each cut just before a '>' that starts a line.
 
     A plain file is read in place (a record cut off at a block's end is read again, not copied; a record
     longer than a block doubles the read). A gzip file is read whole (it cannot be entered in the middle);
-    on damage its last, possibly incomplete record is dropped and :class:`DamagedGzip` raised.
+    on damage its last, possibly incomplete record is dropped and :class:`DamagedGzip` raised. With
+    ``max_length``, a record longer than :func:`record_byte_cap` comes out as its first cap + 1 bytes (which
+    :func:`parse_block` refuses as too long) and the rest of it is read past, never held.
     """
     path = existing_file(path)
     gz = is_gzip(path) if gz is None else gz
+    cap = record_byte_cap(max_length) if max_length is not None else None
     if gz:
-        yield from _gzip_blocks(path, block)
+        yield from _gzip_blocks(path, block, cap)
         return
     end = path.stat().st_size if end is None else end
     with open(path, "rb") as fh:
@@ -73,14 +78,42 @@ def iter_blocks(path: str | os.PathLike, start: int = 0, end: int | None = None,
             buf = fh.read(min(want, end - pos))
             if not buf:
                 raise FastaError(f"{path}: ends at byte {pos}, expected {end}; the file changed while being read")
-            cut = len(buf) - 1 if pos + len(buf) >= end else buf.rfind(b"\n>")
-            if cut < 0 and pos == 0 and _junk(buf):  # not FASTA: say so now, not after reading it all
-                cut = len(buf) - 1
+            cut = buf.rfind(b"\n>")
+            keep = _capped(buf, pos == 0, cap) if cut < 0 else None
+            if keep is not None:  # one record past the cap: its head, then on from the next header
+                yield pos, buf[:keep]
+                pos, want = _next_header(fh, pos + keep - 1, end, block), block
+                continue
+            if pos + len(buf) >= end or (cut < 0 and pos == 0 and _junk(buf)):  # the last block, or not FASTA:
+                cut = len(buf) - 1  # say so now, not after reading it all
             if cut < 0:  # a record longer than the block: read more
                 want *= 2
                 continue
             yield pos, buf if cut == len(buf) - 1 else buf[: cut + 1]
             pos, want = pos + cut + 1, block
+
+
+def _capped(buf: bytes | bytearray, at_file_start: bool, cap: int | None) -> int | None:
+    """How much of ``buf`` — one unfinished record, after blank lines when it starts the file — to hand out
+    when the record is past ``cap`` bytes (its '>' plus cap bytes), or None while it is not."""
+    if cap is None:
+        return None
+    lead = max(buf.find(b">"), 0) if at_file_start else 0
+    return lead + cap + 1 if len(buf) > lead + cap + 1 else None
+
+
+def _next_header(fh: BinaryIO, pos: int, end: int, block: int) -> int:
+    """Offset of the first '>' that starts a line after ``pos`` (``end`` if none), read a block at a time."""
+    while pos < end:
+        fh.seek(pos)
+        data = fh.read(min(block + 1, end - pos))
+        i = data.find(b"\n>")
+        if i >= 0:
+            return pos + i + 1
+        if pos + len(data) >= end or len(data) < 2:
+            return end
+        pos += len(data) - 1  # a '\n>' may straddle the pieces
+    return end
 
 
 def _junk(start: bytes, complete: bool = False) -> bool:
@@ -94,31 +127,66 @@ def _junk(start: bytes, complete: bool = False) -> bool:
     return not header and (complete or len(text) >= 60 or b"\n" in text)
 
 
-def _gzip_blocks(path: Path, block: int) -> Iterator[tuple[int, bytes]]:
-    """Blocks of a gzip file; on damage the carry (the last, possibly cut record) is not handed out."""
-    carry, carry_pos = b"", 0
+def _gzip_blocks(path: Path, block: int, cap: int | None = None) -> Iterator[tuple[int, bytes]]:
+    """Blocks of a gzip file; on damage the carry (the last, possibly cut record) is not handed out.
+
+    Linear in the file: each decoded piece is searched once for record starts and the unfinished record
+    is grown in place; past ``cap`` only its head is kept (handed out once its end is seen, so that a
+    damage inside it drops it like any cut record) and the rest is decoded and dropped."""
+    carry, carry_pos, searched = bytearray(), 0, 0  # carry: from carry_pos on; searched: bytes looked at
+    head: bytes | None = None  # the kept head of a record past the cap, while the rest is dropped
+    head_pos, pos = 0, 0  # where that record starts; the offset of the next decoded byte
+    last = b""  # the byte before the current piece (a '\n>' may straddle two pieces)
     chunks = read_chunks(path, block)
     while True:
         try:
             chunk = next(chunks, None)
         except DamagedGzip:
-            if carry_pos == 0 and _junk(carry, complete=True):
-                yield 0, carry  # text before any header: that error, not the damage, is the news
+            if carry_pos == 0 and head is None and _junk(bytes(carry), complete=True):
+                yield 0, bytes(carry)  # text before any header: that error, not the damage, is the news
             raise
         if chunk is None:
             break
-        buf = carry + chunk if carry else chunk
-        cut = buf.rfind(b"\n>")
-        if cut < 0 and carry_pos == 0 and _junk(buf):  # not FASTA: say so now, not after reading it all
-            cut = len(buf) - 1
-        if cut < 0:
-            carry = buf
+        if head is not None:  # dropping the rest of a record past the cap, up to the next header
+            i = _header_in(chunk, last)
+            last, pos = chunk[-1:], pos + len(chunk)
+            if i < 0:
+                continue
+            yield head_pos, head
+            head, chunk = None, chunk[i:]
+            carry, carry_pos, searched = bytearray(), pos - len(chunk), 0
+        else:
+            last, pos = chunk[-1:], pos + len(chunk)
+        carry += chunk
+        cut = carry.rfind(b"\n>", max(searched - 1, 0))
+        searched = len(carry)
+        if cut < 0 and carry_pos == 0 and _junk(bytes(carry[: 1 << 16])):  # not FASTA: say so now
+            cut = len(carry) - 1
+        if cut >= 0:
+            with memoryview(carry) as view:
+                piece = bytes(view[: cut + 1])  # one copy (a bytearray slice would make two)
+            yield carry_pos, piece
+            del carry[: cut + 1]
+            carry_pos += cut + 1
+            searched = len(carry)  # the rest starts with '>' and holds no '\n>' (rfind found the last)
             continue
-        yield carry_pos, buf[: cut + 1]
-        carry_pos += cut + 1
-        carry = buf[cut + 1 :]
-    if carry:
-        yield carry_pos, carry
+        keep = _capped(carry, carry_pos == 0, cap)
+        if keep is not None:
+            with memoryview(carry) as view:
+                head, head_pos = bytes(view[:keep]), carry_pos
+            carry, searched = bytearray(), 0
+    if head is not None:
+        yield head_pos, head
+    elif carry:
+        yield carry_pos, bytes(carry)
+
+
+def _header_in(chunk: bytes, last: bytes) -> int:
+    """Index in ``chunk`` of the first '>' that starts a line (``last``: the byte before it), or -1."""
+    if last == b"\n" and chunk[:1] == b">":
+        return 0
+    i = chunk.find(b"\n>")
+    return i + 1 if i >= 0 else -1
 
 
 @dataclass
@@ -238,6 +306,8 @@ def parse_block(block: bytes, base: int, path: str, on_invalid: OnInvalid, max_l
         lens = lens - star
         ends = np.cumsum(lens)
     tok, reasons = _reasons(block, tok, ends, lens, head_end, next_gt, on_invalid, max_length)
+    for r in np.flatnonzero(next_gt - gt > record_byte_cap(max_length)):
+        reasons[int(r)] = too_long(max_length)  # not read whole (iter_blocks hands out its head only)
     starts = base + gt
     ok = np.ones(len(gt), dtype=bool)
     for r, why in sorted(reasons.items()):
@@ -265,7 +335,7 @@ def read_fasta_blocks(
     stats = stats if stats is not None else FastaStats()
     index = 0
     try:
-        for i, (pos, data) in enumerate(iter_blocks(path, block=block)):
+        for i, (pos, data) in enumerate(iter_blocks(path, block=block, max_length=max_length)):
             problems: list[str] = []
             blk = parse_block(data, pos, str(path), on_invalid, max_length, i == 0, stats, problems)
             if blk is None:

@@ -58,6 +58,19 @@ def too_long(max_length: int) -> str:
     return f"longer than max_length={max_length}"
 
 
+#: bytes per allowed residue beyond which a record is too long without counting its residues: real FASTA
+#: has about 1.02 (a line break every 60-80 residues); the slack covers spaced formats, plus long headers
+BYTES_PER_RESIDUE = 4
+HEADER_ALLOWANCE = 1 << 16
+
+
+def record_byte_cap(max_length: int) -> int:
+    """Bytes of one record — from its '>' to the next header or the end of the file — beyond which it is
+    refused as too long. Both readers stop keeping a record's bytes there, so a compressed bomb (one
+    record of a GiB on one line) costs linear time and bounded memory instead of being read whole."""
+    return BYTES_PER_RESIDUE * max_length + HEADER_ALLOWANCE
+
+
 def reason_key(why: str) -> str:
     """The counted reason of a message: its details (which character, where) removed."""
     return why.split(" (")[0]
