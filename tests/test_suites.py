@@ -58,6 +58,10 @@ def test_suite_run_writes_ours_beside_the_anchors(tmp_path, capsys):
     md = (out / "results.md").read_text()
     assert re.search(r"\| dms_blat \| spearman \| -?\d\.\d{3} \(1\) \| -?\d\.\d{3} ± \d\.\d{3} \(2\) \| 0\.362 \|", md), md
     assert "random_init, seed 4: dms_blat in" in md and "trained, seed 4" not in md
+    with open(out / "scores" / "trained" / "dms_blat.csv", newline="") as fh:
+        scored = list(csv.reader(fh))
+    assert scored[0] == ["mutant", "DMS_score", "masked_marginal_wt_context"] and len(scored) == 31
+    assert (out / "scores" / "random_init_seed4" / "dms_blat.csv").is_file()
     assert plm_main(["evaluate", "--checkpoint", str(tmp_path / "m"), "--suite", "mini", "--tasks", "gb1",
                      "--out", str(out)]) == 2
     assert "give --tasks (task names or YAML paths) or --suite" in capsys.readouterr().err

@@ -438,8 +438,18 @@ def prepare_zero_shot(spec: TaskSpec, files: dict[str, Path], opts: dict[str, An
     return PreparedTask(spec, opts, test=variants, wildtype=wt, mutations=parsed)
 
 
-def run_zero_shot(task: PreparedTask, model: Transformer, objective: str, progress: bool) -> list[Row]:
+def run_zero_shot(task: PreparedTask, model: Transformer, objective: str, progress: bool,
+                  scores_dir: Path | None = None) -> list[Row]:
+    """Spearman of the model's scores with the measured ones; ``scores_dir`` also gets ``<task>.csv`` with
+    every variant's measured score and the model's (its column named by ``zero_shot.score_name``)."""
     scores = score_variants(model, objective, task.wildtype, task.mutations, progress=progress)
+    if scores_dir is not None:
+        from plm.evaluation.zero_shot import score_name
+
+        with atomic_file(Path(scores_dir) / f"{task.spec.name}.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["mutant", "DMS_score", score_name(model, objective)])
+            w.writerows([v.mutant, v.score, f"{s:.6g}"] for v, s in zip(task.test, scores))
     m = regression_metrics(torch.tensor(scores), torch.tensor([v.score for v in task.test]))
     return [{"task": task.spec.name, "metric": "spearman", "value": m["spearman"], "split": "all",
              "mode": f"zero_shot_{objective}", "n": len(task.test)}]
@@ -583,10 +593,11 @@ def prepare_all(names: list[str], task_dir: str | None, source: DataSource, max_
 
 
 def run_prepared(task: PreparedTask, model: Transformer, objective: str, mode: str = "frozen",
-                 progress: bool = True) -> list[Row]:
-    """Evaluate one prepared task; every row records the task's seed."""
+                 progress: bool = True, scores_dir: Path | None = None) -> list[Row]:
+    """Evaluate one prepared task; every row records the task's seed (``scores_dir``: zero-shot tasks'
+    per-variant scores)."""
     if task.spec.kind == "zero_shot":
-        rows = run_zero_shot(task, model, objective, progress)
+        rows = run_zero_shot(task, model, objective, progress, scores_dir)
     elif task.spec.kind == "contacts":
         rows = run_contacts(task, model, objective, mode, progress)
     else:

@@ -9,7 +9,9 @@ runs each (weights, seed) in turn and writes:
   rewritten after each run so a failure keeps what finished;
 - ``summary.csv``: per task, metric and weights the mean, the sample standard deviation and the seeds;
 - ``results.md``: the suite's table (ours trained and random init as mean ± sd over seeds, then each
-  anchor column) and the time each run took.
+  anchor column) and the time each run took;
+- ``scores/<weights>/<task>.csv`` for zero-shot tasks: every variant's measured and predicted score (one CSV
+  per assay, as ProteinGym keeps them).
 """
 
 from __future__ import annotations
@@ -158,8 +160,9 @@ def run_suite(suite: Suite, checkpoint: str, out: Path, source: DataSource, over
             model, obj = load_backbone(checkpoint, rand, objective, seed=seed)
             meta = run_metadata(checkpoint, record, rand, obj, source)
             note(f"plm evaluate --suite {suite.name}: {meta['weights']} weights, seed {seed}")
+            scores = out / "scores" / (meta["weights"] if not rand else f"random_init_seed{seed}")
             for task in ran:
-                rows += [{**r, **meta} for r in run_prepared(task, model, obj, suite.mode, progress)]
+                rows += [{**r, **meta} for r in run_prepared(task, model, obj, suite.mode, progress, scores)]
             timings.append(f"{meta['weights']}, seed {seed}: {', '.join(t.spec.name for t in ran)} in "
                            f"{time.monotonic() - start:.0f} s")
             write_suite_results(suite, rows, out, title, timings)

@@ -97,6 +97,15 @@ def clm_llr_scores(model: Transformer, wildtype: str, variants: list[list[Mutati
     return scores
 
 
+def score_name(model: Transformer, objective: str) -> str:
+    """What :func:`score_variants` computes, named exactly (a column of the per-variant CSVs): masked
+    marginals with the wild type as the context of every masked site (ProteinGym's ESM scoring), or the
+    likelihood ratio forward only or averaged with the reversed sequences."""
+    if objective == "mlm":
+        return "masked_marginal_wt_context"
+    return "llr_mean_forward_reverse" if model.config.flavour == "progen2" else "llr_forward"
+
+
 def score_variants(model: Transformer, objective: str, wildtype: str, variants: list[list[Mutation]],
                    batch_size: int = 8, progress: bool = True) -> list[float]:
     """Dispatch on the training objective: 'mlm' → masked marginals, 'clm' → likelihood ratios."""
