@@ -20,7 +20,7 @@ ARGS ?=
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
-	@echo "  variables: SIZE=tiny|8m|35m|…|10b  OBJECTIVE=mlm|clm|transfer  TOKENS=2e9  FORCE=1  ARGS='--trainer.max_steps 10'"
+	@echo "  variables: SIZE=tiny|8m|35m|…|10b  OBJECTIVE=mlm|clm|transfer  TOKENS=2e9  FORCE=1  ARGS='--trainer.max_steps 10 --run_name quick'"
 	@echo "             GPUS=8 NODES=4 (train: devices per node, nodes)  DRY_RUN=1 (train: plan + per-GPU memory, no run)"
 	@echo "             FLOPS=1e21 (plan)  CKPT=checkpoints/mlm/final TASKS=ss3,gb1,dms_blat,contacts (eval, generate)"
 
