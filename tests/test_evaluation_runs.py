@@ -260,8 +260,13 @@ def test_plain_clone_default_uses_the_bundled_subsets_and_says_so(export, tmp_pa
 
 def test_missing_full_data_says_how_to_point_at_it(export, tmp_path, capsys, plain_clone, monkeypatch):
     base = ["evaluate", "--checkpoint", str(export), "--out", str(tmp_path / "out"), "--no-progress"]
-    assert plm_main([*base, "--tasks", "dms_pab1"]) == 2  # ships no bundled subset
-    assert "dms_pab1.yaml: task 'dms_pab1' ships no bundled subset" in capsys.readouterr().err
+    # a user's task YAML with full data only: on a plain clone it cannot run, and says why
+    own = tmp_path / "my_assay.yaml"
+    spec = (tasks.TASK_DIR / "dms_pab1.yaml").read_text()
+    own.write_text(spec.split("small_data:")[0].replace("name: dms_pab1", "name: my_assay")
+                   + "wildtype_id: PABP_YEAST\ncolumns: {mutant: mutant, score: log}\nmetric: spearman\n")
+    assert plm_main([*base, "--tasks", str(own)]) == 2
+    assert "my_assay.yaml: task 'my_assay' ships no bundled subset" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert plm_main([*base, "--tasks", "gb1", "--data-root", str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err.strip()

@@ -139,5 +139,8 @@ def test_generate_cli_writes_fasta(tmp_path, capsys):
     assert all(s.startswith("M") and 1 <= len(s) <= 20 for s in seqs)
     assert generate_main(args) == 0 and out.read_text() == text  # reproducible
     save_pretrained(model, tmp_path / "mlm", objective="mlm")
-    with pytest.raises(ValueError, match="MLM export"):
-        generate_main(["--checkpoint", str(tmp_path / "mlm"), "--out", str(out)])
+    capsys.readouterr()
+    assert generate_main(["--checkpoint", str(tmp_path / "mlm"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "an MLM export" in err and "needs a causal LM" in err and "Traceback" not in err
+    assert out.read_text() == text  # the refused run did not touch the earlier samples
