@@ -25,18 +25,16 @@ from pathlib import Path
 
 import numpy as np
 
-from plm.evaluation.datasets import (
+from plm.evaluation.readers.common import (
+    LabelError,
     ResidueRecord,
-    _apply_mask,
-    _cropped,
     _problem_error,
-    _raise_problems,
-    header_fields,
-    is_true,
+    as_paths,
     iter_fasta_text,
     open_text,
     read_ids,
 )
+from plm.evaluation.readers.residue_fasta import read_label_fasta
 
 
 @dataclass
@@ -74,35 +72,18 @@ def read_residue_multilabel(sequences: str | Path, labels: str | Path, classes: 
     """Per-residue (L, C) 0/1 labels from a FLIP-style label FASTA through ``label_map``; residues outside
     the mask get a row of ``IGNORE``."""
     vectors = label_vectors(label_map, classes)
-    seqs = {rid: s for rid, _, s in iter_fasta_text(sequences)}
-    masks = {rid: m for rid, _, m in iter_fasta_text(mask)} if mask else {}
-    records, problems = [], []
-    for rid, desc, lab in iter_fasta_text(labels):
-        seq = seqs.get(rid)
-        if seq is None:
-            problems.append(f"record {rid!r} has labels but no sequence in {sequences}")
-            continue
+
+    def encode(lab: str, seq: str) -> np.ndarray:
         if len(lab) != len(seq):
-            problems.append(f"record {rid!r}: {len(lab)} labels for a {len(seq)}-residue sequence")
-            continue
+            raise LabelError(f"{len(lab)} labels for a {len(seq)}-residue sequence")
         bad = sorted(set(lab) - set(vectors))
         if bad:
-            problems.append(f"record {rid!r}: label character(s) {bad} not in the task's label_map {sorted(vectors)}")
-            continue
-        y = np.stack([vectors[c] for c in lab])
-        if mask:
-            m = masks.get(rid)
-            if m is None or len(m) != len(seq):
-                problems.append(f"record {rid!r}: mask missing or of length {len(m or '')} != {len(seq)} in {mask}")
-                continue
-            _apply_mask(y, m)
-        fields = header_fields(desc)
-        records.append(_cropped(ResidueRecord(rid, seq, y, fields.get(split_field, ""),
-                                              is_true(fields.get(validation_field or "", ""))), max_len))
-    _raise_problems(Path(labels), records, problems, "bad label records",
-                    "Labels, sequences and mask must share ids, with one label character per residue, each a key of "
-                    "label_map.", "no label records found (is it a FASTA file?)")
-    return records
+            raise LabelError(f"label character(s) {bad} not in the task's label_map {sorted(vectors)}")
+        return np.stack([vectors[c] for c in lab])
+
+    return read_label_fasta(sequences, labels, encode, mask, split_field, validation_field, max_len,
+                            "Labels, sequences and mask must share ids, with one label character per residue, "
+                            "each a key of label_map.")
 
 
 def read_annotations(path: str | Path) -> tuple[dict[str, list[str]], list[str] | None]:
@@ -135,8 +116,6 @@ def read_id_annotations(sequences: str | Path, labels: str | Path, train: str | 
                         max_len: int | None = None) -> LabelledRecords:
     """Records of the ids the ``train`` / ``valid`` / ``test`` lists name (valid ones are training records
     flagged for validation), each with its labels as a 0/1 vector over ``classes`` (module docstring)."""
-    from plm.evaluation.datasets import as_paths
-
     annotations, vocabulary = read_annotations(labels)
     classes = list(classes or vocabulary or sorted({c for v in annotations.values() for c in v}))
     index = {c: i for i, c in enumerate(classes)}

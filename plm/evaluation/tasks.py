@@ -20,37 +20,20 @@ from typing import Any
 import yaml
 
 from plm.evaluation import kinds
+from plm.evaluation.formats import FILES, FORMATS, KINDS
 
 REPO = Path(__file__).resolve().parents[2]
 TASK_DIR = REPO / "evaluation" / "tasks"
 SMALL_DATA_ROOT = REPO / "evaluation" / "data"
 
-# kind → the formats that can feed it (the first is the default when a YAML names no format)
-KINDS = {
-    "residue_classification": ["residue_fasta", "residue_table", "annotated_fasta"],
-    "sequence_regression": ["sequence_csv"],
-    "sequence_classification": ["sequence_csv", "sequence_fasta"],
-    "zero_shot": ["dms_csv"],
-    "contacts": ["structures"],
-    "residue_multilabel": ["residue_fasta"],
-    "sequence_multilabel": ["id_annotations"],
-}
-# files each format needs in ``data`` (others optional); ``train``/``test`` roles split by file and
-# may list several files (TMbed's cross-validation folds)
-FILES = {
-    "residue_fasta": (["sequences", "labels"], ["mask"]),
-    "residue_table": (["table"], []),
-    "annotated_fasta": (["train", "test"], ["exclude"]),
-    "sequence_csv": (["table"], []),
-    "sequence_fasta": (["train", "test"], ["exclude"]),
-    "dms_csv": (["table", "wildtype"], []),
-    "structures": ([], ["dir", "files", "index"]),
-    "id_annotations": (["sequences", "labels", "train", "test"], ["valid"]),
-}
+# The schema's kinds and formats (kind → formats that can feed it, the first the default; format →
+# (required, optional) ``data`` roles) are derived from the one registry of readers, never restated here.
+# ``train``/``test`` roles split by file and may list several files (TMbed's cross-validation folds).
 LIST_ROLES = {"train", "test"}
+# keys a format needs (``header_pattern``, ``wildtype_id``) come with their format's registry entry
 TOP_KEYS = {"name", "description", "kind", "format", "data", "small_data", "columns", "classes", "split",
-            "head", "metric", "defaults", "wildtype_id", "offset", "min_contacts", "header_pattern", "ignore_labels",
-            "label_map"}
+            "head", "metric", "defaults", "offset", "min_contacts", "ignore_labels",
+            "label_map"} | {key for f in FORMATS.values() for key in f.needs}
 # ``layer``: representation probes read (ESM repr_layers numbering, -1 = final after the final norm);
 # ``probe_c``, ``probe_max_iter``: the frozen linear probe's inverse L2 strength (scikit-learn's C) and
 # L-BFGS iterations (heads.fit_linear_probe); epochs / lr apply to MLP heads, LoRA and full fine-tuning.
@@ -258,10 +241,9 @@ def load_task(name_or_path: str | Path, task_dir: str | Path | None = None) -> T
         problems.append(metric_problem)
     if raw.get("head", "linear") not in ("linear", "mlp", "attention", "pairwise"):
         problems.append(f"head {raw.get('head')!r}: use linear, mlp (probes) or attention, pairwise (contacts)")
-    if fmt == "sequence_fasta" and not raw.get("header_pattern"):
-        problems.append("format sequence_fasta needs 'header_pattern' (a regex with a (?P<target>...) group)")
-    if fmt == "dms_csv" and not raw.get("wildtype_id"):
-        problems.append("format dms_csv needs 'wildtype_id' (record id in the wild-type FASTA)")
+    for key, what in (FORMATS[fmt].needs if fmt in FORMATS else {}).items():
+        if not raw.get(key):
+            problems.append(f"format {fmt} needs '{key}' ({what})")
     if fmt in FILES:
         problems += split_problems(raw.get("split") or {}, fmt, raw.get("columns") or {})
     if problems:
