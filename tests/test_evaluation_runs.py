@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from plm.cli import main as plm_main
-from plm.evaluation import runner, tasks
+from plm.evaluation import runner, splits, tasks, zero_shot_task
 from plm.evaluation.datasets import SequenceRecord
 from plm.evaluation.tasks import load_task
 from plm.model.io import save_pretrained
@@ -150,7 +150,7 @@ def test_near_duplicates_reported_with_mmseqs_and_said_unchecked_without(monkeyp
     spec = load_task("gb1")
     train, test = [SequenceRecord("a", "MKVLLG", 0.0)], [SequenceRecord("t", "MKVLLA", 0.0), SequenceRecord("u", "WWW", 0.0)]
     monkeypatch.setattr(mm, "find_mmseqs", lambda *a: None)
-    monkeypatch.setattr(runner, "_HINTS_GIVEN", set())
+    monkeypatch.setattr(splits, "_HINTS_GIVEN", set())
     assert runner.near_duplicate_note(spec, train, test) == (
         "gb1: identical sequences checked; near-duplicates (>= 90% identity) between train and test not checked "
         "(no MMseqs2: apt-get install mmseqs2, or set PLM_MMSEQS to the binary)")
@@ -180,7 +180,7 @@ def test_every_task_is_checked_before_the_model_loads(export, tmp_path, capsys, 
 
 def test_a_later_failure_keeps_the_finished_tasks(export, tmp_path, monkeypatch, capsys):
     first, second = dms_task(tmp_path, "first"), dms_task(tmp_path, "second")
-    real, calls = runner.score_variants, []
+    real, calls = zero_shot_task.score_variants, []
 
     def fail_second(*args, **kwargs):
         calls.append(1)
@@ -188,7 +188,7 @@ def test_a_later_failure_keeps_the_finished_tasks(export, tmp_path, monkeypatch,
             raise RuntimeError("out of memory")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "score_variants", fail_second)
+    monkeypatch.setattr(zero_shot_task, "score_variants", fail_second)
     with pytest.raises(RuntimeError, match="out of memory"):
         evaluate(export, tmp_path, f"{first},{second}", tmp_path / "out")
     assert [r["task"] for r in read_rows(tmp_path / "out")] == ["first"]

@@ -1,7 +1,7 @@
 """``DownstreamDataModule``: a task YAML's data as train / validation / test loaders for ``plm finetune``.
 
 The records, the split rule, the train-test overlap removal and the caps are ``plm evaluate``'s own
-(:func:`plm.evaluation.runner.load_records`, :func:`~plm.evaluation.runner.split_records`), so a fine-tuned
+(:func:`plm.evaluation.datasets.load_records`, :func:`~plm.evaluation.splits.split_records`), so a fine-tuned
 model is scored on the test set ``plm evaluate`` reports. Validation comes from the task when it marks
 records for it (FLIP's ``VALIDATION=True`` / ``validation`` column via ``columns.validation``, a ``valid``
 file role), else it is carved out of the training records by hashing each sequence (:func:`carve_validation`).
@@ -109,7 +109,7 @@ def label_tensor(kind: str, record: Any) -> Tensor:
 def collate(kind: str, examples: list[dict[str, Any]]) -> dict[str, Any]:
     """Padded tokens (``<cls> seq <eos> <pad>…``), labels padded with ``IGNORE`` along the residues, and
     each example's index in its part (frozen mode looks cached features up by it)."""
-    from plm.evaluation.runner import pad_tokens
+    from plm.evaluation.backbone import pad_tokens
 
     labels = [e["labels"] for e in examples]
     if kind in kinds.RESIDUE_KINDS:
@@ -167,7 +167,8 @@ class DownstreamDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.records:
             return
-        from plm.evaluation.runner import load_records, split_records
+        from plm.evaluation.datasets import load_records
+        from plm.evaluation.splits import split_records
 
         source = resolve_data(self.data_root, self.small)
         if source.note:

@@ -284,7 +284,7 @@ class FineTune(pl.LightningModule):
         """Frozen features of a part's records, embedded once (all of the part, in a fixed order and
         batching, so a resumed run caches exactly what the first attempt did)."""
         if part not in self._features:
-            from plm.evaluation.runner import embed
+            from plm.evaluation.backbone import embed
 
             seqs = self._datamodule().sequences(part)
             feats = embed(self.backbone, seqs, 10**9, self.causal, self.embed_batch_size, progress=False,

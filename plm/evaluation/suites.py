@@ -121,7 +121,7 @@ def suite_markdown(suite: Suite, rows: list[dict[str, Any]], title: str, timings
 
 
 def write_suite_results(suite: Suite, rows: list[dict[str, Any]], out: Path, title: str, timings: list[str]) -> None:
-    from plm.evaluation.runner import FIELDS
+    from plm.evaluation.results import FIELDS
 
     out.mkdir(parents=True, exist_ok=True)
     with atomic_file(out / "results.csv", "w", newline="") as fh:
@@ -140,7 +140,10 @@ def run_suite(suite: Suite, checkpoint: str, out: Path, source: DataSource, over
               seeds: list[int] | None = None) -> list[dict[str, Any]]:
     """Every (weights, seed) of the suite in turn; the tasks are checked for every seed before any model
     is loaded."""
-    from plm.evaluation.runner import load_backbone, note, prepare_all, run_metadata, run_prepared
+    from plm.evaluation.backbone import load_backbone
+    from plm.evaluation.loop import prepare_all, run_prepared
+    from plm.evaluation.prepared import note
+    from plm.evaluation.results import run_metadata
     from plm.model.record import read_record
 
     record = read_record(checkpoint)

@@ -1,0 +1,67 @@
+"""The model side of an evaluation: loading a backbone (trained, or the same architecture re-drawn as the
+random-init baseline), tokenising sequences into padded batches, and frozen residue embeddings.
+
+Kept apart from the task logic so the CLI, the periodic-evaluation callback, ``plm predict`` and
+fine-tuning all load and embed the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from plm.model.transformer import Transformer
+from plm.tokenizer import PAD, encode
+
+
+def read_objective(path: str | Path) -> str:
+    """The objective the weights were saved under (plm.model.record), never the run's start-time
+    hyper-parameters: a checkpoint taken after a CLM→MLM switch holds an MLM."""
+    from plm.model.record import read_record
+
+    return read_record(path).objective
+
+
+def load_backbone(checkpoint: str | Path, random_init: bool = False, objective: str | None = None,
+                  seed: int = 0) -> tuple[Transformer, str]:
+    """Load weights and their record; ``random_init`` keeps the architecture and re-draws the weights
+    (the baseline a trained model must beat)."""
+    from plm.model.io import load_with_record
+
+    model, record = load_with_record(checkpoint)
+    objective = objective or record.objective
+    if random_init:
+        torch.manual_seed(seed)
+        model = Transformer(model.config).eval()
+    return model, objective
+
+
+def pad_tokens(seqs: list[str], max_len: int) -> Tensor:
+    """<cls> seq <eos> rows padded with <pad>; sequences longer than ``max_len`` are cropped."""
+    rows = [encode(s[:max_len], on_unknown="x") for s in seqs]
+    out = torch.full((len(rows), max(map(len, rows))), PAD, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r)
+    return out
+
+
+@torch.no_grad()
+def embed(model: Transformer, seqs: list[str], max_len: int, causal: bool, batch_size: int = 16,
+          progress: bool = True, desc: str = "embedding", layer: int = -1) -> list[Tensor]:
+    """Residue embeddings (L, h) of ``layer`` per sequence, computed once for frozen probes (length-sorted
+    batches)."""
+    from plm.evaluation.finetune import residue_features
+
+    model.eval()
+    device = next(model.parameters()).device
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    out: list[Tensor | None] = [None] * len(seqs)
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress):
+        idx = order[start : start + batch_size]
+        feats, _ = residue_features(model, pad_tokens([seqs[i] for i in idx], max_len).to(device), causal, layer)
+        for row, i in enumerate(idx):
+            out[i] = feats[row, : min(len(seqs[i]), max_len)].float().cpu()
+    return out  # type: ignore[return-value]
