@@ -150,8 +150,11 @@ def fit_isoflop(runs: list[Run], n_boot: int = 1000, seed: int = 0,
         minima.append(m)
     used = [m for m in minima if m.used]
     if len(used) < MIN_BUDGETS:
+        unbracketed = any(not m.used for m in minima)  # left out only because their minimum is extrapolated
+        hint = (" (or pass --keep-extrapolated to fit the unbracketed budgets anyway, with wide intervals)"
+                if unbracketed and not keep_extrapolated else "")
         raise ValueError(f"only {len(used)} budget(s) have a convex IsoFLOP curve with its minimum inside the sizes "
-                         f"tried; need {MIN_BUDGETS}: " + "; ".join(notes))
+                         f"tried; need {MIN_BUDGETS}{hint}: " + "; ".join(notes))
     c = np.array([m.flops for m in used])
     n_fit = _power_fit(c, np.array([m.n_opt for m in used]))
     d_fit = _power_fit(c, np.array([m.d_opt for m in used]))
