@@ -20,9 +20,9 @@ ARGS ?=
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
-	@echo "  variables: SIZE=tiny|8m|35m|…|10b  OBJECTIVE=mlm|clm|transfer  TOKENS=2e9  FORCE=1  ARGS='--trainer.max_steps 10 --run_name quick'"
+	@echo "  variables: SIZE=tiny|8m|35m|…|10b  OBJECTIVE=mlm|clm|transfer  TOKENS=2e9 (with SIZE)  FORCE=1  ARGS='--trainer.max_steps 10 --run_name quick'"
 	@echo "             GPUS=8 NODES=4 (train: devices per node, nodes)  DRY_RUN=1 (train: plan + per-GPU memory, no run)"
-	@echo "             FLOPS=1e21 (plan)  CKPT=checkpoints/mlm/final TASKS=ss3,gb1,dms_blat,contacts (eval, generate)"
+	@echo "             FLOPS=1e21 (plan)  CKPT=DIR (eval, generate)  TASKS=ss3,gb1,dms_blat,contacts (eval)"
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,7 +35,7 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed ## create .venv and install plm (idempotent)
 
-train: setup ## train: CPU demo by default; SIZE=… OBJECTIVE=mlm|clm TOKENS=… GPUS=… NODES=… DRY_RUN=1 FORCE=1
+train: setup ## train: CPU demo by default; SIZE=… OBJECTIVE=mlm|clm|transfer TOKENS=… (with SIZE) GPUS=… NODES=… DRY_RUN=1 FORCE=1
 	$(BIN)/plm train $(if $(SIZE),--size $(SIZE)) --objective $(OBJECTIVE) $(if $(TOKENS),--tokens $(TOKENS)) \
 	  $(if $(GPUS),--devices $(GPUS)) $(if $(NODES),--num-nodes $(NODES)) $(if $(DRY_RUN),--dry-run) $(if $(FORCE),--force) $(ARGS)
 
