@@ -344,10 +344,7 @@ NEEDS_INPUTS = ("evaluate", "predict", "generate", "score", "convert", "data", "
 
 
 #: known departures, each a strict xfail so the fix shows up here: (command words, what happens instead)
-KNOWN = {("data", "decontaminate"): "FileNotFoundError traceback for a missing --train (plm/identity)",
-         ("data", "split-by-identity"): "FileNotFoundError traceback for a missing --source (plm/identity)",
-         ("data", "cluster"): "FileNotFoundError traceback for a missing --in (plm/identity)",
-         ("convert",): "one line, but exit code 1 where every other command's expected errors exit 2 (plm/convert_cli.py)"}
+KNOWN = {("convert",): "one line, but exit code 1 where every other command's expected errors exit 2 (plm/convert_cli.py)"}
 
 
 def _needs_inputs() -> list:

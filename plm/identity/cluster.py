@@ -13,10 +13,17 @@ import csv
 import json
 from pathlib import Path
 
+from plm.errors import add_debug_argument, one_line_errors
 from plm.identity import fallback
 from plm.identity.search import Backend, Fallback, add_backend_args, backend_from_args, method_name
 from plm.identity.seqio import read_train, write_indexed_fasta
 from plm.utils.atomic import atomic_file, atomic_write_text
+
+
+def check_input(fasta: str | Path) -> None:
+    """A missing ``--in`` fails here, before a backend is chosen or anything is read."""
+    if not Path(fasta).is_file():
+        raise FileNotFoundError(f"--in {fasta}: no such file; give the FASTA(.gz) to cluster")
 
 
 def cluster(fasta: str | Path, out: str | Path, backend: Backend, min_identity: float, coverage: float = 0.8,
@@ -24,6 +31,7 @@ def cluster(fasta: str | Path, out: str | Path, backend: Backend, min_identity: 
     """Write the cluster TSV to ``out`` (and ``out`` + ``.json`` with counts); returns the counts."""
     if not 0.0 < min_identity <= 1.0:
         raise ValueError(f"--min-identity {min_identity}: must be a fraction in (0, 1]")
+    check_input(fasta)
     records = read_train(fasta)
     if not records:
         raise ValueError(f"--in {fasta}: no sequences")
@@ -51,6 +59,7 @@ def cluster(fasta: str | Path, out: str | Path, backend: Backend, min_identity: 
     return summary
 
 
+@one_line_errors("plm data cluster", expected=(FileNotFoundError, ValueError))  # FastaError is a ValueError
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="plm data cluster", description=__doc__.split("\n\n")[0])
     p.add_argument("--in", dest="fasta", required=True, help="FASTA(.gz) to cluster (ids as `plm data prepare` reads them)")
@@ -60,7 +69,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--cov-mode", type=int, default=0, help="mmseqs --cov-mode: 0 both sequences, 1 target, 2 query")
     p.add_argument("--linclust", action="store_true", help="linear-time easy-linclust (for very large inputs)")
     add_backend_args(p)
+    add_debug_argument(p)
     args = p.parse_args(argv)
+    check_input(args.fasta)  # before `--backend auto` may warn about mmseqs
     s = cluster(args.fasta, args.out, backend_from_args(args), args.min_identity, args.coverage, args.cov_mode,
                 args.linclust)
     print(f"{s['in']}: {s['records']:,} records → {s['clusters']:,} clusters at {s['min_identity']:.0%} identity "

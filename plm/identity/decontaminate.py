@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from plm.errors import add_debug_argument, one_line_errors
 from plm.identity.search import (
     Backend,
     add_backend_args,
@@ -41,12 +42,20 @@ def read_exclusions(store_dir: str | Path) -> np.ndarray:
     return np.load(path) if path.is_file() else np.zeros(0, dtype=np.int64)
 
 
+def check_inputs(train: str | Path, against: list[str | Path]) -> None:
+    """A missing ``--train`` or ``--against`` fails here, before a backend is chosen or anything is read."""
+    if not Path(train).exists():
+        raise FileNotFoundError(f"--train {train}: no such FASTA file or prepared store directory; give the "
+                                "training FASTA(.gz) or a directory `plm data prepare` wrote")
+    missing = [str(p) for p in against if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"--against: evaluation file(s) not found: {', '.join(missing)}; "
+                                "give existing FASTA or CSV/TSV files of the evaluation sequences")
+
+
 def load_evaluation(paths: list[str | Path]) -> list[SeqRecord]:
     """All evaluation sequences, ids prefixed by ``folder/file`` so the report says where a hit is (task
     sets reuse file names such as ``sequences.fasta``)."""
-    missing = [str(p) for p in paths if not Path(p).is_file()]
-    if missing:
-        raise FileNotFoundError(f"--against: evaluation file(s) not found: {', '.join(missing)}")
     out = []
     for p in paths:
         label = f"{Path(p).resolve().parent.name}/{Path(p).name}"
@@ -71,8 +80,7 @@ def decontaminate(
     if not 0.0 < min_identity <= 1.0:
         raise ValueError(f"--min-identity {min_identity}: must be a fraction in (0, 1]")
     train, out = Path(train), Path(out)
-    if not train.exists():
-        raise FileNotFoundError(f"--train {train}: no such FASTA file or prepared store directory")
+    check_inputs(train, against)
     evaluation = load_evaluation(against)
     out.mkdir(parents=True, exist_ok=True)
     parts = {k: read_store(v) for k, v in store_splits(train).items()} if train.is_dir() else {"-": read_train(train)}
@@ -121,6 +129,7 @@ def decontaminate(
     return summary
 
 
+@one_line_errors("plm data decontaminate", expected=(FileNotFoundError, ValueError))  # FastaError is a ValueError
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="plm data decontaminate", description=__doc__.split("\n\n")[0])
     p.add_argument("--train", required=True, help="training FASTA(.gz) or prepared store directory (DIR/<split>/tokens.bin)")
@@ -133,7 +142,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--cov-mode", type=int, default=0, help="mmseqs --cov-mode: 0 both, 1 target (eval), 2 query (train)")
     p.add_argument("--evalue", type=float, default=1e-3, help="mmseqs -e: max e-value of a counted alignment")
     add_backend_args(p)
+    add_debug_argument(p)
     args = p.parse_args(argv)
+    check_inputs(args.train, args.against)  # before `--backend auto` may warn about mmseqs
     s = decontaminate(args.train, args.against, args.out, backend_from_args(args), args.min_identity, args.list_only,
                       args.coverage, args.cov_mode, args.evalue)
     verb = "would remove" if s["list_only"] else "removed"

@@ -19,6 +19,7 @@ import itertools
 import json
 from pathlib import Path
 
+from plm.errors import add_debug_argument, one_line_errors
 from plm.identity.search import Backend, add_backend_args, backend_from_args, best_hits, method_name
 from plm.identity.seqio import SeqRecord, read_sequences, read_store, read_train, store_splits, write_fasta
 from plm.utils.atomic import atomic_file, atomic_write_text
@@ -47,11 +48,19 @@ def bin_of(identity: float, bounds: list[float]) -> int:
     return sum(identity >= b for b in bounds)
 
 
+def check_inputs(source: str | Path, train: list[str | Path]) -> None:
+    """A missing ``--source`` or ``--train`` fails here, before a backend is chosen or anything is read."""
+    if not Path(source).is_file():
+        raise FileNotFoundError(f"--source {source}: no such file; give the candidate held-out sequences "
+                                "as a FASTA or CSV/TSV file")
+    missing = [str(p) for p in train if not Path(p).exists()]
+    if missing:
+        raise FileNotFoundError(f"--train: not found: {', '.join(missing)}; give existing training FASTA file(s) "
+                                "or directories `plm data prepare` wrote")
+
+
 def load_training(paths: list[str | Path]) -> list[SeqRecord]:
     """Training sequences from FASTA files and/or prepared store directories (all splits)."""
-    missing = [str(p) for p in paths if not Path(p).exists()]
-    if missing:
-        raise FileNotFoundError(f"--train: not found: {', '.join(missing)}")
     out: list[SeqRecord] = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -66,6 +75,7 @@ def split_by_identity(source: str | Path, train: list[str | Path], bounds: list[
                       backend: Backend, evalue: float = 1e-3, exhaustive: bool = False) -> dict:
     """Bin ``source`` records by max identity to ``train``; writes the files described in the module doc."""
     bounds = parse_bins(bounds)
+    check_inputs(source, train)
     records = read_sequences(source)
     if not records:
         raise ValueError(f"--source {source}: no sequences")
@@ -103,6 +113,7 @@ def split_by_identity(source: str | Path, train: list[str | Path], bounds: list[
     return summary
 
 
+@one_line_errors("plm data split-by-identity", expected=(FileNotFoundError, ValueError))
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="plm data split-by-identity", description=__doc__.split("\n\n")[0])
     p.add_argument("--source", required=True, help="candidate held-out sequences (FASTA, or CSV/TSV with a sequence column)")
@@ -112,7 +123,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--evalue", type=float, default=1e-3, help="mmseqs -e: alignments above it do not count")
     p.add_argument("--exhaustive", action="store_true", help="mmseqs without prefilter: slower, misses no hit")
     add_backend_args(p)
+    add_debug_argument(p)
     args = p.parse_args(argv)
+    check_inputs(args.source, args.train)  # before `--backend auto` may warn about mmseqs
     s = split_by_identity(args.source, args.train, args.bins, args.out, backend_from_args(args), args.evalue,
                           args.exhaustive)
     counts = ", ".join(f"{n}: {v['records']:,}" for n, v in s["disjoint_bins"].items())
