@@ -6,7 +6,8 @@ Thin on purpose: the key-map tables and format quirks live in :mod:`plm.model.co
 from __future__ import annotations
 
 import argparse
-import sys
+
+from plm.errors import add_debug_argument, one_line_errors
 
 EXAMPLES = """examples:
   plm convert --from esm2 --to plm esm2_t6_8M_UR50D.pt weights/esm2_8m
@@ -64,27 +65,25 @@ def build_parser() -> argparse.ArgumentParser:
         "plm ids), plm = already plm ids; auto = plm if the embedding has 33 rows, else progen2",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_debug_argument(p)
     return p
 
 
+# CheckpointError (missing, truncated or unfitting weights) is a ValueError; exit 2 like every command
+@one_line_errors("plm convert", expected=(ValueError, FileNotFoundError))
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from plm.model.convert import convert
-    from plm.model.io import CheckpointError
 
-    try:
-        _, summary = convert(
-            args.src,
-            args.dst,
-            args.input,
-            args.output,
-            n_head=args.n_head,
-            contact_regression=args.contact_regression,
-            vocab=args.vocab,
-            progress=not args.no_progress,
-        )
-    except (CheckpointError, ValueError) as err:
-        print(f"plm convert: error: {err}", file=sys.stderr)
-        return 1
+    _, summary = convert(
+        args.src,
+        args.dst,
+        args.input,
+        args.output,
+        n_head=args.n_head,
+        contact_regression=args.contact_regression,
+        vocab=args.vocab,
+        progress=not args.no_progress,
+    )
     print(summary)
     return 0

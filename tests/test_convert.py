@@ -451,7 +451,7 @@ def test_progen2_mlm_has_no_hf_export(tmp_path, capsys):
     """Bug: an MLM with the progen2 flavour became GPTJForCausalLM, whose attention is always causal."""
     save_pretrained(tiny_model("progen2", rotary_dim=6), tmp_path / "mlm", objective="mlm")
     args = ["convert", "--from", "plm", "--to", "hf", str(tmp_path / "mlm"), str(tmp_path / "hf"), "--no-progress"]
-    assert plm_main(args) == 1
+    assert plm_main(args) == 2
     err = capsys.readouterr().err
     assert "mlm: an MLM with the progen2 flavour has no Hugging Face equivalent" in err
     assert "Use the plm export instead" in err and "esm2 flavour" in err
@@ -579,11 +579,18 @@ def test_truncated_and_unsafe_files(tmp_path):
         load_esm2_pt(path, progress=False)
 
 
-def test_cli_error_exit_code_and_message(tmp_path, capsys):
-    assert (
-        plm_main(["convert", "--from", "hf-esm", "--to", "plm", str(tmp_path / "nope"), str(tmp_path / "o")])
-        == 1
-    )
-    assert "nope/config.json: not found" in capsys.readouterr().err
-    assert plm_main(["convert", "--from", "plm", "--to", "plm", str(tmp_path), str(tmp_path / "o")]) == 1
+def test_cli_error_exit_code_and_message(tmp_path, capsys, monkeypatch):
+    """Expected errors exit 2 in one line like every other command (issue 25); --debug adds the traceback."""
+    monkeypatch.delenv("PLM_DEBUG", raising=False)
+    args = ["convert", "--from", "hf-esm", "--to", "plm", str(tmp_path / "nope"), str(tmp_path / "o")]
+    assert plm_main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("plm convert: ") and "nope/config.json: not found" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert plm_main([*args, "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("plm convert: ")
+    assert plm_main(["convert", "--from", "plm", "--to", "plm", str(tmp_path), str(tmp_path / "o")]) == 2
     assert "choose --to hf" in capsys.readouterr().err
+    assert plm_main(["convert", "--from", "esm2", "--to", "plm", str(tmp_path / "no.pt"), str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == f"plm convert: {tmp_path / 'no.pt'}: no such file\n"

@@ -343,22 +343,8 @@ def test_fit_laws_on_the_shipped_sweep_names_keep_extrapolated(repo_like):
 NEEDS_INPUTS = ("evaluate", "predict", "generate", "score", "convert", "data", "finetune", "fit-laws")
 
 
-#: known departures, each a strict xfail so the fix shows up here: (command words, what happens instead)
-KNOWN = {("convert",): "one line, but exit code 1 where every other command's expected errors exit 2 (plm/convert_cli.py)"}
-
-
-def _needs_inputs() -> list:
-    params = []
-    for c in PLM:
-        if c.argv[1] not in NEEDS_INPUTS:
-            continue
-        why = KNOWN.get(tuple(c.argv[1:3])) or KNOWN.get(tuple(c.argv[1:2]))
-        params.append(pytest.param(c, id=str(c), marks=[pytest.mark.xfail(strict=True, reason=why)] if why else []))
-    return params
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("cmd", _needs_inputs())
+@pytest.mark.parametrize("cmd", [pytest.param(c, id=str(c)) for c in PLM if c.argv[1] in NEEDS_INPUTS])
 def test_commands_without_their_inputs_fail_in_one_line(cmd, repo_like):
     rc, _, err = _call(list(cmd.argv[1:]))
     assert rc == 2, f"{cmd}: exit {rc}\n{err[-3000:]}"
