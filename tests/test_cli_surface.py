@@ -2,7 +2,8 @@
 
 Every command `plm --help` lists (and every `plm data` subcommand) is called with its parser caught at its
 first parse, so nothing runs; each parser's options are read from the parser object — option strings,
-required, nargs, choices, default, action kind — together with its mutually exclusive groups. For the
+required, nargs, choices, default, action kind — together with its mutually exclusive groups. Positional
+arguments keep their order; options are sorted (their order only shows in --help). For the
 LightningCLI commands (fit, validate, test, finetune) only the top-level options are frozen (--config,
 --run_name, --ckpt_path …), not the model/data/trainer fields, which follow the classes. Help texts are
 not frozen: rewording one is not a change of surface.
@@ -88,8 +89,10 @@ def parser_surface(parser: argparse.ArgumentParser, top_level_only: bool = False
     """Options (``top_level_only``: those whose dest has no dot, for LightningCLI) and exclusive groups."""
     actions = [a for a in parser._actions if not isinstance(a, argparse._HelpAction)
                and not (top_level_only and "." in a.dest) and not isinstance(a, argparse._SubParsersAction)]
-    surface: dict[str, Any] = {"options": [_action(a) for a in actions]}
-    groups = [{"flags": [f for a in g._group_actions for f in a.option_strings], "required": g.required}
+    positionals = [_action(a) for a in actions if not a.option_strings]  # in order: the order is the surface
+    options = sorted((_action(a) for a in actions if a.option_strings), key=lambda o: o["flags"][-1].lstrip("-"))
+    surface: dict[str, Any] = {"options": positionals + options}  # options sorted: their order is only --help's
+    groups = [{"flags": sorted(f for a in g._group_actions for f in a.option_strings), "required": g.required}
               for g in parser._mutually_exclusive_groups]
     if groups:
         surface["exclusive"] = groups
