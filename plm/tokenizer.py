@@ -3,7 +3,7 @@
 Keeping ESM-2's ids means ESM-2 checkpoints load without remapping rows and a CLM trained here can be
 turned into an MLM without touching its embedding (CLM uses ``<cls>`` … ``<eos>`` as begin/end).
 
-Character policy (one policy, documented in the README):
+Character policy (one policy, documented in docs/data.md, "FASTA policy"):
   * lowercase letters are upper-cased;
   * whitespace and a trailing ``*`` (stop codon written by gene callers) are removed;
   * any other character outside the alphabet raises ``InvalidSequenceError`` (``on_unknown="error"``,

@@ -85,7 +85,7 @@ def test_held_out_bins_hold_under_an_independent_search(mm, tmp_path):
     The second search uses the same MMseqs2 settings on purpose: local-alignment identity depends on the
     alignment found, and an exhaustive (no-prefilter) search can report a longer alignment of the same
     pair with lower identity (3hhjB00: 0.535 over 28 aa vs 0.388 over 54 aa), so bins are defined
-    under the stated settings (README, "Identity")."""
+    under the stated settings (docs/data.md, "Sequence identity with MMseqs2")."""
     source, train = FIXTURES / "cath_s40_sample.fasta", FIXTURES / "pretrain_sample.fasta.gz"
     s = split_by_identity(source, [train], [0.5, 0.9], tmp_path / "bins", mm)
     counts = {k: v["records"] for k, v in s["disjoint_bins"].items()}

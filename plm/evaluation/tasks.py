@@ -48,8 +48,8 @@ SPLIT_KEYS = ("train", "test", "train_fraction")
 DATA_ROOT_ENV = "PLM_DATA_ROOT"
 # The CI layout (full task files beside the checkout); users point --data-root / $PLM_DATA_ROOT at theirs.
 CI_DATA_ROOT = REPO.parent / "shared" / "data"
-POINT_HINT = (f"point --data-root or ${DATA_ROOT_ENV} at the full task data (README: 'Task data' lists where "
-              "each set comes from)")
+POINT_HINT = (f"point --data-root or ${DATA_ROOT_ENV} at the full task data (docs/evaluation.md, 'Task data', "
+              "lists where each set comes from)")
 FULL_DATA_HINT = f"{POINT_HINT}, or pass --small to use the bundled subsets"
 
 

@@ -4,8 +4,8 @@
         --data-root DIR
 
 Runs ``plm evaluate`` twice (trained, --random-init) on every task below with the full task files
-(``--data-root``, else ``$PLM_DATA_ROOT``, else the CI layout; the README's 'Task data' table says where
-each set comes from) and each task YAML's own caps (``--max-train`` / ``--max-test`` override them for all
+(``--data-root``, else ``$PLM_DATA_ROOT``, else the CI layout; the 'Task data' table of docs/evaluation.md says
+where each set comes from) and each task YAML's own caps (``--max-train`` / ``--max-test`` override them for all
 tasks), then writes results.csv (every row of both runs) and the table in README.md between the RESULTS
 markers. The committed table is on the full data: without it the script stops, and ``--small`` runs the
 bundled subsets and only prints the table, so the committed files never mix the two.

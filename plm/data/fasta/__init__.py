@@ -1,6 +1,6 @@
 """FASTA: the one reader policy for every FASTA (and sequence table) this project reads.
 
-Policy (the README's "Data" section summarises it; this is the full statement):
+Policy (docs/data.md, "FASTA policy", summarises it; this is the full statement):
   * gzip: a file is gzip exactly when it starts with the magic bytes ``1f 8b``, whatever its name;
     concatenated members are read through. A truncated or corrupt stream is an error naming the file;
     under ``on_invalid="skip"``/``"x"`` the records before the damage are kept, the one it cut is dropped
