@@ -341,7 +341,7 @@ def test_held_out_rule_is_pinned():
 
 def test_only_a_greater_than_sign_at_a_line_start_opens_a_record(tmp_path, monkeypatch):
     """Headers are found from the line breaks; blocks cut every few records must not change the result."""
-    import plm.data.prepare as prep
+    import plm.data.prepare.parse as prep
 
     fa = tmp_path / "gt.fasta"
     records = [(f"r{i}", "ACDEFGHIKLMNPQRSTVWY"[: 5 + i % 15]) for i in range(60)]
@@ -415,7 +415,7 @@ def _temporaries(root: Path) -> list[str]:
 
 
 def test_failed_shards_and_stores_leave_no_temporaries_and_stale_ones_are_cleared(tmp_path, monkeypatch):
-    import plm.data.prepare as prep
+    import plm.data.prepare.finalise as prep
 
     good = write(tmp_path / "in.fasta", "".join(f">r{i}\n{'MKV' * (i + 5)}\n" for i in range(300)))
     out = tmp_path / "out"

@@ -356,7 +356,7 @@ def test_disk_full_during_prepare_keeps_state_and_rerun_completes(tmp_path, caps
     """ENOSPC while a source is finalised: clear error, no partial store published, rerun completes."""
     import errno
 
-    import plm.data.prepare as prep
+    import plm.data.prepare.command as prep
     from plm.data.store import TokenStore
 
     fasta = Path(__file__).parent / "fixtures" / "uniprot_tiny500.fasta.gz"
