@@ -1,8 +1,8 @@
 """`plm data prepare` throughput and peak memory on a ≥ 1 GB FASTA vs Biopython ``SeqIO.parse`` alone.
 
-The FASTA is built from the real shared pretraining sequences (UniProt-derived + metagenomic; the bundled
-sample drawn from them where ../shared is absent), repeated
-with 5 % random substitutions per copy and fresh ids, wrapped at 60 columns like UniProt's files. plm
+The FASTA is built from the real pretraining sequences under $PLM_DATA_ROOT/pretrain (default
+/work/shared/data/pretrain; UniProt-derived + metagenomic; the bundled sample drawn from them where those are
+absent), repeated with 5 % random substitutions per copy and fresh ids, wrapped at 60 columns like UniProt's files. plm
 runs as a subprocess (`python -m plm.data.prepare`, all of it: start-up, parsing, validation, split,
 duplicate check, concatenation, checksums) with ``--workers 2``; memory is the peak of the summed PSS
 (proportional set size, so pages shared between forked workers count once) of the process tree,
@@ -11,6 +11,7 @@ one side or the other). The page cache is flushed (``sync``) before each timed r
 other's write-back; the FASTA stays cached for both. CPU seconds (user + system, workers included) are reported next to wall time:
 on a shared machine the scheduler may give the whole run less than two cores. The peer only parses: ``for rec in SeqIO.parse(path, "fasta"): len(rec.seq)``.
     nice -n -10 python -m benchmarks.bench_prepare [--gb 1.0] [--rounds 3] [--keep]
+    PLM_DATA_ROOT=DIR nice -n -10 python -m benchmarks.bench_prepare   # reads DIR/pretrain/{uniprot,metagenomic}
 """
 
 from __future__ import annotations
@@ -31,13 +32,18 @@ import numpy as np
 from benchmarks.common import record
 from plm.data.fasta import read_fasta
 
-SHARED = Path("/work/shared/data/pretrain")
+DATA_ROOT_ENV = "PLM_DATA_ROOT"  # the data root `plm evaluate` reads too (plm.evaluation.tasks.DATA_ROOT_ENV)
+DEFAULT_DATA_ROOT = "/work/shared/data"  # the development machine's, when the variable is unset
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
-SHARED_REAL = [SHARED / "uniprot" / "uniprot_mix.fasta.gz", SHARED / "metagenomic" / "metagenomic_mix.fasta.gz"]
-# a plain clone has no ../shared: the bundled sample is drawn from the same files
-REAL = SHARED_REAL if all(p.exists() for p in SHARED_REAL) else [SAMPLE / "uniprot.fasta.gz",
-                                                                 SAMPLE / "metagenomic.fasta.gz"]
 AA = np.frombuffer(b"ACDEFGHIKLMNPQRSTVWY", dtype=np.uint8)
+
+
+def real_sources() -> list[Path]:
+    """The two pretraining mixtures under ``$PLM_DATA_ROOT/pretrain`` (default ``/work/shared/data/pretrain``);
+    a plain clone has neither, and gets the bundled sample drawn from the same files."""
+    root = Path(os.environ.get(DATA_ROOT_ENV) or DEFAULT_DATA_ROOT) / "pretrain"
+    files = [root / "uniprot" / "uniprot_mix.fasta.gz", root / "metagenomic" / "metagenomic_mix.fasta.gz"]
+    return files if all(p.exists() for p in files) else [SAMPLE / "uniprot.fasta.gz", SAMPLE / "metagenomic.fasta.gz"]
 
 
 def build_fasta(path: Path, target_bytes: int, seed: int = 0) -> int:
@@ -46,7 +52,7 @@ def build_fasta(path: Path, target_bytes: int, seed: int = 0) -> int:
 
     parts, is_res, round_pos = [], [], []
     pos = 0
-    for src in REAL:
+    for src in real_sources():
         for rec in read_fasta(src):
             head = f">R000000_{rec.id} {rec.description}\n".encode()
             seq = decode(rec.tokens.tolist()).encode()
@@ -128,7 +134,7 @@ def run_biopython(fasta: Path) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gb", type=float, default=1.0, help="size of the generated FASTA (GiB)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3, help="interleaved plm / Biopython rounds; the best of each is kept")
@@ -156,7 +162,7 @@ def main() -> None:
             bios.append((bio, bio_cpu))
         plm = min(plms, key=lambda m: m["seconds"])
         bio, bio_cpu = min(bios)
-        record("prepare", size / plm["seconds"] / 1e6, size / bio / 1e6, "MB/s of FASTA", data=str(REAL[0].parent),
+        record("prepare", size / plm["seconds"] / 1e6, size / bio / 1e6, "MB/s of FASTA", data=str(real_sources()[0].parent),
                file_bytes=size, records=n_records, workers=args.workers, plm_seconds=round(plm["seconds"], 2),
                peer_seconds=round(bio, 2), rounds=args.rounds,
                plm_seconds_all=[round(m["seconds"], 2) for m in plms], peer_seconds_all=[round(b[0], 2) for b in bios],

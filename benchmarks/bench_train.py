@@ -2,9 +2,9 @@
 8m and 35m, MFU at 35m in bf16 against this machine's measured matmul peak, and packing efficiency.
 
 Same shape, same optimizer (foreach AdamW, β = (0.9, 0.95), weight decay 0.1, clipping 1.0), same
-dtype choice (bf16 autocast), same real sequences (/work/shared/data/pretrain when present, else the
-bundled sample drawn from it), same script, interleaved rounds replaying the same batches (best kept).
-The peer gets its standard recipe: random whole sequences (cropped to 1024) until the same number of real
+dtype choice (bf16 autocast), same real sequences ($PLM_DATA_ROOT/pretrain, default
+/work/shared/data/pretrain, when present, else the bundled sample drawn from it), same script, interleaved
+rounds replaying the same batches (best kept). The peer gets its standard recipe: random whole sequences (cropped to 1024) until the same number of real
 tokens as plm's step, padded to the longest of them,
 with ESM-2's own dropout of 0 (as plm; EsmConfig's default 0.1 would add work plm does not do and push
 its SDPA onto the memory-hungry math path). plm packs rows of 1024 tokens with document ids.
@@ -15,6 +15,7 @@ masked positions only); the peak is the best large bf16 ``torch.matmul`` measure
 rounds. Diagnostics at 35m: the same step in fp32, and in bf16 with one dense (B, 1, T, T) document
 mask per layer instead of per-document attention (the attention layout before issue #9).
     nice -n -10 python -m benchmarks.bench_train [--steps 4] [--sizes 8m,35m] [--rows 4] [--compile]
+    PLM_DATA_ROOT=DIR nice -n -10 python -m benchmarks.bench_train   # reads DIR/pretrain/{uniprot,metagenomic}
 """
 
 from __future__ import annotations
@@ -39,9 +40,16 @@ from plm.model.config import config_for
 from plm.tokenizer import CLS, EOS, MASK, PAD
 
 ROW_LEN = 1024
-SHARED = Path("/work/shared/data/pretrain")
-SHARED_SOURCES = {"uniprot": SHARED / "uniprot" / "uniprot_mix.fasta.gz",
-                  "metagenomic": SHARED / "metagenomic" / "metagenomic_mix.fasta.gz"}
+DATA_ROOT_ENV = "PLM_DATA_ROOT"  # the data root `plm evaluate` reads too (plm.evaluation.tasks.DATA_ROOT_ENV)
+DEFAULT_DATA_ROOT = "/work/shared/data"  # the development machine's, when the variable is unset
+
+
+def pretrain_sources() -> tuple[Path, dict[str, Path]]:
+    """``$PLM_DATA_ROOT/pretrain`` (default ``/work/shared/data/pretrain``) and its two mixture files."""
+    root = Path(os.environ.get(DATA_ROOT_ENV) or DEFAULT_DATA_ROOT) / "pretrain"
+    return root, {"uniprot": root / "uniprot" / "uniprot_mix.fasta.gz",
+                  "metagenomic": root / "metagenomic" / "metagenomic_mix.fasta.gz"}
+
 
 #: One optimizer step on the i-th batch of a fixed list → (real tokens, computed tokens, model FLOPs). Every
 #: round replays the same batches, so keeping the best round filters out the shared machine's noise, not the
@@ -50,8 +58,9 @@ Step = Callable[[int], tuple[int, int, float]]
 
 
 def data_module(rows: int) -> tuple[ProteinDataModule, str]:
-    if all(p.exists() for p in SHARED_SOURCES.values()):
-        sources, name = {k: str(v) for k, v in SHARED_SOURCES.items()}, str(SHARED)
+    root, files = pretrain_sources()
+    if all(p.exists() for p in files.values()):
+        sources, name = {k: str(v) for k, v in files.items()}, str(root)
     else:
         sources, name = None, "bundled sample (data/sample)"
     dm = ProteinDataModule(sources=sources, row_len=ROW_LEN, rows_per_batch=rows)
@@ -189,7 +198,10 @@ def best_of(results: list[dict[str, float]]) -> dict[str, float]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                epilog=f"data: ${DATA_ROOT_ENV}/pretrain (default {DEFAULT_DATA_ROOT}/pretrain) when it has "
+                                       "uniprot/uniprot_mix.fasta.gz and metagenomic/metagenomic_mix.fasta.gz, else the "
+                                       "bundled sample")
     p.add_argument("--steps", type=int, default=4,
                    help="optimizer steps timed per round (after 1 warm-up); the same batches every round")
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the best is kept")

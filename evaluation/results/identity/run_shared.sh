@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# Real-data runs of issue 11 on /work/shared/data (CI / dev machine only; ~30 min on 2 threads).
-# Usage: evaluation/results/identity/run_shared.sh [WORK_DIR]   (big outputs go to WORK_DIR, default /tmp/plm-identity)
+# Real-data runs of issue 11 on the full pretraining sources and task sets (~30 min on 2 threads).
+# Usage: [PLM_DATA_ROOT=DIR] evaluation/results/identity/run_shared.sh [WORK_DIR]
+#   DIR holds pretrain/, eval/ and tasks/ (the data root plm evaluate reads; default /work/shared/data, the
+#   development machine's); big outputs go to WORK_DIR, default /tmp/plm-identity.
 set -euo pipefail
-D=/work/shared/data
+D=${PLM_DATA_ROOT:-/work/shared/data}
+[[ -d $D/pretrain && -d $D/eval && -d $D/tasks ]] || {
+  echo "run_shared.sh: $D has no pretrain/, eval/ and tasks/; set PLM_DATA_ROOT to a data root with that layout" >&2
+  exit 2
+}
 W=${1:-/tmp/plm-identity}
 HERE=$(cd "$(dirname "$0")" && pwd)
 PLM="nice -n 10 ${PLM:-.venv/bin/plm}"
