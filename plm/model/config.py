@@ -9,17 +9,46 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from plm.tokenizer import VOCAB_SIZE
 
-Flavour = Literal["esm2", "progen2"]
+Activation = Literal["gelu", "gelu_tanh", "geglu"]
+Norm = Literal["pre", "deepnorm"]
+
+#: What a flavour decides, field by field: a flavour name is only a preset of these (as litgpt's configs are
+#: data), and the model reads the fields, never the name. A config may override any of them, so a new
+#: combination is a new row here or a few keys in ``model.arch``, not a new branch in the model.
+FLAVOURS: dict[str, dict[str, Any]] = {
+    # ESM-2 (fair-esm esm2.py): x += Attn(LN(x)); x += FFN(LN(x)); biases everywhere; erf GELU;
+    # RoBERTa LM head (dense → GELU → LN) whose decoder is the embedding
+    "esm2": {"parallel_block": False, "attn_bias": True, "mlp_bias": True, "activation": "gelu",
+             "norm": "pre", "tied_head": True, "head_transform": True},
+    # ProGen2 (GPT-J block): x += Attn(LN(x)) + MLP(LN(x)) with one LN; no attention biases; tanh GELU;
+    # one untied Linear as LM head
+    "progen2": {"parallel_block": True, "attn_bias": False, "mlp_bias": True, "activation": "gelu_tanh",
+                "norm": "pre", "tied_head": False, "head_transform": False},
+    # xTrimoPGLM-like (GLM-130B block, the scaling paper's own architecture): DeepNorm post-LN
+    # x = LN(α·x + f(x)), GeGLU FFN, biases, LM head tied to the embedding. Not weight-compatible with
+    # any released checkpoint; the init keeps plm's (its residual 1/sqrt(2L) is DeepNorm's β of GLM-130B)
+    "xtrimopglm": {"parallel_block": False, "attn_bias": True, "mlp_bias": True, "activation": "geglu",
+                   "norm": "deepnorm", "tied_head": True, "head_transform": False},
+}
+ARCH_FIELDS = tuple(FLAVOURS["esm2"])
+ACTIVATIONS: tuple[str, ...] = ("gelu", "gelu_tanh", "geglu")
+NORMS: tuple[str, ...] = ("pre", "deepnorm")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Shape and flavour of one Transformer; everything else (counts, head size) is derived."""
+    """Shape and architecture of one Transformer; everything else (counts, head size) is derived.
+
+    The architecture fields (``parallel_block`` … ``head_transform``) default to None, meaning "as the
+    flavour's preset in :data:`FLAVOURS`"; construction fills them in, so a built config always holds
+    plain values and configs written before these fields existed (only ``flavour``) build the same model.
+    """
 
     n_layer: int = 2
     """Number of Transformer blocks."""
@@ -27,11 +56,11 @@ class ModelConfig:
     """Hidden size h."""
     n_head: int = 4
     """Attention heads; n_embd must be divisible by it."""
-    flavour: Flavour = "esm2"
-    """'esm2': sequential pre-LN block, GELU FFN, biases, tied LM head (ESM-2). 'progen2': GPT-J
-    parallel attention+MLP block with one LayerNorm, partial rotary, untied LM head (ProGen2)."""
+    flavour: str = "esm2"
+    """Name of the preset (a row of :data:`FLAVOURS`) that fills every architecture field left None:
+    'esm2', 'progen2' or 'xtrimopglm'. Only a preset: the model reads the fields."""
     ffn_hidden: int | None = None
-    """FFN width; None means 4·n_embd (ESM-2 and ProGen2 both use 4h)."""
+    """FFN width; None means 4·n_embd (ESM-2 and ProGen2 both use 4h; with GeGLU it is the gated width)."""
     rotary_dim: int | None = None
     """Dimensions of each head that get rotary embeddings; None means the whole head (ESM-2).
     ProGen2 rotates part of the head only."""
@@ -45,19 +74,57 @@ class ModelConfig:
     """LayerNorm epsilon."""
     name: str = "custom"
     """Preset name this shape came from (informational)."""
+    parallel_block: bool | None = None
+    """GPT-J's block: attention and MLP both read one LayerNorm of x and add to x together (one LN per
+    block); False: sequential, each sublayer with its own LN (ESM-2)."""
+    attn_bias: bool | None = None
+    """Biases on the q,k,v and output projections (ESM-2 has them, GPT-J not)."""
+    mlp_bias: bool | None = None
+    """Biases on the FFN's two projections."""
+    activation: Activation | None = None
+    """FFN nonlinearity: 'gelu' (erf, ESM-2), 'gelu_tanh' (GPT-J's approximation) or 'geglu' (gated:
+    the input projection is twice as wide, value · GELU(gate))."""
+    norm: Norm | None = None
+    """'pre': x + f(LN(x)) (ESM-2, GPT-J); 'deepnorm': post-LN LN(α·x + f(x)) with α = sqrt(2·n_layer)
+    (GLM-130B's DeepNorm), which keeps deep post-LN stacks trainable."""
+    tied_head: bool | None = None
+    """The LM head's decoder is the token embedding (one tensor) rather than its own matrix."""
+    head_transform: bool | None = None
+    """RoBERTa's dense → GELU → LayerNorm before the decoder (ESM-2's LM head)."""
 
     def __post_init__(self) -> None:
         problems = []
+        preset = FLAVOURS.get(self.flavour)
+        if preset is None:
+            problems.append(f"flavour={self.flavour!r} must be one of {', '.join(map(repr, FLAVOURS))}")
+        else:
+            for key, value in preset.items():  # frozen: fill the preset's values in once, at construction
+                if getattr(self, key) is None:
+                    object.__setattr__(self, key, value)
+            if self.activation not in ACTIVATIONS:
+                problems.append(f"activation={self.activation!r} must be one of {', '.join(ACTIVATIONS)}")
+            if self.norm not in NORMS:
+                problems.append(f"norm={self.norm!r} must be one of {', '.join(NORMS)}")
         if self.n_embd % self.n_head:
             problems.append(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         if self.rotary_dim is not None and (self.rotary_dim % 2 or not 0 < self.rotary_dim <= self.head_dim):
             problems.append(f"rotary_dim={self.rotary_dim} must be even and in (0, head_dim={self.head_dim}]")
-        if self.flavour not in ("esm2", "progen2"):
-            problems.append(f"flavour={self.flavour!r} must be 'esm2' or 'progen2'")
         if min(self.n_layer, self.n_embd, self.n_head, self.vocab_size, self.max_seq_len) <= 0:
             problems.append("n_layer, n_embd, n_head, vocab_size and max_seq_len must be positive")
         if problems:
             raise ValueError("invalid ModelConfig: " + "; ".join(problems))
+
+    def architecture(self) -> dict[str, Any]:
+        """The architecture fields' values (what a row of :data:`FLAVOURS` holds)."""
+        return {k: getattr(self, k) for k in ARCH_FIELDS}
+
+    def preset(self) -> str | None:
+        """The flavour whose preset these fields are exactly, or None for a new combination. Converters
+        ask this, not ``flavour``: a config named 'esm2' with overridden fields is no ESM-2 any more."""
+        arch = self.architecture()
+        if arch == FLAVOURS.get(self.flavour):
+            return self.flavour
+        return next((name for name, fields in FLAVOURS.items() if fields == arch), None)
 
     # ---- derived values -------------------------------------------------------------------------
     @property
@@ -73,21 +140,28 @@ class ModelConfig:
         return self.rotary_dim or self.head_dim
 
     @property
-    def tied_head(self) -> bool:
-        return self.flavour == "esm2"
+    def ffn_in(self) -> int:
+        """Output width of the FFN's input projection: doubled by a gated activation (value and gate)."""
+        return 2 * self.ffn if self.activation == "geglu" else self.ffn
+
+    @property
+    def deepnorm_alpha(self) -> float:
+        """DeepNorm's residual scale α = sqrt(2·n_layer) (GLM-130B); 1 with pre-LN."""
+        return math.sqrt(2 * self.n_layer) if self.norm == "deepnorm" else 1.0
 
     def n_params_block(self) -> int:
-        h, f = self.n_embd, self.ffn
-        if self.flavour == "esm2":  # 2 LNs, qkv+out with biases, fc1/fc2 with biases
-            return 2 * 2 * h + (4 * h * h + 4 * h) + (2 * h * f + f + h)
-        # progen2: one LN, qkv+out without bias, fc_in/fc_out with biases
-        return 2 * h + 4 * h * h + (2 * h * f + f + h)
+        """One block, from the fields: its LayerNorms, attention and FFN (with their biases if any)."""
+        h, f, f_in = self.n_embd, self.ffn, self.ffn_in
+        norms = (1 if self.parallel_block else 2) * 2 * h  # GPT-J's parallel block shares one LN
+        attn = 4 * h * h + (4 * h if self.attn_bias else 0)  # q,k,v and output projections
+        mlp = h * f_in + f * h + ((f_in + h) if self.mlp_bias else 0)
+        return norms + attn + mlp
 
     def n_params_non_embedding(self) -> int:
-        """N of the scaling laws: blocks + final norm (+ ESM-2's LM-head transform)."""
+        """N of the scaling laws: blocks + final norm (+ the LM head's dense transform and its LN)."""
         h = self.n_embd
         extra = 2 * h  # final LayerNorm
-        if self.flavour == "esm2":
+        if self.head_transform:
             extra += h * h + h + 2 * h  # RobertaLMHead dense + LayerNorm
         return self.n_layer * self.n_params_block() + extra
 
@@ -115,18 +189,27 @@ class ModelConfig:
 
         6 per matmul parameter per token; 12·L·h per (query, key) pair that attention scores:
         ``attended_pairs`` = Σ len² over the documents of packed rows (T² per row for one sequence
-        per row); the LM head (ESM-2: its dense transform too) only on the ``n_predicted`` labelled
+        per row); the LM head (with ``head_transform`` its dense too) only on the ``n_predicted`` labelled
         positions (every token if None). With one sequence of T tokens per row and every position
         predicted this equals ``flops_per_token(T) · n_tokens``.
         """
         h = self.n_embd
-        head = self.vocab_size * h + (h * h if self.tied_head else 0)  # LM-head matmul weights
-        body = self.n_params_non_embedding() - (h * h if self.tied_head else 0)
+        transform = h * h if self.head_transform else 0  # the head's dense matmul runs per predicted token
+        head = self.vocab_size * h + transform  # LM-head matmul weights
+        body = self.n_params_non_embedding() - transform
         n_pred = n_tokens if n_predicted is None else n_predicted
         return 6.0 * (body * n_tokens + head * n_pred) + 12.0 * self.n_layer * h * attended_pairs
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """All fields except architecture fields equal to the flavour's preset: a record names its flavour
+        and only what differs, so a preset model writes the record it wrote before the fields existed
+        (older plm reads it), and ``config_for(size).to_dict()`` with another ``flavour`` takes that
+        flavour's preset rather than keeping the first one's values."""
+        data = dataclasses.asdict(self)
+        for key, value in FLAVOURS[self.flavour].items():
+            if data[key] == value:
+                del data[key]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> ModelConfig:

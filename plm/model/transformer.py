@@ -1,12 +1,19 @@
-"""The one Transformer behind both objectives (MLM and CLM), in two flavours.
+"""The one Transformer behind both objectives (MLM and CLM), its architecture read from config fields.
 
 Notation: B batch rows, T tokens per row, h hidden, nh heads, hd = h / nh head size, V vocabulary.
+
+The model reads ``ModelConfig``'s fields and never the flavour name; a flavour is a preset of those fields
+(``plm.model.config.FLAVOURS``). The two released ones:
 
 * ``esm2``: x += Attn(LN(x)); x += FFN(LN(x)) with erf-GELU; biases everywhere; final LayerNorm;
   RoBERTa-style LM head (dense → GELU → LN → decoder tied to the embedding). Optional ESM-2 token
   dropout. This is ``esm/model/esm2.py`` re-expressed.
 * ``progen2``: GPT-J block, x += Attn(LN(x)) + MLP(LN(x)) with one shared LayerNorm, tanh-GELU, no
   attention biases, partial rotary, untied LM head with bias.
+
+Fields: ``parallel_block`` (GPT-J's block), ``attn_bias`` / ``mlp_bias``, ``activation`` (gelu, gelu_tanh,
+geglu), ``norm`` (pre-LN or DeepNorm post-LN), ``tied_head`` and ``head_transform`` (the RoBERTa head),
+``rotary_dim``, ``token_dropout``.
 
 MLM and CLM differ only in ``causal``; packed rows carry ``doc_ids`` so attention never crosses a
 sequence boundary and rotary positions restart at every sequence. How packed rows are attended (which
@@ -95,7 +102,7 @@ class Attention(nn.Module):
 
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
-        bias = cfg.flavour == "esm2"
+        bias = cfg.attn_bias
         self.layer, self.n_head, self.head_dim = layer, cfg.n_head, cfg.head_dim
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=bias)
         self.out = nn.Linear(cfg.n_embd, cfg.n_embd, bias=bias)
@@ -142,28 +149,42 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
+    """fc_in → GELU → fc_out; with ``activation='geglu'`` fc_in is twice as wide and its halves are
+    [value; gate] (value · GELU(gate), as GLM's GEGLU), so the parameter names stay the same."""
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.fc_in = nn.Linear(cfg.n_embd, cfg.ffn)
-        self.fc_out = nn.Linear(cfg.ffn, cfg.n_embd)
-        self.approximate = "none" if cfg.flavour == "esm2" else "tanh"
+        self.gated = cfg.activation == "geglu"
+        self.approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
+        self.fc_in = nn.Linear(cfg.n_embd, cfg.ffn_in, bias=cfg.mlp_bias)
+        self.fc_out = nn.Linear(cfg.ffn, cfg.n_embd, bias=cfg.mlp_bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc_out(F.gelu(self.fc_in(x), approximate=self.approximate))
+        x = self.fc_in(x)
+        if self.gated:
+            value, gate = x.chunk(2, dim=-1)
+            return self.fc_out(value * F.gelu(gate, approximate=self.approximate))
+        return self.fc_out(F.gelu(x, approximate=self.approximate))
 
 
 class Block(nn.Module):
-    """One layer: sequential pre-LN (esm2) or GPT-J parallel (progen2). Unit of activation checkpointing."""
+    """One layer, sequential (ESM-2) or parallel (GPT-J: one LN, attention and MLP side by side), with the
+    LayerNorm before each sublayer (pre-LN) or after the residual sum (DeepNorm). Unit of activation
+    checkpointing."""
 
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
-        self.parallel = cfg.flavour == "progen2"
+        self.parallel = cfg.parallel_block
+        self.post_norm = cfg.norm == "deepnorm"
+        self.alpha = cfg.deepnorm_alpha
         self.attn_norm = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
         self.attn = Attention(cfg, layer)
         self.mlp_norm = None if self.parallel else nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
         self.mlp = MLP(cfg)
 
     def forward(self, x, rotary, cos, sin, mask, causal, kv_cache=None, need_weights=False):
+        if self.post_norm:
+            return self._post_norm(x, rotary, cos, sin, mask, causal, kv_cache, need_weights)
         normed = self.attn_norm(x)
         a, weights = self.attn(normed, rotary, cos, sin, mask, causal, kv_cache, need_weights)
         if self.parallel:
@@ -171,23 +192,34 @@ class Block(nn.Module):
         x = x + a
         return x + self.mlp(self.mlp_norm(x)), weights
 
+    def _post_norm(self, x, rotary, cos, sin, mask, causal, kv_cache, need_weights):
+        """DeepNorm: x = LN(α·x + f(x)); the up-weighted residual bounds each update of a post-LN stack."""
+        a, weights = self.attn(x, rotary, cos, sin, mask, causal, kv_cache, need_weights)
+        if self.parallel:
+            return self.attn_norm(self.alpha * x + a + self.mlp(x)), weights
+        x = self.attn_norm(self.alpha * x + a)
+        return self.mlp_norm(self.alpha * x + self.mlp(x)), weights
+
 
 class LMHead(nn.Module):
-    """Hidden states → logits. esm2: RoBERTa head tied to the embedding; progen2: one untied Linear."""
+    """Hidden states → logits: optionally RoBERTa's dense → GELU → LN (``head_transform``, ESM-2), then a
+    decoder that is the embedding (``tied_head``, ESM-2) or its own matrix (ProGen2), plus a bias."""
 
     def __init__(self, cfg: ModelConfig, embedding: nn.Embedding) -> None:
         super().__init__()
-        self.tied = cfg.tied_head
-        if self.tied:
+        self.transform = cfg.head_transform
+        self.tied = cfg.tied_head  # read by plm.callbacks.transfer (re-initialising the head at the switch)
+        if self.transform:
             self.dense = nn.Linear(cfg.n_embd, cfg.n_embd)
             self.norm = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
+        if cfg.tied_head:
             self.weight = embedding.weight  # shared Parameter: one tensor in the state dict's eyes
         else:
             self.weight = nn.Parameter(torch.empty(cfg.vocab_size, cfg.n_embd))
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.tied:
+        if self.transform:
             x = self.norm(F.gelu(self.dense(x)))
         return F.linear(x, self.weight, self.bias)
 

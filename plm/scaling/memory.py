@@ -15,6 +15,8 @@ tokens per GPU micro-batch, h hidden, f FFN width, V vocabulary, L layers, bf16-
   T × T scores): esm2 24h + 4f, progen2 20h + 4f bytes. esm2: fp32 LayerNorm inputs 2 × 4h, bf16 casts
   of the two matmul inputs 2 × 2h, the q,k,v projection 6h (kept whole by the v view), rotated q,k 4h,
   attention output 2h, GELU input and output 2 × 2f; progen2 shares one LayerNorm but casts it twice.
+  Read from the fields (``parallel_block``: one LN; ``activation='geglu'``: 8f, the gate, the value, the
+  GELU output and their product), so DeepNorm or a new flavour needs no new case.
   Plus fp32 statistics: 8 bytes per LayerNorm (mean, rstd) and the kernel's log-sum-exp, 4 per head.
   Measured with ``torch.autograd.graph.saved_tensors_hooks`` on this code (tests/test_memory_plan.py).
   With activation checkpointing a layer keeps only its fp32 input (4h) and one layer is recomputed at a
@@ -73,10 +75,15 @@ class MemoryPlan:
 
 
 def block_activation_bytes(cfg: ModelConfig) -> float:
-    """Bytes per token one block saves for its backward (bf16-mixed, varlen attention): see the module."""
-    h, f, esm2 = cfg.n_embd, cfg.ffn, cfg.flavour == "esm2"
-    stats = 8 * (2 if esm2 else 1) + 4 * cfg.n_head  # LayerNorm mean and rstd, attention log-sum-exp (fp32)
-    return (24 * h if esm2 else 20 * h) + 4 * f + stats
+    """Bytes per token one block saves for its backward (bf16-mixed, varlen attention): see the module.
+    From the fields, not the flavour: the LayerNorms of the block (one if parallel), each with its fp32
+    input; the FFN's bf16 GELU input and output, and with GeGLU also the value half and the product."""
+    h, f = cfg.n_embd, cfg.ffn
+    norms = 1 if cfg.parallel_block else 2
+    stats = 8 * norms + 4 * cfg.n_head  # LayerNorm mean and rstd, attention log-sum-exp (fp32)
+    attention = 4 * h * norms + 4 * h + 12 * h  # LN inputs; bf16 matmul-input casts; qkv, rotated q,k, output
+    ffn = (8 if cfg.activation == "geglu" else 4) * f
+    return attention + ffn + stats
 
 
 def activation_bytes(cfg: ModelConfig, tokens: int, checkpointing: bool) -> float:
