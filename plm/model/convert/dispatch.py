@@ -59,14 +59,16 @@ def convert(
     else:
         raise ValueError(f"unknown target format {dst!r}; choose plm or hf")
     contact = conv.contact_regression
+    esm2 = cfg.preset() == "esm2"  # token dropout and the contact regression are ESM-2's
     lines = [
         conv.report.summary(),
-        f"model: {cfg.flavour} {cfg.n_layer} layers × {cfg.n_embd} hidden × {cfg.n_head} heads "
+        f"model: {cfg.preset() or cfg.flavour + ' with changed fields'} "
+        f"{cfg.n_layer} layers × {cfg.n_embd} hidden × {cfg.n_head} heads "
         f"(head {cfg.head_dim}, rotary {cfg.rotary}, ffn {cfg.ffn}), {n_params:,} parameters"
-        + (f", token_dropout={cfg.token_dropout}" if cfg.flavour == "esm2" else ""),
+        + (f", token_dropout={cfg.token_dropout}" if esm2 else ""),
         f"wrote {written}: {what}",
     ]
-    if cfg.flavour == "esm2":
+    if esm2:
         where = (
             (CONTACT_REGRESSION_NAME if dst == "plm" else "esm.contact_head.regression.*")
             if contact

@@ -1,7 +1,9 @@
 """plm → Hugging Face directory. The export follows the objective the weights were saved under, not only
-the flavour: an esm2 MLM becomes ``EsmForMaskedLM``; an esm2 CLM the same class with ``is_decoder=true``
+the architecture: an esm2 MLM becomes ``EsmForMaskedLM``; an esm2 CLM the same class with ``is_decoder=true``
 (causal attention); a progen2 CLM becomes ``GPTJForCausalLM``; a progen2 MLM is refused, since GPT-J
-attention is always causal. (A kept fine-tuned model is exported by :mod:`plm.evaluation.kept_hf`.)"""
+attention is always causal. "esm2" and "progen2" mean the fields equal that preset (``ModelConfig.preset``),
+whatever the ``flavour`` name says; any other combination is refused. (A kept fine-tuned model is exported
+by :mod:`plm.evaluation.kept_hf`.)"""
 
 from __future__ import annotations
 
@@ -20,7 +22,14 @@ def hf_target(conv: Converted) -> tuple[str, bool]:
     """The Hugging Face class a model exports to and whether its attention is causal, or a
     ``CheckpointError`` saying why there is none and what to do instead."""
     cfg, source = conv.model.config, conv.report.source
-    if cfg.flavour == "progen2":
+    preset = cfg.preset()  # the fields, not the name: each key map below holds for exactly one preset
+    if preset not in ("esm2", "progen2"):
+        raise CheckpointError(
+            f"{source}: its architecture ({', '.join(f'{k}={v!r}' for k, v in cfg.architecture().items())}) "
+            "is neither the esm2 nor the progen2 preset, so it has no Hugging Face equivalent; use the plm "
+            "export instead (plm.load, plm evaluate)"
+        )
+    if preset == "progen2":
         if conv.objective == "mlm":
             raise CheckpointError(
                 f"{source}: an MLM with the progen2 flavour has no Hugging Face equivalent: GPT-J attention "
