@@ -8,12 +8,14 @@ computed tokens) to show what padding costs, and exact model FLOPs need the docu
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
+from plm.data.batch import Batch, as_batch
 from plm.model.attention import doc_segments
 from plm.tokenizer import PAD
 
@@ -86,11 +88,12 @@ class Throughput(pl.Callback):
         if self._t0 is None:
             self._t0 = time.perf_counter()
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch: Any, batch_idx: int) -> None:
-        n_real = int(batch["n_real"])
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch: Batch | Mapping[str, Any], batch_idx: int) -> None:
+        batch = as_batch(batch)
+        n_real = batch.n_real
         self._real += n_real * trainer.world_size
-        self._padded += batch["tokens"].numel() * trainer.world_size
-        pairs = attended_pairs(batch["tokens"], batch["doc_ids"])
+        self._padded += batch.tokens.numel() * trainer.world_size
+        pairs = attended_pairs(batch.tokens, batch.doc_ids)
         self._flops += pl_module.config.training_flops(n_real, pairs) * trainer.world_size
         if (batch_idx + 1) % self.log_every or self._t0 is None:
             return

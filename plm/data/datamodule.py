@@ -1,7 +1,8 @@
 """LightningDataModule: sources → mixture stream → packed rows; held-out splits and external eval sets.
 
-Training batches are whole packed micro-batches produced by an ``IterableDataset``. The stream
-position is one integer, the global sample cursor: each batch carries the cursor after it, the
+Training batches are whole packed micro-batches (:class:`plm.data.batch.Batch`) produced by an
+``IterableDataset``. The stream position is one integer, the global sample cursor: each batch carries
+its masking seed (the cursor at its start) and the cursor after it, the
 datamodule remembers the cursor of the last batch the trainer consumed, and a checkpoint stores it.
 Micro-batch m (counted over all ranks) belongs to data-loader worker m % num_workers, and rank r
 takes rows [r·B, (r+1)·B) of it, so neither worker count nor prefetching changes the order.
@@ -22,6 +23,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from plm.data.batch import FILLER_MASK_SEED, Batch, heldout_mask_seed
 from plm.data.clusters import exclude_records, load_clusters
 from plm.data.fasta import FastaStats, OnInvalid, read_fasta
 from plm.data.packing import StreamPacker, materialize, pack_records
@@ -89,7 +91,7 @@ class PackedStream(IterableDataset):
         self.packer, self.rows, self.rank, self.world = packer, rows_per_batch, rank, world_size
         self.start_cursor = start_cursor
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
         cursor, m = self.start_cursor, 0
@@ -98,14 +100,8 @@ class PackedStream(IterableDataset):
             if m % n_workers == worker:
                 mine = rows[self.rank * self.rows : (self.rank + 1) * self.rows]
                 packed = materialize(self.packer.stores, mine, self.packer.row_len)
-                yield {
-                    "tokens": torch.from_numpy(packed.tokens),
-                    "doc_ids": torch.from_numpy(packed.doc_ids),
-                    "n_real": torch.tensor(packed.n_real),
-                    "cursor_start": torch.tensor(cursor),
-                    "cursor_end": torch.tensor(nxt),
-                    "set": "train",
-                }
+                yield Batch(tokens=torch.from_numpy(packed.tokens), doc_ids=torch.from_numpy(packed.doc_ids),
+                            n_real=int(packed.n_real), mask_seed=cursor, set="train", cursor_end=nxt)
             cursor, m = nxt, m + 1
 
 
@@ -114,10 +110,10 @@ class RankBatches(IterableDataset):
     DistributedSampler under DDP / FSDP that splits this rank's share again and repeats batches to even it
     out (validation then scored a different, partly duplicated subset than one process)."""
 
-    def __init__(self, batches: list[dict[str, Any]]) -> None:
+    def __init__(self, batches: list[Batch]) -> None:
         self.batches = batches
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[Batch]:
         return iter(self.batches)
 
     def __len__(self) -> int:
@@ -267,23 +263,15 @@ class ProteinDataModule(pl.LightningDataModule):
             batches = []
             for b in range(0, len(rows), self.rows_per_batch):
                 packed = materialize([store], rows[b : b + self.rows_per_batch], self.row_len)
-                batches.append(
-                    {
-                        "tokens": torch.from_numpy(packed.tokens),
-                        "doc_ids": torch.from_numpy(packed.doc_ids),
-                        "n_real": torch.tensor(packed.n_real),
-                        # fixed masking seed per held-out batch: val losses are comparable over time
-                        "cursor_start": torch.tensor(-(1 + i * 1_000_003 + b * world + rank)),
-                        "cursor_end": torch.tensor(0),
-                        "set": name,
-                    }
-                )
+                # fixed masking seed per held-out batch: val losses are comparable over time
+                batches.append(Batch(tokens=torch.from_numpy(packed.tokens), doc_ids=torch.from_numpy(packed.doc_ids),
+                                     n_real=int(packed.n_real), mask_seed=heldout_mask_seed(i, b, world, rank),
+                                     set=name))
             # every rank runs as many batches (a sharded forward's collectives must pair up, and a rank with no
             # batch at all would skip validation and its barriers): fillers of one padding row score nothing
             filler = materialize([store], [[]], self.row_len)
-            batches += [{"tokens": torch.from_numpy(filler.tokens), "doc_ids": torch.from_numpy(filler.doc_ids),
-                         "n_real": torch.tensor(0), "cursor_start": torch.tensor(-1), "cursor_end": torch.tensor(0),
-                         "set": name}] * (per_rank - len(batches))
+            batches += [Batch(tokens=torch.from_numpy(filler.tokens), doc_ids=torch.from_numpy(filler.doc_ids),
+                              n_real=0, mask_seed=FILLER_MASK_SEED, set=name)] * (per_rank - len(batches))
             loaders.append(DataLoader(RankBatches(batches), batch_size=None))
         return loaders
 
@@ -291,9 +279,9 @@ class ProteinDataModule(pl.LightningDataModule):
         return self.val_dataloader()
 
     # ---- position tracking and resume --------------------------------------------------------------
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        if self.trainer is not None and self.trainer.training and batch.get("set") == "train":
-            self.cursor = int(batch["cursor_end"])
+    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
+        if self.trainer is not None and self.trainer.training and batch.set == "train" and batch.cursor_end is not None:
+            self.cursor = batch.cursor_end
         return batch
 
     def state_dict(self) -> dict[str, Any]:

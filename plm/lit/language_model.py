@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from plm.data.batch import Batch, as_batch
 from plm.lit.objectives import IGNORE, Objective, clm_labels, mlm_inputs
 from plm.lit.schedule import MIN_LR_RATIO, WARMUP_FRACTION, cosine_schedule, warmup_steps
 from plm.model.config import SIZES, ModelConfig, config_for
@@ -108,44 +110,49 @@ class LanguageModel(pl.LightningModule):
         return self.model(tokens, doc_ids, causal=self.causal)
 
     # ---- the shared step ----------------------------------------------------------------------------
-    def _generator(self, batch: dict[str, Any]) -> torch.Generator:
-        seed = int(mix64(self.hparams.seed, int(batch["cursor_start"]) & ((1 << 62) - 1), self.global_rank) >> 1)
-        return torch.Generator(device=batch["tokens"].device).manual_seed(seed)
+    def _generator(self, batch: Batch) -> torch.Generator:
+        """The masks' generator: a pure function of (model seed, the batch's masking seed, rank)."""
+        seed = int(mix64(self.hparams.seed, batch.mask_seed, self.global_rank) >> 1)
+        return torch.Generator(device=batch.device).manual_seed(seed)
 
-    def objective_inputs(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
-        tokens, docs = batch["tokens"], batch["doc_ids"]
+    def objective_inputs(self, batch: Batch | Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+        batch = as_batch(batch)
+        tokens, docs = batch.tokens, batch.doc_ids
         if self.objective == "mlm":
             return mlm_inputs(tokens, docs, self._generator(batch), self.hparams.mask_prob)
         return tokens, clm_labels(tokens, docs)
 
-    def loss(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    def loss(self, batch: Batch | Mapping[str, Any]) -> tuple[Tensor, Tensor]:
         """The training objective: mean cross-entropy over predicted positions, and their count."""
         loss, count, _ = self.scored_loss(batch)
         return loss, count
 
-    def scored_loss(self, batch: dict[str, Any], masked_only: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    def scored_loss(self, batch: Batch | Mapping[str, Any], masked_only: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         """Mean cross-entropy over the scored positions, their count and their labels. The LM head runs
         only on positions that have a label (15% of them for MLM).
 
         ``masked_only`` (MLM validation): score only positions whose input is ``<mask>``. The 10% of
         selected positions left unchanged show the answer in the input (their loss is ≈ 0.6 nats), so
         averaging over them flatters the model; training keeps the full 80/10/10 objective."""
+        batch = as_batch(batch)
         inputs, labels = self.objective_inputs(batch)
         sel = labels != IGNORE
         if masked_only and self.objective == "mlm":
             sel &= inputs == MASK
-        logits = self.model(inputs, batch["doc_ids"], causal=self.causal, select=sel)  # (n_predicted, V)
+        logits = self.model(inputs, batch.doc_ids, causal=self.causal, select=sel)  # (n_predicted, V)
         loss = F.cross_entropy(logits.float(), labels[sel])
         return loss, sel.sum(), labels[sel]
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         """The loss of the whole global batch, token-weighted: DDP and FSDP average the ranks' gradients, so
         rank r's mean is scaled by its share of the scored positions (count_r · world / Σ count); a plain
         average of per-rank means would weight a rank's positions by how few it has, and 2 ranks would
         not train like one process on the same rows (issue #21). One all-reduce carries it with the
         token count."""
+        batch = as_batch(batch)
         loss, count = self.loss(batch)
-        stats = torch.stack([batch["n_real"].to(self.device, torch.float64), count.to(torch.float64),
+        n_real = torch.tensor(float(batch.n_real), device=self.device, dtype=torch.float64)
+        stats = torch.stack([n_real, count.to(torch.float64),
                              loss.detach().to(torch.float64) * count])
         world = self.trainer.world_size
         if world > 1:
@@ -166,9 +173,10 @@ class LanguageModel(pl.LightningModule):
         """Per-set metric stem: it names the positions scored (MLM: ``<mask>`` inputs only)."""
         return "masked_loss" if self.objective == "mlm" else "loss"
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        batch = as_batch(batch)
         loss, count, labels = self.scored_loss(batch, masked_only=True)
-        sums = self._val_sums.setdefault(batch["set"], [0.0, 0, 0.0])
+        sums = self._val_sums.setdefault(batch.set, [0.0, 0, 0.0])
         if not count:  # a rank's filler batch (plm.data: every rank runs as many batches): nothing scored
             return
         sums[0] += float(loss) * int(count)

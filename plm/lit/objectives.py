@@ -1,7 +1,8 @@
 """The only code that differs between MLM and CLM besides the attention mask: inputs and labels.
 
-Both run on the device, on packed rows, seeded from the batch's global sample cursor, so the masks
-are a pure function of (seed, data position) like the data itself.
+Both run on the device, on packed rows, seeded from the batch's masking seed (``Batch.mask_seed``, for
+training batches the global sample cursor), so the masks are a pure function of (seed, data position)
+like the data itself.
 """
 
 from __future__ import annotations
