@@ -119,3 +119,12 @@ def test_lightning_moves_the_batch_and_keeps_its_type():
     assert cast.tokens.dtype == torch.int32 and b.tokens.dtype == torch.long and cast.cursor_end == 9
     assert pickle.loads(pickle.dumps(b)).mask_seed == 5  # data-loader workers send batches pickled
 
+
+def test_the_data_module_provides_what_the_callbacks_call(dm):
+    from plm.data.protocol import TrainingData, training_data
+
+    assert isinstance(dm, TrainingData) and dm.is_set_up
+    assert not ProteinDataModule(sources={"a": CATH}).is_set_up
+    assert training_data(SimpleNamespace(datamodule=dm)) is dm
+    assert training_data(SimpleNamespace(datamodule=object())) is None and training_data(None) is None
+    assert set(dm.heldout_names) == {"a"} and dm.planned_tokens(1) == 2 * 64

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from plm.data.batch import Batch, as_batch
+from plm.data.protocol import TrainingData, training_data
 from plm.model.attention import doc_segments
 from plm.tokenizer import PAD
 
@@ -117,7 +118,7 @@ class DataMonitor(pl.Callback):
         self.log_every = log_every
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch: Any, batch_idx: int) -> None:
-        dm = getattr(trainer, "datamodule", None)
-        if dm is None or not hasattr(dm, "data_stats") or (batch_idx + 1) % self.log_every:
+        dm: TrainingData | None = training_data(trainer)
+        if dm is None or (batch_idx + 1) % self.log_every:
             return
         pl_module.log_dict(dm.data_stats())

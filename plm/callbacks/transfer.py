@@ -21,6 +21,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from plm.data.protocol import TrainingData, training_data
 from plm.scaling.laws import compute_optimal_flops
 
 
@@ -53,7 +54,10 @@ class CLMToMLMTransfer(pl.Callback):
         if self.switch_flops is not None:
             return float(self.switch_flops)
         if self.clm_share is not None:
-            dm = trainer.datamodule
+            dm: TrainingData | None = training_data(trainer)
+            if dm is None:
+                raise ValueError("CLMToMLMTransfer: clm_share needs the run's data module to plan its tokens "
+                                 "(plm.data.protocol.TrainingData); give switch_flops instead")
             planned_tokens = trainer.max_steps * trainer.accumulate_grad_batches * dm.planned_tokens(1)
             return self.clm_share * 6.0 * n * planned_tokens
         return clm_budget(n)

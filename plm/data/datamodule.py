@@ -121,6 +121,9 @@ class RankBatches(IterableDataset):
 
 
 class ProteinDataModule(pl.LightningDataModule):
+    """The pretraining data: provides :class:`plm.data.protocol.TrainingData` (what the callbacks and
+    ``LanguageModel`` ask of it) and yields :class:`plm.data.batch.Batch` micro-batches."""
+
     def __init__(
         self,
         sources: dict[str, str | list[str]] | None = None,
@@ -214,6 +217,10 @@ class ProteinDataModule(pl.LightningDataModule):
             rank_zero_warn(f"{where} {name!r}: {sum(stats.rejected.values()):,} FASTA record(s) skipped under "
                            f"on_invalid={self.on_invalid} ({reasons}; kept {stats.records:,}), e.g. {example}. "
                            "data.on_invalid=error stops at the first instead, x maps bad residues to X")
+
+    @property
+    def is_set_up(self) -> bool:
+        return self.sampler is not None
 
     @property
     def source_names(self) -> list[str]:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from plm.data.batch import Batch, as_batch
+from plm.data.protocol import TrainingData, training_data
 from plm.lit.objectives import IGNORE, Objective, clm_labels, mlm_inputs
 from plm.lit.schedule import MIN_LR_RATIO, WARMUP_FRACTION, cosine_schedule, warmup_steps
 from plm.model.config import SIZES, ModelConfig, config_for
@@ -186,17 +187,17 @@ class LanguageModel(pl.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._val_sums: dict[str, list] = {}
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        dm: TrainingData | None = training_data(self._trainer)
         self._unigram_nll: Tensor | None = None
-        if dm is not None and hasattr(dm, "unigram_probs") and getattr(dm, "sampler", None) is not None:
+        if dm is not None and dm.is_set_up:
             p = torch.as_tensor(dm.unigram_probs(), dtype=torch.float64)
             self._unigram_nll = -torch.log(p.clamp(min=1e-12))
 
     def on_validation_epoch_end(self) -> None:
         """Per set: ``val/<set>/<metric>`` and the unigram baseline on the same positions; over the
         in-distribution held-out sets: ``val/loss`` (what best.ckpt and sweeps rank by) and ``val/ppl``."""
-        dm = getattr(self.trainer, "datamodule", None)
-        heldout = set(getattr(dm, "heldout_names", self._val_sums))
+        dm: TrainingData | None = training_data(self._trainer)
+        heldout = set(dm.heldout_names if dm is not None else self._val_sums)
         metric = self.val_metric
         total = torch.zeros(3, dtype=torch.float64)
         for name, (s, n, u) in sorted(self._val_sums.items()):
