@@ -18,9 +18,10 @@ from torch import Tensor
 
 from plm.data.batch import Batch, as_batch
 from plm.data.protocol import TrainingData, training_data
+from plm.lit.arch import ArchOverrides, model_config
 from plm.lit.objectives import IGNORE, Objective, clm_labels, mlm_inputs
 from plm.lit.schedule import MIN_LR_RATIO, WARMUP_FRACTION, cosine_schedule, warmup_steps
-from plm.model.config import SIZES, ModelConfig, config_for
+from plm.model.config import SIZES, ModelConfig
 from plm.model.transformer import Transformer
 from plm.tokenizer import MASK
 from plm.utils.hashing import mix64
@@ -34,7 +35,7 @@ class LanguageModel(pl.LightningModule):
         self,
         objective: Objective | None = None,
         size: str = "tiny",
-        arch: dict[str, Any] | None = None,
+        arch: ArchOverrides | None = None,
         lr: float | None = None,
         min_lr_ratio: float = MIN_LR_RATIO,
         warmup_fraction: float = WARMUP_FRACTION,
@@ -52,7 +53,8 @@ class LanguageModel(pl.LightningModule):
             objective: 'mlm' (bidirectional, masked residues) or 'clm' (causal, next token); None
                 takes the class default (MaskedLM: mlm, CausalLM: clm).
             size: a ladder size (tiny, 8m, 35m, … 10b); its shape is the starting point for ``arch``.
-            arch: ModelConfig fields overriding the preset, e.g. {flavour: progen2, token_dropout: true}.
+            arch: ModelConfig fields overriding the preset, e.g. {flavour: progen2, token_dropout: true};
+                keys and values are checked against ModelConfig when the config is parsed.
             lr: peak learning rate; None takes the size's peak LR from the papers.
             min_lr_ratio: the cosine ends at lr × this ratio (papers: 0.1).
             warmup_fraction: share of steps spent warming up linearly (papers: 2.5%).
@@ -76,14 +78,13 @@ class LanguageModel(pl.LightningModule):
         self.hparams.objective = objective
         if objective not in ("mlm", "clm"):
             raise ValueError(f"objective={objective!r}: use 'mlm' or 'clm'")
-        base = config_for(size).to_dict()
-        base.update(arch or {})
+        config = model_config(size, arch)
         if meta_init and init_from:
             raise ValueError("model.init_from with model.meta_init: load the weights into a whole model (drop "
                              "meta_init) or convert them to a sharded checkpoint and resume from it")
         with torch.random.fork_rng(), torch.device("meta") if meta_init else contextlib.nullcontext():
             torch.manual_seed(seed)
-            self.model = Transformer(ModelConfig.from_dict(base, source="model.arch"))
+            self.model = Transformer(config)
         self.objective = objective
         self.peak_lr = lr if lr is not None else SIZES[size].peak_lr
         self.tokens_seen = 0  # real (non-pad) tokens, all ranks
