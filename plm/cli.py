@@ -27,19 +27,36 @@ COMMANDS: dict[str, str] = {
     "convert": "plm.convert_cli:main",
 }
 
+#: ``plm --help`` lines of the commands not (yet) typed functions; the others' come from their docstrings
 COMMAND_HELP: dict[str, str] = {
     "train": "train a ladder size (SIZE=…, OBJECTIVE=…) with resource checks; wraps `plm fit`",
-    "plan": "compute budget (FLOPs or GPU-hours) → model size, tokens, schedule, and a plm fit config",
     "sweep": "IsoFLOP sweep: one plm fit config per (budget, size), run in turn (resumable) or as a job list",
-    "fit-laws": "fit N_opt(C), D_opt(C) (bootstrap CIs) and L(N, D) to sweep results; table, JSON, PNG plots",
     "evaluate": "downstream tasks (probes, LoRA, zero-shot DMS, contacts) → results.csv/.md",
     "finetune": "fine-tune on a task YAML like plm fit (frozen / LoRA / full, resume) → a kept model in final/",
-    "predict": "FASTA → predictions of a fine-tuned model, or embeddings / log-probabilities of a plm LM",
     "data": "data tools: prepare, decontaminate, split-by-identity, cluster (plm data --help)",
-    "generate": "sample proteins from a CLM checkpoint into a FASTA (temperature, top-p, prompts, seed)",
-    "score": "score generated proteins: pLDDT (ESMFold), perplexity, diversity, novelty, repeats",
     "convert": "weights ⇄ fair-esm ESM-2 .pt, HF EsmForMaskedLM, ProGen2, HF GPT-J (--from … --to plm|hf)",
 }
+
+
+def summary(name: str) -> str:
+    """The ``plm --help`` line of a command: the first paragraph of its typed function's docstring (the
+    ``f`` of ``main = command(f, …)``, see :mod:`plm.command`), read from the source without importing it."""
+    import ast
+    import importlib.util
+
+    module, func = COMMANDS[name].split(":")
+    spec = importlib.util.find_spec(module)
+    tree = ast.parse(Path(spec.origin).read_text()) if spec and spec.origin else ast.Module(body=[], type_ignores=[])
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == [func]
+                and isinstance(node.value, ast.Call) and getattr(node.value.func, "id", None) == "command"
+                and node.value.args and isinstance(node.value.args[0], ast.Name)):
+            func = node.value.args[0].id
+    doc = next((ast.get_docstring(n) for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == func), None)
+    if name in COMMAND_HELP or not doc:
+        return COMMAND_HELP.get(name, "")
+    first = " ".join(doc.split("\n\n")[0].split()).rstrip(".")
+    return first[:1].lower() + first[1:] if first[1:2].islower() else first
 
 
 def _lightning_cli(args: list[str]) -> int:
@@ -74,7 +91,7 @@ def usage() -> str:
     lines = ["usage: plm <command> [options]", "", "Lightning commands (plm <command> --help):"]
     lines += [f"  {c:<16} LightningCLI {c} (--config configs/train/mlm.yaml …)" for c in LIGHTNING_SUBCOMMANDS]
     lines += ["", "plm commands:"]
-    lines += [f"  {name:<16} {COMMAND_HELP.get(name, '')}" for name in COMMANDS]
+    lines += [f"  {name:<16} {summary(name)}" for name in COMMANDS]
     return "\n".join(lines)
 
 

@@ -17,19 +17,19 @@ or a GPU (``--device``).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from plm.errors import PlmError, add_debug_argument, one_line_errors
+from plm.command import Flag, command
+from plm.errors import PlmError
 from plm.utils.atomic import atomic_file
 
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
@@ -145,30 +145,6 @@ def logprob_rows(ids: list[str], seqs: list[str], lps: list[np.ndarray]) -> tupl
 
 
 # ---- command -----------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="plm predict", description=__doc__.split("\n\n")[0].split(": ", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Fine-tuned model: predictions; language model: embeddings (.npy beside the "
-                                       "CSV) or per-residue log-probabilities (--what logprobs).")
-    p.add_argument("--checkpoint", required=True, type=Path,
-                   help="a plm finetune final/ directory, or a plm export directory / Lightning .ckpt")
-    p.add_argument("--in", dest="inp", required=True, type=Path, help="FASTA file of the sequences (gzip or plain)")
-    p.add_argument("--out", required=True, type=Path, help="CSV to write (embeddings also write <out>.npy)")
-    p.add_argument("--what", choices=["auto", "embeddings", "logprobs"], default="auto",
-                   help="for a language model: embeddings (default) or logprobs; a fine-tuned model predicts")
-    p.add_argument("--layer", type=int, default=-1,
-                   help="embeddings: representation (0 = embeddings, i = after block i, -1 = final, default)")
-    p.add_argument("--max-tokens", type=int, default=16384, help="padded tokens per batch (default 16384)")
-    p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1 …")
-    p.add_argument("--crop", action="store_true", help="predict on the first residues of over-long sequences")
-    p.add_argument("--on-invalid", choices=["error", "skip", "x"], default="error",
-                   help="FASTA records with unknown letters or no residues: error (default), skip them, or x "
-                        "(map unknown letters to X)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    add_debug_argument(p)
-    return p
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -184,49 +160,70 @@ def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
         w.writerows(rows)
 
 
-@one_line_errors("plm predict", expected=(ValueError, FileNotFoundError))
-def main(argv: list[str]) -> int:
-    """Check the inputs, load the model, predict, write the CSV (and the .npy of embeddings)."""
+def predict(checkpoint: Path, inp: Annotated[Path, Flag("--in")], out: Path,
+            what: Literal["auto", "embeddings", "logprobs"] = "auto", layer: int = -1, max_tokens: int = 16384,
+            device: str = "auto", crop: bool = False, on_invalid: Literal["error", "skip", "x"] = "error",
+            no_progress: bool = False) -> int:
+    """FASTA → predictions of a fine-tuned model, or embeddings / log-probabilities of a plm LM.
+
+    Fine-tuned model: predictions; language model: embeddings (.npy beside the CSV) or per-residue
+    log-probabilities (--what logprobs). Checks the inputs, loads the model, predicts, writes the CSV.
+
+    Args:
+        checkpoint: a plm finetune final/ directory, or a plm export directory / Lightning .ckpt
+        inp: FASTA file of the sequences (gzip or plain)
+        out: CSV to write (embeddings also write <out>.npy)
+        what: for a language model: embeddings (auto) or logprobs; a fine-tuned model predicts
+        layer: embeddings: representation (0 = embeddings, i = after block i, -1 = final)
+        max_tokens: padded tokens per batch
+        device: auto (a GPU when there is one), cpu, cuda, cuda:1 …
+        crop: predict on the first residues of over-long sequences
+        on_invalid: FASTA records with unknown letters or no residues: error, skip them, or x (map unknown
+            letters to X)
+        no_progress: hide the progress bar
+    """
     from plm.evaluation.kept import is_finetuned, load_finetuned, read_meta
     from plm.model.record import read_record
 
-    args = build_parser().parse_args(argv)
-    if args.max_tokens <= 0:
-        raise PlmError(f"--max-tokens {args.max_tokens}: give a positive token budget")
-    if not args.out.parent.is_dir():
-        raise PlmError(f"--out {args.out}: directory {args.out.parent} does not exist; create it first")
-    device = resolve_device(args.device)
-    finetuned = is_finetuned(args.checkpoint)
+    if max_tokens <= 0:
+        raise PlmError(f"--max-tokens {max_tokens}: give a positive token budget")
+    if not out.parent.is_dir():
+        raise PlmError(f"--out {out}: directory {out.parent} does not exist; create it first")
+    device = resolve_device(device)
+    finetuned = is_finetuned(checkpoint)
     if finetuned:
-        if args.what != "auto":
-            raise PlmError(f"--what {args.what} is for language models; {args.checkpoint} is a fine-tuned model, "
+        if what != "auto":
+            raise PlmError(f"--what {what} is for language models; {checkpoint} is a fine-tuned model, "
                            "which predicts its task (give its backbone/ directory for embeddings or logprobs)")
-        read_meta(args.checkpoint)
-    record = read_record(args.checkpoint / "backbone" if finetuned else args.checkpoint)
+        read_meta(checkpoint)
+    record = read_record(checkpoint / "backbone" if finetuned else checkpoint)
     limit = record.config.max_seq_len - 2
-    ids, seqs = read_inputs(args.inp, args.on_invalid)
-    seqs = check_lengths(ids, seqs, limit, args.crop)
-    progress = not args.no_progress
+    ids, seqs = read_inputs(inp, on_invalid)
+    seqs = check_lengths(ids, seqs, limit, crop)
+    progress = not no_progress
     if finetuned:
-        model = load_finetuned(args.checkpoint).to(device)
+        model = load_finetuned(checkpoint).to(device)
         print(f"plm predict: {len(seqs):,} sequences → {model.describe()} on {device}", file=sys.stderr)
-        header, rows = prediction_rows(model, ids, seqs, model.predict(seqs, args.max_tokens, progress))
+        header, rows = prediction_rows(model, ids, seqs, model.predict(seqs, max_tokens, progress))
     else:
         from plm.model.io import load_pretrained
 
-        model = load_pretrained(args.checkpoint).to(device).eval()
-        what = "embeddings" if args.what == "auto" else args.what
+        model = load_pretrained(checkpoint).to(device).eval()
+        what = "embeddings" if what == "auto" else what
         print(f"plm predict: {len(seqs):,} sequences → {what} of {record.describe()} on {device}", file=sys.stderr)
         if what == "embeddings":
-            vectors = embeddings(model, seqs, record.causal, args.layer, args.max_tokens, device, progress)
-            npy = args.out.with_suffix(".npy")
+            vectors = embeddings(model, seqs, record.causal, layer, max_tokens, device, progress)
+            npy = out.with_suffix(".npy")
             with atomic_file(npy, "wb") as fh:
                 np.save(fh, vectors)
             header, rows = ["id", "length", "row"], [[i, len(s), n] for n, (i, s) in enumerate(zip(ids, seqs))]
             print(f"plm predict: wrote {npy} ({vectors.shape[0]} × {vectors.shape[1]}, float32)", file=sys.stderr)
         else:
-            header, rows = logprob_rows(ids, seqs, logprobs(model, seqs, record.causal, args.max_tokens, device,
+            header, rows = logprob_rows(ids, seqs, logprobs(model, seqs, record.causal, max_tokens, device,
                                                             progress))
-    write_csv(args.out, header, rows)
-    print(f"plm predict: wrote {args.out} ({len(rows):,} rows)", file=sys.stderr)
+    write_csv(out, header, rows)
+    print(f"plm predict: wrote {out} ({len(rows):,} rows)", file=sys.stderr)
     return 0
+
+
+main = command(predict, "plm predict", expected=(ValueError, FileNotFoundError))

@@ -11,18 +11,17 @@ silently. Outputs in ``--out``: ``scores.csv``, ``summary.md``, ``summary.json``
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from plm.errors import add_debug_argument, one_line_errors
+from plm.command import command
 from plm.generate import metrics
 
 PLDDT_CONFIDENT = 70.0  # AlphaFold/ESMFold convention: > 70 is a confident backbone
@@ -271,31 +270,42 @@ def render_markdown(s: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-@one_line_errors("plm score", expected=(FileNotFoundError, ValueError))
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="plm score", description=__doc__.split("\n\n")[0])
-    add_debug_argument(p)
-    p.add_argument("fasta", help="FASTA(.gz) of sequences to score (e.g. from `plm generate`)")
-    p.add_argument("--out", required=True, help="directory for scores.csv, summary.md/json and hist_*.png")
-    p.add_argument("--esmfold", help="local ESMFold directory (config.json + weights) for mean pLDDT")
-    p.add_argument("--fold-dtype", default="fp32", choices=["fp32", "bf16"], help="dtype of ESMFold's language model (never fp16: NaNs)")
-    p.add_argument("--fold-token-budget", type=int, default=1024, help="max batch size × longest length per ESMFold forward")
-    p.add_argument("--fold-cache", help="pLDDT cache JSON keyed by sequence hash (default OUT/plddt_cache.json)")
-    p.add_argument("--clm", help="the generating CLM (plm export dir or .ckpt) for perplexity")
-    p.add_argument("--mlm", help="an MLM (plm export dir or .ckpt) for pseudo-perplexity")
-    p.add_argument("--reference", help="reference FASTA(.gz), e.g. the training set, for novelty (max identity)")
-    p.add_argument("--cluster-identity", type=float, default=0.5, help="identity threshold for the cluster count")
-    p.add_argument("--cluster-backend", default="auto", choices=["auto", "python", "mmseqs"],
-                   help="auto: MMseqs2 when installed, else pure-Python greedy clustering")
-    p.add_argument("--novelty-backend", default="auto", choices=["auto", "python", "mmseqs"],
-                   help="auto: MMseqs2 easy-search against --reference when installed, else k-mer prefilter + alignment")
-    p.add_argument("--max-pairs", type=int, default=5000, help="pairs sampled for the pairwise identity distribution")
-    p.add_argument("--device", default="cpu", help="torch device for the models")
-    a = p.parse_args(argv)
-    opts = ScoreOptions(esmfold=a.esmfold, fold_dtype=a.fold_dtype, fold_token_budget=a.fold_token_budget,
-                        fold_cache=a.fold_cache, clm=a.clm, mlm=a.mlm, reference=a.reference,
-                        cluster_identity=a.cluster_identity, cluster_backend=a.cluster_backend,
-                        novelty_backend=a.novelty_backend, max_pairs=a.max_pairs, device=a.device)
-    score(a.fasta, a.out, opts)
-    print((Path(a.out) / "summary.md").read_text())
+def score_command(fasta: str, /, out: str, esmfold: str | None = None,
+                  fold_dtype: Literal["fp32", "bf16"] = ScoreOptions.fold_dtype,
+                  fold_token_budget: int = ScoreOptions.fold_token_budget, fold_cache: str | None = None,
+                  clm: str | None = None, mlm: str | None = None, reference: str | None = None,
+                  cluster_identity: float = ScoreOptions.cluster_identity,
+                  cluster_backend: metrics.Backend = ScoreOptions.cluster_backend,
+                  novelty_backend: metrics.Backend = ScoreOptions.novelty_backend, max_pairs: int = ScoreOptions.max_pairs,
+                  device: str = ScoreOptions.device) -> int:
+    """Score generated proteins: pLDDT (ESMFold), perplexity, diversity, novelty, repeats.
+
+    The defaults are ScoreOptions'.
+
+    Args:
+        fasta: FASTA(.gz) of sequences to score (e.g. from `plm generate`)
+        out: directory for scores.csv, summary.md/json and hist_*.png
+        esmfold: local ESMFold directory (config.json + weights) for mean pLDDT
+        fold_dtype: dtype of ESMFold's language model (never fp16: NaNs)
+        fold_token_budget: max batch size × longest length per ESMFold forward
+        fold_cache: pLDDT cache JSON keyed by sequence hash (default OUT/plddt_cache.json)
+        clm: the generating CLM (plm export dir or .ckpt) for perplexity
+        mlm: an MLM (plm export dir or .ckpt) for pseudo-perplexity
+        reference: reference FASTA(.gz), e.g. the training set, for novelty (max identity)
+        cluster_identity: identity threshold for the cluster count
+        cluster_backend: auto: MMseqs2 when installed, else pure-Python greedy clustering
+        novelty_backend: auto: MMseqs2 easy-search against --reference when installed, else k-mer prefilter +
+            alignment
+        max_pairs: pairs sampled for the pairwise identity distribution
+        device: torch device for the models
+    """
+    opts = ScoreOptions(esmfold=esmfold, fold_dtype=fold_dtype, fold_token_budget=fold_token_budget,
+                        fold_cache=fold_cache, clm=clm, mlm=mlm, reference=reference,
+                        cluster_identity=cluster_identity, cluster_backend=cluster_backend,
+                        novelty_backend=novelty_backend, max_pairs=max_pairs, device=device)
+    score(fasta, out, opts)
+    print((Path(out) / "summary.md").read_text())
     return 0
+
+
+main = command(score_command, "plm score", expected=(FileNotFoundError, ValueError))

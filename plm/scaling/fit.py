@@ -15,18 +15,19 @@ Method (Hoffmann et al. 2022, approaches 2 and 3, as used by Cheng et al. 2024):
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 from scipy.optimize import minimize
 from scipy.special import logsumexp, softmax
 
+from plm.command import Flag, command
 from plm.scaling.results import Run, load_results
 
 MIN_SIZES_PER_BUDGET = 3  # a parabola needs three points
@@ -279,36 +280,37 @@ def format_table(fits: dict[str, ObjectiveFit]) -> str:
     return "\n".join(lines)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="plm fit-laws", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("results", type=Path, help="CSV with objective,flops,n_params,loss[,tokens], or a `plm sweep` --out directory")
-    p.add_argument("--json", action="store_true", help="print the fits as one JSON object keyed by objective")
-    p.add_argument("--plots", type=Path, help="write isoflop_<objective>.png and laws.png here")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
-    p.add_argument("--keep-extrapolated", action="store_true",
-                   help="also fit budgets whose minimum lies outside the sizes tried (default: report, leave out)")
-    return p
+def fit_laws(results: Path, /, as_json: Annotated[bool, Flag("--json")] = False, plots: Path | None = None,
+             bootstrap: int = 1000, seed: int = 0, keep_extrapolated: bool = False) -> int:
+    """Fit N_opt(C), D_opt(C) (bootstrap CIs) and L(N, D) to sweep results; table, JSON, PNG plots.
 
-
-def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+    Args:
+        results: CSV with objective,flops,n_params,loss[,tokens], or a `plm sweep` --out directory
+        as_json: print the fits as one JSON object keyed by objective
+        plots: write isoflop_<objective>.png and laws.png here
+        bootstrap: bootstrap resamples for the intervals
+        seed: seed of the bootstrap
+        keep_extrapolated: also fit budgets whose minimum lies outside the sizes tried (default: report, leave out)
+    """
     try:
-        runs = load_results(args.results)
+        runs = load_results(results)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", np.exceptions.RankWarning)
-            fits = fit_all(runs, str(args.results), args.bootstrap, args.seed, args.keep_extrapolated)
+            fits = fit_all(runs, str(results), bootstrap, seed, keep_extrapolated)
     except (ValueError, FileNotFoundError) as err:
         print(f"plm fit-laws: {err}", file=sys.stderr)
         return 2
-    if args.plots:
+    if plots:
         from plm.scaling.plots import plot_all
 
-        written = plot_all(runs, fits, args.plots)
-        if not args.json:
+        written = plot_all(runs, fits, plots)
+        if not as_json:
             print("wrote " + ", ".join(str(p) for p in written))
-    if args.json:
+    if as_json:
         print(json.dumps({obj: f.to_json() for obj, f in fits.items()}, indent=2))
     else:
         print(format_table(fits))
     return 0
+
+
+main = command(fit_laws, "plm fit-laws", description=__doc__)

@@ -8,13 +8,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from plm.command import Exclusive, Flag, command
 from plm.hardware import GPU_PEAK_BF16
 from plm.scaling.recipe import OBJECTIVES, Layout, RunPlan, fit_config, plan_for_budget
 from plm.utils.atomic import atomic_write_text
@@ -89,54 +89,54 @@ def write_config(plan: RunPlan, path: Path, manifest: Path | None = None,
     atomic_write_text(path, header + yaml.safe_dump(cfg, sort_keys=False))
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="plm plan", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    budget = p.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--flops", type=float, help="training compute C = 6·N·D in FLOPs")
-    budget.add_argument("--gpu-hours", type=float, help="GPU-hours (with --gpu and --mfu)")
-    p.add_argument("--gpu", default="a100", help=f"GPU for --gpu-hours: {', '.join(GPU_PEAK_BF16)}")
-    p.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation to assume (0–1)")
-    p.add_argument("--objective", default="mlm", choices=OBJECTIVES, help="training objective")
-    p.add_argument("--manifest", type=Path, help="DIR/manifest.json of `plm data prepare`: report epochs per source")
-    p.add_argument("--weights", help="mixture weights name=w,… for --manifest (default: by residues)")
-    p.add_argument("--row-len", type=int, default=1024, help="context length of packed rows")
-    p.add_argument("--rows-per-device", type=int, default=8, help="rows per device per micro-batch (--write)")
-    p.add_argument("--devices", type=int, default=1, help="devices per node (--write)")
-    p.add_argument("--num-nodes", type=int, default=1, help="nodes (--write)")
-    p.add_argument("--write", type=Path, help="write a plm fit config here")
-    p.add_argument("--laws", type=Path, help="`plm fit-laws --json` output: plan with your fitted N_opt law and its "
-                                             "parametric L(N, D) for the expected loss (clm/mlm)")
-    p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
-    return p
+def budget_flops(flops: float | None, gpu_hours: float | None, gpu: str, mfu: float) -> float:
+    """The budget in FLOPs: ``flops``, or ``gpu_hours`` on ``gpu`` at model FLOPs utilisation ``mfu``."""
+    if flops is not None:
+        return flops
+    if gpu.lower() not in GPU_PEAK_BF16:
+        raise ValueError(f"--gpu {gpu!r} is unknown; use one of {', '.join(GPU_PEAK_BF16)} or give --flops")
+    if not 0 < mfu <= 1:
+        raise ValueError(f"--mfu {mfu} must be in (0, 1]")
+    return gpu_hours * 3600 * GPU_PEAK_BF16[gpu.lower()] * mfu
 
 
-def budget_from_args(args: argparse.Namespace) -> float:
-    if args.flops is not None:
-        return args.flops
-    if args.gpu.lower() not in GPU_PEAK_BF16:
-        raise ValueError(f"--gpu {args.gpu!r} is unknown; use one of {', '.join(GPU_PEAK_BF16)} or give --flops")
-    if not 0 < args.mfu <= 1:
-        raise ValueError(f"--mfu {args.mfu} must be in (0, 1]")
-    return args.gpu_hours * 3600 * GPU_PEAK_BF16[args.gpu.lower()] * args.mfu
+def make_plan(flops: float | None = None, gpu_hours: float | None = None, gpu: str = "a100", mfu: float = 0.4,
+              objective: Annotated[str, Flag(choices=OBJECTIVES)] = "mlm", manifest: Path | None = None,
+              weights: str | None = None, row_len: int = 1024, rows_per_device: int = 8, devices: int = 1,
+              num_nodes: int = 1, write: Path | None = None, laws: Path | None = None,
+              as_json: Annotated[bool, Flag("--json")] = False) -> int:
+    """Compute budget (FLOPs or GPU-hours) → model size, tokens, schedule, and a plm fit config.
 
-
-def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+    Args:
+        flops: training compute C = 6·N·D in FLOPs
+        gpu_hours: GPU-hours (with --gpu and --mfu)
+        gpu: GPU for --gpu-hours, a name in plm.hardware.GPU_PEAK_BF16 (a100, h100, …)
+        mfu: model FLOPs utilisation to assume (0–1)
+        objective: training objective
+        manifest: DIR/manifest.json of `plm data prepare`: report epochs per source
+        weights: mixture weights name=w,… for --manifest (default: by residues)
+        row_len: context length of packed rows
+        rows_per_device: rows per device per micro-batch (--write)
+        devices: devices per node (--write)
+        num_nodes: nodes (--write)
+        write: write a plm fit config here
+        laws: `plm fit-laws --json` output: plan with your fitted N_opt law and its parametric L(N, D) for the
+            expected loss (clm/mlm)
+        as_json: print the plan as one JSON object
+    """
     try:
-        weights = None
-        if args.weights:
-            weights = {k: float(v) for k, v in (item.split("=", 1) for item in args.weights.split(","))}
-        fitted = load_fitted_law(args.laws, args.objective) if args.laws else None
-        layout = Layout(args.row_len, args.rows_per_device, args.devices, args.num_nodes)
-        plan = plan_for_budget(budget_from_args(args), args.objective, layout, fitted, f"fitted: {args.laws}")
-        epochs = check_epochs(plan, args.manifest, weights) if args.manifest is not None else None
+        mix = {k: float(v) for k, v in (item.split("=", 1) for item in weights.split(","))} if weights else None
+        fitted = load_fitted_law(laws, objective) if laws else None
+        layout = Layout(row_len, rows_per_device, devices, num_nodes)
+        plan = plan_for_budget(budget_flops(flops, gpu_hours, gpu, mfu), objective, layout, fitted, f"fitted: {laws}")
+        epochs = check_epochs(plan, manifest, mix) if manifest is not None else None
     except ValueError as err:
         print(f"plm plan: {err}", file=sys.stderr)
         return 2
     loss = expected_loss(plan, fitted)
-    if args.write:
-        write_config(plan, args.write, args.manifest, weights)
-    if args.json:
+    if write:
+        write_config(plan, write, manifest, mix)
+    if as_json:
         print(json.dumps({**plan.to_json(), "expected_loss": loss, "epochs": epochs}))
         return 0
     shape = f"ladder size {plan.size}" if plan.size else "generated shape"
@@ -145,7 +145,7 @@ def main(argv: list[str]) -> int:
         (f"  N_opt ({plan.law_source}) = {plan.n_opt:.3g} non-embedding parameters → {shape}: "
          f"{plan.layers} layers × {plan.hidden} hidden × {plan.heads} heads, N = {plan.n_params:.3g}"),
         (f"  D = C / 6N = {plan.tokens:.3g} tokens; batch {plan.step_tokens:,} tokens ({plan.accumulate} accumulation "
-         f"× {args.rows_per_device} rows × {layout.world} devices × {args.row_len}) → {plan.steps:,} steps, "
+         f"× {rows_per_device} rows × {layout.world} devices × {row_len}) → {plan.steps:,} steps, "
          f"warm-up {plan.warmup_steps:,}, peak LR {plan.peak_lr:g}, cosine to LR/10; GPU strategy {plan.strategy}"),
         (f"  expected loss: {loss:.4f} nats (parametric L(N, D) of {plan.law_source})" if loss is not None else
          "  expected loss: not given by the published fits (they fix the allocation, not the loss level; "
@@ -157,7 +157,10 @@ def main(argv: list[str]) -> int:
     if epochs:
         lines.append("  epochs per source: " + ", ".join(f"{k} {v:.2f}" for k, v in epochs.items()))
     lines += [f"  note: {note}" for note in plan.notes]
-    if args.write:
-        lines.append(f"  wrote {args.write}: plm fit --config {args.write}")
+    if write:
+        lines.append(f"  wrote {write}: plm fit --config {write}")
     print("\n".join(lines))
     return 0
+
+
+main = command(make_plan, "plm plan", exclusive=[Exclusive("flops", "gpu_hours", required=True)], description=__doc__)

@@ -1,0 +1,169 @@
+"""Commands from typed functions: the signature and the docstring are the command line (issue #22).
+
+A plm command is a plain function; :func:`command` derives its argparse parser and returns the
+``main(argv) -> int`` that ``plm <name>`` calls::
+
+    def generate_fasta(checkpoint: str, out: str, num: int = 100, greedy: bool = False) -> int:
+        \"\"\"Sample proteins from a CLM checkpoint into a FASTA file.
+
+        Args:
+            checkpoint: plm export directory or Lightning .ckpt of a CLM
+            out: FASTA file to write
+            num: number of sequences
+            greedy: arg-max decoding instead of sampling
+        \"\"\"
+
+    main = command(generate_fasta, "plm generate", expected=(ValueError, FileNotFoundError))
+
+The rules, all of argparse's own behaviour kept (errors, ``--help``, the flags the docs show):
+
+- a parameter is ``--its-name`` (underscores become dashes); without a default it is required; parameters
+  before a ``/`` are positional arguments;
+- the type gives ``type=``: ``int``, ``float``, ``str``, ``Path``; ``X | None`` is an optional ``X``;
+  ``Literal[...]`` gives ``choices``; ``bool`` (default False) is a switch; ``tuple[X, ...]`` is a repeatable
+  option collected in a list;
+- the docstring's first paragraph is the description (and the line ``plm --help`` shows); its ``Args:``
+  section gives each flag's help — every parameter must have one; a default is appended to the help;
+- ``Annotated[T, Flag("--in", "--alias", choices=...)]`` sets other option strings or choices;
+  :class:`Exclusive` groups options;
+- ``expected=`` wraps the command in :func:`plm.errors.one_line_errors` and adds ``--debug``.
+
+Defaults therefore live once, in the signature (which may take them from a dataclass).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import re
+import types
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from plm.errors import Main, add_debug_argument, one_line_errors
+
+
+class Flag:
+    """Option strings other than ``--its-name`` (``Annotated[Path, Flag("--in")]``), or choices kept in a
+    constant elsewhere (``Annotated[str, Flag(choices=OBJECTIVES)]``)."""
+
+    def __init__(self, *names: str, choices: Sequence[str] | None = None) -> None:
+        self.names, self.choices = names, choices
+
+
+class Exclusive:
+    """Parameters of which at most one (``required``: exactly one) may be given."""
+
+    def __init__(self, *params: str, required: bool = False) -> None:
+        self.params, self.required = params, required
+
+
+def docstring_parts(func: Callable) -> tuple[str, str, dict[str, str]]:
+    """(summary, description, {parameter: help}) of a Google-style docstring."""
+    doc = inspect.cleandoc(func.__doc__ or "")
+    body, _, args = doc.partition("\nArgs:\n")
+    body = body.strip()
+    helps: dict[str, str] = {}
+    name = None
+    for line in args.splitlines():
+        if line.strip() and not line.startswith(" "):
+            break  # the next section (Returns:, Raises:)
+        m = re.match(r"^ {4}(\w+)(?: \([^)]*\))?:\s*(.*)$", line)
+        if m:
+            name, helps[m.group(1)] = m.group(1), m.group(2)
+        elif name and line.strip():
+            helps[name] += " " + line.strip()
+    summary = " ".join(body.split("\n\n")[0].split())
+    return summary, body, helps
+
+
+def _argument(name: str, hint: Any, default: Any, help_: str, positional: bool) -> tuple[list[str], dict]:
+    names: Sequence[str] = ["--" + name.replace("_", "-")]
+    kwargs: dict[str, Any] = {"help": help_}
+    if typing.get_origin(hint) is typing.Annotated:
+        hint, *extras = typing.get_args(hint)
+        for flag in (e for e in extras if isinstance(e, Flag)):
+            names = flag.names or names
+            if flag.choices is not None:
+                kwargs["choices"] = list(flag.choices)
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
+    if optional:
+        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+    if hint is bool:
+        if default is not False:
+            raise TypeError(f"{name}: a bool option is a switch and must default to False")
+        return list(names), {**kwargs, "action": "store_true", "dest": name}
+    if typing.get_origin(hint) is tuple:
+        kwargs.update(action="append", default=list(default))
+        hint = typing.get_args(hint)[0]
+    elif default is inspect.Parameter.empty:
+        if not positional:
+            kwargs["required"] = True
+    else:
+        kwargs["default"] = default
+    if typing.get_origin(hint) is typing.Literal:
+        kwargs["choices"] = list(typing.get_args(hint))
+    elif hint in (int, float, Path):
+        kwargs["type"] = hint
+    elif hint is not str:
+        raise TypeError(f"{name}: unsupported type {hint!r} for a command-line option")
+    shown = not any(default is v for v in (None, False, inspect.Parameter.empty)) and default not in ((), "")
+    if shown and "default" not in help_:
+        kwargs["help"] = f"{help_} (default: %(default)s)"
+    if positional:
+        return [name], kwargs
+    return list(names), {**kwargs, "dest": name}
+
+
+def build_parser(func: Callable, prog: str, expected: bool = False, exclusive: Sequence[Exclusive] = (),
+                 description: str | None = None, epilog: str | None = None) -> argparse.ArgumentParser:
+    """The argparse parser of ``func`` (see the module docstring for the rules)."""
+    _, body, helps = docstring_parts(func)
+    hints = typing.get_type_hints(func, include_extras=True)
+    params = inspect.signature(func).parameters
+    missing = [n for n in params if n not in helps] + [f"{n} (not a parameter)" for n in helps if n not in params]
+    if missing:
+        raise TypeError(f"{func.__qualname__}: the docstring's Args section must document exactly the parameters; "
+                        f"check {', '.join(missing)}")
+    p = argparse.ArgumentParser(prog=prog, description=description or body, epilog=epilog,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    groups: dict[str, Any] = {}
+    for g in exclusive:
+        group = p.add_mutually_exclusive_group(required=g.required)
+        groups.update(dict.fromkeys(g.params, group))
+    for name, param in params.items():
+        positional = param.kind is inspect.Parameter.POSITIONAL_ONLY
+        names, kwargs = _argument(name, hints[name], param.default, helps[name], positional)
+        groups.get(name, p).add_argument(*names, **kwargs)
+    if expected:
+        add_debug_argument(p)
+    return p
+
+
+def command(func: Callable[..., int | None], prog: str, *, expected: tuple[type[BaseException], ...] | None = None,
+            exclusive: Sequence[Exclusive] = (), description: str | None = None,
+            epilog: str | None = None) -> Main:
+    """``main(argv) -> int`` for the typed ``func``: parse ``argv`` with the derived parser, call ``func``.
+
+    ``expected``: exceptions that print as one line with exit code 2 (and ``--debug``), as
+    :func:`plm.errors.one_line_errors`; ``description`` replaces the docstring's text in ``--help``.
+    """
+
+    def parser() -> argparse.ArgumentParser:
+        return build_parser(func, prog, expected is not None, exclusive, description, epilog)
+
+    def main(argv: list[str]) -> int:
+        args = vars(parser().parse_args(argv))
+        args.pop("debug", None)
+        params = inspect.signature(func).parameters
+        positional = [args.pop(n) for n, p in params.items() if p.kind is inspect.Parameter.POSITIONAL_ONLY]
+        return int(func(*positional, **args) or 0)
+
+    if expected is not None:
+        main = one_line_errors(prog, expected)(main)
+    main.parser = parser  # type: ignore[attr-defined]
+    main.function = func  # type: ignore[attr-defined]
+    main.__doc__ = func.__doc__
+    return main
