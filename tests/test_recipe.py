@@ -110,3 +110,14 @@ def test_law_coefficients_live_in_one_module():
     hits = subprocess.run(["grep", "-rlE", r"1\.26e-3|6\.19e-8|1\.23e2|2\.02e6", "plm"], cwd=root,
                           capture_output=True, text=True).stdout.split()
     assert hits == ["plm/scaling/laws.py"]
+
+
+def test_a_small_budget_keeps_at_least_min_steps_and_says_the_batch_was_reduced():
+    """Bug: a 2e10-FLOP plan put 16× its planned tokens into one step of the recipe's 524k-token batch."""
+    from plm.scaling.recipe import MIN_STEPS
+
+    plan = plan_for_budget(2e10, "mlm", Layout(row_len=128, rows_per_device=4))
+    assert plan.steps >= MIN_STEPS and plan.steps * plan.step_tokens <= 1.1 * plan.tokens + plan.step_tokens
+    assert any("batch reduced" in note for note in plan.notes)
+    big = plan_for_size("35m", "mlm")  # a compute-optimal ladder run keeps the preset's batch
+    assert big.batch_tokens == SIZES["35m"].batch_tokens and not any("batch reduced" in n for n in big.notes)

@@ -35,6 +35,9 @@ OBJECTIVES: tuple[str, ...] = ("mlm", "clm", "transfer")
 LADDER_TOLERANCE = 1.15
 #: a plan whose shape is further than this factor from N_opt says so
 FAR_FROM_OPTIMUM = 1.5
+#: the fewest optimizer steps a plan keeps: a recipe batch larger than the whole run's tokens / this is
+#: reduced (saying so), so a small budget is not trained on many times its planned tokens in one step
+MIN_STEPS = 20
 #: generated shapes: layers and aspect ratio h/L near the ESM-2 / paper ladder
 MAX_LAYERS, MIN_ASPECT, MAX_ASPECT = 128, 16, 128
 VALIDATION_EVERY_MAX = 1000  # optimizer steps between validations in long runs
@@ -237,10 +240,15 @@ def _build(objective: str, flops: float, cfg: ModelConfig, size: str | None, n_o
     n = cfg.n_params_non_embedding()
     preset = SIZES.get(size) if size else None
     batch = batch_tokens or (preset.batch_tokens if preset else batch_tokens_for(n))
+    tokens = flops / (6.0 * n)
+    if batch_tokens is None and batch > tokens / MIN_STEPS:
+        reduced = max(layout.row_len, int(tokens / MIN_STEPS))
+        notes.append(f"batch reduced from {batch:,} to ≈ {reduced:,} tokens: the run's {tokens:.3g} tokens "
+                     f"would fill fewer than {MIN_STEPS} steps of the recipe's batch")
+        batch = reduced
     rows_per_step = max(1, batch // layout.row_len)
     accumulate = max(1, math.ceil(rows_per_step / (layout.rows_per_device * layout.world)))
     step_tokens = accumulate * layout.rows_per_device * layout.world * layout.row_len
-    tokens = flops / (6.0 * n)
     steps = max(1, math.ceil(tokens / step_tokens))
     clm_flops = mlm_flops = None
     if objective == "transfer":
