@@ -64,6 +64,7 @@ def _lightning_cli(args: list[str]) -> int:
     blow-up) print one line with exit code 2, the traceback only with --debug or PLM_DEBUG=1. Exit code
     0 after a finished run, a run that needed nothing more, or a SIGTERM/SIGUSR1 save; 130 after a Ctrl-C
     save."""
+    from plm import paths
     from plm.errors import debug_requested, report, strip_debug
     from plm.lightning_cli import expected_error_message, run_lightning_cli
     from plm.reliability.run_dir import RunComplete
@@ -71,7 +72,8 @@ def _lightning_cli(args: list[str]) -> int:
 
     prog = f"plm {args[0]}"
     saved = sys.argv
-    sys.argv = [saved[0], *strip_debug(args)]  # LightningCLI reads sys.argv; passing args as well makes it warn
+    # LightningCLI reads sys.argv (passing args as well makes it warn); --config configs/… works from anywhere
+    sys.argv = [saved[0], *paths.config_args(strip_debug(args))]
     try:
         cli = run_lightning_cli(None)
     except RunComplete as done:
@@ -108,11 +110,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module, func = COMMANDS[command].split(":")
     return int(getattr(importlib.import_module(module), func)(rest) or 0)
-
-
-def repo_root() -> Path:
-    """Root of the source checkout (configs/, data/ live there)."""
-    return Path(__file__).resolve().parents[1]
 
 
 def entry(argv: Any = None) -> None:  # pragma: no cover - console script shim

@@ -144,11 +144,13 @@ def main(argv: list[str]) -> int:
     after a finished run, a run with nothing left to do, or a SIGTERM save; 130 after a Ctrl-C save."""
     from plm.errors import debug_requested, report, strip_debug
     from plm.lightning_cli import expected_error_message
+    from plm.paths import config_args
     from plm.reliability.run_dir import RunComplete
     from plm.reliability.signals import preemption_exit_code
 
     saved = sys.argv
-    sys.argv = [saved[0], "fit", *strip_debug(argv)]  # LightningCLI reads sys.argv; fit is the subcommand
+    # LightningCLI reads sys.argv; fit is the subcommand; --config configs/finetune/… works from anywhere
+    sys.argv = [saved[0], "fit", *config_args(strip_debug(argv))]
     try:
         cli = run_finetune_cli(None)
     except RunComplete as done:

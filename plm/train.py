@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from pathlib import Path
 
 import torch
 
+from plm import paths
 from plm.hardware import GPU_MEMORY_GB
 from plm.model.config import SIZES
 from plm.scaling.memory import DEFAULT_GPU, DEFAULT_MFU
@@ -53,8 +53,7 @@ def main(argv: list[str]) -> int:
         argv, extra = argv[:i], argv[i + 1 :]
     args, unknown = _parser().parse_known_args(argv)
     extra = unknown + extra  # anything else goes to plm fit (e.g. --trainer.max_steps 10)
-    root = Path(__file__).resolve().parents[1]
-    fit_args = ["fit", "--config", str(root / "configs" / "train" / f"{args.objective}.yaml")]
+    fit_args = ["fit", "--config", str(paths.train_config(args.objective))]
     if args.size is None:
         if args.tokens is not None:
             print("plm train: --tokens (TOKENS=) needs --size (SIZE=): the CPU demo runs its config's fixed "

@@ -29,6 +29,7 @@ from plm.data.fasta import FastaStats, OnInvalid, read_fasta
 from plm.data.packing import StreamPacker, materialize, pack_records
 from plm.data.sampler import MixtureSampler
 from plm.data.store import TokenStore, split_fasta
+from plm.paths import not_found_hint, resolve, sample_data
 from plm.reliability.signals import SignalSafeDataLoader, ignore_stop_signals
 from plm.tokenizer import RESIDUE_IDS
 
@@ -40,7 +41,7 @@ def load_source(name: str, spec: str | list[str], val_fraction: float, on_invali
                 stats: FastaStats | None = None) -> tuple[TokenStore, TokenStore]:
     """A source is a prepared store directory (``plm data prepare``) or one or more FASTA files; ``stats``
     counts the FASTA records kept and rejected."""
-    paths = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
+    paths = [_in_checkout(p) for p in ([spec] if isinstance(spec, (str, os.PathLike)) else list(spec))]
     if len(paths) == 1 and Path(paths[0]).is_dir():
         root = Path(paths[0])
         train = TokenStore.open(root / "train", name)
@@ -51,17 +52,18 @@ def load_source(name: str, spec: str | list[str], val_fraction: float, on_invali
         return train, TokenStore.open(root / "val", f"{name}/val")
     missing = [str(p) for p in paths if not Path(p).exists()]
     if missing:
-        raise FileNotFoundError(f"data source {name!r}: not found: {missing}; fix data.sources in your config")
+        raise FileNotFoundError(f"data source {name!r}: not found: {missing}{_hint(missing)}; fix data.sources in your config")
     return split_fasta(name, paths, val_fraction, on_invalid=on_invalid, stats=stats if stats is not None else FastaStats())
 
 
 def _in_checkout(path: str | os.PathLike) -> str | os.PathLike:
-    """A relative path as given when it exists from here, else from the checkout root: the shipped
-    configs name bundled files (data/sample/…) relative to it, and runs start from anywhere."""
-    if Path(path).is_absolute() or Path(path).exists():
-        return path
-    bundled = Path(__file__).resolve().parents[2] / path
-    return bundled if bundled.exists() else path
+    """A relative path as given when it exists from here, else plm's shipped file of that name: the shipped
+    configs name bundled files (data/sample/…) relative to the checkout, and runs start from anywhere."""
+    return resolve(path)
+
+
+def _hint(missing: list[str]) -> str:
+    return next((not_found_hint(p) for p in missing if not Path(p).is_absolute()), "")
 
 
 def load_eval_set(name: str, spec: str | list[str], on_invalid: OnInvalid, stats: FastaStats | None = None) -> TokenStore:
@@ -71,7 +73,7 @@ def load_eval_set(name: str, spec: str | list[str], on_invalid: OnInvalid, stats
     paths = [_in_checkout(p) for p in ([spec] if isinstance(spec, (str, os.PathLike)) else list(spec))]
     missing = [str(p) for p in paths if not Path(p).exists()]
     if missing:
-        raise FileNotFoundError(f"data.eval_sets {name!r}: not found: {missing}; fix data.eval_sets in your config")
+        raise FileNotFoundError(f"data.eval_sets {name!r}: not found: {missing}{_hint(missing)}; fix data.eval_sets in your config")
     if len(paths) == 1 and Path(paths[0]).is_dir():
         root = Path(paths[0])
         parts = [TokenStore.open(root / s, name) for s in ("train", "val") if (root / s).is_dir()]
@@ -158,7 +160,7 @@ class ProteinDataModule(pl.LightningDataModule):
         """
         super().__init__()
         self.save_hyperparameters()
-        root = Path(__file__).resolve().parents[2] / "data" / "sample"
+        root = sample_data()
         self.sources = sources or {"uniprot": str(root / "uniprot.fasta.gz"), "metagenomic": str(root / "metagenomic.fasta.gz")}
         self.weights = weights
         self.eval_sets = eval_sets or {}

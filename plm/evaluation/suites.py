@@ -25,11 +25,12 @@ from typing import Any
 import numpy as np
 import yaml
 
+from plm import paths
 from plm.evaluation.kinds import DEFAULT_METRIC
-from plm.evaluation.tasks import REPO, DataSource, load_task
+from plm.evaluation.tasks import DataSource, load_task
 from plm.utils.atomic import atomic_file, atomic_write_text
 
-SUITE_DIR = REPO / "evaluation" / "suites"
+SUITE_DIR = paths.suite_dir()
 SUITE_KEYS = {"name", "description", "mode", "seeds", "random_init", "tasks", "anchors"}
 
 

@@ -19,12 +19,12 @@ from typing import Any
 
 import yaml
 
+from plm import paths
 from plm.evaluation import kinds
 from plm.evaluation.formats import FILES, FORMATS, KINDS
 
-REPO = Path(__file__).resolve().parents[2]
-TASK_DIR = REPO / "evaluation" / "tasks"
-SMALL_DATA_ROOT = REPO / "evaluation" / "data"
+TASK_DIR = paths.task_dir()
+SMALL_DATA_ROOT = paths.task_data()
 
 # The schema's kinds and formats (kind → formats that can feed it, the first the default; format →
 # (required, optional) ``data`` roles) are derived from the one registry of readers, never restated here.
@@ -47,7 +47,7 @@ DEFAULTS: dict[str, Any] = {"epochs": 10, "lr": 1e-3, "batch_size": 32, "max_tra
 SPLIT_KEYS = ("train", "test", "train_fraction")
 DATA_ROOT_ENV = "PLM_DATA_ROOT"
 # The CI layout (full task files beside the checkout); users point --data-root / $PLM_DATA_ROOT at theirs.
-CI_DATA_ROOT = REPO.parent / "shared" / "data"
+CI_DATA_ROOT = paths.ci_data_root()  # None when plm runs from an installed wheel
 POINT_HINT = (f"point --data-root or ${DATA_ROOT_ENV} at the full task data (docs/evaluation.md, 'Task data', "
               "lists where each set comes from)")
 FULL_DATA_HINT = f"{POINT_HINT}, or pass --small to use the bundled subsets"
@@ -76,9 +76,10 @@ def resolve_data(data_root: str | Path | None = None, small: bool = False) -> Da
             if not Path(value).is_dir():
                 raise FileNotFoundError(f"{origin} {value}: no such directory; {FULL_DATA_HINT}")
             return DataSource(Path(value), False, origin)
-    if CI_DATA_ROOT.is_dir():
+    if CI_DATA_ROOT is not None and CI_DATA_ROOT.is_dir():
         return DataSource(CI_DATA_ROOT, False, "default data root")
-    note = (f"no full task data (no --data-root, no ${DATA_ROOT_ENV}, nothing at {CI_DATA_ROOT}): using the "
+    ci = f", nothing at {CI_DATA_ROOT}" if CI_DATA_ROOT is not None else ""
+    note = (f"no full task data (no --data-root, no ${DATA_ROOT_ENV}{ci}): using the "
             f"bundled subsets in {SMALL_DATA_ROOT}; their numbers are not the full benchmarks'. To run the "
             f"full tasks, {POINT_HINT}")
     return DataSource(SMALL_DATA_ROOT, True, "no full data found", note)
