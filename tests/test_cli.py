@@ -1,9 +1,6 @@
 import csv
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,8 +9,8 @@ from plm.cli import main as plm_main
 from plm.data.datamodule import ProteinDataModule
 from plm.lightning_cli import PlmCLI
 from plm.lit.language_model import LanguageModel
+from tests.helpers.runs import REPO, fit_tiny
 
-REPO = Path(__file__).resolve().parents[1]
 TRAIN_CONFIGS = sorted((REPO / "configs" / "train").glob("*.yaml"))
 
 
@@ -65,15 +62,6 @@ def test_train_dry_run_plans_compute_optimal_tokens(capsys):
     assert "--trainer.max_steps" in out and "--model.init_args.lr 0.0006" in out
 
 
-def _fit(tmp_path: Path, name: str, *extra: str, env: dict | None = None) -> Path:
-    cmd = [sys.executable, "-m", "plm.cli", "fit", "--config", str(REPO / "configs/train/tiny.yaml"),
-           "--run_root", str(tmp_path), "--run_name", name, "--trainer.log_every_n_steps", "1", *extra]
-    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
-    assert res.returncode == 0, res.stderr[-3000:]
-    return tmp_path / name
-
-
 def _losses(run: Path) -> dict[int, float]:
     rows = csv.DictReader(open(run / "csv" / "metrics.csv"))
     return {int(r["step"]): float(r["train/loss"]) for r in rows if r.get("train/loss")}
@@ -82,9 +70,9 @@ def _losses(run: Path) -> dict[int, float]:
 def test_stop_and_go_resume_is_exact_even_with_other_worker_count(tmp_path):
     """Resume from the step-3 checkpoint of an uninterrupted 6-step run: steps 4–6 must match exactly,
     with a different num_workers in the second half."""
-    full = _fit(tmp_path, "full", "--checkpoint_every", "3", "--keep_checkpoints", "-1")
+    full = fit_tiny(tmp_path, "full", "--checkpoint_every", "3", "--keep_checkpoints", "-1")
     ckpt = full / "ckpt" / "step00000003.ckpt"
-    resumed = _fit(tmp_path, "resumed", "--ckpt_path", str(ckpt), "--data.num_workers", "2")
+    resumed = fit_tiny(tmp_path, "resumed", "--ckpt_path", str(ckpt), "--data.num_workers", "2")
     a, b = _losses(full), _losses(resumed)
     assert set(b) == {3, 4, 5}  # steps logged after the resume (0-based step index)
     assert [a[s] for s in (3, 4, 5)] == [b[s] for s in (3, 4, 5)]
@@ -95,7 +83,7 @@ def test_stop_and_go_resume_is_exact_even_with_other_worker_count(tmp_path):
 def test_ddp_two_processes_on_cpu(tmp_path):
     out = tmp_path / "digests"
     out.mkdir()
-    _fit(tmp_path, "ddp", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+    fit_tiny(tmp_path, "ddp", "--trainer.devices", "2", "--trainer.strategy", "ddp",
          "--trainer.callbacks+=tests.helpers.callbacks.WeightDigest", env={"PLM_TEST_OUT": str(out)})
     r0, r1 = (json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["world"] == r1["world"] == 2
@@ -115,7 +103,7 @@ def test_shipped_configs_train_the_objective_they_name(name, objective, tmp_path
 @pytest.mark.parametrize("name", ["mlm", "clm", "transfer"])
 def test_shipped_configs_train_two_steps_with_their_precision(name, tmp_path):
     """The real configs (bf16-mixed, gradient clipping, callbacks), shrunk to the tiny shape."""
-    run = _fit(tmp_path, name, "--config", str(REPO / f"configs/train/{name}.yaml"),
+    run = fit_tiny(tmp_path, name, "--config", str(REPO / f"configs/train/{name}.yaml"),
                "--model.init_args.size", "tiny", "--data.row_len", "128", "--data.rows_per_batch", "2",
                "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--data.val_rows", "2",
                "--trainer.enable_progress_bar", "false")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import itertools
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +19,7 @@ from plm.data.fasta import (
     read_text_records,
 )
 from plm.tokenizer import encode_residues
+from tests.helpers.fasta import reader_outcome, write_bytes
 
 # awkward inputs; every one is read plain and gzip-compressed, whole and in tiny blocks
 CORPUS: dict[str, bytes] = {
@@ -43,35 +43,19 @@ CORPUS: dict[str, bytes] = {
 }
 
 
-def _outcome(reader, path: Path, mode: str, max_length: int, **kw) -> tuple:
-    """What a reader gives: records and rejections, or the error and the records before it."""
-    stats, records = FastaStats(), []
-    try:
-        for r in reader(path, mode, max_length, stats, **kw):
-            records.append((r.id, r.description, r.tokens.tolist(), r.index))
-    except FastaError as err:
-        return records, str(err)
-    return records, dict(stats.rejected), stats.examples, stats.records, stats.residues
-
-
-def _write(path: Path, data: bytes, gz: bool) -> Path:
-    path.write_bytes(gzip.compress(data) if gz else data)
-    return path
-
-
 @pytest.mark.parametrize("name", sorted(CORPUS))
 @pytest.mark.parametrize("gz", [False, True], ids=["plain", "gzip"])
 def test_block_reader_is_pinned_to_the_line_reader(tmp_path, name, gz):
-    path = _write(tmp_path / "in.fasta", CORPUS[name], gz)
+    path = write_bytes(tmp_path / "in.fasta", CORPUS[name], gz)
     for mode, max_length, block in itertools.product(("error", "skip", "x"), (60, 100_000), (16, 1 << 20)):
-        want = _outcome(read_fasta, path, mode, max_length)
-        assert _outcome(read_fasta_blocks, path, mode, max_length, block=block) == want, (mode, max_length, block)
+        want = reader_outcome(read_fasta, path, mode, max_length)
+        assert reader_outcome(read_fasta_blocks, path, mode, max_length, block=block) == want, (mode, max_length, block)
 
 
 def test_corpus_verdicts(tmp_path):
     """The shared verdicts themselves (the pin above would pass if both readers were wrong alike)."""
     def skip(name: str) -> tuple:
-        return _outcome(read_fasta, _write(tmp_path / f"{name}.fa", CORPUS[name], False), "skip", 100_000)
+        return reader_outcome(read_fasta, write_bytes(tmp_path / f"{name}.fa", CORPUS[name], False), "skip", 100_000)
 
     recs, rejected = skip("crlf")[:2]
     assert [(r[0], r[1]) for r in recs] == [("a", "first"), ("b", "")] and not rejected
@@ -91,7 +75,7 @@ def test_corpus_verdicts(tmp_path):
     for name in ("empty_file", "blank_file"):
         assert skip(name)[:2] == ([], {"empty file": 1})
     with pytest.raises(FastaError, match=r"empty\.fa: empty file .*no FASTA records"):
-        list(read_fasta(_write(tmp_path / "empty.fa", b"", False)))
+        list(read_fasta(write_bytes(tmp_path / "empty.fa", b"", False)))
 
 
 @pytest.mark.parametrize("name,pattern", [
@@ -100,7 +84,7 @@ def test_corpus_verdicts(tmp_path):
     ("structure_indented_header", r"byte 2: sequence data before the first '>' header \(b'>a'\)"),
 ])
 def test_structural_errors_cannot_be_skipped(tmp_path, name, pattern):
-    path = _write(tmp_path / "in.fasta", CORPUS[name], False)
+    path = write_bytes(tmp_path / "in.fasta", CORPUS[name], False)
     for reader, mode in itertools.product((read_fasta, read_fasta_blocks), ("skip", "x")):
         with pytest.raises(FastaError, match=pattern):
             list(reader(path, mode))
@@ -108,8 +92,8 @@ def test_structural_errors_cannot_be_skipped(tmp_path, name, pattern):
 
 def test_gzip_is_decided_by_magic_bytes_not_the_name(tmp_path):
     text = b">a\nMKV\n>b\nLL\n"
-    plain_gz = _write(tmp_path / "plain.fasta.gz", text, False)
-    packed = _write(tmp_path / "packed.fasta", text, True)
+    plain_gz = write_bytes(tmp_path / "plain.fasta.gz", text, False)
+    packed = write_bytes(tmp_path / "packed.fasta", text, True)
     members = tmp_path / "members.fa"  # bgzip / cat a.gz b.gz, with zero padding
     members.write_bytes(gzip.compress(text[:7]) + gzip.compress(text[7:]) + bytes(5))
     for path in (plain_gz, packed, members):
@@ -144,9 +128,9 @@ def test_damaged_gzip_is_an_error_naming_the_file_or_a_counted_tail(tmp_path, na
 
 
 def test_text_records_share_the_structure_rules(tmp_path):
-    path = _write(tmp_path / "lab.fasta", b">p1 SET=train\nHH EC\n\n>p2\nCC\r\n", True)
+    path = write_bytes(tmp_path / "lab.fasta", b">p1 SET=train\nHH EC\n\n>p2\nCC\r\n", True)
     recs = list(read_text_records(path))
     assert [(r.id, r.header, r.lines) for r in recs] == [("p1", "p1 SET=train", ["HH EC"]), ("p2", "p2", ["CC"])]
     with pytest.raises(FastaError, match=r"junk\.fasta: byte 0: sequence data before"):
-        list(read_text_records(_write(tmp_path / "junk.fasta", b"HHEC\n>p1\nHH\n", False)))
+        list(read_text_records(write_bytes(tmp_path / "junk.fasta", b"HHEC\n>p1\nHH\n", False)))
     assert np.array_equal(next(read_fasta(path, "x")).tokens, encode_residues("HHEC"))

@@ -4,7 +4,7 @@ import re
 import subprocess
 import sys
 
-from tests.test_cli import REPO
+from tests.helpers.runs import REPO
 
 
 def _run(tmp_path, *extra, check=True):

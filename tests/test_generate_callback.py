@@ -6,7 +6,7 @@ import pytest
 from plm.callbacks.generation import GenerationCallback
 from plm.data.datamodule import ProteinDataModule
 from plm.lit import CausalLM, MaskedLM
-from tests.test_generate_fold import build_tiny_esmfold
+from tests.helpers.esmfold import build_tiny_esmfold
 
 
 def _fit(model, cb, tmp_path, steps=4):

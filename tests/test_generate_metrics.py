@@ -4,10 +4,7 @@ import pytest
 
 from plm.generate import metrics
 from plm.identity import find_mmseqs
-
-A = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ"  # 33 residues
-A_MUT3 = A[:5] + "W" + A[6:15] + "W" + A[16:25] + "W" + A[26:]  # 3 substitutions (no W in A)
-B = "GHPLWEDNCYVTMAGSRKFIQDELWHNPCTMYG"  # unrelated
+from tests.helpers.sequences import A_MUT3, A, B
 
 
 def test_pairwise_identities_all_pairs_and_sampled():

@@ -8,8 +8,8 @@ import pytest
 from plm.cli import main as plm_main
 from plm.model.io import save_pretrained
 from tests.conftest import tiny_model
-from tests.test_generate_fold import build_tiny_esmfold
-from tests.test_generate_metrics import A_MUT3, A, B
+from tests.helpers.esmfold import build_tiny_esmfold
+from tests.helpers.sequences import A_MUT3, A, B
 
 
 def test_score_end_to_end(tmp_path):

@@ -8,7 +8,7 @@ from plm.cli import main as plm_main
 from plm.scaling.laws import LAWS, transfer_split
 from plm.scaling.plan import check_epochs
 from plm.scaling.recipe import choose_shape, generated_shape, plan_for_budget
-from tests.test_cli import REPO, _fit
+from tests.helpers.runs import REPO, fit_tiny
 
 
 def _json(capsys, *args):
@@ -76,7 +76,7 @@ def test_written_config_trains_with_plm_fit(objective, tmp_path, capsys):
                      "--row-len", "128", "--rows-per-device", "4"]) == 0
     text = cfg.read_text()
     assert "max_steps" in text and ("CLMToMLMTransfer" in text) == (objective == "transfer")
-    run = _fit(tmp_path, "planned", "--config", str(cfg), "--trainer.precision", "32-true",
+    run = fit_tiny(tmp_path, "planned", "--config", str(cfg), "--trainer.precision", "32-true",
                "--trainer.enable_progress_bar", "false", "--run_name", "planned")
     assert (run / "final" / "model.safetensors").is_file()
 

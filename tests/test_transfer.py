@@ -8,7 +8,7 @@ from plm.callbacks.transfer import CLMToMLMTransfer, clm_budget
 from plm.data.datamodule import ProteinDataModule
 from plm.lit import CausalLM, MaskedLM
 from plm.model.io import CheckpointError, save_pretrained
-from tests.test_cli import _fit
+from tests.helpers.runs import fit_tiny
 
 
 def _trainer(tmp_path, steps, callbacks):
@@ -58,11 +58,11 @@ def test_resume_inside_mlm_stage_continues_schedule_and_data(tmp_path):
     extra.write_text("trainer:\n  max_steps: 8\n  callbacks:\n    - class_path: plm.callbacks.transfer.CLMToMLMTransfer\n"
                      "      init_args:\n        clm_share: 0.3\n")
     model = ["--model.class_path", "plm.lit.CausalLM", "--config", str(extra)]
-    full = _fit(tmp_path, "full", *model, "--checkpoint_every", "1", "--keep_checkpoints", "-1")
+    full = fit_tiny(tmp_path, "full", *model, "--checkpoint_every", "1", "--keep_checkpoints", "-1")
     ckpt = full / "ckpt" / "step00000005.ckpt"
     state = torch.load(ckpt, weights_only=True)
     assert state["plm_objective"] == "mlm" and 0 < state["plm_stage_start_step"] < 5
-    resumed = _fit(tmp_path, "resumed", *model, "--ckpt_path", str(ckpt))
+    resumed = fit_tiny(tmp_path, "resumed", *model, "--ckpt_path", str(ckpt))
 
     def rows(run):
         return {int(r["step"]): r for r in csv.DictReader(open(run / "csv" / "metrics.csv")) if r.get("train/loss")}

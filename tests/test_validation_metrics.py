@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from plm.lit.language_model import MaskedLM
 from plm.lit.objectives import IGNORE
 from plm.tokenizer import MASK
-from tests.test_cli import REPO, _fit
+from tests.helpers.runs import REPO, fit_tiny
 
 CATH = REPO / "tests/fixtures/identity/cath_s40_sample.fasta"
 
@@ -40,7 +40,7 @@ def test_mlm_validation_scores_only_masked_inputs():
 
 
 def test_eval_sets_validate_in_fit_with_their_own_loss_and_baseline(tmp_path):
-    run = _fit(tmp_path, "eval_sets", "--data.eval_sets", f"{{cath: {CATH}}}", "--trainer.max_steps", "4",
+    run = fit_tiny(tmp_path, "eval_sets", "--data.eval_sets", f"{{cath: {CATH}}}", "--trainer.max_steps", "4",
                "--trainer.val_check_interval", "4")
     (row,) = _val_rows(run)
     for key in ("val/cath/masked_loss", "val/cath/masked_ppl", "val/cath/unigram_masked_loss", "val/unigram_loss"):
@@ -51,7 +51,7 @@ def test_eval_sets_validate_in_fit_with_their_own_loss_and_baseline(tmp_path):
 
 
 def test_validate_an_existing_checkpoint_on_an_eval_set(tmp_path):
-    run = _fit(tmp_path, "v", "--trainer.max_steps", "3", "--checkpoint_every", "10")
+    run = fit_tiny(tmp_path, "v", "--trainer.max_steps", "3", "--checkpoint_every", "10")
     ckpt = run / "ckpt" / "last.ckpt"
     state = torch.load(ckpt, weights_only=True, map_location="cpu")
     assert state["global_step"] == 3  # last.ckpt is the final step even when no step checkpoint was due

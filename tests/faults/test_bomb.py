@@ -13,7 +13,7 @@ import pytest
 
 from plm.data.fasta import FastaStats, read_chunks, read_fasta, read_fasta_blocks
 from plm.data.fasta.policy import record_byte_cap, too_long
-from tests.test_fasta import _outcome, _write
+from tests.helpers.fasta import reader_outcome, write_bytes
 
 pytestmark = pytest.mark.reliability
 
@@ -26,11 +26,11 @@ AT_THE_CAP = (b">under\nMK" + b" " * (CAP_60 - 10) + b"\n" + b">over\nMK" + b" "
 
 @pytest.mark.parametrize("gz", [False, True], ids=["plain", "gzip"])
 def test_both_readers_apply_the_byte_cap_alike(tmp_path, gz):
-    path = _write(tmp_path / "cap.fasta", AT_THE_CAP, gz)
+    path = write_bytes(tmp_path / "cap.fasta", AT_THE_CAP, gz)
     for mode, max_length, block in itertools.product(("error", "skip", "x"), (60, 100_000), (16, 4096, 1 << 20)):
-        want = _outcome(read_fasta, path, mode, max_length)
-        assert _outcome(read_fasta_blocks, path, mode, max_length, block=block) == want, (mode, max_length, block)
-    records, rejected, *_ = _outcome(read_fasta, path, "skip", 60)
+        want = reader_outcome(read_fasta, path, mode, max_length)
+        assert reader_outcome(read_fasta_blocks, path, mode, max_length, block=block) == want, (mode, max_length, block)
+    records, rejected, *_ = reader_outcome(read_fasta, path, "skip", 60)
     assert [r[0] for r in records] == ["under", "after"] and rejected == {too_long(60): 1}
 
 
