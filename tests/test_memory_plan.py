@@ -112,10 +112,15 @@ def _saved_bytes_per_token(cfg: ModelConfig, monkeypatch) -> float:
     return sum(storages.values()) / tokens.numel()
 
 
-@pytest.mark.parametrize("flavour", ["esm2", "progen2"])
-def test_block_activation_bytes_are_what_the_block_saves(flavour, monkeypatch):
+@pytest.mark.parametrize("fields", [
+    {"flavour": "esm2"}, {"flavour": "progen2", "rotary_dim": 8},
+    # the formula reads the fields (issue #22): DeepNorm and GeGLU need no new case
+    {"flavour": "xtrimopglm"}, {"flavour": "progen2", "norm": "deepnorm", "rotary_dim": 8},
+    {"flavour": "esm2", "activation": "geglu"},
+], ids=["esm2", "progen2", "xtrimopglm", "progen2-deepnorm", "esm2-geglu"])
+def test_block_activation_bytes_are_what_the_block_saves(fields, monkeypatch):
     """One more layer adds exactly ``block_activation_bytes`` per token to what autograd keeps."""
-    shape = {"n_embd": 64, "n_head": 4, "flavour": flavour, "rotary_dim": 8 if flavour == "progen2" else None}
+    shape = {"n_embd": 64, "n_head": 4, **fields}
     one = _saved_bytes_per_token(ModelConfig(n_layer=1, **shape), monkeypatch)
     three = _saved_bytes_per_token(ModelConfig(n_layer=3, **shape), monkeypatch)
     assert (three - one) / 2 == block_activation_bytes(ModelConfig(n_layer=1, **shape))

@@ -15,13 +15,14 @@ from typing import Any, Literal
 
 from plm.tokenizer import VOCAB_SIZE
 
+Flavour = Literal["esm2", "progen2", "xtrimopglm"]
 Activation = Literal["gelu", "gelu_tanh", "geglu"]
 Norm = Literal["pre", "deepnorm"]
 
 #: What a flavour decides, field by field: a flavour name is only a preset of these (as litgpt's configs are
 #: data), and the model reads the fields, never the name. A config may override any of them, so a new
 #: combination is a new row here or a few keys in ``model.arch``, not a new branch in the model.
-FLAVOURS: dict[str, dict[str, Any]] = {
+FLAVOURS: dict[Flavour, dict[str, Any]] = {
     # ESM-2 (fair-esm esm2.py): x += Attn(LN(x)); x += FFN(LN(x)); biases everywhere; erf GELU;
     # RoBERTa LM head (dense → GELU → LN) whose decoder is the embedding
     "esm2": {"parallel_block": False, "attn_bias": True, "mlp_bias": True, "activation": "gelu",
@@ -56,7 +57,7 @@ class ModelConfig:
     """Hidden size h."""
     n_head: int = 4
     """Attention heads; n_embd must be divisible by it."""
-    flavour: str = "esm2"
+    flavour: Flavour = "esm2"
     """Name of the preset (a row of :data:`FLAVOURS`) that fills every architecture field left None:
     'esm2', 'progen2' or 'xtrimopglm'. Only a preset: the model reads the fields."""
     ffn_hidden: int | None = None
@@ -94,7 +95,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        preset = FLAVOURS.get(self.flavour)
+        preset = FLAVOURS.get(self.flavour)  # a Literal is not checked at run time
         if preset is None:
             problems.append(f"flavour={self.flavour!r} must be one of {', '.join(map(repr, FLAVOURS))}")
         else:
@@ -118,7 +119,7 @@ class ModelConfig:
         """The architecture fields' values (what a row of :data:`FLAVOURS` holds)."""
         return {k: getattr(self, k) for k in ARCH_FIELDS}
 
-    def preset(self) -> str | None:
+    def preset(self) -> Flavour | None:
         """The flavour whose preset these fields are exactly, or None for a new combination. Converters
         ask this, not ``flavour``: a config named 'esm2' with overridden fields is no ESM-2 any more."""
         arch = self.architecture()
