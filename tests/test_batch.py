@@ -14,7 +14,7 @@ from lightning_utilities.core.apply_func import apply_to_collection
 from plm.data.batch import SEED_MASK, Batch, as_batch, heldout_mask_seed
 from plm.data.datamodule import ProteinDataModule
 from plm.lit import CausalLM, MaskedLM
-from tests.test_cli import REPO
+from tests.helpers.runs import REPO
 
 CATH = str(REPO / "tests/fixtures/identity/cath_s40_sample.fasta")
 

@@ -177,3 +177,38 @@ def test_hugging_face_export_follows_the_fields():
     assert hf_target(Converted(gptj, "clm", Report("w", "plm"))) == ("GPTJForCausalLM", True)
     esm = Transformer(_tiny(flavour="progen2", **FLAVOURS["esm2"]))
     assert hf_target(Converted(esm, "mlm", Report("w", "plm"))) == ("EsmForMaskedLM", False)
+
+
+def test_init_from_compares_every_field_not_only_the_saved_ones():
+    """``to_dict`` leaves out preset values, so a comparison over its keys missed an overridden field."""
+    from plm.lit.init import check_compatible
+
+    plain = config_for("tiny")
+    check_compatible(plain, config_for("tiny"), "src")
+    with pytest.raises(CheckpointError, match=r"src: .*activation: checkpoint 'gelu' vs run 'geglu'"):
+        check_compatible(plain, ModelConfig.from_dict({**plain.to_dict(), "activation": "geglu"}), "src")
+
+
+@pytest.mark.parametrize("flavour", ["esm2", "progen2", "xtrimopglm"])
+def test_a_random_head_at_the_switch_resets_what_the_fields_say(flavour):
+    """The CLM→MLM switch with head_init='random' re-draws the transform when there is one and an untied
+    decoder; a tied decoder is the embedding and stays."""
+    from types import SimpleNamespace
+
+    from plm.callbacks.transfer import CLMToMLMTransfer
+
+    torch.manual_seed(0)
+    model = Transformer(config_for("tiny", flavour=flavour))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    module = SimpleNamespace(model=model, objective="clm", tokens_seen=0, config=model.config,
+                             log_dict=lambda *a, **k: None)
+    trainer = SimpleNamespace(global_step=5, max_steps=10, loggers=[],
+                              strategy=SimpleNamespace(setup_optimizers=lambda t: None))
+    CLMToMLMTransfer(head_init="random").switch(trainer, module)
+    assert module.objective == "mlm"
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    head = model.head
+    assert ("head.dense.weight" in changed) == head.transform
+    assert ("head.weight" in changed) == (not head.tied)
+    assert not any(k.startswith(("blocks", "layers", "embed")) for k in changed)

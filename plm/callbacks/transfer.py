@@ -82,11 +82,11 @@ class CLMToMLMTransfer(pl.Callback):
         if self.head_init == "random":
             head = pl_module.model.head
             with torch.no_grad():
-                if head.tied:  # decoder is the embedding: re-initialise the transform in front of it
+                if head.transform:  # ESM-2's dense → GELU → LayerNorm in front of the decoder
                     torch.nn.init.normal_(head.dense.weight, std=0.02)
                     head.dense.bias.zero_()
                     head.norm.reset_parameters()
-                else:
+                if not head.tied:  # a tied decoder is the embedding, which the backbone keeps
                     torch.nn.init.normal_(head.weight, std=0.02)
                 head.bias.zero_()
         trainer.strategy.setup_optimizers(trainer)  # fresh AdamW state + fresh warm-up/cosine

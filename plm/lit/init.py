@@ -5,6 +5,8 @@ Distinct from resuming: no optimizer state, no schedule position, no data positi
 
 from __future__ import annotations
 
+import dataclasses
+
 from plm.model.config import ModelConfig
 from plm.model.io import CheckpointError, load_with_record
 from plm.model.record import read_record
@@ -17,7 +19,7 @@ _FREE_FIELDS = {"name", "max_seq_len", "token_dropout"}
 def check_compatible(source: ModelConfig, target: ModelConfig, where: str) -> None:
     diffs = [
         f"{k}: checkpoint {getattr(source, k)!r} vs run {getattr(target, k)!r}"
-        for k in source.to_dict()
+        for k in (f.name for f in dataclasses.fields(source))  # every field: to_dict leaves out preset values
         if k not in _FREE_FIELDS and getattr(source, k) != getattr(target, k)
     ]
     if diffs:
