@@ -67,6 +67,8 @@ def _losses(run: Path) -> dict[int, float]:
     return {int(r["step"]): float(r["train/loss"]) for r in rows if r.get("train/loss")}
 
 
+@pytest.mark.slow
+@pytest.mark.reliability  # CI runs every reliability check in full, outside make test's time budget
 def test_stop_and_go_resume_is_exact_even_with_other_worker_count(tmp_path):
     """Resume from the step-3 checkpoint of an uninterrupted 6-step run: steps 4–6 must match exactly,
     with a different num_workers in the second half."""
