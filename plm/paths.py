@@ -81,7 +81,7 @@ def suite_dir() -> Path:
 
 
 def ci_data_root() -> Path | None:
-    """The CI layout of the full task files, ``../shared/data`` beside the checkout; None when installed."""
+    """The CI layout of the full task files, a ``shared/data`` folder next to the checkout's own folder; None when installed."""
     top = checkout()
     return top.parent / "shared" / "data" if top is not None else None
 

@@ -1,6 +1,6 @@
 """Rebuild the small in-repo subsets of ss8, scl (and setHARD), tmbed, conservation, bind, ec and three DMS assays from the full files.
 
-    .venv/bin/python evaluation/data/make_subsets.py [--data-root ../shared/data]
+    .venv/bin/python evaluation/data/make_subsets.py [--data-root DIR]   # DIR: your copy of the full task files (docs/evaluation.md, "Task data")
 
 Seeded (random.Random(0) per subset) and deterministic, so rerunning reproduces the committed files
 byte for byte (gzip without timestamps). The older ss3 / gb1 / dms / structures subsets are described

@@ -23,7 +23,7 @@ class DownstreamEval(pl.Callback):
         Args:
             tasks: task names (evaluation/tasks/<name>.yaml) or YAML paths; any kind works, but keep them cheap.
             every_n_steps: run after every this many optimizer steps (and once when training ends).
-            data_root: root for the YAMLs' ``data`` paths (default $PLM_DATA_ROOT or ../shared/data).
+            data_root: root for the YAMLs' ``data`` paths (default $PLM_DATA_ROOT, else CI's shared/data next to the checkout).
             small: use the in-repo subsets instead (tests, smoke runs).
             max_train, max_test, epochs: caps that keep one evaluation to seconds-minutes (epochs apply to
                 MLP heads; linear probes are fitted to convergence by L-BFGS).

@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="frozen", choices=["frozen", "lora", "full"], help="supervised training mode")
     p.add_argument("--data-root", default=None,
                    help="directory holding the full task files the YAMLs' 'data' paths name (default: $PLM_DATA_ROOT, "
-                        "else ../shared/data beside the checkout as in CI; without any, the bundled subsets)")
+                        "else a shared/data folder next to the checkout's folder (CI's layout); without any, the bundled subsets)")
     p.add_argument("--small", action="store_true", help="use the bundled subsets (evaluation/data) instead of the full files")
     p.add_argument("--task-dir", default=None, help="directory of task YAMLs (default evaluation/tasks)")
     p.add_argument("--random-init", action="store_true", help="same architecture, freshly initialised weights (baseline)")

@@ -4,8 +4,8 @@ A YAML names the format, the data files (full files relative to the data root, s
 relative to ``evaluation/data``), the columns, the split, the head and the metric defaults, so a new
 task of a known kind needs no code. Unknown keys and missing fields are reported together.
 
-Where the full files live: ``--data-root``, else ``$PLM_DATA_ROOT``, else ``../shared/data`` beside the
-checkout (the layout CI uses). A plain clone has none of these, so without them the bundled subsets
+Where the full files live: ``--data-root``, else ``$PLM_DATA_ROOT``, else a ``shared/data`` folder next to
+the checkout's folder (the layout CI uses). A plain clone has none of these, so without them the bundled subsets
 under ``evaluation/data`` are used, and the run says so (``resolve_data``).
 """
 

@@ -39,7 +39,7 @@ def main() -> int:
     p.add_argument("--checkpoint", required=True, help="trained plm export dir or .ckpt")
     p.add_argument("--tasks", default=TASKS, help="tasks to run")
     p.add_argument("--data-root", default=None,
-                   help="directory of the full task files (default: $PLM_DATA_ROOT, else ../shared/data as in CI)")
+                   help="directory of the full task files (default: $PLM_DATA_ROOT, else CI's shared/data next to the checkout)")
     p.add_argument("--small", action="store_true", help="bundled subsets: print the table, leave the committed files alone")
     p.add_argument("--max-train", type=int, default=None, help="cap on training examples per supervised task (default: each YAML's)")
     p.add_argument("--max-test", type=int, default=None, help="cap on test examples per task (default: each YAML's)")
