@@ -30,7 +30,6 @@ COMMANDS: dict[str, str] = {
 #: ``plm --help`` lines of the commands not (yet) typed functions; the others' come from their docstrings
 COMMAND_HELP: dict[str, str] = {
     "train": "train a ladder size (SIZE=…, OBJECTIVE=…) with resource checks; wraps `plm fit`",
-    "sweep": "IsoFLOP sweep: one plm fit config per (budget, size), run in turn (resumable) or as a job list",
     "evaluate": "downstream tasks (probes, LoRA, zero-shot DMS, contacts) → results.csv/.md",
     "finetune": "fine-tune on a task YAML like plm fit (frozen / LoRA / full, resume) → a kept model in final/",
     "data": "data tools: prepare, decontaminate, split-by-identity, cluster (plm data --help)",
@@ -56,7 +55,8 @@ def summary(name: str) -> str:
     if name in COMMAND_HELP or not doc:
         return COMMAND_HELP.get(name, "")
     first = " ".join(doc.split("\n\n")[0].split()).rstrip(".")
-    return first[:1].lower() + first[1:] if first[1:2].islower() else first
+    word = first.split(" ", 1)[0]
+    return first[:1].lower() + first[1:] if word[1:].islower() else first  # "Compute …", not "IsoFLOP …"
 
 
 def _lightning_cli(args: list[str]) -> int:

@@ -14,7 +14,6 @@ verified checkpoint (``--ckpt_path last``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -24,7 +23,9 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
+from plm.command import Exclusive, command
 from plm.model.config import SIZES, ModelConfig, config_for
 from plm.scaling.laws import law
 from plm.scaling.recipe import Layout, fit_config, generated_shape, plan_for_size
@@ -114,12 +115,13 @@ def fit_command(job: Job, out: Path, base_configs: list[Path]) -> list[str]:
     return cmd + ["--config", job.config, "--run_root", str(out / "runs"), "--run_name", job.name, "--ckpt_path", "last"]
 
 
-def write_jobs(out: Path, jobs: list[Job], args: argparse.Namespace) -> None:
+def write_jobs(out: Path, jobs: list[Job], row_len: int, rows_per_batch: int, val_rows: int, precision: str,
+               seed: int) -> None:
     import yaml
 
     (out / "configs").mkdir(parents=True, exist_ok=True)
     for job in jobs:
-        cfg = job_config(job, args.row_len, args.rows_per_batch, args.val_rows, args.precision, args.seed)
+        cfg = job_config(job, row_len, rows_per_batch, val_rows, precision, seed)
         header = (f"# plm sweep: {job.objective} budget C = {job.flops:.3g}, N = {job.n_params:,} non-embedding, "
                   f"D = {job.tokens:,} tokens ({job.steps} steps)\n")
         Path(job.config).write_text(header + yaml.safe_dump(cfg, sort_keys=False))
@@ -193,41 +195,39 @@ def _budgets(text: str) -> list[float]:
     return sorted(set(values))
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="plm sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--objective", required=True, choices=["clm", "mlm"], help="training objective of every run")
-    p.add_argument("--budgets", required=True, help="comma-separated compute budgets C in FLOPs, e.g. 1e15,3e15,1e16")
-    p.add_argument("--sizes", default="auto",
-                   help="'auto' (7 generated shapes from N_opt/8 to 8·N_opt of the published law per budget) or "
-                        "comma-separated ladder names / LxH / LxHxA shapes used at every budget")
-    p.add_argument("--out", type=Path, required=True, help="sweep directory (configs/, runs/, logs/, sweep.json, results.csv)")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--run", action="store_true", help="run the unfinished jobs now, one after another")
-    mode.add_argument("--print-jobs", action="store_true", help="print one `plm fit` command per job (for a scheduler)")
-    p.add_argument("--row-len", type=int, default=1024, help="tokens per packed row")
-    p.add_argument("--rows-per-batch", type=int, default=8, help="rows per optimizer step (tokens/step = row-len × this)")
-    p.add_argument("--val-rows", type=int, default=64, help="held-out rows per source for the final val/loss")
-    p.add_argument("--lr", type=float, help="peak LR of every run (default: the recipe's peak LR for N)")
-    p.add_argument("--precision", default="bf16-mixed", help="trainer precision (32-true on CPUs without bf16)")
-    p.add_argument("--seed", type=int, default=0, help="seed_everything of every run")
-    p.add_argument("--min-steps", type=int, default=20, help="drop (budget, size) pairs with fewer optimizer steps")
-    p.add_argument("--base-config", type=Path, action="append", default=[],
-                   help="extra plm fit config(s) applied before each job's (e.g. your data: sources); repeatable")
-    p.add_argument("--threads", type=int, help="OMP/MKL threads per run (CPU sweeps: 1, with --parallel = cores)")
-    p.add_argument("--parallel", type=int, default=1, help="runs at a time on this machine (--run); default 1")
-    return p
+def sweep(objective: Literal["clm", "mlm"], budgets: str, out: Path, sizes: str = "auto", run: bool = False,
+          print_jobs: bool = False, row_len: int = 1024, rows_per_batch: int = 8, val_rows: int = 64,
+          lr: float | None = None, precision: str = "bf16-mixed", seed: int = 0, min_steps: int = 20,
+          base_config: tuple[Path, ...] = (), threads: int | None = None, parallel: int = 1) -> int:
+    """IsoFLOP sweep: one plm fit config per (budget, size), run in turn (resumable) or as a job list.
 
-
-def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+    Args:
+        objective: training objective of every run
+        budgets: comma-separated compute budgets C in FLOPs, e.g. 1e15,3e15,1e16
+        out: sweep directory (configs/, runs/, logs/, sweep.json, results.csv)
+        sizes: 'auto' (7 generated shapes from N_opt/8 to 8·N_opt of the published law per budget) or
+            comma-separated ladder names / LxH / LxHxA shapes used at every budget
+        run: run the unfinished jobs now, one after another
+        print_jobs: print one `plm fit` command per job (for a scheduler)
+        row_len: tokens per packed row
+        rows_per_batch: rows per optimizer step (tokens/step = row-len × this)
+        val_rows: held-out rows per source for the final val/loss
+        lr: peak LR of every run (default: the recipe's peak LR for N)
+        precision: trainer precision (32-true on CPUs without bf16)
+        seed: seed_everything of every run
+        min_steps: drop (budget, size) pairs with fewer optimizer steps
+        base_config: extra plm fit config(s) applied before each job's (e.g. your data: sources); repeatable
+        threads: OMP/MKL threads per run (CPU sweeps: 1, with --parallel = cores)
+        parallel: runs at a time on this machine (--run)
+    """
+    out = out.resolve()
     try:
-        for base in args.base_config:
+        for base in base_config:
             if not base.is_file():
                 raise ValueError(f"--base-config {base}: no such file")
-        if args.parallel < 1 or (args.threads is not None and args.threads < 1):
-            raise ValueError(f"--parallel {args.parallel} / --threads {args.threads}: give positive counts")
-        jobs, notes = make_jobs(args.objective, _budgets(args.budgets), args.sizes, args.out.resolve(), args.row_len,
-                                args.rows_per_batch, args.lr, args.min_steps)
+        if parallel < 1 or (threads is not None and threads < 1):
+            raise ValueError(f"--parallel {parallel} / --threads {threads}: give positive counts")
+        jobs, notes = make_jobs(objective, _budgets(budgets), sizes, out, row_len, rows_per_batch, lr, min_steps)
     except ValueError as err:
         print(f"plm sweep: {err}", file=sys.stderr)
         return 2
@@ -236,20 +236,19 @@ def main(argv: list[str]) -> int:
     if not jobs:
         print("plm sweep: no jobs left to run", file=sys.stderr)
         return 2
-    out = args.out.resolve()
-    write_jobs(out, jobs, args)
-    base = [b.resolve() for b in args.base_config]
-    if args.print_jobs:
+    write_jobs(out, jobs, row_len, rows_per_batch, val_rows, precision, seed)
+    base = [b.resolve() for b in base_config]
+    if print_jobs:
         for job in jobs:
             print(shlex.join(fit_command(job, out, base)))
         return 0
-    if not args.run:
+    if not run:
         done = sum(is_finished(out, j.name) for j in jobs)
         print(f"wrote {len(jobs)} configs to {out / 'configs'} ({done} finished); add --run or --print-jobs")
         for j in jobs:
             print(f"  {j.name}: N = {j.n_params:,}, D = {j.tokens:,} tokens, {j.steps} steps, lr {j.lr:g}")
         return 0
-    failed = run_jobs(out, jobs, base, args.threads, args.parallel)
+    failed = run_jobs(out, jobs, base, threads, parallel)
     try:
         runs = collect(out)
     except ValueError as err:
@@ -260,3 +259,6 @@ def main(argv: list[str]) -> int:
         print(f"plm sweep: {len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+main = command(sweep, "plm sweep", exclusive=[Exclusive("run", "print_jobs")], description=__doc__)
