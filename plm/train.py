@@ -10,13 +10,15 @@ prints for that budget.
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
+from collections.abc import Sequence
+from typing import Annotated
 
 import torch
 
 from plm import paths
+from plm.command import Flag, Passthrough, command
 from plm.hardware import GPU_MEMORY_GB
 from plm.model.config import SIZES
 from plm.scaling.memory import DEFAULT_GPU, DEFAULT_MFU
@@ -26,67 +28,68 @@ BYTES_PER_PARAM_TRAINING = 16  # fp32 master weights 4 + grads 4 + Adam moments 
 DEFAULT_CPU_MAX_PARAMS = 150e6
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="plm train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", default=None, help=f"ladder size: {', '.join(SIZES)} (default: the CPU demo config)")
-    p.add_argument("--objective", default="mlm", choices=OBJECTIVES,
-                   help="masked LM, causal LM, or CLM → MLM transfer in one run")
-    p.add_argument("--tokens", type=float, default=None, help="training tokens (default: compute-optimal for the size)")
-    p.add_argument("--row-len", type=int, default=1024, help="context / packed row length for ladder sizes")
-    p.add_argument("--rows-per-device", type=int, default=8, help="packed rows per device per micro-batch")
-    p.add_argument("--devices", "--gpus", type=int, default=None, help="devices per node (default: all GPUs, or 1 CPU)")
-    p.add_argument("--num-nodes", "--nodes", type=int, default=1, help="nodes (SLURM / torchrun)")
-    p.add_argument("--gpu", default=None, help="GPU model the memory plan and step time assume (default: this "
-                   f"machine's, else {DEFAULT_GPU}): {', '.join(GPU_MEMORY_GB)}")
-    p.add_argument("--mfu", type=float, default=DEFAULT_MFU, help="model FLOPs utilisation the step time assumes")
-    p.add_argument("--cpu-max-params", type=float, default=DEFAULT_CPU_MAX_PARAMS,
-                   help="largest model (total params) trained on a machine without a GPU")
-    p.add_argument("--force", action="store_true", help="train even if the machine looks too small")
-    p.add_argument("--dry-run", action="store_true", help="print the plan and the plm fit command, then stop")
-    return p
+def train(size: str | None = None, objective: Annotated[str, Flag(choices=OBJECTIVES)] = "mlm",
+          tokens: float | None = None, row_len: int = 1024, rows_per_device: int = 8,
+          devices: Annotated[int | None, Flag("--devices", "--gpus")] = None,
+          num_nodes: Annotated[int, Flag("--num-nodes", "--nodes")] = 1, gpu: str | None = None,
+          mfu: float = DEFAULT_MFU, cpu_max_params: float = DEFAULT_CPU_MAX_PARAMS, force: bool = False,
+          dry_run: bool = False, extra: Annotated[Sequence[str], Passthrough()] = ()) -> int:
+    """Train a ladder size (SIZE=…, OBJECTIVE=…) with resource checks; wraps `plm fit`.
 
-
-def main(argv: list[str]) -> int:
-    extra: list[str] = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1 :]
-    args, unknown = _parser().parse_known_args(argv)
-    extra = unknown + extra  # anything else goes to plm fit (e.g. --trainer.max_steps 10)
-    fit_args = ["fit", "--config", str(paths.train_config(args.objective))]
-    if args.size is None:
-        if args.tokens is not None:
+    Args:
+        size: ladder size, one of the sizes listed below (default: the CPU demo config)
+        objective: masked LM, causal LM, or CLM → MLM transfer in one run
+        tokens: training tokens (default: compute-optimal for the size)
+        row_len: context / packed row length for ladder sizes
+        rows_per_device: packed rows per device per micro-batch
+        devices: devices per node (default: all GPUs, or 1 CPU)
+        num_nodes: nodes (SLURM / torchrun)
+        gpu: GPU model the memory plan and step time assume, one of those listed below (default: this
+            machine's, else the one named below)
+        mfu: model FLOPs utilisation the step time assumes
+        cpu_max_params: largest model (total params) trained on a machine without a GPU
+        force: train even if the machine looks too small
+        dry_run: print the plan and the plm fit command, then stop
+        extra: passed on to plm fit (e.g. --trainer.max_steps 10)
+    """
+    fit_args = ["fit", "--config", str(paths.train_config(objective))]
+    if size is None:
+        if tokens is not None:
             print("plm train: --tokens (TOKENS=) needs --size (SIZE=): the CPU demo runs its config's fixed "
                   "number of steps", file=sys.stderr)
             return 2
-        print(f"plm train: CPU demo, configs/train/{args.objective}.yaml (bundled real sequences)")
+        print(f"plm train: CPU demo, configs/train/{objective}.yaml (bundled real sequences)")
         fit_args += extra
     else:
-        if args.size not in SIZES:
-            print(f"plm train: unknown size {args.size!r}; valid sizes: {', '.join(SIZES)}", file=sys.stderr)
+        if size not in SIZES:
+            print(f"plm train: unknown size {size!r}; valid sizes: {', '.join(SIZES)}", file=sys.stderr)
             return 2
         has_gpu = torch.cuda.is_available()
-        devices = args.devices or (torch.cuda.device_count() if has_gpu else 1)
+        devices = devices or (torch.cuda.device_count() if has_gpu else 1)
         try:
-            layout = Layout(args.row_len, args.rows_per_device, devices, args.num_nodes)
-            plan = plan_for_size(args.size, args.objective, layout, tokens=args.tokens)
+            layout = Layout(row_len, rows_per_device, devices, num_nodes)
+            plan = plan_for_size(size, objective, layout, tokens=tokens)
         except ValueError as err:
             print(f"plm train: {err}", file=sys.stderr)
             return 2
         print(describe(plan))
-        if (has_gpu or args.dry_run) and not fits_gpu(plan, args, has_gpu):
+        if (has_gpu or dry_run) and not fits_gpu(plan, has_gpu, gpu, mfu, force):
             return 2
-        gpu_layout = args.dry_run and plan.layout.world > 1  # planning GPUs from here: this CPU is not the target
-        if not gpu_layout and refuse_on_cpu(plan, has_gpu, args) and not args.dry_run:
+        gpu_layout = dry_run and plan.layout.world > 1  # planning GPUs from here: this CPU is not the target
+        if not gpu_layout and refuse_on_cpu(plan, has_gpu, force, cpu_max_params) and not dry_run:
             return 2
-        gpu = True if has_gpu else None if args.dry_run else False  # a dry run shows the GPU command it plans
-        fit_args += overrides_as_args({**plan.fit_overrides(gpu=gpu), "run_name": plan.run_name}) + extra
+        on_gpu = True if has_gpu else None if dry_run else False  # a dry run shows the GPU command it plans
+        fit_args += overrides_as_args({**plan.fit_overrides(gpu=on_gpu), "run_name": plan.run_name}) + list(extra)
     print("plm " + shlex.join(fit_args))
-    if args.dry_run:
+    if dry_run:
         return 0
     from plm.cli import main as plm_main
 
     return plm_main(fit_args)
+
+
+main = command(train, "plm train", description=__doc__,
+               epilog=f"sizes: {', '.join(SIZES)}\nGPU models: {', '.join(GPU_MEMORY_GB)} (default {DEFAULT_GPU})")
 
 
 def describe(plan: RunPlan) -> str:
@@ -107,23 +110,24 @@ def describe(plan: RunPlan) -> str:
     return "\n".join(lines)
 
 
-def fits_gpu(plan: RunPlan, args: argparse.Namespace, has_gpu: bool) -> bool:
+def fits_gpu(plan: RunPlan, has_gpu: bool, gpu: str | None = None, mfu: float = DEFAULT_MFU,
+             force: bool = False) -> bool:
     """Print the per-GPU memory plan (plm.scaling.memory); False (after saying so, with the smallest layout
     that fits) when it does not fit the GPU, unless --force."""
     from plm.scaling import memory
 
-    gpu = args.gpu or (torch.cuda.get_device_name() if has_gpu else DEFAULT_GPU)
+    model = gpu or (torch.cuda.get_device_name() if has_gpu else DEFAULT_GPU)
     layout = plan.layout
     mem = memory.memory_plan(plan.config, plan.strategy, layout.world, layout.rows_per_device, layout.row_len)
     try:
-        name, capacity, _ = memory.gpu_facts(gpu)
-        if has_gpu and args.gpu is None:  # this machine's GPU: its own size, not the data sheet's
+        name, capacity, _ = memory.gpu_facts(model)
+        if has_gpu and gpu is None:  # this machine's GPU: its own size, not the data sheet's
             capacity = float(torch.cuda.get_device_properties(0).total_memory)
-        print(memory.table(mem, gpu, plan.steps, plan.step_tokens, args.mfu, capacity))
+        print(memory.table(mem, model, plan.steps, plan.step_tokens, mfu, capacity))
     except ValueError as err:
         print(f"plm train: no memory plan ({err}); pass --gpu to get one", file=sys.stderr)
         return True
-    if mem.fits(capacity) or args.force:
+    if mem.fits(capacity) or force:
         return True
     need = mem.total() / memory.GB
     lines = [(f"plm train: refusing: size {plan.size} needs {need:.1f} GB per GPU on {layout.world} × "
@@ -159,13 +163,14 @@ def cpu_hours(plan: RunPlan, peak_flops: float | None = None) -> tuple[float, fl
     return 6.0 * plan.n_params * plan.train_tokens / (peak_flops * CPU_MFU) / 3600, peak_flops
 
 
-def refuse_on_cpu(plan: RunPlan, has_gpu: bool, args: argparse.Namespace) -> bool:
+def refuse_on_cpu(plan: RunPlan, has_gpu: bool, force: bool = False,
+                  cpu_max_params: float = DEFAULT_CPU_MAX_PARAMS) -> bool:
     """Sizes that would take years on a CPU are refused before anything is allocated, and so is any plan
     estimated to take more than an hour here (--force overrides both)."""
     total = plan.config.n_params()
-    if has_gpu or args.force:
+    if has_gpu or force:
         return False
-    if total > args.cpu_max_params:
+    if total > cpu_max_params:
         need_gb = total * BYTES_PER_PARAM_TRAINING / 1e9
         print(
             f"plm train: refusing size {plan.size} on a machine without a GPU: it needs ≈ {need_gb:.0f} GB for "
@@ -173,7 +178,7 @@ def refuse_on_cpu(plan: RunPlan, has_gpu: bool, args: argparse.Namespace) -> boo
             f"  Launch it on GPU nodes: `sbatch scripts/slurm/train.sbatch` (SIZE={plan.size}), or\n"
             f"  `plm train --size {plan.size} --devices 8 --num-nodes N` under torchrun / SLURM.\n"
             f"  FORCE=1 (make) or --force overrides; --cpu-max-params raises the limit "
-            f"({args.cpu_max_params:.3g} parameters).",
+            f"({cpu_max_params:.3g} parameters).",
             file=sys.stderr,
         )
         return True
