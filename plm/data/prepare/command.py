@@ -11,7 +11,9 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Annotated
 
+from plm.command import Flag, command
 from plm.data.fasta import (
     DEFAULT_MAX_LENGTH,
     FILE_REASONS,
@@ -25,6 +27,9 @@ from plm.data.prepare.finalise import check_not_empty, finalize_source, top_mani
 from plm.data.prepare.parse import keep_freed_memory, parse_shards
 from plm.data.prepare.plan import MANIFEST, SHARDS, plan_sources, source_spec
 from plm.utils.atomic import atomic_write_text
+
+VAL_FRACTION = 0.02  # share of each source held out
+SHARD_SIZE = 64 << 20  # bytes of plain FASTA per shard
 
 
 def _argument_problems(paths: dict[str, list[Path]], clusters: dict[str, Path], on_invalid: str,
@@ -66,10 +71,10 @@ def prepare(
     sources: dict[str, list[str | os.PathLike]],
     out: str | os.PathLike,
     clusters: dict[str, str | os.PathLike] | None = None,
-    val_fraction: float = 0.02,
+    val_fraction: float = VAL_FRACTION,
     on_invalid: OnInvalid = "error",
     workers: int | None = None,
-    shard_size: int = 64 << 20,
+    shard_size: int = SHARD_SIZE,
     max_length: int = DEFAULT_MAX_LENGTH,
     progress: bool = True,
     on_shard_done: Callable[[str, str], None] | None = None,
@@ -126,6 +131,13 @@ def _name_paths(text: str) -> tuple[str, list[str]]:
     return name, [p for p in rest.split(",") if p]
 
 
+def _name_path(text: str) -> tuple[str, str]:
+    name, paths = _name_paths(text)
+    if len(paths) != 1:
+        raise argparse.ArgumentTypeError(f"{name}=…: give exactly one TSV")
+    return name, paths[0]
+
+
 def _warn_file_rejections(out: Path, top: dict) -> None:
     """Whole files (or gzip tails) skipped under --on-invalid skip/x: named on stderr, not only counted."""
     for n, s in top["sources"].items():
@@ -137,51 +149,48 @@ def _warn_file_rejections(out: Path, top: dict) -> None:
                 print(f"warning: source {n!r}: skipped {ex}", file=sys.stderr)
 
 
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="plm data prepare",
-        description="FASTA/FASTA.gz → memory-mapped token stores (train/val per source) with a manifest; "
-        "parallel, bounded memory, resumable (re-run the same command after an interruption).",
-    )
-    p.add_argument("--source", action="append", type=_name_paths, required=True, metavar="NAME=PATH[,PATH…]",
-                   help="a named source and its FASTA files (plain or .gz); repeat for several sources")
-    p.add_argument("--clusters", action="append", type=_name_paths, default=[], metavar="NAME=TSV",
-                   help="cluster membership 'representative<TAB>member' (MMseqs2 createtsv, UniRef) for a source: "
-                   "it is then sampled cluster first, member second")
-    p.add_argument("--out", required=True, help="output directory (point ProteinDataModule sources at DIR/NAME)")
-    p.add_argument("--val-fraction", type=float, default=0.02,
-                   help="share of each source held out, chosen by a hash of the sequence (default 0.02)")
-    p.add_argument("--on-invalid", choices=("error", "skip", "x"), default="error",
-                   help="records breaking the policy: error (list them and stop), skip (count and drop), "
-                   "x (unknown letters → X); skip and x also count an empty file or the unreadable tail of a "
-                   "damaged .gz instead of stopping (a source left with no record is always an error); "
-                   "default error")
-    p.add_argument("--workers", type=int, default=None, help="parallel worker processes (default: all cores)")
-    p.add_argument("--shard-size", type=parse_size, default=64 << 20,
-                   help="bytes of plain FASTA per shard, the unit of parallelism and of resume (default 64M)")
-    p.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH,
-                   help=f"longer records are rejected as broken (default {DEFAULT_MAX_LENGTH})")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    a = p.parse_args(argv)
+def prepare_command(
+    source: Annotated[tuple[tuple[str, list[str]], ...], Flag(type=_name_paths, metavar="NAME=PATH[,PATH…]")],
+    out: str,
+    clusters: Annotated[tuple[tuple[str, str], ...], Flag(type=_name_path, metavar="NAME=TSV")] = (),
+    val_fraction: float = VAL_FRACTION,
+    on_invalid: OnInvalid = "error",
+    workers: int | None = None,
+    shard_size: Annotated[int, Flag(type=parse_size)] = SHARD_SIZE,
+    max_length: int = DEFAULT_MAX_LENGTH,
+    quiet: bool = False,
+) -> int:
+    """FASTA/FASTA.gz → memory-mapped token stores (train/val per source) with a manifest; parallel, bounded
+    memory, resumable (re-run the same command after an interruption).
+
+    Args:
+        source: a named source and its FASTA files (plain or .gz); repeat for several sources
+        out: output directory (point ProteinDataModule sources at DIR/NAME)
+        clusters: cluster membership 'representative<TAB>member' (MMseqs2 createtsv, UniRef) for a source:
+            it is then sampled cluster first, member second
+        val_fraction: share of each source held out, chosen by a hash of the sequence
+        on_invalid: records breaking the policy: error (list them and stop), skip (count and drop), x (unknown
+            letters → X); skip and x also count an empty file or the unreadable tail of a damaged .gz instead
+            of stopping (a source left with no record is always an error)
+        workers: parallel worker processes (default: all cores)
+        shard_size: bytes of plain FASTA per shard, the unit of parallelism and of resume (default 64M)
+        max_length: longer records are rejected as broken
+        quiet: no progress bar
+    """
     sources: dict[str, list[str]] = {}
-    for name, ps in a.source:
+    for name, ps in source:
         sources.setdefault(name, []).extend(ps)
-    clusters = {}
-    for name, ps in a.clusters:
-        if len(ps) != 1:
-            p.error(f"--clusters {name}=…: give exactly one TSV")
-        clusters[name] = ps[0]
     try:
         keep_freed_memory()
-        top = prepare(sources, a.out, clusters, a.val_fraction, a.on_invalid, a.workers, a.shard_size,
-                      a.max_length, progress=not a.quiet)
+        top = prepare(sources, out, dict(clusters), val_fraction, on_invalid, workers, shard_size, max_length,
+                      progress=not quiet)
     except (FastaError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        print(f"error: no space left on the device while writing under {a.out} ({err}). Finished shards and "
+        print(f"error: no space left on the device while writing under {out} ({err}). Finished shards and "
               "sources are kept and nothing partial is published; free space and re-run the same command to "
               "resume.", file=sys.stderr)
         return 2
@@ -189,6 +198,9 @@ def main(argv: list[str]) -> int:
         rej = ", ".join(f"{k}: {v}" for k, v in s["rejected"].items()) or "none"
         print(f"{n}: train {s['train']['records']:,} records / {s['train']['residues']:,} residues, "
               f"val {s['val']['records']:,} / {s['val']['residues']:,}; rejected: {rej}")
-    _warn_file_rejections(Path(a.out), top)
-    print(f"wrote {Path(a.out) / MANIFEST}")
+    _warn_file_rejections(Path(out), top)
+    print(f"wrote {Path(out) / MANIFEST}")
     return 0
+
+
+main = command(prepare_command, "plm data prepare")
