@@ -15,6 +15,7 @@ import pytest
 from plm.cli import main as plm_main
 from plm.evaluation import runner, splits, tasks, zero_shot_task
 from plm.evaluation.datasets import SequenceRecord
+from plm.evaluation.options import EvalOptions
 from plm.evaluation.tasks import load_task
 from plm.model.io import save_pretrained
 from tests.conftest import tiny_model
@@ -88,7 +89,7 @@ def test_a_cap_that_applies_is_printed_with_who_set_it(export, tmp_path, capsys)
 
 
 def test_supervised_caps_default_to_all_and_are_said():
-    assert tasks.DEFAULTS["max_train"] is None and tasks.DEFAULTS["max_test"] is None
+    assert EvalOptions.max_train is None and EvalOptions.max_test is None
     spec = load_task("gb1")
     recs = [SequenceRecord(f"r{i}", f"MK{AA[i % 20]}{AA[i // 20]}", 0.0, "train" if i < 30 else "test") for i in range(40)]
     said: list[str] = []

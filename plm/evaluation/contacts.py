@@ -21,6 +21,10 @@ from plm.evaluation.prepared import PreparedTask, Row
 from plm.evaluation.supervised import fit_head, make_batches, predict
 from plm.model.transformer import Transformer
 
+# Training residue pairs drawn per chain for the attention regression (a chain of L residues has ~L²/2),
+# bounding its memory on long chains. A constant: it was read as an option no task or caller ever set.
+MAX_PAIRS = 20000
+
 
 @torch.no_grad()
 def attention_maps(model: Transformer, seq: str, causal: bool) -> Tensor:
@@ -34,7 +38,7 @@ def run_contacts(task: PreparedTask, model: Transformer, objective: str, mode: s
     """Fit the task's contact head on the training chains and report precision on the test chains (the
     attention head reads frozen attention maps, so its rows say ``frozen`` whatever ``mode`` asked)."""
     spec, opts, train, test = task.spec, task.opts, task.train, task.test
-    seed = int(opts["seed"])
+    seed = opts.seed
     causal = objective == "clm"
     truths = [torch.as_tensor(r.contacts()).long() for r in test]
     gen = torch.Generator().manual_seed(seed)
@@ -42,7 +46,7 @@ def run_contacts(task: PreparedTask, model: Transformer, objective: str, mode: s
         xs, ys = [], []
         for r in tqdm(train, desc=f"{spec.name}: train maps", disable=not progress):
             x, y = contact_pairs(attention_maps(model, r.sequence, causal), torch.as_tensor(r.contacts()).long(),
-                                 int(opts.get("max_pairs") or 20000), gen)
+                                 MAX_PAIRS, gen)
             xs.append(x)
             ys.append(y)
         n_feat = xs[0].shape[1]
@@ -57,16 +61,16 @@ def run_contacts(task: PreparedTask, model: Transformer, objective: str, mode: s
         seqs = [r.sequence for r in train + test]
         if mode == "frozen":
             ex = [{"feats": f} for f in embed(model, seqs, 10**9, causal, batch_size=4, progress=progress,
-                                              layer=int(opts["layer"]))]
-            module = FineTune(head, "contacts", None, "frozen", lr=float(opts["lr"]))
+                                              layer=opts.layer)]
+            module = FineTune(head, "contacts", None, "frozen", lr=opts.lr)
         else:
             ex = [{"seq": s} for s in seqs]
-            module = FineTune(head, "contacts", copy.deepcopy(model), mode, lr=float(opts["lr"]),
-                              backbone_lr=float(opts["backbone_lr"]), causal=causal, layer=int(opts["layer"]))
+            module = FineTune(head, "contacts", copy.deepcopy(model), mode, lr=opts.lr, backbone_lr=opts.backbone_lr,
+                              causal=causal, layer=opts.layer)
         for e, r in zip(ex, train + test):
             e["labels"] = torch.as_tensor(r.contacts()).long()
         bs = 2
-        fit_head(module, make_batches(ex[: len(train)], bs, True, seed), int(opts["epochs"]), progress, bool(opts.get("use_trainer", True)))
+        fit_head(module, make_batches(ex[: len(train)], bs, True, seed), opts.epochs, progress, opts.use_trainer)
         outs, _ = predict(module, make_batches(ex[len(train) :], 1, False, seed))
         preds = [o[0, : len(r.sequence), : len(r.sequence)].numpy() for o, r in zip(outs, test)]
     metrics = contact_metrics(preds, [t.numpy() for t in truths])

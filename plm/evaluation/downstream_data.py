@@ -152,10 +152,11 @@ class DownstreamDataModule(pl.LightningDataModule):
         if self.spec.kind not in kinds.SUPERVISED_KINDS:
             raise ValueError(f"{self.spec.source}: kind {self.spec.kind} has no training data; plm finetune trains "
                              f"{', '.join(kinds.SUPERVISED_KINDS)} tasks (plm evaluate scores the others)")
-        opt = lambda key, value: value if value is not None else self.spec.option(key)
-        self.batch_size = int(opt("batch_size", batch_size))
-        self.max_train, self.max_test = opt("max_train", max_train), opt("max_test", max_test)
-        self.max_len, self.seed = int(opt("max_len", max_len)), int(opt("seed", seed))
+        base = self.spec.options()  # the task's, for what the arguments leave at None
+        given = lambda value, default: default if value is None else value
+        self.batch_size = int(given(batch_size, base.batch_size))
+        self.max_train, self.max_test = given(max_train, base.max_train), given(max_test, base.max_test)
+        self.max_len, self.seed = int(given(max_len, base.max_len)), int(given(seed, base.seed))
         self.val_fraction, self.val_identity, self.task_validation = val_fraction, val_identity, task_validation
         self.num_workers = num_workers
         self.records: dict[str, list[Any]] = {}

@@ -24,9 +24,9 @@ import torch
 from torch import Tensor, nn
 
 from plm.evaluation import kinds
+from plm.evaluation.options import MODES, EvalOptions, Mode
 from plm.model.transformer import Transformer
 
-Mode = Literal["frozen", "lora", "full"]
 IGNORE = kinds.IGNORE
 LORA_TARGETS = ["qkv", "out", "fc_in", "fc_out"]
 
@@ -155,7 +155,7 @@ class FineTune(pl.LightningModule):
             embed_batch_size: sequences per forward pass when frozen mode caches embeddings.
         """
         super().__init__()
-        if mode not in ("frozen", "lora", "full"):
+        if mode not in MODES:
             raise ValueError(f"mode {mode!r}: use frozen, lora or full")
         self.spec = None
         self.backbone_source: str | None = None
@@ -170,15 +170,16 @@ class FineTune(pl.LightningModule):
             raise ValueError(f"mode {mode!r} needs a backbone; frozen mode trains on cached embeddings")
         if head is None and self.spec is None:
             raise ValueError("FineTune needs a head module or a task to build one from")
-        option = (lambda key, value: value if value is not None else self.spec.option(key)) if self.spec else (
-            lambda key, value: value if value is not None else _FALLBACK[key])
+        # the task's options (plm's defaults without a task) for what the arguments leave at None
+        base = self.spec.options() if self.spec is not None else EvalOptions()
+        given = lambda value, default: default if value is None else value
         self.kind, self.mode = kind, mode
-        self.lr, self.backbone_lr = float(option("lr", lr)), float(option("backbone_lr", backbone_lr))
-        self.layer = int(option("layer", layer))
+        self.lr, self.backbone_lr = float(given(lr, base.lr)), float(given(backbone_lr, base.backbone_lr))
+        self.layer = int(given(layer, base.layer))
         self.causal, self.weight_decay = bool(causal), weight_decay
         self.schedule, self.warmup_fraction, self.total_steps = schedule, warmup_fraction, total_steps
         self.seed, self.embed_batch_size, self.class_weights = seed, embed_batch_size, class_weights
-        self.lora = {"rank": int(option("lora_rank", lora_rank)), "alpha": int(option("lora_alpha", lora_alpha)),
+        self.lora = {"rank": int(given(lora_rank, base.lora_rank)), "alpha": int(given(lora_alpha, base.lora_alpha)),
                      "dropout": lora_dropout}
         self.head = head
         self.head_type = head_type or (self.spec.head if self.spec is not None else "linear")
@@ -386,6 +387,3 @@ class FineTune(pl.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-
-#: options of the object form without a task (``plm evaluate`` passes what its task says)
-_FALLBACK: dict[str, Any] = {"lr": 1e-3, "backbone_lr": 1e-4, "lora_rank": 8, "lora_alpha": 16, "layer": -1}

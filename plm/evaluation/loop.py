@@ -7,12 +7,14 @@ task means a later failure keeps what finished. Both the CLI and the suites driv
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from plm.errors import PlmError
 from plm.evaluation.contacts import run_contacts
 from plm.evaluation.datasets import load_records, load_structures
+from plm.evaluation.options import EvalOptions, layered
 from plm.evaluation.prepared import Note, PreparedTask, Row, note
 from plm.evaluation.results import write_results
 from plm.evaluation.splits import near_duplicate_note, split_records, split_structures
@@ -21,43 +23,33 @@ from plm.evaluation.tasks import DataSource, TaskSpec, load_task, resolve_data
 from plm.evaluation.zero_shot_task import prepare_zero_shot, run_zero_shot
 from plm.model.transformer import Transformer
 
-OPTION_KEYS = ("epochs", "lr", "batch_size", "max_train", "max_test", "max_len", "seed", "lora_rank", "lora_alpha",
-               "backbone_lr", "layer", "probe_c", "probe_max_iter")
 
-
-def task_options(spec: TaskSpec, max_seq_len: int, overrides: dict[str, Any] | None = None
-                 ) -> tuple[dict[str, Any], dict[str, str]]:
+def task_options(spec: TaskSpec, max_seq_len: int, overrides: Mapping[str, Any] | None = None
+                 ) -> tuple[EvalOptions, dict[str, str]]:
     """The task's options (plm's defaults < the YAML's ``defaults`` < ``overrides``) and where each came
     from, so a cap that applies can say who set it."""
-    opts = {k: spec.option(k) for k in OPTION_KEYS}
-    origins = {k: spec.source.name if k in spec.defaults else "plm's defaults" for k in OPTION_KEYS}
-    opts["max_len"] = min(int(opts["max_len"]), max_seq_len - 2)
-    for k, v in (overrides or {}).items():
-        if v is not None:
-            opts[k], origins[k] = v, "an override"
-    return opts, origins
+    return layered(spec.defaults, spec.source.name, max_seq_len, overrides)
 
 
-def prepare_task(spec: TaskSpec, source: DataSource, max_seq_len: int, overrides: dict[str, Any] | None = None,
+def prepare_task(spec: TaskSpec, source: DataSource, max_seq_len: int, overrides: Mapping[str, Any] | None = None,
                  say: Note = note) -> PreparedTask:
     """Read and check the task's files, draw its split and apply its caps (all said when they apply)."""
     files = spec.files_in(source)
     opts, origins = task_options(spec, max_seq_len, overrides)
     if spec.kind == "zero_shot":
         return prepare_zero_shot(spec, files, opts, origins, say)
-    max_test, seed = opts["max_test"], int(opts["seed"])
     if spec.kind == "contacts":
-        train, test = split_structures(spec, load_structures(spec, files, int(opts["max_len"])), max_test, seed, say,
-                                       origins)
+        train, test = split_structures(spec, load_structures(spec, files, opts.max_len), opts.max_test, opts.seed,
+                                       say, origins)
     else:
-        train, test = split_records(spec, load_records(spec, files, int(opts["max_len"])), opts["max_train"],
-                                    max_test, seed, say, origins)
+        train, test = split_records(spec, load_records(spec, files, opts.max_len), opts.max_train, opts.max_test,
+                                    opts.seed, say, origins)
     say(near_duplicate_note(spec, train, test))
     return PreparedTask(spec, opts, train, test)
 
 
 def prepare_all(names: list[str], task_dir: str | None, source: DataSource, max_seq_len: int,
-                overrides: dict[str, Any] | None = None, say: Note = note) -> list[PreparedTask]:
+                overrides: Mapping[str, Any] | None = None, say: Note = note) -> list[PreparedTask]:
     """Every task read and checked before the model is loaded; every broken task reported at once, because
     a bad file found after an hour of other tasks costs that hour."""
     tasks, problems = [], []
@@ -84,11 +76,11 @@ def run_prepared(task: PreparedTask, model: Transformer, objective: str, mode: s
         rows = run_contacts(task, model, objective, mode, progress)
     else:
         rows = run_supervised(task, model, objective, mode, progress)
-    return [{**r, "seed": int(task.opts["seed"])} for r in rows]
+    return [{**r, "seed": task.opts.seed} for r in rows]
 
 
 def run_task(spec: TaskSpec, model: Transformer, objective: str, mode: str = "frozen",
-             data_root: str | Path | None = None, small: bool = False, overrides: dict[str, Any] | None = None,
+             data_root: str | Path | None = None, small: bool = False, overrides: Mapping[str, Any] | None = None,
              progress: bool = True) -> list[Row]:
     """Evaluate one task; ``overrides`` replace the YAML's defaults (epochs, max_train, …)."""
     source = resolve_data(data_root, small)

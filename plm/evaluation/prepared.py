@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from plm.evaluation.options import EvalOptions
 from plm.evaluation.tasks import TaskSpec
 
 Row = dict[str, Any]
@@ -25,7 +26,7 @@ class PreparedTask:
     needs except the model, so every task can be checked before the model is loaded."""
 
     spec: TaskSpec
-    opts: dict[str, Any]
+    opts: EvalOptions
     train: list[Any] = field(default_factory=list)
     test: list[Any] = field(default_factory=list)  # zero-shot: the scored variants
     wildtype: str = ""

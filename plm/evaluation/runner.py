@@ -1,7 +1,8 @@
 """``plm evaluate``: run task YAMLs against one backbone and write results.csv + results.md.
 
 This module is the command (its arguments and ``main``); the stages live beside it: task data
-(:mod:`~plm.evaluation.datasets`, formats registered in :mod:`~plm.evaluation.formats`), splits
+(:mod:`~plm.evaluation.datasets`, formats registered in :mod:`~plm.evaluation.formats`), the options each
+task runs with (:mod:`~plm.evaluation.options`), splits
 (:mod:`~plm.evaluation.splits`), the run loop (:mod:`~plm.evaluation.loop`), one module per task kind
 (:mod:`~plm.evaluation.supervised`, :mod:`~plm.evaluation.zero_shot_task`, :mod:`~plm.evaluation.contacts`),
 the model (:mod:`~plm.evaluation.backbone`) and the result files (:mod:`~plm.evaluation.results`). Their
@@ -32,7 +33,6 @@ from plm.evaluation.backbone import embed, load_backbone, pad_tokens, read_objec
 from plm.evaluation.contacts import attention_maps, run_contacts
 from plm.evaluation.datasets import load_multilabel, load_records, load_structures
 from plm.evaluation.loop import (
-    OPTION_KEYS,
     prepare_all,
     prepare_task,
     run_all,
@@ -40,6 +40,7 @@ from plm.evaluation.loop import (
     run_task,
     task_options,
 )
+from plm.evaluation.options import EvalOptions
 from plm.evaluation.prepared import Note, PreparedTask, Row, note
 from plm.evaluation.results import FIELDS, run_metadata, write_results
 from plm.evaluation.splits import (
@@ -58,7 +59,7 @@ from plm.evaluation.tasks import DataSource, resolve_data
 from plm.evaluation.zero_shot_task import prepare_zero_shot, run_zero_shot
 
 __all__ = [
-    "FIELDS", "MAX_NAMED", "NEAR_IDENTITY", "OPTION_KEYS", "Note", "PreparedTask", "Row", "_pad_stack",
+    "FIELDS", "MAX_NAMED", "NEAR_IDENTITY", "EvalOptions", "Note", "PreparedTask", "Row", "_pad_stack",
     "attention_maps", "build_parser", "cap_note", "capped", "embed", "fit_head", "load_backbone", "load_multilabel",
     "load_records", "load_structures", "main", "make_batches", "near_duplicate_note", "note", "pad_tokens", "predict",
     "prepare_all", "prepare_task", "prepare_zero_shot", "probe_rows", "read_objective", "run_all", "run_contacts",
@@ -136,7 +137,7 @@ def main(argv: list[str]) -> int:
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
     tasks = prepare_all(names, args.task_dir, source, record.config.max_seq_len, overrides)
     model, objective = load_backbone(args.checkpoint, args.random_init, args.objective,
-                                     seed=args.seed if args.seed is not None else 0)
+                                     seed=args.seed if args.seed is not None else EvalOptions.seed)
     meta = run_metadata(args.checkpoint, record, args.random_init, objective, source)
     title = (f"{args.checkpoint} ({meta['weights']}, step {meta['step'] if meta['step'] != '' else 'not recorded'}), "
              f"objective {objective}, {source.describe()}")

@@ -27,6 +27,7 @@ import yaml
 
 from plm import paths
 from plm.evaluation.kinds import DEFAULT_METRIC
+from plm.evaluation.options import MODES
 from plm.evaluation.tasks import DataSource, load_task
 from plm.utils.atomic import atomic_file, atomic_write_text
 
@@ -65,7 +66,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
     if not isinstance(tasks, list) or not tasks:
         problems.append("'tasks' must be a non-empty list of task names")
         tasks = []
-    if raw.get("mode", "frozen") not in ("frozen", "lora", "full"):
+    if raw.get("mode", "frozen") not in MODES:
         problems.append(f"mode {raw.get('mode')!r}: use frozen, lora or full")
     seeds = raw.get("seeds", [0, 1, 2])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):

@@ -107,7 +107,6 @@ def run_supervised(task: PreparedTask, model: Transformer, objective: str, mode:
     from plm.evaluation.finetune import FineTune
 
     spec, opts, train, test = task.spec, task.opts, task.train, task.test
-    max_len, seed = int(opts["max_len"]), int(opts["seed"])
     if spec.kind in ("residue_classification", "residue_multilabel", "sequence_multilabel"):
         labels_of = lambda r: torch.as_tensor(r.labels)
     else:
@@ -118,32 +117,29 @@ def run_supervised(task: PreparedTask, model: Transformer, objective: str, mode:
         mean, std = float(t.mean()), float(t.std().clamp(min=1e-8))
     n_out = len(spec.classes) if spec.classes else 1
     causal = objective == "clm"
-    torch.manual_seed(seed)
+    torch.manual_seed(opts.seed)
     head_cls = ResidueHead if spec.kind in ("residue_classification", "residue_multilabel") else SequenceHead
     head = head_cls(model.config.n_embd, n_out, spec.head)
-    layer = int(opts["layer"])
     if mode == "frozen":
-        feats = embed(model, [r.sequence for r in train + test], max_len, causal, progress=progress,
-                      desc=f"{spec.name}: embedding", layer=layer)
+        feats = embed(model, [r.sequence for r in train + test], opts.max_len, causal, progress=progress,
+                      desc=f"{spec.name}: embedding", layer=opts.layer)
         ex = [{"feats": f} for f in feats]
-        module = FineTune(head, spec.kind, None, "frozen", lr=float(opts["lr"]))
+        module = FineTune(head, spec.kind, None, "frozen", lr=opts.lr)
     else:
         ex = [{"seq": r.sequence} for r in train + test]
-        module = FineTune(head, spec.kind, copy.deepcopy(model), mode, lr=float(opts["lr"]),
-                          backbone_lr=float(opts["backbone_lr"]), lora_rank=int(opts["lora_rank"]),
-                          lora_alpha=int(opts["lora_alpha"]), causal=causal, layer=layer)
+        module = FineTune(head, spec.kind, copy.deepcopy(model), mode, lr=opts.lr, backbone_lr=opts.backbone_lr,
+                          lora_rank=opts.lora_rank, lora_alpha=opts.lora_alpha, causal=causal, layer=opts.layer)
     for e, r in zip(ex, train + test):
         y = labels_of(r)
         e["labels"] = (y - mean) / std if spec.kind == "sequence_regression" else y
-    bs = int(opts["batch_size"])
+    bs, seed = opts.batch_size, opts.seed
     if mode == "frozen" and spec.head == "linear":
         x, y = probe_rows(ex[: len(train)], spec.kind)
         loss = {"sequence_regression": "mse", "residue_multilabel": "bce", "sequence_multilabel": "bce"}
-        fit_linear_probe(head.net, x, y, loss.get(spec.kind, "cross_entropy"), float(opts["probe_c"]),
-                         int(opts["probe_max_iter"]))
+        fit_linear_probe(head.net, x, y, loss.get(spec.kind, "cross_entropy"), opts.probe_c, opts.probe_max_iter)
     else:
-        fit_head(module, make_batches(ex[: len(train)], bs, True, seed, square=False), int(opts["epochs"]), progress,
-                 bool(opts.get("use_trainer", True)))
+        fit_head(module, make_batches(ex[: len(train)], bs, True, seed, square=False), opts.epochs, progress,
+                 opts.use_trainer)
     outs, labels = predict(module, make_batches(ex[len(train) :], bs, False, seed, square=False))
     if spec.kind in kinds.MULTILABEL_KINDS:
         rows, y = kinds.scored_rows(spec.kind, outs, labels, n_out)

@@ -22,6 +22,7 @@ import yaml
 from plm import paths
 from plm.evaluation import kinds
 from plm.evaluation.formats import FILES, FORMATS, KINDS
+from plm.evaluation.options import EvalOptions, typed_defaults
 
 TASK_DIR = paths.task_dir()
 SMALL_DATA_ROOT = paths.task_data()
@@ -34,15 +35,6 @@ LIST_ROLES = {"train", "test"}
 TOP_KEYS = {"name", "description", "kind", "format", "data", "small_data", "columns", "classes", "split",
             "head", "metric", "defaults", "offset", "min_contacts", "ignore_labels",
             "label_map"} | {key for f in FORMATS.values() for key in f.needs}
-# ``layer``: representation probes read (ESM repr_layers numbering, -1 = final after the final norm);
-# ``probe_c``, ``probe_max_iter``: the frozen linear probe's inverse L2 strength (scikit-learn's C) and
-# L-BFGS iterations (heads.fit_linear_probe); epochs / lr apply to MLP heads, LoRA and full fine-tuning.
-# ``max_train`` / ``max_test``: None = every example. A cap changes the question (a DMS assay scored on a
-# sample is another number), so it is never implicit: a task or the command line sets it, and the run
-# prints it whenever it applies.
-DEFAULTS: dict[str, Any] = {"epochs": 10, "lr": 1e-3, "batch_size": 32, "max_train": None, "max_test": None,
-                            "max_len": 1022, "seed": 0, "lora_rank": 8, "lora_alpha": 16, "backbone_lr": 1e-4,
-                            "layer": -1, "probe_c": 1.0, "probe_max_iter": 200}
 # ``split`` rules: ``train``/``test`` values of the split column, or ``train_fraction`` of the records
 SPLIT_KEYS = ("train", "test", "train_fraction")
 DATA_ROOT_ENV = "PLM_DATA_ROOT"
@@ -98,7 +90,7 @@ class TaskSpec:
     split: dict[str, Any] = field(default_factory=dict)
     head: str = "linear"
     metric: str = ""
-    defaults: dict[str, Any] = field(default_factory=dict)
+    defaults: dict[str, Any] = field(default_factory=dict)  # the options the YAML sets (plm.evaluation.options)
     wildtype_id: str = ""
     offset: int = 1
     min_contacts: int = 1
@@ -131,8 +123,9 @@ class TaskSpec:
             raise FileNotFoundError(f"{self.source}: data file(s) not found: {'; '.join(missing)}{hint}")
         return paths
 
-    def option(self, key: str) -> Any:
-        return self.defaults.get(key, DEFAULTS.get(key))
+    def options(self) -> EvalOptions:
+        """plm's options with the YAML's ``defaults`` (no overrides, no cap by a model's length)."""
+        return EvalOptions(**typed_defaults(self.defaults))
 
 
 def split_problems(split: dict[str, Any], fmt: str, columns: dict[str, Any]) -> list[str]:
@@ -249,15 +242,16 @@ def load_task(name_or_path: str | Path, task_dir: str | Path | None = None) -> T
         problems += split_problems(raw.get("split") or {}, fmt, raw.get("columns") or {})
     if problems:
         raise ValueError(f"{p}: invalid task definition: " + "; ".join(problems))
-    unknown_defaults = sorted(set(raw.get("defaults") or {}) - set(DEFAULTS))
-    if unknown_defaults:
-        raise ValueError(f"{p}: unknown defaults {unknown_defaults} (allowed: {sorted(DEFAULTS)})")
+    try:
+        defaults = typed_defaults(raw.get("defaults") or {})
+    except ValueError as err:
+        raise ValueError(f"{p}: {err}") from None
     return TaskSpec(
         name=raw.get("name", p.stem), kind=kind, format=fmt, data=raw.get("data") or {},
         small_data=raw.get("small_data") or {}, source=p, columns=raw.get("columns") or {},
         classes=[str(c) for c in raw.get("classes") or []], split=raw.get("split") or {},
         head=raw.get("head", "attention" if kind == "contacts" else "linear"), metric=raw.get("metric", ""),
-        defaults=raw.get("defaults") or {}, wildtype_id=raw.get("wildtype_id", ""), offset=int(raw.get("offset", 1)),
+        defaults=defaults, wildtype_id=raw.get("wildtype_id", ""), offset=int(raw.get("offset", 1)),
         min_contacts=int(raw.get("min_contacts", 1)), description=raw.get("description", ""),
         header_pattern=str(raw.get("header_pattern", "")), ignore_labels=[str(c) for c in raw.get("ignore_labels") or []],
         label_map={str(k): [str(c) for c in v] for k, v in (raw.get("label_map") or {}).items()},

@@ -7,12 +7,12 @@ from __future__ import annotations
 import csv
 import random
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from plm.evaluation.formats import read_task_data
 from plm.evaluation.metrics import regression_metrics
+from plm.evaluation.options import EvalOptions
 from plm.evaluation.prepared import Note, PreparedTask, Row
 from plm.evaluation.splits import cap_note
 from plm.evaluation.tasks import TaskSpec
@@ -21,10 +21,10 @@ from plm.model.transformer import Transformer
 from plm.utils.atomic import atomic_file
 
 
-def prepare_zero_shot(spec: TaskSpec, files: dict[str, Path], opts: dict[str, Any], origins: dict[str, str],
+def prepare_zero_shot(spec: TaskSpec, files: dict[str, Path], opts: EvalOptions, origins: dict[str, str],
                       say: Note) -> PreparedTask:
     """The wild type and every scored variant, each mutation checked against the wild type."""
-    wt, variants = read_task_data(spec, files, int(opts["max_len"]))
+    wt, variants = read_task_data(spec, files, opts.max_len)
     parsed, problems = [], []
     for i, v in enumerate(variants):
         try:
@@ -34,10 +34,10 @@ def prepare_zero_shot(spec: TaskSpec, files: dict[str, Path], opts: dict[str, An
     if problems:
         raise ValueError(f"{files['table']}: {len(problems)} mutation(s) do not match wild type "
                          f"{spec.wildtype_id!r} with offset {spec.offset}: " + "; ".join(problems[:5]))
-    max_n = opts["max_test"]
-    if max_n is not None and len(variants) > int(max_n):
-        say(cap_note(spec, int(max_n), len(variants), "variants", "max_test", origins))
-        pick = sorted(random.Random(int(opts["seed"])).sample(range(len(variants)), int(max_n)))
+    max_n = opts.max_test
+    if max_n is not None and len(variants) > max_n:
+        say(cap_note(spec, max_n, len(variants), "variants", "max_test", origins))
+        pick = sorted(random.Random(opts.seed).sample(range(len(variants)), max_n))
         variants, parsed = [variants[i] for i in pick], [parsed[i] for i in pick]
     return PreparedTask(spec, opts, test=variants, wildtype=wt, mutations=parsed)
 
