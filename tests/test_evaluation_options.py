@@ -54,3 +54,13 @@ def test_bundled_tasks_load_with_typed_options():
     opts = spec.options()
     assert isinstance(opts, EvalOptions) and isinstance(opts.lr, float)
 
+
+def test_plm_evaluate_is_a_typed_function_over_the_same_flags():
+    from plm.evaluation import runner
+
+    assert runner.main.function is runner.evaluate
+    parser = runner.build_parser()
+    mode = next(a for a in parser._actions if a.dest == "mode")
+    assert (mode.default, mode.choices) == ("frozen", ["frozen", "lora", "full"])
+    seed = next(a for a in parser._actions if a.dest == "seed")
+    assert (seed.default, seed.type) == (None, int)  # None: the task's seed, else EvalOptions.seed
