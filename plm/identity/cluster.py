@@ -8,14 +8,14 @@ diversity measure for generated proteins.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 from pathlib import Path
+from typing import Annotated
 
-from plm.errors import add_debug_argument, one_line_errors
+from plm.command import Flag, command
 from plm.identity import fallback
-from plm.identity.search import Backend, Fallback, add_backend_args, backend_from_args, method_name
+from plm.identity.search import AUTO_BACKEND, Backend, BackendOptions, Fallback, method_name
 from plm.identity.seqio import read_train, write_indexed_fasta
 from plm.utils.atomic import atomic_file, atomic_write_text
 
@@ -59,21 +59,25 @@ def cluster(fasta: str | Path, out: str | Path, backend: Backend, min_identity: 
     return summary
 
 
-@one_line_errors("plm data cluster", expected=(FileNotFoundError, ValueError))  # FastaError is a ValueError
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="plm data cluster", description=__doc__.split("\n\n")[0])
-    p.add_argument("--in", dest="fasta", required=True, help="FASTA(.gz) to cluster (ids as `plm data prepare` reads them)")
-    p.add_argument("--out", required=True, help="cluster TSV to write (representative<TAB>member); counts go to OUT.json")
-    p.add_argument("--min-identity", type=float, required=True, help="min identity within a cluster, e.g. 0.5 or 0.9")
-    p.add_argument("--coverage", type=float, default=0.8, help="mmseqs -c: min alignment coverage (UniRef uses 0.8)")
-    p.add_argument("--cov-mode", type=int, default=0, help="mmseqs --cov-mode: 0 both sequences, 1 target, 2 query")
-    p.add_argument("--linclust", action="store_true", help="linear-time easy-linclust (for very large inputs)")
-    add_backend_args(p)
-    add_debug_argument(p)
-    args = p.parse_args(argv)
-    check_input(args.fasta)  # before `--backend auto` may warn about mmseqs
-    s = cluster(args.fasta, args.out, backend_from_args(args), args.min_identity, args.coverage, args.cov_mode,
-                args.linclust)
+def cluster_command(fasta: Annotated[str, Flag("--in")], out: str, min_identity: float, coverage: float = 0.8,
+                    cov_mode: int = 0, linclust: bool = False, search: BackendOptions = AUTO_BACKEND) -> int:
+    """Cluster a FASTA at a min identity into a ``representative<TAB>member`` TSV.
+
+    Args:
+        fasta: FASTA(.gz) to cluster (ids as `plm data prepare` reads them)
+        out: cluster TSV to write (representative<TAB>member); counts go to OUT.json
+        min_identity: min identity within a cluster, e.g. 0.5 or 0.9
+        coverage: mmseqs -c: min alignment coverage (UniRef uses 0.8)
+        cov_mode: mmseqs --cov-mode: 0 both sequences, 1 target, 2 query
+        linclust: linear-time easy-linclust (for very large inputs)
+        search: identity backend
+    """
+    check_input(fasta)  # before `--backend auto` may warn about mmseqs
+    s = cluster(fasta, out, search.resolve(), min_identity, coverage, cov_mode, linclust)
     print(f"{s['in']}: {s['records']:,} records → {s['clusters']:,} clusters at {s['min_identity']:.0%} identity "
           f"({s['singletons']:,} singletons, largest {s['largest_cluster']:,}) [{s['method']}] → {s['out']}")
     return 0
+
+
+# FastaError is a ValueError
+main = command(cluster_command, "plm data cluster", expected=(FileNotFoundError, ValueError))

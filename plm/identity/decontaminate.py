@@ -13,22 +13,14 @@ evaluation hit, identity, exact) and ``summary.json``. The training data itself 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 from pathlib import Path
 
 import numpy as np
 
-from plm.errors import add_debug_argument, one_line_errors
-from plm.identity.search import (
-    Backend,
-    add_backend_args,
-    backend_from_args,
-    best_hits,
-    exact_hits,
-    method_name,
-)
+from plm.command import command
+from plm.identity.search import AUTO_BACKEND, Backend, BackendOptions, best_hits, exact_hits, method_name
 from plm.identity.seqio import SeqRecord, read_sequences, read_store, read_train, store_splits, write_fasta
 from plm.utils.atomic import atomic_file, atomic_write_text
 
@@ -129,25 +121,29 @@ def decontaminate(
     return summary
 
 
-@one_line_errors("plm data decontaminate", expected=(FileNotFoundError, ValueError))  # FastaError is a ValueError
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="plm data decontaminate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--train", required=True, help="training FASTA(.gz) or prepared store directory (DIR/<split>/tokens.bin)")
-    p.add_argument("--against", nargs="+", required=True,
-                   help="evaluation sequence files: FASTA (TMbed-annotated too), or CSV/TSV with a sequence column")
-    p.add_argument("--min-identity", type=float, default=0.5, help="remove records with max identity >= this (0-1)")
-    p.add_argument("--out", required=True, help="directory for removed.tsv, summary.json and a filtered FASTA")
-    p.add_argument("--list-only", action="store_true", help="only write the report; leave the training data alone")
-    p.add_argument("--coverage", type=float, default=0.0, help="mmseqs -c: min alignment coverage (0 = any significant local hit)")
-    p.add_argument("--cov-mode", type=int, default=0, help="mmseqs --cov-mode: 0 both, 1 target (eval), 2 query (train)")
-    p.add_argument("--evalue", type=float, default=1e-3, help="mmseqs -e: max e-value of a counted alignment")
-    add_backend_args(p)
-    add_debug_argument(p)
-    args = p.parse_args(argv)
-    check_inputs(args.train, args.against)  # before `--backend auto` may warn about mmseqs
-    s = decontaminate(args.train, args.against, args.out, backend_from_args(args), args.min_identity, args.list_only,
-                      args.coverage, args.cov_mode, args.evalue)
+def decontaminate_command(train: str, against: list[str], out: str, min_identity: float = 0.5,
+                          list_only: bool = False, coverage: float = 0.0, cov_mode: int = 0, evalue: float = 1e-3,
+                          search: BackendOptions = AUTO_BACKEND) -> int:
+    """Drop training records too similar to any evaluation sequence.
+
+    Args:
+        train: training FASTA(.gz) or prepared store directory (DIR/<split>/tokens.bin)
+        against: evaluation sequence files: FASTA (TMbed-annotated too), or CSV/TSV with a sequence column
+        out: directory for removed.tsv, summary.json and a filtered FASTA
+        min_identity: remove records with max identity >= this (0-1)
+        list_only: only write the report; leave the training data alone
+        coverage: mmseqs -c: min alignment coverage (0 = any significant local hit)
+        cov_mode: mmseqs --cov-mode: 0 both, 1 target (eval), 2 query (train)
+        evalue: mmseqs -e: max e-value of a counted alignment
+        search: identity backend
+    """
+    check_inputs(train, against)  # before `--backend auto` may warn about mmseqs
+    s = decontaminate(train, against, out, search.resolve(), min_identity, list_only, coverage, cov_mode, evalue)
     verb = "would remove" if s["list_only"] else "removed"
     print(f"{s['train']}: {verb} {s['removed']:,} of {s['records']:,} records at >= {s['min_identity']:.0%} identity "
-          f"({s['removed_exact']:,} exact) [{s['method']}]; report: {args.out}/{REPORT_FILE}")
+          f"({s['removed_exact']:,} exact) [{s['method']}]; report: {out}/{REPORT_FILE}")
     return 0
+
+
+# FastaError is a ValueError
+main = command(decontaminate_command, "plm data decontaminate", expected=(FileNotFoundError, ValueError))

@@ -6,7 +6,6 @@ overlaps are found even for sequences too short for MMseqs2's k-mer prefilter.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import sys
 from dataclasses import dataclass
@@ -35,22 +34,34 @@ def method_name(backend: Backend) -> str:
     return backend.method if isinstance(backend, Fallback) else f"mmseqs2 {backend.version()}"
 
 
-def add_backend_args(parser: argparse.ArgumentParser) -> None:
-    """The flags every identity command shares."""
-    g = parser.add_argument_group("identity backend")
-    g.add_argument("--backend", choices=("auto", "mmseqs", "fallback"), default="auto",
-                   help="mmseqs: MMseqs2 (required for real data); fallback: approximate pure-Python search "
-                        "(k-mer prefilter + alignment) for tiny inputs; auto: mmseqs if installed, else fallback")
-    g.add_argument("--mmseqs", default=None, help="path to the mmseqs executable (default: $PLM_MMSEQS, then PATH)")
-    g.add_argument("--threads", type=int, default=1, help="mmseqs --threads (keep small on shared machines)")
-    g.add_argument("--tmp-dir", default=None, help="parent directory for mmseqs temporary files (default: system temp)")
-    g.add_argument("--sensitivity", type=float, default=5.7, help="mmseqs -s: 1 (fast) … 7.5 (sensitive)")
-    g.add_argument("--quiet", action="store_true", help="no progress display")
+@dataclass(frozen=True)
+class BackendOptions:
+    """The identity backend every identity command chooses the same way (their shared flags).
+
+    Attributes:
+        backend: mmseqs: MMseqs2 (required for real data); fallback: approximate pure-Python search (k-mer
+            prefilter + alignment) for tiny inputs; auto: mmseqs if installed, else fallback
+        mmseqs: path to the mmseqs executable (default: $PLM_MMSEQS, then PATH)
+        threads: mmseqs --threads (keep small on shared machines)
+        tmp_dir: parent directory for mmseqs temporary files (default: system temp)
+        sensitivity: mmseqs -s: 1 (fast) … 7.5 (sensitive)
+        quiet: no progress display
+    """
+
+    backend: BackendName = "auto"
+    mmseqs: str | None = None
+    threads: int = 1
+    tmp_dir: str | None = None
+    sensitivity: float = 5.7
+    quiet: bool = False
+
+    def resolve(self) -> Backend:
+        """The backend to search with (``auto`` warns when it falls back: call it after checking the inputs)."""
+        return resolve_backend(self.backend, executable=self.mmseqs, threads=self.threads, tmp_root=self.tmp_dir,
+                               sensitivity=self.sensitivity, progress=not self.quiet)
 
 
-def backend_from_args(args: argparse.Namespace) -> Backend:
-    return resolve_backend(args.backend, executable=args.mmseqs, threads=args.threads, tmp_root=args.tmp_dir,
-                           sensitivity=args.sensitivity, progress=not args.quiet)
+AUTO_BACKEND = BackendOptions()  # the default of every flag: mmseqs if installed, else the fallback
 
 
 def resolve_backend(name: BackendName = "auto", executable: str | None = None, threads: int = 1,

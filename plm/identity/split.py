@@ -13,14 +13,13 @@ identity, best training hit and bin, and ``summary.json`` the counts and per-bin
 
 from __future__ import annotations
 
-import argparse
 import csv
 import itertools
 import json
 from pathlib import Path
 
-from plm.errors import add_debug_argument, one_line_errors
-from plm.identity.search import Backend, add_backend_args, backend_from_args, best_hits, method_name
+from plm.command import command
+from plm.identity.search import AUTO_BACKEND, Backend, BackendOptions, best_hits, method_name
 from plm.identity.seqio import SeqRecord, read_sequences, read_store, read_train, store_splits, write_fasta
 from plm.utils.atomic import atomic_file, atomic_write_text
 
@@ -113,22 +112,25 @@ def split_by_identity(source: str | Path, train: list[str | Path], bounds: list[
     return summary
 
 
-@one_line_errors("plm data split-by-identity", expected=(FileNotFoundError, ValueError))
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="plm data split-by-identity", description=__doc__.split("\n\n")[0])
-    p.add_argument("--source", required=True, help="candidate held-out sequences (FASTA, or CSV/TSV with a sequence column)")
-    p.add_argument("--train", nargs="+", required=True, help="training FASTA file(s) and/or prepared store directories")
-    p.add_argument("--bins", default="0.5,0.9", help="increasing identity bounds, e.g. 0.5,0.9")
-    p.add_argument("--out", required=True, help="output directory for the bin FASTAs, max_identity.tsv, summary.json")
-    p.add_argument("--evalue", type=float, default=1e-3, help="mmseqs -e: alignments above it do not count")
-    p.add_argument("--exhaustive", action="store_true", help="mmseqs without prefilter: slower, misses no hit")
-    add_backend_args(p)
-    add_debug_argument(p)
-    args = p.parse_args(argv)
-    check_inputs(args.source, args.train)  # before `--backend auto` may warn about mmseqs
-    s = split_by_identity(args.source, args.train, args.bins, args.out, backend_from_args(args), args.evalue,
-                          args.exhaustive)
+def split_command(source: str, train: list[str], out: str, bins: str = "0.5,0.9", evalue: float = 1e-3,
+                  exhaustive: bool = False, search: BackendOptions = AUTO_BACKEND) -> int:
+    """Held-out sets binned by max identity to the training data.
+
+    Args:
+        source: candidate held-out sequences (FASTA, or CSV/TSV with a sequence column)
+        train: training FASTA file(s) and/or prepared store directories
+        out: output directory for the bin FASTAs, max_identity.tsv, summary.json
+        bins: increasing identity bounds, e.g. 0.5,0.9
+        evalue: mmseqs -e: alignments above it do not count
+        exhaustive: mmseqs without prefilter: slower, misses no hit
+        search: identity backend
+    """
+    check_inputs(source, train)  # before `--backend auto` may warn about mmseqs
+    s = split_by_identity(source, train, bins, out, search.resolve(), evalue, exhaustive)
     counts = ", ".join(f"{n}: {v['records']:,}" for n, v in s["disjoint_bins"].items())
     print(f"{s['source']}: {s['records']:,} records binned by max identity to {s['training_records']:,} "
-          f"training records [{s['method']}]: {counts} → {args.out}")
+          f"training records [{s['method']}]: {counts} → {out}")
     return 0
+
+
+main = command(split_command, "plm data split-by-identity", expected=(FileNotFoundError, ValueError))
