@@ -29,7 +29,6 @@ COMMANDS: dict[str, str] = {
 
 #: ``plm --help`` lines of the commands not (yet) typed functions; the others' come from their docstrings
 COMMAND_HELP: dict[str, str] = {
-    "evaluate": "downstream tasks (probes, LoRA, zero-shot DMS, contacts) → results.csv/.md",
     "finetune": "fine-tune on a task YAML like plm fit (frozen / LoRA / full, resume) → a kept model in final/",
     "data": "data tools: prepare, decontaminate, split-by-identity, cluster (plm data --help)",
     "convert": "weights ⇄ fair-esm ESM-2 .pt, HF EsmForMaskedLM, ProGen2, HF GPT-J (--from … --to plm|hf)",

@@ -89,7 +89,7 @@ def evaluate(*, checkpoint: str, tasks: str | None = None, suite: str | None = N
              objective: Objective | None = None, epochs: int | None = None, max_train: int | None = None,
              max_test: int | None = None, seed: int | None = None, layer: int | None = None,
              threads: int | None = None, no_progress: bool = False) -> int:
-    """Evaluate a plm checkpoint or export on downstream tasks.
+    """Evaluate a checkpoint on downstream tasks (probes, LoRA, zero-shot DMS, contacts) → results.csv/.md.
 
     Checks the checkpoint and every task's data, then loads the model and runs the tasks in turn. The
     options a task runs with are plm's (plm.evaluation.options.EvalOptions), replaced by the task YAML's
