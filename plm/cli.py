@@ -31,7 +31,6 @@ COMMANDS: dict[str, str] = {
 COMMAND_HELP: dict[str, str] = {
     "finetune": "fine-tune on a task YAML like plm fit (frozen / LoRA / full, resume) → a kept model in final/",
     "data": "data tools: prepare, decontaminate, split-by-identity, cluster (plm data --help)",
-    "convert": "weights ⇄ fair-esm ESM-2 .pt, HF EsmForMaskedLM, ProGen2, HF GPT-J (--from … --to plm|hf)",
 }
 
 
