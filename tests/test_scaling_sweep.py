@@ -8,7 +8,8 @@ import yaml
 
 from plm.cli import main as plm_main
 from plm.scaling.laws import LAWS
-from plm.scaling.sweep import auto_sizes, make_jobs, parse_size
+from plm.scaling.sweep import auto_sizes, make_jobs, parse_size, write_jobs
+from tests.helpers.disk import fill_disk_on
 
 
 def test_jobs_end_exactly_at_their_budget(tmp_path):
@@ -110,3 +111,20 @@ def test_sigterm_stops_the_sweep_and_its_runs_which_then_resume(tmp_path):
     assert subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert len(rows) == 2
+
+
+@pytest.mark.parametrize("name_part", ["sweep.json", ".yaml"])
+def test_a_write_that_fails_midway_leaves_the_previous_configs_and_manifest(tmp_path, monkeypatch, name_part):
+    """A full disk while writing a job config or sweep.json: the previous file stays whole, no temporaries."""
+    jobs, _ = make_jobs("mlm", [1e10], "1x16,1x32", tmp_path, row_len=128, rows_per_batch=16, lr=None, min_steps=10)
+    write_jobs(tmp_path, jobs, 128, 16, 8, "32-true", 0)
+    before = {p: p.read_bytes() for p in [tmp_path / "sweep.json", *(tmp_path / "configs").iterdir()]
+              if name_part in p.name}
+    more, _ = make_jobs("clm", [1e10], "1x16", tmp_path, row_len=128, rows_per_batch=16, lr=None, min_steps=10)
+    fill_disk_on(monkeypatch, name_part)
+    with pytest.raises(OSError, match="No space left"):
+        write_jobs(tmp_path, jobs + more, 128, 16, 8, "32-true", 1)
+    monkeypatch.undo()
+    assert {p: p.read_bytes() for p in before} == before
+    assert not [p for p in tmp_path.rglob(".*") if ".tmp-" in p.name]
+    assert len(json.loads((tmp_path / "sweep.json").read_text())["jobs"]) == 2

@@ -30,6 +30,7 @@ from plm.model.config import SIZES, ModelConfig, config_for
 from plm.scaling.laws import law
 from plm.scaling.recipe import Layout, fit_config, generated_shape, plan_for_size
 from plm.scaling.results import collect, is_finished
+from plm.utils.atomic import atomic_write_text
 
 AUTO_FACTORS = [2.0**k for k in range(-3, 4)]  # 7 sizes from N_opt/8 to 8·N_opt per budget
 
@@ -124,11 +125,11 @@ def write_jobs(out: Path, jobs: list[Job], row_len: int, rows_per_batch: int, va
         cfg = job_config(job, row_len, rows_per_batch, val_rows, precision, seed)
         header = (f"# plm sweep: {job.objective} budget C = {job.flops:.3g}, N = {job.n_params:,} non-embedding, "
                   f"D = {job.tokens:,} tokens ({job.steps} steps)\n")
-        Path(job.config).write_text(header + yaml.safe_dump(cfg, sort_keys=False))
+        atomic_write_text(job.config, header + yaml.safe_dump(cfg, sort_keys=False))
     manifest = out / "sweep.json"
     known = {j["name"]: j for j in json.loads(manifest.read_text())["jobs"]} if manifest.is_file() else {}
     known.update({j.name: asdict(j) for j in jobs})
-    manifest.write_text(json.dumps({"jobs": list(known.values())}, indent=1))
+    atomic_write_text(manifest, json.dumps({"jobs": list(known.values())}, indent=1))
 
 
 def run_jobs(out: Path, jobs: list[Job], base_configs: list[Path], threads: int | None, parallel: int = 1) -> list[str]:
