@@ -8,6 +8,7 @@ import pytest
 from plm.cli import main as plm_main
 from plm.model.io import save_pretrained
 from tests.conftest import tiny_model
+from tests.helpers.disk import fill_disk_on
 from tests.helpers.esmfold import build_tiny_esmfold
 from tests.helpers.sequences import A_MUT3, A, B
 
@@ -96,3 +97,22 @@ def test_score_reports_each_stage(tmp_path, capsys):
     assert plm_main(["score", str(fasta), "--out", str(tmp_path / "out"), "--cluster-backend", "python"]) == 0
     err = capsys.readouterr().err
     assert "[1/2] sequence statistics …" in err and "[2/2] pairwise identity and clusters: done in" in err
+
+
+@pytest.mark.parametrize("name_part", ["scores.csv", "summary.json", "summary.md"])
+def test_a_write_that_fails_midway_leaves_the_previous_outputs(tmp_path, monkeypatch, name_part):
+    """A full disk while writing an output of a second score into the same --out: the first one's file is
+    still whole, and no temporaries are left."""
+    from plm.generate.score import ScoreOptions, score
+
+    fasta, out = tmp_path / "s.fasta", tmp_path / "o"
+    fasta.write_text(f">a\n{A}\n>b\n{B}\n")
+    score(fasta, out, ScoreOptions(cluster_backend="python"))
+    before = (out / name_part).read_bytes()
+    fasta.write_text(f">a3\n{A_MUT3}\n>rep\n{'GS' * 12}\n")
+    fill_disk_on(monkeypatch, name_part)
+    with pytest.raises(OSError, match="No space left"):
+        score(fasta, out, ScoreOptions(cluster_backend="python"))
+    monkeypatch.undo()
+    assert (out / name_part).read_bytes() == before
+    assert not [p for p in out.iterdir() if ".tmp-" in p.name]

@@ -23,6 +23,7 @@ import numpy as np
 
 from plm.command import command
 from plm.generate import metrics
+from plm.utils.atomic import atomic_file, atomic_write_text
 
 PLDDT_CONFIDENT = 70.0  # AlphaFold/ESMFold convention: > 70 is a confident backbone
 NOVEL_BELOW = 0.5  # "novel" = below 50% identity to every reference sequence
@@ -102,7 +103,8 @@ def _histogram(values: list[float] | np.ndarray, title: str, xlabel: str, path: 
     ax.hist([x for x in values if not math.isnan(x)], bins=30, color="#4c72b0")
     ax.set(title=title, xlabel=xlabel, ylabel="count")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_file(path) as fh:
+        fig.savefig(fh, dpi=110, format="png")
     plt.close(fig)
 
 
@@ -216,8 +218,8 @@ def score(fasta: str | Path, out: str | Path, opts: ScoreOptions | None = None) 
     summary["not_computed"] = missing
 
     _write_csv(rows, out / "scores.csv")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "summary.md").write_text(render_markdown(summary))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / "summary.md", render_markdown(summary))
     _histogram(pairwise, "pairwise identity", "identity", out / "hist_pairwise_identity.png")
     for key, label in [("plddt", "mean pLDDT"), ("clm_perplexity", "CLM perplexity"),
                        ("mlm_pseudo_perplexity", "MLM pseudo-perplexity"),
@@ -232,7 +234,7 @@ def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     fields = list(rows[0])
     fields.remove("sequence")
     fields.append("sequence")  # long column last: the table stays readable in a terminal
-    with open(path, "w", newline="") as fh:
+    with atomic_file(path, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=fields)
         w.writeheader()
         w.writerows({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
