@@ -53,6 +53,23 @@ def test_default_budget_is_the_compute_optimal_clm_budget():
         CLMToMLMTransfer(clm_share=1.5)
 
 
+@pytest.mark.parametrize("size", ["tiny", "85m", "3b"])
+def test_default_budget_and_the_plans_split_are_one_reading_of_the_recipe(size, monkeypatch):
+    """The callback's default switch is the transfer plan's clm_flops to the last bit, because both are
+    plm.scaling.recipe.transfer_switch_flops: change the recipe and both follow."""
+    from types import SimpleNamespace
+
+    from plm.model.config import config_for
+    from plm.scaling import recipe
+
+    cfg = config_for(size)
+    default = CLMToMLMTransfer().budget(None, SimpleNamespace(config=cfg))
+    assert default == recipe.plan_for_size(size, "transfer").clm_flops == clm_budget(cfg.n_params_non_embedding())
+    monkeypatch.setattr(recipe, "transfer_switch_flops", lambda size, flops=None: 123.0)
+    assert CLMToMLMTransfer().budget(None, SimpleNamespace(config=cfg)) == 123.0
+    assert recipe.plan_for_size(size, "transfer").clm_flops == 123.0
+
+
 def test_resume_inside_mlm_stage_continues_schedule_and_data(tmp_path):
     extra = tmp_path / "transfer.yaml"
     extra.write_text("trainer:\n  max_steps: 8\n  callbacks:\n    - class_path: plm.callbacks.transfer.CLMToMLMTransfer\n"

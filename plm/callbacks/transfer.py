@@ -22,12 +22,13 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from plm.data.protocol import TrainingData, training_data
-from plm.scaling.laws import compute_optimal_flops
+from plm.scaling import recipe
 
 
 def clm_budget(n_non_embedding: float) -> float:
-    """The CLM stage's default budget: the compute at which N is the CLM law's optimum."""
-    return compute_optimal_flops(n_non_embedding, "clm")
+    """The CLM stage's default budget, the recipe's (:func:`plm.scaling.recipe.transfer_switch_flops`): the
+    compute at which N is the CLM law's optimum, as in the plan ``plm train`` and ``plm plan`` make."""
+    return recipe.transfer_switch_flops(n_non_embedding)
 
 
 class CLMToMLMTransfer(pl.Callback):

@@ -1,8 +1,9 @@
 """The one run recipe: compute → size, tokens, batch, steps, accumulation, warm-up, peak LR, strategy,
 transfer split — and the ``plm fit`` settings that carry it out.
 
-``plm train --size``, ``plm plan``, ``plm sweep`` and the CLM→MLM transfer callback all build a
-:class:`RunPlan` here, so they cannot plan different runs: the laws come from :mod:`plm.scaling.laws`,
+``plm train --size``, ``plm plan`` and ``plm sweep`` all build a :class:`RunPlan` here, and the CLM→MLM
+transfer callback's default switch is the plans' own :func:`transfer_switch_flops`, so they cannot plan
+different runs: the laws come from :mod:`plm.scaling.laws`,
 the per-size LR, batch and strategy from the size preset (:data:`plm.model.config.SIZES`), the
 schedule's warm-up from :mod:`plm.lit.schedule`.
 
@@ -228,6 +229,16 @@ def choose_shape(n_target: float) -> tuple[str | None, ModelConfig]:
 
 
 # ---- the plan ---------------------------------------------------------------------------------------
+def transfer_switch_flops(size: ModelConfig | float, flops: float | None = None) -> float:
+    """The CLM stage's budget in a CLM→MLM transfer run of this shape (a config or its non-embedding N):
+    the stage's share C_CLM(N) / (C_CLM(N) + C_MLM(N)) of ``flops``, the whole run's budget. Without
+    ``flops`` the run is the shape's compute-optimal one, C_CLM(N) + C_MLM(N), so the CLM stage gets
+    C_CLM(N). A plan's ``clm_flops`` and the transfer callback's default switch both come from here."""
+    n = size.n_params_non_embedding() if isinstance(size, ModelConfig) else size
+    total = compute_optimal_flops(n, "transfer") if flops is None else flops
+    return total * clm_share_of_transfer(n)
+
+
 def _check_objective(objective: str) -> None:
     if objective not in OBJECTIVES:
         raise ValueError(f"objective {objective!r}: use one of {', '.join(OBJECTIVES)}")
@@ -252,7 +263,7 @@ def _build(objective: str, flops: float, cfg: ModelConfig, size: str | None, n_o
     steps = max(1, math.ceil(tokens / step_tokens))
     clm_flops = mlm_flops = None
     if objective == "transfer":
-        clm_flops = flops * clm_share_of_transfer(n)  # the shape trained, as the callback's default
+        clm_flops = transfer_switch_flops(n, flops)  # the shape trained, as the callback's default
         mlm_flops = flops - clm_flops
     if n_opt is not None and abs(math.log(n / n_opt)) > math.log(FAR_FROM_OPTIMUM):
         side = "smallest shape plm builds" if n > n_opt else "chosen shape"
