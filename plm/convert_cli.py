@@ -5,6 +5,7 @@ Thin on purpose: the key-map tables and format quirks live in :mod:`plm.model.co
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 from plm.command import Flag, command
@@ -48,10 +49,15 @@ def convert_command(
             ids), plm = already plm ids; auto = plm if the embedding has 33 rows, else progen2
         no_progress: hide the progress bars
     """
-    from plm.model.convert import convert
+    if src == "plm" and dst == "hf" and (Path(input) / "finetune.json").is_file():
+        from plm.evaluation.kept_hf import export_hf  # a kept fine-tuned model: backbone, adapter and head
 
-    _, summary = convert(src, dst, input, output, n_head=n_head, contact_regression=contact_regression, vocab=vocab,
-                         progress=not no_progress)
+        _, summary = export_hf(input, output, not no_progress)
+    else:
+        from plm.model.convert import convert
+
+        _, summary = convert(src, dst, input, output, n_head=n_head, contact_regression=contact_regression,
+                             vocab=vocab, progress=not no_progress)
     print(summary)
     return 0
 

@@ -19,41 +19,19 @@ from __future__ import annotations
 
 import csv
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
-from torch import Tensor
-from tqdm.auto import tqdm
 
 from plm.command import Flag, command
 from plm.errors import PlmError
+from plm.evaluation.backbone import token_batches
 from plm.utils.atomic import atomic_file
 
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 THRESHOLD = 0.5  # multi-label: a label is predicted at probability >= 0.5
-
-
-def token_batches(sequences: list[str], max_tokens: int, device: torch.device | str = "cpu",
-                  progress: bool = False) -> Iterator[tuple[list[int], Tensor]]:
-    """(indices, padded ``<cls> seq <eos>`` tokens) of batches of at most ``max_tokens`` padded tokens,
-    longest sequences first (so a budget that is too small fails on the first batch, not the last); a
-    sequence longer than the budget goes alone."""
-    from plm.evaluation.runner import pad_tokens
-
-    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
-    bar = tqdm(total=len(sequences), desc="predicting", unit="seq", disable=not progress, file=sys.stderr)
-    start = 0
-    while start < len(order):
-        width = len(sequences[order[start]]) + 2
-        n = max(1, max_tokens // width)
-        idx = order[start : start + n]
-        yield idx, pad_tokens([sequences[i] for i in idx], 10**9).to(device)
-        bar.update(len(idx))
-        start += n
-    bar.close()
 
 
 def read_inputs(path: Path, on_invalid: str) -> tuple[list[str], list[str]]:

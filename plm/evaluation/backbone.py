@@ -7,6 +7,8 @@ fine-tuning all load and embed the same way.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -46,6 +48,24 @@ def pad_tokens(seqs: list[str], max_len: int) -> Tensor:
     for i, r in enumerate(rows):
         out[i, : len(r)] = torch.tensor(r)
     return out
+
+
+def token_batches(sequences: list[str], max_tokens: int, device: torch.device | str = "cpu",
+                  progress: bool = False) -> Iterator[tuple[list[int], Tensor]]:
+    """(indices, padded ``<cls> seq <eos>`` tokens) of batches of at most ``max_tokens`` padded tokens,
+    longest sequences first (so a budget that is too small fails on the first batch, not the last); a
+    sequence longer than the budget goes alone."""
+    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+    bar = tqdm(total=len(sequences), desc="predicting", unit="seq", disable=not progress, file=sys.stderr)
+    start = 0
+    while start < len(order):
+        width = len(sequences[order[start]]) + 2
+        n = max(1, max_tokens // width)
+        idx = order[start : start + n]
+        yield idx, pad_tokens([sequences[i] for i in idx], 10**9).to(device)
+        bar.update(len(idx))
+        start += n
+    bar.close()
 
 
 @torch.no_grad()

@@ -150,7 +150,7 @@ class FinetunedModel(nn.Module):
     @torch.no_grad()
     def predict(self, sequences: list[str], max_tokens: int = 16384, progress: bool = False) -> list[np.ndarray]:
         """Predictions of each sequence, in batches of at most ``max_tokens`` padded tokens."""
-        from plm.predict import token_batches
+        from plm.evaluation.backbone import token_batches
 
         self.eval()
         out: list[np.ndarray | None] = [None] * len(sequences)

@@ -30,10 +30,11 @@ def convert(
     """Read ``input_path`` in format ``src``, write ``output`` as ``dst``; returns the model and a summary."""
     if src == "plm" and dst == "plm":
         raise ValueError("--from plm --to plm would copy the export unchanged; choose --to hf")
-    if src == "plm" and dst == "hf" and (Path(input_path) / "finetune.json").is_file():
-        from plm.evaluation.kept_hf import export_hf  # a kept fine-tuned model: backbone, adapter and head
-
-        return export_hf(input_path, output, progress)
+    if src == "plm" and (Path(input_path) / "finetune.json").is_file():
+        # the model layer does not import evaluation: a kept fine-tune (backbone, adapter, head) is exported by
+        # plm.evaluation.kept_hf, which `plm convert` calls for such a directory
+        raise ValueError(f"{input_path} is a kept fine-tuned model (finetune.json): export it with `plm convert "
+                         "--from plm --to hf` or plm.evaluation.kept_hf.export_hf, not plm.model.convert")
     if src == "esm2":
         conv = load_esm2_pt(input_path, contact_regression, n_head, progress)
     elif src == "hf-esm":
