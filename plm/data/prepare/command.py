@@ -25,7 +25,7 @@ from plm.data.fasta import (
 )
 from plm.data.prepare.finalise import check_not_empty, finalize_source, top_manifest
 from plm.data.prepare.parse import keep_freed_memory, parse_shards
-from plm.data.prepare.plan import MANIFEST, SHARDS, plan_sources, source_spec
+from plm.data.prepare.plan import MANIFEST, SHARDS, PrepareOptions, plan_sources, source_spec
 from plm.utils.atomic import atomic_write_text
 
 VAL_FRACTION = 0.02  # share of each source held out
@@ -92,7 +92,7 @@ def prepare(
     if problems or empty_problems:
         raise FastaError("plm data prepare: " + "; ".join(problems + empty_problems))
     out.mkdir(parents=True, exist_ok=True)
-    opts = {"val_fraction": val_fraction, "on_invalid": on_invalid, "max_length": max_length}
+    opts = PrepareOptions(val_fraction, on_invalid, max_length)
     specs = {n: source_spec(n, ps, opts, clusters.get(n)) for n, ps in paths.items()}
     done, plan, manifests, todo = plan_sources(out, paths, specs, opts, shard_size)
     t_start = time.perf_counter()

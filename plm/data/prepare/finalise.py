@@ -15,13 +15,14 @@ import shutil
 import time
 import zlib
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from plm.data.clusters import build_clusters, save_clusters
 from plm.data.fasta import MAX_EXAMPLES, FastaError, FastaStats
-from plm.data.prepare.plan import FORMAT, MANIFEST, SHARDS, Shard
+from plm.data.prepare.plan import FORMAT, MANIFEST, SHARDS, PrepareOptions, Shard
 from plm.data.store import CHECKSUM, OFFSETS_FILE, TOKENS_FILE, crc32_hex, file_entry, part_name
 from plm.utils.atomic import atomic_directory
 
@@ -235,9 +236,9 @@ def check_not_empty(plan: dict[str, list[Shard]], manifests: dict[str, dict[str,
         raise FastaError("plm data prepare: " + "; ".join(problems) + "; check the files or leave the source out")
 
 
-def top_manifest(out: Path, opts: dict, result: dict[str, dict], seconds: dict) -> dict:
+def top_manifest(out: Path, opts: PrepareOptions, result: dict[str, dict], seconds: dict) -> dict:
     return {
-        "format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "options": opts, "seconds": seconds,
+        "format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "options": asdict(opts), "seconds": seconds,
         "sources": {n: {"train": {k: m["train"][k] for k in ("records", "residues")},
                         "val": {k: m["val"][k] for k in ("records", "residues")},
                         "rejected": m["rejected"], "inputs": [i["path"] for i in m["inputs"]]}

@@ -25,7 +25,7 @@ from plm.data.fasta import (
     parse_block,
     refuse_damage,
 )
-from plm.data.prepare.plan import MANIFEST, SHARDS, Shard
+from plm.data.prepare.plan import MANIFEST, SHARDS, PrepareOptions, Shard
 from plm.data.store import CHECKSUM, OFFSETS_FILE, TOKENS_FILE, crc32_hex, file_entry, validation_mask
 from plm.utils.atomic import atomic_directory
 
@@ -116,24 +116,24 @@ class _ShardProblems(Exception):
         self.problems = problems
 
 
-def _parse_shard(shard: Shard, opts: dict, out: _ShardOutput, stats: FastaStats) -> list[str]:
+def _parse_shard(shard: Shard, opts: PrepareOptions, out: _ShardOutput, stats: FastaStats) -> list[str]:
     """Parse the shard's blocks into ``out``; returns the problems found (error mode: gathered, up to
     MAX_PROBLEMS, and nothing more is written once there is one)."""
     problems: list[str] = []
     try:
-        blocks = iter_blocks(shard.path, shard.start, shard.end, shard.gz, BLOCK, opts["max_length"])
+        blocks = iter_blocks(shard.path, shard.start, shard.end, shard.gz, BLOCK, opts.max_length)
         for i, (pos, block) in enumerate(blocks):
-            blk = parse_block(block, pos, shard.path, opts["on_invalid"], opts["max_length"],
+            blk = parse_block(block, pos, shard.path, opts.on_invalid, opts.max_length,
                               i == 0 and shard.start == 0, stats, problems)
             if blk is not None and not problems:
-                out.add(blk, opts["val_fraction"])
+                out.add(blk, opts.val_fraction)
             if blk is not None and blk.error is not None:
                 raise blk.error
             if len(problems) >= MAX_PROBLEMS:
                 break
     except DamagedGzip as err:
         try:
-            refuse_damage(err, opts["on_invalid"], stats)  # skip/x: the records before it are kept
+            refuse_damage(err, opts.on_invalid, stats)  # skip/x: the records before it are kept
         except FastaError as refused:
             problems.append(str(refused))
     except FastaError as err:
@@ -141,7 +141,7 @@ def _parse_shard(shard: Shard, opts: dict, out: _ShardOutput, stats: FastaStats)
     return problems
 
 
-def _write_shard(directory: Path, shard: Shard, opts: dict) -> dict:
+def _write_shard(directory: Path, shard: Shard, opts: PrepareOptions) -> dict:
     """Parse one shard into ``directory`` and write its manifest (raises _ShardProblems instead)."""
     t0 = time.perf_counter()
     stats = FastaStats()
@@ -166,7 +166,7 @@ def _write_shard(directory: Path, shard: Shard, opts: dict) -> dict:
     return manifest
 
 
-def run_shard(shard: Shard, opts: dict, root: str) -> dict:
+def run_shard(shard: Shard, opts: PrepareOptions, root: str) -> dict:
     """Parse one shard into ``root/.shards/SOURCE/KEY``, published whole or not at all; return its
     manifest, or (error mode, invalid records) its problems with nothing written."""
     final = Path(root) / SHARDS / shard.source / shard.key
@@ -186,7 +186,7 @@ def _shard_bytes(s: Shard) -> int:
     return s.size if s.gz else s.end - s.start
 
 
-def parse_shards(todo: list[Shard], opts: dict, out: Path, workers: int | None, progress: bool,
+def parse_shards(todo: list[Shard], opts: PrepareOptions, out: Path, workers: int | None, progress: bool,
                  manifests: dict[str, dict[str, dict]], on_shard_done: Callable[[str, str], None] | None) -> None:
     """Run the shards (largest first) in worker processes; raise one error listing the problems."""
     from tqdm.auto import tqdm

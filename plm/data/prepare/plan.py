@@ -13,13 +13,23 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from plm.data.fasta import is_gzip
+from plm.data.fasta import OnInvalid, is_gzip
 from plm.data.store import file_problems
 from plm.utils.atomic import remove_stale_temporaries
 
 FORMAT = 2  # 2: token parts hard-linked from shards (store.json lists them)
 MANIFEST = "manifest.json"
 SHARDS = ".shards"
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """What decides a store's contents besides its inputs: part of every shard's and source's spec, so a
+    store prepared under other options is rebuilt rather than reused."""
+
+    val_fraction: float  # share of records held out (by a hash of the sequence) for validation
+    on_invalid: OnInvalid  # plm.data.fasta's policy: error, skip or x
+    max_length: int  # longest record kept, in residues
 
 
 @dataclass(frozen=True)
@@ -37,8 +47,8 @@ class Shard:
     def key(self) -> str:
         return f"{self.file_index:04d}-{self.start:015d}"
 
-    def spec(self, opts: dict) -> dict:
-        return {**asdict(self), **opts, "format": FORMAT}
+    def spec(self, opts: PrepareOptions) -> dict:
+        return {**asdict(self), **asdict(opts), "format": FORMAT}
 
 
 def _next_record_start(fh, pos: int, size: int) -> int:
@@ -79,7 +89,7 @@ def verify_files(directory: Path, files: dict, checksum: bool = True) -> list[st
     return file_problems(directory, files, checksum)
 
 
-def reusable_shard(directory: Path, shard: Shard, opts: dict) -> tuple[dict | None, list[str]]:
+def reusable_shard(directory: Path, shard: Shard, opts: PrepareOptions) -> tuple[dict | None, list[str]]:
     """The manifest of a complete, intact shard made from the same input with compatible options."""
     mpath = directory / MANIFEST
     if not mpath.is_file():
@@ -91,16 +101,16 @@ def reusable_shard(directory: Path, shard: Shard, opts: dict) -> tuple[dict | No
     spec, want = man.get("spec", {}), shard.spec(opts)
     same_input = {k: v for k, v in spec.items() if k != "on_invalid"} == {k: v for k, v in want.items() if k != "on_invalid"}
     # a shard without rejected records is the same whatever the on_invalid policy
-    if not same_input or (spec.get("on_invalid") != opts["on_invalid"] and man.get("rejected")):
+    if not same_input or (spec.get("on_invalid") != opts.on_invalid and man.get("rejected")):
         return None, []
     problems = verify_files(directory, man.get("files", {}))
     return (None, problems) if problems else (man, [])
 
 
-def source_spec(name: str, paths: list[Path], opts: dict, tsv: Path | None) -> dict:
+def source_spec(name: str, paths: list[Path], opts: PrepareOptions, tsv: Path | None) -> dict:
     inputs = [{"path": str(p), "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns} for p in paths]
     ctsv = None if tsv is None else {"path": str(tsv), "size": tsv.stat().st_size, "mtime_ns": tsv.stat().st_mtime_ns}
-    return {"inputs": inputs, "clusters": ctsv, **opts, "format": FORMAT}
+    return {"inputs": inputs, "clusters": ctsv, **asdict(opts), "format": FORMAT}
 
 
 def _up_to_date(root: Path, spec: dict) -> dict | None:
@@ -116,7 +126,7 @@ def _up_to_date(root: Path, spec: dict) -> dict | None:
     return man
 
 
-def plan_sources(out: Path, paths: dict[str, list[Path]], specs: dict[str, dict], opts: dict, shard_size: int
+def plan_sources(out: Path, paths: dict[str, list[Path]], specs: dict[str, dict], opts: PrepareOptions, shard_size: int
                  ) -> tuple[dict[str, dict], dict[str, list[Shard]], dict[str, dict[str, dict]], list[Shard]]:
     """(sources already done, shards per source to finalise, reusable shard manifests, shards to parse).
 
