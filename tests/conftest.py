@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from plm.data.fasta import read_fasta
+from plm.identity.seqio import SeqRecord, read_train
 from plm.model.config import ModelConfig
 from plm.model.transformer import Transformer
 
@@ -23,6 +24,12 @@ def uniprot_fasta() -> Path:
 @pytest.fixture(scope="session")
 def metagenomic_fasta() -> Path:
     return FIXTURES / "metagenomic_tiny500.fasta.gz"
+
+
+@pytest.fixture(scope="session")
+def proteins(uniprot_fasta) -> list[SeqRecord]:
+    """40 real UniProt proteins of 150-400 residues (the identity tools' tests mutate and split them)."""
+    return [r for r in read_train(uniprot_fasta) if 150 <= len(r.seq) <= 400][:40]
 
 
 @pytest.fixture(scope="session")

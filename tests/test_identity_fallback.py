@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import random
 
 import numpy as np
 import pytest
@@ -19,22 +18,7 @@ from plm.identity.search import Fallback, exact_hits, resolve_backend
 from plm.identity.seqio import SeqRecord, read_sequences, read_train, store_splits, tokens_to_str
 from plm.identity.split import bin_names, parse_bins, split_by_identity
 from plm.tokenizer import encode_residues
-
-AA = "ACDEFGHIKLMNPQRSTVWY"
-
-
-def mutate(seq: str, identity: float, seed: int = 0) -> str:
-    """Substitute exactly round((1 - identity) * len) positions with a different residue."""
-    rng = random.Random(seed)
-    s = list(seq)
-    for i in rng.sample(range(len(s)), round((1 - identity) * len(s))):
-        s[i] = rng.choice([a for a in AA if a != s[i]])
-    return "".join(s)
-
-
-@pytest.fixture(scope="module")
-def proteins(uniprot_fasta) -> list[SeqRecord]:
-    return [r for r in read_train(uniprot_fasta) if 150 <= len(r.seq) <= 400][:40]
+from tests.helpers.sequences import mutate
 
 
 def test_fallback_reports_the_one_identity_on_substrings_and_mutants(proteins):

@@ -7,7 +7,6 @@ CI can never pass without running them.
 from __future__ import annotations
 
 import csv
-import random
 from pathlib import Path
 
 import pytest
@@ -17,29 +16,16 @@ from plm.data.fasta import read_fasta
 from plm.identity.mmseqs import MMseqs, MMseqsError, require_mmseqs
 from plm.identity.seqio import SeqRecord, read_sequences, read_train, write_indexed_fasta
 from plm.identity.split import split_by_identity
+from tests.helpers.sequences import mutate
 
 pytestmark = pytest.mark.mmseqs
 FIXTURES = Path(__file__).parent / "fixtures" / "identity"
-AA = "ACDEFGHIKLMNPQRSTVWY"
 
 
 @pytest.fixture(scope="module")
 def mm() -> MMseqs:
     require_mmseqs()  # fails with the install command when missing
     return MMseqs(threads=1, progress=False)
-
-
-def mutate(seq: str, identity: float, seed: int) -> str:
-    rng = random.Random(seed)
-    s = list(seq)
-    for i in rng.sample(range(len(s)), round((1 - identity) * len(s))):
-        s[i] = rng.choice([a for a in AA if a != s[i]])
-    return "".join(s)
-
-
-@pytest.fixture(scope="module")
-def proteins(uniprot_fasta) -> list[SeqRecord]:
-    return [r for r in read_train(uniprot_fasta) if 150 <= len(r.seq) <= 400][:40]
 
 
 def test_wrapper_search_identity_and_failure_log(mm, tmp_path, proteins):

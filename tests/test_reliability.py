@@ -13,18 +13,14 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from safetensors.torch import load_file
 
 import plm
-from plm.data.datamodule import ProteinDataModule
-from plm.lit.language_model import MaskedLM
 from plm.model.io import CheckpointError
 from plm.reliability import (
     AtomicCheckpointIO,
@@ -38,6 +34,7 @@ from plm.reliability import (
 )
 from plm.reliability.checkpoint_io import sidecar_path
 from plm.utils.atomic import atomic_file
+from tests.helpers.runs import fit_inprocess
 
 pytestmark = pytest.mark.reliability
 
@@ -170,24 +167,6 @@ class _Inject(pl.Callback):
             next(pl_module.parameters()).grad.view(-1)[0] = float("inf")
 
 
-def _fit_inprocess(root: Path, uniprot_fasta: Path, max_steps: int, callbacks=(), ckpt_path=None, keep=-1):
-    pl.seed_everything(0, verbose=False)
-    model = MaskedLM(size="tiny", total_steps=max_steps)
-    dm = ProteinDataModule(sources={"uniprot": str(uniprot_fasta)}, row_len=64, rows_per_batch=2, val_fraction=0.0)
-    trainer = pl.Trainer(
-        accelerator="cpu", devices=1, max_steps=max_steps, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=root,
-        plugins=[AtomicCheckpointIO()],
-        callbacks=[ModelCheckpoint(dirpath=root / "ckpt", filename="step{step:08d}", auto_insert_metric_name=False,
-                                   every_n_train_steps=1, save_top_k=keep, monitor="step", mode="max", save_last=True),
-                   *callbacks],
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit(model, dm, ckpt_path=ckpt_path)
-    return trainer, model
-
-
 def _weights(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -200,7 +179,7 @@ def test_nan_loss_and_inf_grad_skip_the_step_count_and_log(tmp_path, uniprot_fas
         def on_train_batch_end(self, trainer, pl_module, *a):
             snapshots[trainer.global_step] = _weights(pl_module)
 
-    trainer, model = _fit_inprocess(tmp_path, uniprot_fasta, 6, [_Inject(loss_steps={1}, grad_steps={3}), guard, Snap()])
+    trainer, model = fit_inprocess(tmp_path, uniprot_fasta, 6, [_Inject(loss_steps={1}, grad_steps={3}), guard, Snap()])
     assert guard.skipped == 2 and guard.consecutive == 0
     assert float(trainer.callback_metrics["train/skipped_steps"]) == 2.0
     for bad in (1, 3):  # step index → weights after it equal the weights before it
@@ -212,7 +191,7 @@ def test_nan_loss_and_inf_grad_skip_the_step_count_and_log(tmp_path, uniprot_fas
 
 def test_k_consecutive_bad_steps_stop_with_clear_error_and_good_checkpoint(tmp_path, uniprot_fasta):
     with pytest.raises(NumericalFaultError, match=r"3 consecutive optimizer steps .* non-finite loss.*--ckpt_path last"):
-        _fit_inprocess(tmp_path, uniprot_fasta, 10, [_Inject(loss_steps={2, 3, 4, 5, 6}), NaNGuard(max_bad_steps=3)])
+        fit_inprocess(tmp_path, uniprot_fasta, 10, [_Inject(loss_steps={2, 3, 4, 5, 6}), NaNGuard(max_bad_steps=3)])
     last = tmp_path / "ckpt" / "last.ckpt"
     assert verify_checkpoint(last)
     state = _load(last)
@@ -232,7 +211,7 @@ def test_sigusr1_in_process_saves_and_stops_cleanly(tmp_path, uniprot_fasta):
                 os.kill(os.getpid(), signal.SIGUSR1)
 
     pre = PreemptionCheckpoint(tmp_path / "ckpt")
-    trainer, _ = _fit_inprocess(tmp_path, uniprot_fasta, 50, [Signal(), pre])
+    trainer, _ = fit_inprocess(tmp_path, uniprot_fasta, 50, [Signal(), pre])
     assert pre.preempted and trainer.global_step == 2  # the signal arrived during step 2's hooks
     assert _load(tmp_path / "ckpt" / "last.ckpt")["global_step"] == 2
     assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL  # handler restored after fit
@@ -240,7 +219,7 @@ def test_sigusr1_in_process_saves_and_stops_cleanly(tmp_path, uniprot_fasta):
 
 # ---- atomic, verified checkpoints -------------------------------------------------------------------------
 def test_truncated_last_checkpoint_is_detected_and_previous_good_one_used(tmp_path, uniprot_fasta):
-    _fit_inprocess(tmp_path, uniprot_fasta, 3)
+    fit_inprocess(tmp_path, uniprot_fasta, 3)
     last = tmp_path / "ckpt" / "last.ckpt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
     with pytest.raises(CheckpointError, match=r"last\.ckpt: checksum mismatch .* truncated or corrupt"):
@@ -259,7 +238,7 @@ def test_truncated_last_checkpoint_is_detected_and_previous_good_one_used(tmp_pa
     with pytest.raises(CheckpointError, match="not a complete torch checkpoint archive"):
         verify_checkpoint(moved)
     # and resuming from the resolved path continues to the end
-    trainer, _ = _fit_inprocess(tmp_path, uniprot_fasta, 5, ckpt_path=resolve_resume_path(tmp_path / "ckpt"))
+    trainer, _ = fit_inprocess(tmp_path, uniprot_fasta, 5, ckpt_path=resolve_resume_path(tmp_path / "ckpt"))
     assert trainer.global_step == 5 and verify_checkpoint(last)
 
 
@@ -277,7 +256,7 @@ def test_no_usable_checkpoint_is_a_clear_error_and_empty_dir_starts_fresh(tmp_pa
 
 
 def test_pruned_checkpoints_take_their_checksums_with_them(tmp_path, uniprot_fasta):
-    _fit_inprocess(tmp_path, uniprot_fasta, 4, keep=2)
+    fit_inprocess(tmp_path, uniprot_fasta, 4, keep=2)
     names = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
     assert names == ["last.ckpt", "last.ckpt.sha256", "step00000003.ckpt", "step00000003.ckpt.sha256",
                      "step00000004.ckpt", "step00000004.ckpt.sha256"]
@@ -300,7 +279,7 @@ def test_malicious_pickle_never_runs_for_plm_load_or_resume(tmp_path, uniprot_fa
     with pytest.raises(CheckpointError, match=r"last\.ckpt: refused unsafe pickle content"):
         plm.load(evil)
     with pytest.raises(CheckpointError, match="refused unsafe pickle content"):
-        _fit_inprocess(tmp_path / "run", uniprot_fasta, 2, ckpt_path=str(evil))
+        fit_inprocess(tmp_path / "run", uniprot_fasta, 2, ckpt_path=str(evil))
     # even with a checksum that vouches for the bytes, loading never unpickles code
     sidecar_path(evil).write_text(f"{checkpoint_io.file_sha256(evil)}  last.ckpt\n")
     with pytest.raises(CheckpointError, match="refused unsafe pickle content"):
@@ -340,14 +319,14 @@ def test_disk_full_while_checkpointing_keeps_previous_state_and_rerun_completes(
                 monkeypatch.setattr(checkpoint_io, "atomic_file", _atomic_file_on_full_disk)
 
     with pytest.raises(CheckpointWriteError, match=r"step00000003\.ckpt: no space left on the device .* no partial file"):
-        _fit_inprocess(tmp_path, uniprot_fasta, 5, [FullAfterStep2()])
+        fit_inprocess(tmp_path, uniprot_fasta, 5, [FullAfterStep2()])
     ckpt = tmp_path / "ckpt"
     assert sorted(p.name for p in ckpt.iterdir()) == ["last.ckpt", "last.ckpt.sha256", "step00000001.ckpt",
                                                       "step00000001.ckpt.sha256", "step00000002.ckpt",
                                                       "step00000002.ckpt.sha256"]
     assert verify_checkpoint(ckpt / "last.ckpt") and _load(ckpt / "last.ckpt")["global_step"] == 2
     monkeypatch.undo()  # space freed
-    trainer, _ = _fit_inprocess(tmp_path, uniprot_fasta, 5, ckpt_path=resolve_resume_path(ckpt))
+    trainer, _ = fit_inprocess(tmp_path, uniprot_fasta, 5, ckpt_path=resolve_resume_path(ckpt))
     assert trainer.global_step == 5 and _load(ckpt / "last.ckpt")["global_step"] == 5
 
 

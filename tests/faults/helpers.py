@@ -1,5 +1,5 @@
-"""Shared by the fault scenarios: the real ``plm fit`` in a subprocess (tiny preset, CPU) and a small
-in-process fit on a real FASTA."""
+"""Shared by the fault scenarios: the real ``plm fit`` in a subprocess (tiny preset, CPU) and its logs (the
+small in-process fit is :func:`tests.helpers.runs.fit_inprocess`)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,8 @@ import os
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
-import lightning.pytorch as pl
-from lightning.pytorch.callbacks import ModelCheckpoint
-
-from plm.data.datamodule import ProteinDataModule
-from plm.lit.language_model import MaskedLM
-from plm.reliability import AtomicCheckpointIO
 from plm.reliability.checkpoint_io import sidecar_path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,22 +56,3 @@ def metric_rows(run: Path) -> list[dict[str, str]]:
 def logged_steps(run: Path, metric: str) -> list[int]:
     """The ``step`` of every row that holds ``metric``, in file order."""
     return [int(r["step"]) for r in metric_rows(run) if r.get(metric)]
-
-
-def fit_inprocess(root: Path, fasta: Path, max_steps: int, callbacks=(), ckpt_path=None, **model_kw):
-    """A few steps of the tiny MLM on ``fasta``: a checkpoint every step in ``root/ckpt``, no loggers."""
-    pl.seed_everything(0, verbose=False)
-    model = MaskedLM(size="tiny", total_steps=max_steps, **model_kw)
-    dm = ProteinDataModule(sources={"uniprot": str(fasta)}, row_len=64, rows_per_batch=2, val_fraction=0.0)
-    trainer = pl.Trainer(
-        accelerator="cpu", devices=1, max_steps=max_steps, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=root,
-        plugins=[AtomicCheckpointIO()],
-        callbacks=[ModelCheckpoint(dirpath=root / "ckpt", filename="step{step:08d}", auto_insert_metric_name=False,
-                                   every_n_train_steps=1, save_top_k=-1, monitor="step", mode="max", save_last=True),
-                   *callbacks],
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit(model, dm, ckpt_path=ckpt_path)
-    return trainer, model

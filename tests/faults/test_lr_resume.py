@@ -11,7 +11,7 @@ import pytest
 
 from plm.lit.schedule import cosine_schedule, warmup_steps
 from plm.reliability import NaNGuard
-from tests.faults.helpers import fit_inprocess
+from tests.helpers.runs import fit_inprocess
 
 pytestmark = pytest.mark.reliability
 
