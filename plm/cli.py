@@ -57,33 +57,10 @@ def summary(name: str) -> str:
 
 
 def _lightning_cli(args: list[str]) -> int:
-    """Run LightningCLI; expected errors (bad input, busy or foreign run directory, full disk, numerical
-    blow-up) print one line with exit code 2, the traceback only with --debug or PLM_DEBUG=1. Exit code
-    0 after a finished run, a run that needed nothing more, or a SIGTERM/SIGUSR1 save; 130 after a Ctrl-C
-    save."""
-    from plm import paths
-    from plm.errors import debug_requested, report, strip_debug
-    from plm.lightning_cli import expected_error_message, run_lightning_cli
-    from plm.reliability.run_dir import RunComplete
-    from plm.reliability.signals import preemption_exit_code
+    """``plm fit|validate|test``: :func:`plm.lightning_cli.main` (imported only when called)."""
+    from plm.lightning_cli import main as lightning_main
 
-    prog = f"plm {args[0]}"
-    saved = sys.argv
-    # LightningCLI reads sys.argv (passing args as well makes it warn); --config configs/… works from anywhere
-    sys.argv = [saved[0], *paths.config_args(strip_debug(args))]
-    try:
-        cli = run_lightning_cli(None)
-    except RunComplete as done:
-        print(f"{prog}: {done}", file=sys.stderr)
-        return 0
-    except Exception as err:
-        message = expected_error_message(err)
-        if message is None:
-            raise
-        return report(prog, err, debug_requested(args), message)
-    finally:
-        sys.argv = saved
-    return preemption_exit_code(getattr(cli, "trainer", None))
+    return lightning_main(args)
 
 
 def usage() -> str:

@@ -23,7 +23,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from plm.evaluation import kinds
 from plm.evaluation.downstream_data import DownstreamDataModule
 from plm.evaluation.finetune import FineTune
-from plm.lightning_cli import PlmCLI, quiet_lightning_noise
+from plm.lightning_cli import PlmCLI, run_cli
 
 
 def task_metric(task: str, task_dir: str | None) -> tuple[str, str]:
@@ -127,40 +127,7 @@ class FinetuneCLI(PlmCLI):
             print(f"plm finetune: test ({len(self.datamodule.records['test']):,} records): {shown}", file=sys.stderr)
 
 
-def run_finetune_cli(args: list[str] | None) -> FinetuneCLI:
-    quiet_lightning_noise()
-    return FinetuneCLI(
-        FineTune,
-        DownstreamDataModule,
-        subclass_mode_model=True,
-        args=args,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"parser_mode": "omegaconf"},
-    )
-
-
 def main(argv: list[str]) -> int:
-    """``plm finetune [fit options]``: expected errors are one line (``--debug`` for the traceback); exit 0
-    after a finished run, a run with nothing left to do, or a SIGTERM save; 130 after a Ctrl-C save."""
-    from plm.errors import debug_requested, report, strip_debug
-    from plm.lightning_cli import expected_error_message
-    from plm.paths import config_args
-    from plm.reliability.run_dir import RunComplete
-    from plm.reliability.signals import preemption_exit_code
-
-    saved = sys.argv
-    # LightningCLI reads sys.argv; fit is the subcommand; --config configs/finetune/… works from anywhere
-    sys.argv = [saved[0], "fit", *config_args(strip_debug(argv))]
-    try:
-        cli = run_finetune_cli(None)
-    except RunComplete as done:
-        print(f"plm finetune: {done}", file=sys.stderr)
-        return 0
-    except Exception as err:
-        message = expected_error_message(err)
-        if message is None:
-            raise
-        return report("plm finetune", err, debug_requested(argv), message)
-    finally:
-        sys.argv = saved
-    return preemption_exit_code(getattr(cli, "trainer", None))
+    """``plm finetune [fit options]``: ``plm fit`` (:func:`plm.lightning_cli.run_cli`, the same exit codes and
+    one-line errors) with :class:`FinetuneCLI` over ``FineTune`` and ``DownstreamDataModule``."""
+    return run_cli(FinetuneCLI, FineTune, DownstreamDataModule, "plm finetune", ["fit", *argv])

@@ -14,6 +14,7 @@ import errno
 import logging
 import os
 import shutil
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -263,14 +264,42 @@ def expected_error_message(err: BaseException) -> str | None:
     return None
 
 
-def run_lightning_cli(args: list[str] | None) -> PlmCLI:
-    quiet_lightning_noise()
-    return PlmCLI(
-        LanguageModel,
-        ProteinDataModule,
-        subclass_mode_model=True,
-        args=args,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"parser_mode": "omegaconf"},
-        auto_configure_optimizers=False,
-    )
+def run_cli(cli_class: type[PlmCLI], model_class: type, datamodule_class: type, prog: str, args: list[str],
+            **cli_kwargs: Any) -> int:
+    """Run a plm LightningCLI as the command ``prog``; ``args`` are the subcommand and its options.
+
+    One way for every LightningCLI command (``plm fit``/``validate``/``test``, ``plm finetune``): a
+    ``--config configs/…`` works from anywhere; expected errors (bad input, busy or foreign run directory,
+    full disk, numerical blow-up: :func:`expected_error_message`) print one line ``<prog>: …`` with exit
+    code 2, the traceback only with --debug or PLM_DEBUG=1; exit code 0 after a finished run, a run that
+    needed nothing more or a SIGTERM/SIGUSR1 save, 130 after a Ctrl-C save. ``cli_kwargs`` go to the CLI."""
+    from plm.errors import debug_requested, report, strip_debug
+    from plm.paths import config_args
+    from plm.reliability.run_dir import RunComplete
+    from plm.reliability.signals import preemption_exit_code
+
+    saved = sys.argv
+    # LightningCLI reads sys.argv (passing args as well makes it warn)
+    sys.argv = [saved[0], *config_args(strip_debug(args))]
+    try:
+        quiet_lightning_noise()
+        cli = cli_class(model_class, datamodule_class, subclass_mode_model=True,
+                        save_config_kwargs={"overwrite": True}, parser_kwargs={"parser_mode": "omegaconf"},
+                        **cli_kwargs)
+    except RunComplete as done:
+        print(f"{prog}: {done}", file=sys.stderr)
+        return 0
+    except Exception as err:
+        message = expected_error_message(err)
+        if message is None:
+            raise
+        return report(prog, err, debug_requested(args), message)
+    finally:
+        sys.argv = saved
+    return preemption_exit_code(getattr(cli, "trainer", None))
+
+
+def main(args: list[str]) -> int:
+    """``plm fit|validate|test [options]``: pre-training's LightningCLI over ``LanguageModel`` and
+    ``ProteinDataModule`` (the module's own optimizer and LR schedule), through :func:`run_cli`."""
+    return run_cli(PlmCLI, LanguageModel, ProteinDataModule, f"plm {args[0]}", args, auto_configure_optimizers=False)

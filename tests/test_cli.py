@@ -110,3 +110,67 @@ def test_shipped_configs_train_two_steps_with_their_precision(name, tmp_path):
                "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--data.val_rows", "2",
                "--trainer.enable_progress_bar", "false")
     assert (run / "final" / "model.safetensors").is_file()
+
+
+def test_fit_validate_test_and_finetune_are_one_entry_point(monkeypatch):
+    """plm fit / validate / test and plm finetune all run through plm.lightning_cli.run_cli, each with its
+    own CLI class, model and data (pre-training keeps its module's own optimizer and schedule)."""
+    from plm import finetune_cli, lightning_cli
+    from plm.evaluation.downstream_data import DownstreamDataModule
+    from plm.evaluation.finetune import FineTune
+
+    assert finetune_cli.run_cli is lightning_cli.run_cli
+    calls = []
+
+    def run_cli(cli_class, model_class, datamodule_class, prog, args, **cli_kwargs):
+        calls.append((cli_class, model_class, datamodule_class, prog, args, cli_kwargs))
+        return 7
+
+    monkeypatch.setattr(lightning_cli, "run_cli", run_cli)
+    monkeypatch.setattr(finetune_cli, "run_cli", run_cli)
+    for sub in ("fit", "validate", "test"):
+        assert plm_main([sub, "--config", "a.yaml"]) == 7
+        assert calls.pop() == (PlmCLI, LanguageModel, ProteinDataModule, f"plm {sub}", [sub, "--config", "a.yaml"],
+                               {"auto_configure_optimizers": False})
+    assert plm_main(["finetune", "--config", "t.yaml", "--debug"]) == 7
+    assert calls.pop() == (finetune_cli.FinetuneCLI, FineTune, DownstreamDataModule, "plm finetune",
+                           ["fit", "--config", "t.yaml", "--debug"], {})
+
+
+def test_run_cli_exit_codes_one_line_errors_and_argv(tmp_path, monkeypatch, capsys):
+    """What every LightningCLI command shares: LightningCLI sees the command line without --debug and with
+    shipped --config files found from anywhere; sys.argv is restored; a finished run exits 0 saying so; an
+    expected error is one line with exit code 2; a bug keeps its traceback."""
+    import sys
+
+    from plm.errors import PlmError
+    from plm.lightning_cli import run_cli
+    from plm.reliability.run_dir import RunComplete
+
+    seen = {}
+
+    def cli_raising(err):
+        class FakeCLI:
+            def __init__(self, model_class, datamodule_class, **kwargs):
+                seen.update(argv=sys.argv[1:], classes=(model_class, datamodule_class), kwargs=kwargs)
+                if err is not None:
+                    raise err
+                self.trainer = None
+
+        return FakeCLI
+
+    monkeypatch.chdir(tmp_path)
+    argv = sys.argv
+    args = ["fit", "--config", "configs/train/tiny.yaml", "--debug", "--trainer.max_steps", "3"]
+    assert run_cli(cli_raising(None), "M", "D", "plm fit", args, run=False) == 0
+    assert seen["argv"] == ["fit", "--config", str(REPO / "configs/train/tiny.yaml"), "--trainer.max_steps", "3"]
+    assert seen["classes"] == ("M", "D") and seen["kwargs"]["run"] is False and sys.argv is argv
+    assert seen["kwargs"]["subclass_mode_model"] is True
+
+    assert run_cli(cli_raising(RunComplete("already at step 3 of 3")), "M", "D", "plm x", ["fit"]) == 0
+    assert capsys.readouterr().err == "plm x: already at step 3 of 3\n"
+    assert run_cli(cli_raising(PlmError("the run directory is busy")), "M", "D", "plm x", ["fit"]) == 2
+    assert capsys.readouterr().err == "plm x: the run directory is busy\n"  # no traceback without --debug
+    with pytest.raises(RuntimeError, match="a bug"):
+        run_cli(cli_raising(RuntimeError("a bug")), "M", "D", "plm x", ["fit"])
+    assert sys.argv is argv
