@@ -39,8 +39,9 @@ train: setup ## train: CPU demo by default; SIZE=… OBJECTIVE=mlm|clm|transfer 
 	$(BIN)/plm train $(if $(SIZE),--size $(SIZE)) --objective $(OBJECTIVE) $(if $(TOKENS),--tokens $(TOKENS)) \
 	  $(if $(GPUS),--devices $(GPUS)) $(if $(NODES),--num-nodes $(NODES)) $(if $(DRY_RUN),--dry-run) $(if $(FORCE),--force) $(ARGS)
 
-lint: setup ## ruff check over the tree (a CI gate)
+lint: setup ## ruff check and ruff format --check over the tree (a CI gate; `ruff format .` fixes the layout)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: setup ## fast test suite (< 10 min on 2 cores)
 	@if command -v mmseqs >/dev/null 2>&1 || [ -n "$$PLM_REQUIRE_MMSEQS" ]; then \

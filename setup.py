@@ -33,8 +33,10 @@ class BuildPyWithShippedFiles(build_py):
         for rel in paths.SHIPPED_DIRS:
             source = HERE / rel
             if not source.is_dir():
-                raise FileNotFoundError(f"{source}: plm.paths.SHIPPED_DIRS names it but it is not here "
-                                        "(an sdist without it? see MANIFEST.in)")
+                raise FileNotFoundError(
+                    f"{source}: plm.paths.SHIPPED_DIRS names it but it is not here "
+                    "(an sdist without it? see MANIFEST.in)"
+                )
             shutil.copytree(source, target / rel, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 

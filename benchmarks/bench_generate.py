@@ -34,13 +34,29 @@ def main() -> int:
     from transformers import GPTJConfig, GPTJForCausalLM
 
     torch.manual_seed(0)
-    cfg = ModelConfig(n_layer=a.layers, n_embd=a.hidden, n_head=a.heads, flavour="progen2", rotary_dim=a.rotary,
-                      max_seq_len=a.new + 2)
+    cfg = ModelConfig(
+        n_layer=a.layers,
+        n_embd=a.hidden,
+        n_head=a.heads,
+        flavour="progen2",
+        rotary_dim=a.rotary,
+        max_seq_len=a.new + 2,
+    )
     ours = Transformer(cfg).eval()
-    peer = GPTJForCausalLM(GPTJConfig(vocab_size=cfg.vocab_size, n_positions=a.new + 2, n_embd=a.hidden,
-                                      n_layer=a.layers, n_head=a.heads, rotary_dim=a.rotary,
-                                      bos_token_id=CLS, eos_token_id=EOS, pad_token_id=PAD,
-                                      tie_word_embeddings=False)).eval()
+    peer = GPTJForCausalLM(
+        GPTJConfig(
+            vocab_size=cfg.vocab_size,
+            n_positions=a.new + 2,
+            n_embd=a.hidden,
+            n_layer=a.layers,
+            n_head=a.heads,
+            rotary_dim=a.rotary,
+            bos_token_id=CLS,
+            eos_token_id=EOS,
+            pad_token_id=PAD,
+            tie_word_embeddings=False,
+        )
+    ).eval()
     n_ours = sum(p.numel() for p in ours.parameters())
     n_peer = sum(p.numel() for p in peer.parameters())
     prompt = torch.full((a.batch, 1), CLS)
@@ -56,17 +72,35 @@ def main() -> int:
         torch.manual_seed(0)
         t = time.perf_counter()
         with torch.inference_mode():
-            out = peer.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True, temperature=0.9,
-                                top_p=0.8, top_k=0, max_new_tokens=a.new, min_new_tokens=a.new, use_cache=True,
-                                pad_token_id=PAD, eos_token_id=EOS)
+            out = peer.generate(
+                prompt,
+                attention_mask=torch.ones_like(prompt),
+                do_sample=True,
+                temperature=0.9,
+                top_p=0.8,
+                top_k=0,
+                max_new_tokens=a.new,
+                min_new_tokens=a.new,
+                use_cache=True,
+                pad_token_id=PAD,
+                eos_token_id=EOS,
+            )
         assert out.shape == (a.batch, 1 + a.new)
         return a.batch * a.new / (time.perf_counter() - t)
 
     run_ours(), run_peer()  # warm-up
     best = interleaved({"plm": run_ours, "peer": run_peer}, rounds=a.rounds)
-    record("generate", best["plm"], best["peer"], "tokens/s",
-           shape=f"{a.layers}x{a.hidden}x{a.heads} rotary {a.rotary}", batch=a.batch, new_tokens=a.new,
-           params={"plm": n_ours, "peer": n_peer}, peer_name="transformers GPTJForCausalLM.generate")
+    record(
+        "generate",
+        best["plm"],
+        best["peer"],
+        "tokens/s",
+        shape=f"{a.layers}x{a.hidden}x{a.heads} rotary {a.rotary}",
+        batch=a.batch,
+        new_tokens=a.new,
+        params={"plm": n_ours, "peer": n_peer},
+        peer_name="transformers GPTJForCausalLM.generate",
+    )
     return 0
 
 

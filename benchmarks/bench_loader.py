@@ -66,19 +66,33 @@ def main() -> None:
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="plm_bench_loader_"))
     try:
-        prepare({"uniprot": [SAMPLE / "uniprot.fasta.gz"], "metagenomic": [SAMPLE / "metagenomic.fasta.gz"]},
-                tmp, on_invalid="skip", progress=False)
-        dm = ProteinDataModule(sources={"uniprot": str(tmp / "uniprot"), "metagenomic": str(tmp / "metagenomic")},
-                               row_len=args.row_len, rows_per_batch=args.rows)
+        prepare(
+            {"uniprot": [SAMPLE / "uniprot.fasta.gz"], "metagenomic": [SAMPLE / "metagenomic.fasta.gz"]},
+            tmp,
+            on_invalid="skip",
+            progress=False,
+        )
+        dm = ProteinDataModule(
+            sources={"uniprot": str(tmp / "uniprot"), "metagenomic": str(tmp / "metagenomic")},
+            row_len=args.row_len,
+            rows_per_batch=args.rows,
+        )
         dm.setup()
         load = max(loader_rate(dm, args.batches) for _ in range(2))
         rates = {prec: train_rate(dm, args.steps, prec == "bf16") for prec in ("fp32", "bf16")}
         best = max(rates, key=rates.get)
         print(f"loader {load:,.0f} tokens/s; 35m training consumes {rates} tokens/s")
-        record("loader", load, rates[best], "tokens/s (computed tokens)", row_len=args.row_len, rows=args.rows,
-               consumer=f"MaskedLM 35m {best} train step on {torch.get_num_threads()} CPU threads",
-               consumer_rates={k: round(v, 1) for k, v in rates.items()},
-               note="loader: ProteinDataModule train loader from a prepared dir, num_workers=0")
+        record(
+            "loader",
+            load,
+            rates[best],
+            "tokens/s (computed tokens)",
+            row_len=args.row_len,
+            rows=args.rows,
+            consumer=f"MaskedLM 35m {best} train step on {torch.get_num_threads()} CPU threads",
+            consumer_rates={k: round(v, 1) for k, v in rates.items()},
+            note="loader: ProteinDataModule train loader from a prepared dir, num_workers=0",
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

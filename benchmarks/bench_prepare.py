@@ -43,7 +43,11 @@ def real_sources() -> list[Path]:
     a plain clone has neither, and gets the bundled sample drawn from the same files."""
     root = Path(os.environ.get(DATA_ROOT_ENV) or DEFAULT_DATA_ROOT) / "pretrain"
     files = [root / "uniprot" / "uniprot_mix.fasta.gz", root / "metagenomic" / "metagenomic_mix.fasta.gz"]
-    return files if all(p.exists() for p in files) else [SAMPLE / "uniprot.fasta.gz", SAMPLE / "metagenomic.fasta.gz"]
+    return (
+        files
+        if all(p.exists() for p in files)
+        else [SAMPLE / "uniprot.fasta.gz", SAMPLE / "metagenomic.fasta.gz"]
+    )
 
 
 def build_fasta(path: Path, target_bytes: int, seed: int = 0) -> int:
@@ -91,7 +95,11 @@ def _tree(pid: int) -> list[int]:
 
 def _mem_kb(pid: int, field: str) -> int:
     try:
-        for line in Path(f"/proc/{pid}/smaps_rollup" if field == "Pss" else f"/proc/{pid}/status").read_text().splitlines():
+        for line in (
+            Path(f"/proc/{pid}/smaps_rollup" if field == "Pss" else f"/proc/{pid}/status")
+            .read_text()
+            .splitlines()
+        ):
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     except OSError:
@@ -100,8 +108,20 @@ def _mem_kb(pid: int, field: str) -> int:
 
 
 def run_prepare(fasta: Path, out: Path, workers: int) -> dict:
-    cmd = [sys.executable, "-m", "plm.data.prepare", "--source", f"bench={fasta}", "--out", str(out),
-           "--workers", str(workers), "--quiet", "--on-invalid", "skip"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "plm.data.prepare",
+        "--source",
+        f"bench={fasta}",
+        "--out",
+        str(out),
+        "--workers",
+        str(workers),
+        "--quiet",
+        "--on-invalid",
+        "skip",
+    ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -119,7 +139,13 @@ def run_prepare(fasta: Path, out: Path, workers: int) -> dict:
         raise RuntimeError(f"prepare failed ({proc.returncode}):\n{stderr[-3000:]}")
     print(stdout.strip())
     phases = json.loads((out / "manifest.json").read_text())["seconds"]
-    return {"seconds": wall, "cpu_seconds": cpu, "phases": phases, "peak_pss_mb": peak_pss / 1024, "peak_rss_sum_mb": peak_rss / 1024}
+    return {
+        "seconds": wall,
+        "cpu_seconds": cpu,
+        "phases": phases,
+        "peak_pss_mb": peak_pss / 1024,
+        "peak_rss_sum_mb": peak_rss / 1024,
+    }
 
 
 def run_biopython(fasta: Path) -> float:
@@ -137,7 +163,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gb", type=float, default=1.0, help="size of the generated FASTA (GiB)")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=3, help="interleaved plm / Biopython rounds; the best of each is kept")
+    p.add_argument(
+        "--rounds", type=int, default=3, help="interleaved plm / Biopython rounds; the best of each is kept"
+    )
     p.add_argument("--keep", action="store_true", help="keep the generated FASTA and output")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="plm_bench_prepare_", dir="/tmp"))
@@ -146,14 +174,20 @@ def main() -> None:
         t0 = time.perf_counter()
         n_records = build_fasta(fasta, int(args.gb * (1 << 30)))
         size = fasta.stat().st_size
-        print(f"built {fasta} ({size / 1e9:.2f} GB, {n_records:,} records) in {time.perf_counter() - t0:.0f} s")
+        print(
+            f"built {fasta} ({size / 1e9:.2f} GB, {n_records:,} records) in {time.perf_counter() - t0:.0f} s"
+        )
         os.sync()  # flush the 1 GB just written: its write-back would otherwise run during the first timed run
         plms, bios = [], []
-        for r in range(args.rounds):  # interleaved, best of each kept: as the other benchmarks on this shared VM
+        for r in range(
+            args.rounds
+        ):  # interleaved, best of each kept: as the other benchmarks on this shared VM
             plm = run_prepare(fasta, tmp / "out", args.workers)
-            print(f"round {r + 1}: plm prepare {plm['seconds']:.1f} s {plm['phases']}, peak PSS {plm['peak_pss_mb']:.0f} MB "
-                  f"(RSS summed over processes {plm['peak_rss_sum_mb']:.0f} MB), {plm['cpu_seconds']:.1f} CPU s "
-                  f"= {plm['cpu_seconds'] / plm['seconds']:.2f} cores")
+            print(
+                f"round {r + 1}: plm prepare {plm['seconds']:.1f} s {plm['phases']}, peak PSS {plm['peak_pss_mb']:.0f} MB "
+                f"(RSS summed over processes {plm['peak_rss_sum_mb']:.0f} MB), {plm['cpu_seconds']:.1f} CPU s "
+                f"= {plm['cpu_seconds'] / plm['seconds']:.2f} cores"
+            )
             shutil.rmtree(tmp / "out")
             os.sync()  # every timed run starts with nothing waiting to be written
             bio, bio_cpu = run_biopython(fasta)
@@ -162,17 +196,31 @@ def main() -> None:
             bios.append((bio, bio_cpu))
         plm = min(plms, key=lambda m: m["seconds"])
         bio, bio_cpu = min(bios)
-        record("prepare", size / plm["seconds"] / 1e6, size / bio / 1e6, "MB/s of FASTA", data=str(real_sources()[0].parent),
-               file_bytes=size, records=n_records, workers=args.workers, plm_seconds=round(plm["seconds"], 2),
-               peer_seconds=round(bio, 2), rounds=args.rounds,
-               plm_seconds_all=[round(m["seconds"], 2) for m in plms], peer_seconds_all=[round(b[0], 2) for b in bios],
-               peak_pss_mb=round(max(m["peak_pss_mb"] for m in plms)), phases=plm["phases"],
-               peak_rss_sum_mb=round(max(m["peak_rss_sum_mb"] for m in plms)),
-               load_average=os.getloadavg()[0], plm_cpu_seconds=round(plm["cpu_seconds"], 2),
-               peer_cpu_seconds=round(bio_cpu, 2), cpu_ratio=round(bio_cpu / plm["cpu_seconds"], 3),
-               plm_cores_used=round(plm["cpu_seconds"] / plm["seconds"], 2),
-               note="plm: full prepare (parse, validate, split, dedupe, concat, CRC-32) with 2 workers, incl. start-up; "
-                    "peer: Biopython SeqIO.parse only, same file; best of interleaved rounds each, peak memory over all")
+        record(
+            "prepare",
+            size / plm["seconds"] / 1e6,
+            size / bio / 1e6,
+            "MB/s of FASTA",
+            data=str(real_sources()[0].parent),
+            file_bytes=size,
+            records=n_records,
+            workers=args.workers,
+            plm_seconds=round(plm["seconds"], 2),
+            peer_seconds=round(bio, 2),
+            rounds=args.rounds,
+            plm_seconds_all=[round(m["seconds"], 2) for m in plms],
+            peer_seconds_all=[round(b[0], 2) for b in bios],
+            peak_pss_mb=round(max(m["peak_pss_mb"] for m in plms)),
+            phases=plm["phases"],
+            peak_rss_sum_mb=round(max(m["peak_rss_sum_mb"] for m in plms)),
+            load_average=os.getloadavg()[0],
+            plm_cpu_seconds=round(plm["cpu_seconds"], 2),
+            peer_cpu_seconds=round(bio_cpu, 2),
+            cpu_ratio=round(bio_cpu / plm["cpu_seconds"], 3),
+            plm_cores_used=round(plm["cpu_seconds"] / plm["seconds"], 2),
+            note="plm: full prepare (parse, validate, split, dedupe, concat, CRC-32) with 2 workers, incl. start-up; "
+            "peer: Biopython SeqIO.parse only, same file; best of interleaved rounds each, peak memory over all",
+        )
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -47,8 +47,10 @@ DEFAULT_DATA_ROOT = "/work/shared/data"  # the development machine's, when the v
 def pretrain_sources() -> tuple[Path, dict[str, Path]]:
     """``$PLM_DATA_ROOT/pretrain`` (default ``/work/shared/data/pretrain``) and its two mixture files."""
     root = Path(os.environ.get(DATA_ROOT_ENV) or DEFAULT_DATA_ROOT) / "pretrain"
-    return root, {"uniprot": root / "uniprot" / "uniprot_mix.fasta.gz",
-                  "metagenomic": root / "metagenomic" / "metagenomic_mix.fasta.gz"}
+    return root, {
+        "uniprot": root / "uniprot" / "uniprot_mix.fasta.gz",
+        "metagenomic": root / "metagenomic" / "metagenomic_mix.fasta.gz",
+    }
 
 
 #: One optimizer step on the i-th batch of a fixed list → (real tokens, computed tokens, model FLOPs). Every
@@ -68,8 +70,14 @@ def data_module(rows: int) -> tuple[ProteinDataModule, str]:
     return dm, name
 
 
-def plm_step_fn(size: str, dm: ProteinDataModule, n_batches: int, bf16: bool = True, dense_mask: bool = False,
-                compile: bool = False) -> Step:
+def plm_step_fn(
+    size: str,
+    dm: ProteinDataModule,
+    n_batches: int,
+    bf16: bool = True,
+    dense_mask: bool = False,
+    compile: bool = False,
+) -> Step:
     it = iter(dm.train_dataloader())
     batches = [next(it) for _ in range(n_batches)]
     torch.manual_seed(0)
@@ -79,7 +87,9 @@ def plm_step_fn(size: str, dm: ProteinDataModule, n_batches: int, bf16: bool = T
 
     def loss_dense(batch):  # the pre-#9 attention: one SDPA call per layer with a (B, 1, T, T) mask
         inputs, labels = model.objective_inputs(batch)
-        hidden, _ = model.model.hidden(inputs, batch["doc_ids"], attn_mask=attention_mask(batch["doc_ids"], False))
+        hidden, _ = model.model.hidden(
+            inputs, batch["doc_ids"], attn_mask=attention_mask(batch["doc_ids"], False)
+        )
         sel = labels != IGNORE
         return F.cross_entropy(model.model.head(hidden[sel]).float(), labels[sel]), sel.sum()
 
@@ -98,7 +108,9 @@ def plm_step_fn(size: str, dm: ProteinDataModule, n_batches: int, bf16: bool = T
     return step
 
 
-def peer_batches(dm: ProteinDataModule, tokens_per_step: int, n_batches: int, seed: int = 0) -> list[list[np.ndarray]]:
+def peer_batches(
+    dm: ProteinDataModule, tokens_per_step: int, n_batches: int, seed: int = 0
+) -> list[list[np.ndarray]]:
     """The peer's standard recipe: whole random sequences (cropped to the row length) until the same number
     of real tokens as plm's step, one list per step."""
     stores, rng = dm.train_stores, np.random.default_rng(seed)
@@ -114,8 +126,9 @@ def peer_batches(dm: ProteinDataModule, tokens_per_step: int, n_batches: int, se
     return batches
 
 
-def representative_peer_batches(dm: ProteinDataModule, tokens_per_step: int, steps: int, pool: int = 300,
-                                seed: int = 0) -> tuple[list[list[np.ndarray]], float]:
+def representative_peer_batches(
+    dm: ProteinDataModule, tokens_per_step: int, steps: int, pool: int = 300, seed: int = 0
+) -> tuple[list[list[np.ndarray]], float]:
     """Warm-up batch + ``steps`` timed peer batches that pad like the recipe does on average, and the pool's
     real fraction. A few random batches do not: the real fraction of 3-step draws ranged 0.29-0.55 around
     0.40, so the peer's rate would be the luck of the draw. Stratified instead: of ``pool`` draws sorted by
@@ -138,11 +151,23 @@ def peer_step_fn(size: str, batches: list[list[np.ndarray]], micro_batch: int) -
 
     cfg = config_for(size)
     torch.manual_seed(0)
-    hf = EsmForMaskedLM(EsmConfig(vocab_size=33, hidden_size=cfg.n_embd, num_hidden_layers=cfg.n_layer,
-                                   num_attention_heads=cfg.n_head, intermediate_size=cfg.ffn, pad_token_id=PAD,
-                                   mask_token_id=MASK, position_embedding_type="rotary", token_dropout=True,
-                                   max_position_embeddings=ROW_LEN + 2, attn_implementation="sdpa",
-                                   attention_probs_dropout_prob=0.0, hidden_dropout_prob=0.0))  # as ESM-2, as plm
+    hf = EsmForMaskedLM(
+        EsmConfig(
+            vocab_size=33,
+            hidden_size=cfg.n_embd,
+            num_hidden_layers=cfg.n_layer,
+            num_attention_heads=cfg.n_head,
+            intermediate_size=cfg.ffn,
+            pad_token_id=PAD,
+            mask_token_id=MASK,
+            position_embedding_type="rotary",
+            token_dropout=True,
+            max_position_embeddings=ROW_LEN + 2,
+            attn_implementation="sdpa",
+            attention_probs_dropout_prob=0.0,
+            hidden_dropout_prob=0.0,
+        )
+    )  # as ESM-2, as plm
     opt = torch.optim.AdamW(hf.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, foreach=True)
 
     def padded(seqs):
@@ -198,30 +223,50 @@ def best_of(results: list[dict[str, float]]) -> dict[str, float]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                epilog=f"data: ${DATA_ROOT_ENV}/pretrain (default {DEFAULT_DATA_ROOT}/pretrain) when it has "
-                                       "uniprot/uniprot_mix.fasta.gz and metagenomic/metagenomic_mix.fasta.gz, else the "
-                                       "bundled sample")
-    p.add_argument("--steps", type=int, default=4,
-                   help="optimizer steps timed per round (after 1 warm-up); the same batches every round")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=f"data: ${DATA_ROOT_ENV}/pretrain (default {DEFAULT_DATA_ROOT}/pretrain) when it has "
+        "uniprot/uniprot_mix.fasta.gz and metagenomic/metagenomic_mix.fasta.gz, else the "
+        "bundled sample",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=4,
+        help="optimizer steps timed per round (after 1 warm-up); the same batches every round",
+    )
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the best is kept")
     p.add_argument("--sizes", default="8m,35m")
     p.add_argument("--rows", type=int, default=4, help="packed rows of 1024 per plm step")
-    p.add_argument("--peer-micro-batch", type=int, default=0,
-                   help="split the peer's batch into padded micro-batches of this many sequences (0: one batch)")
+    p.add_argument(
+        "--peer-micro-batch",
+        type=int,
+        default=0,
+        help="split the peer's batch into padded micro-batches of this many sequences (0: one batch)",
+    )
     p.add_argument("--compile", action="store_true", help="plm with compile=True (torch.compile per block)")
     p.add_argument("--no-diagnostics", action="store_true", help="skip the 35m fp32 and dense-mask runs")
     args = p.parse_args()
     dm, data_name = data_module(args.rows)
-    common = {"data": data_name, "rows": args.rows, "row_len": ROW_LEN, "steps": args.steps, "rounds": args.rounds,
-              "compile": args.compile, "peer_micro_batch": args.peer_micro_batch}
+    common = {
+        "data": data_name,
+        "rows": args.rows,
+        "row_len": ROW_LEN,
+        "steps": args.steps,
+        "rounds": args.rounds,
+        "compile": args.compile,
+        "peer_micro_batch": args.peer_micro_batch,
+    }
     for size in args.sizes.split(","):
         load_before = os.getloadavg()[0]
         n_batches = WARMUP + args.steps
         plm_step = plm_step_fn(size, dm, n_batches, compile=args.compile)
         batches, expected = representative_peer_batches(dm, args.rows * ROW_LEN, args.steps)
         peer_step = peer_step_fn(size, batches, args.peer_micro_batch)
-        padding = {"peer_real_fraction_timed": real_fraction(batches[WARMUP:]), "peer_real_fraction_pool": expected}
+        padding = {
+            "peer_real_fraction_timed": real_fraction(batches[WARMUP:]),
+            "peer_real_fraction_pool": expected,
+        }
         runs: dict[str, list[dict[str, float]]] = {"plm": [], "peer": []}
         peaks: list[float] = []
         if size == "35m":
@@ -232,33 +277,59 @@ def main() -> None:
             if size == "35m":
                 peaks.append(matmul_peak(torch.bfloat16))
         ours, peer = best_of(runs["plm"]), best_of(runs["peer"])
-        load = {"load_average_before": round(load_before, 2), "load_average_after": round(os.getloadavg()[0], 2)}
+        load = {
+            "load_average_before": round(load_before, 2),
+            "load_average_after": round(os.getloadavg()[0], 2),
+        }
         suffix = "_compiled" if args.compile else ""
-        record(f"train_mlm_{size}{suffix}", ours["real"], peer["real"], "real tokens/s",
-               note="bf16 autocast, foreach AdamW, packed rows of 1024 vs padded random batches",
-               plm_computed_tokens_per_s=ours["computed"], peer_computed_tokens_per_s=peer["computed"],
-               rounds_real_tokens_per_s={k: [round(r["real"], 1) for r in v] for k, v in runs.items()},
-               **padding, **load, **common)
+        record(
+            f"train_mlm_{size}{suffix}",
+            ours["real"],
+            peer["real"],
+            "real tokens/s",
+            note="bf16 autocast, foreach AdamW, packed rows of 1024 vs padded random batches",
+            plm_computed_tokens_per_s=ours["computed"],
+            peer_computed_tokens_per_s=peer["computed"],
+            rounds_real_tokens_per_s={k: [round(r["real"], 1) for r in v] for k, v in runs.items()},
+            **padding,
+            **load,
+            **common,
+        )
         if size != "35m":
             continue
         diagnostics = {}
         if not args.no_diagnostics:
             for name, kw in (("fp32", {"bf16": False}), ("bf16_dense_mask", {"dense_mask": True})):
-                diagnostics[name] = round(measure(plm_step_fn(size, dm, n_batches, **kw), args.steps)["real"], 1)
+                diagnostics[name] = round(
+                    measure(plm_step_fn(size, dm, n_batches, **kw), args.steps)["real"], 1
+                )
             peaks.append(matmul_peak(torch.bfloat16))
         peak = max(peaks)
-        record(f"mfu_35m_bf16{suffix}", ours["flops"], peak, "FLOP/s (ratio = MFU)",
-               note="exact model FLOPs (matmuls on real tokens, attention on Σ len² same-document pairs, "
-                    "LM head on masked positions) / best large bf16 torch.matmul measured in this run",
-               peak_measurements=[round(x / 1e9, 1) for x in peaks], real_tokens_per_s=ours["real"],
-               palm_formula_flops_per_s=config_for(size).flops_per_token(ROW_LEN) * ours["computed"],
-               diagnostics_real_tokens_per_s={"bf16": round(ours["real"], 1), **diagnostics},
-               load_average_after=round(os.getloadavg()[0], 2), **common)
+        record(
+            f"mfu_35m_bf16{suffix}",
+            ours["flops"],
+            peak,
+            "FLOP/s (ratio = MFU)",
+            note="exact model FLOPs (matmuls on real tokens, attention on Σ len² same-document pairs, "
+            "LM head on masked positions) / best large bf16 torch.matmul measured in this run",
+            peak_measurements=[round(x / 1e9, 1) for x in peaks],
+            real_tokens_per_s=ours["real"],
+            palm_formula_flops_per_s=config_for(size).flops_per_token(ROW_LEN) * ours["computed"],
+            diagnostics_real_tokens_per_s={"bf16": round(ours["real"], 1), **diagnostics},
+            load_average_after=round(os.getloadavg()[0], 2),
+            **common,
+        )
     big, _ = data_module(64)
     b = next(iter(big.train_dataloader()))
-    record("packing", int(b["n_real"]) / b["tokens"].numel(), 1.0, "real / computed tokens",
-           note="64 packed rows of 1024", data=data_name,
-           attended_pairs_fraction=attended_pairs(b["tokens"], b["doc_ids"]) / (b["tokens"].numel() * ROW_LEN))
+    record(
+        "packing",
+        int(b["n_real"]) / b["tokens"].numel(),
+        1.0,
+        "real / computed tokens",
+        note="64 packed rows of 1024",
+        data=data_name,
+        attended_pairs_fraction=attended_pairs(b["tokens"], b["doc_ids"]) / (b["tokens"].numel() * ROW_LEN),
+    )
 
 
 if __name__ == "__main__":

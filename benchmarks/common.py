@@ -41,10 +41,18 @@ def machine() -> dict[str, Any]:
 def record(name: str, plm: float, peer: float, unit: str, **extra: Any) -> dict[str, Any]:
     """Merge one entry into results.json (other benchmarks' entries are kept) and print it."""
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    entry = {"plm": plm, "peer": peer, "ratio": plm / peer if peer else float("nan"), "unit": unit,
-             "machine": machine(), "when": time.strftime("%Y-%m-%d %H:%M:%S"),
-             # other jobs share this machine: the 1-minute load when the entry was written, and our niceness
-             "load_average": round(os.getloadavg()[0], 2), "nice": os.nice(0), **extra}
+    entry = {
+        "plm": plm,
+        "peer": peer,
+        "ratio": plm / peer if peer else float("nan"),
+        "unit": unit,
+        "machine": machine(),
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+        # other jobs share this machine: the 1-minute load when the entry was written, and our niceness
+        "load_average": round(os.getloadavg()[0], 2),
+        "nice": os.nice(0),
+        **extra,
+    }
     data[name] = entry
     RESULTS.write_text(json.dumps(data, indent=2, sort_keys=True))
     print(f"{name:<16} plm {plm:>12.4g}  peer {peer:>12.4g}  ratio {entry['ratio']:6.2f}  {unit}")

@@ -43,8 +43,10 @@ ROWS = {"150m": 16, "650m": 8}  # packed 1024-token rows per step: fits 40 GB an
 
 
 def no_cuda_line() -> str:
-    return (f"gpu-check: no CUDA here (torch {torch.__version__} sees no GPU): nothing was measured; run "
-            "`make gpu-check` on a machine with NVIDIA GPUs")
+    return (
+        f"gpu-check: no CUDA here (torch {torch.__version__} sees no GPU): nothing was measured; run "
+        "`make gpu-check` on a machine with NVIDIA GPUs"
+    )
 
 
 # ---- 1. attention parity ------------------------------------------------------------------------------------
@@ -64,8 +66,9 @@ def packed_docs(rows: int, row_len: int, gen: torch.Generator) -> torch.Tensor:
     return docs
 
 
-def attention_parity(device: torch.device, rows: int = 4, row_len: int = 1024, heads: int = 20,
-                     head_dim: int = 64) -> list[dict[str, Any]]:
+def attention_parity(
+    device: torch.device, rows: int = 4, row_len: int = 1024, heads: int = 20, head_dim: int = 64
+) -> list[dict[str, Any]]:
     """Each CUDA varlen backend vs dense-mask SDPA, forward output and q/k/v gradients, both against fp32."""
     from plm.model import attention as A
 
@@ -89,12 +92,22 @@ def attention_parity(device: torch.device, rows: int = 4, row_len: int = 1024, h
         for backend in ("varlen", "flash"):
             if A.unusable(backend, "cuda", torch.bfloat16, head_dim):
                 continue
-            kernel = _run(lambda q, k, v, c=causal, be=backend: A.varlen_attention(q, k, v, seg, c, be), base,
-                          grad_out, torch.bfloat16)
+            kernel = _run(
+                lambda q, k, v, c=causal, be=backend: A.varlen_attention(q, k, v, seg, c, be),
+                base,
+                grad_out,
+                torch.bfloat16,
+            )
             for i, name in enumerate(("out", "dq", "dk", "dv")):
                 err, allowed = rel_err(kernel[i], ref[i]), 2 * rel_err(bf16_dense[i], ref[i]) + 1e-3
-                out.append({"check": f"{backend} vs dense SDPA, {'causal' if causal else 'bidirectional'}, {name}",
-                            "error": err, "allowed": allowed, "ok": err <= allowed})
+                out.append(
+                    {
+                        "check": f"{backend} vs dense SDPA, {'causal' if causal else 'bidirectional'}, {name}",
+                        "error": err,
+                        "allowed": allowed,
+                        "ok": err <= allowed,
+                    }
+                )
     return out
 
 
@@ -138,8 +151,14 @@ def model_parity(device: torch.device) -> list[dict[str, Any]]:
             os.environ.pop(A.ENV_VAR, None)
         for i, name in enumerate(("logits", "qkv weight grad")):
             err, allowed = rel_err(got[i], ref[i]), 2 * rel_err(dense[i], ref[i]) + 1e-3
-            out.append({"check": f"150m model, {backend} vs dense mask, {name}", "error": err, "allowed": allowed,
-                        "ok": err <= allowed})
+            out.append(
+                {
+                    "check": f"150m model, {backend} vs dense mask, {name}",
+                    "error": err,
+                    "allowed": allowed,
+                    "ok": err <= allowed,
+                }
+            )
     return out
 
 
@@ -147,24 +166,79 @@ def model_parity(device: torch.device) -> list[dict[str, Any]]:
 def fsdp_two_gpus() -> dict[str, Any]:
     """3 steps of the 150m shape under plm.strategies.FSDP2 on 2 GPUs, through ``plm fit`` as a user runs it."""
     if torch.cuda.device_count() < 2:
-        return {"check": "FSDP2 on 2 GPUs", "ok": None, "note": f"skipped: {torch.cuda.device_count()} GPU(s)"}
-    strategy = json.dumps({"class_path": "plm.strategies.FSDP2", "init_args": {"activation_checkpointing": True}})
+        return {
+            "check": "FSDP2 on 2 GPUs",
+            "ok": None,
+            "note": f"skipped: {torch.cuda.device_count()} GPU(s)",
+        }
+    strategy = json.dumps(
+        {"class_path": "plm.strategies.FSDP2", "init_args": {"activation_checkpointing": True}}
+    )
     with tempfile.TemporaryDirectory(prefix="plm-gpu-check-") as root:
-        cmd = [sys.executable, "-m", "plm.cli", "fit", "--config", str(REPO / "configs/train/mlm.yaml"),
-               "--run_root", root, "--run_name", "fsdp2", "--model.init_args.size", "150m",
-               "--model.init_args.meta_init", "true", "--trainer.accelerator", "gpu", "--trainer.devices", "2",
-               "--trainer.strategy", strategy, "--trainer.max_steps", "3", "--trainer.val_check_interval", "3",
-               "--trainer.log_every_n_steps", "1", "--data.row_len", "1024", "--data.rows_per_batch", "4",
-               "--data.val_rows", "4", "--checkpoint_every", "3", "--trainer.enable_progress_bar", "false"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "plm.cli",
+            "fit",
+            "--config",
+            str(REPO / "configs/train/mlm.yaml"),
+            "--run_root",
+            root,
+            "--run_name",
+            "fsdp2",
+            "--model.init_args.size",
+            "150m",
+            "--model.init_args.meta_init",
+            "true",
+            "--trainer.accelerator",
+            "gpu",
+            "--trainer.devices",
+            "2",
+            "--trainer.strategy",
+            strategy,
+            "--trainer.max_steps",
+            "3",
+            "--trainer.val_check_interval",
+            "3",
+            "--trainer.log_every_n_steps",
+            "1",
+            "--data.row_len",
+            "1024",
+            "--data.rows_per_batch",
+            "4",
+            "--data.val_rows",
+            "4",
+            "--checkpoint_every",
+            "3",
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
         t0 = time.perf_counter()
-        res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=480, check=False,
-                             env={**os.environ, "PYTHONPATH": str(REPO)})
+        res = subprocess.run(
+            cmd,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=480,
+            check=False,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
         losses = _logged_losses(Path(root) / "fsdp2" / "csv" / "metrics.csv")
         sharded = sorted(p.name for p in (Path(root) / "fsdp2" / "ckpt" / "last.ckpt").glob("*.distcp"))
-    ok = res.returncode == 0 and len(losses) == 3 and all(math.isfinite(x) for x in losses) and len(sharded) == 2
-    return {"check": "FSDP2 on 2 GPUs (150m, 3 steps, sharded checkpoint)", "ok": ok, "losses": losses,
-            "shards": sharded, "seconds": round(time.perf_counter() - t0, 1),
-            **({} if ok else {"stderr": res.stderr[-3000:]})}
+    ok = (
+        res.returncode == 0
+        and len(losses) == 3
+        and all(math.isfinite(x) for x in losses)
+        and len(sharded) == 2
+    )
+    return {
+        "check": "FSDP2 on 2 GPUs (150m, 3 steps, sharded checkpoint)",
+        "ok": ok,
+        "losses": losses,
+        "shards": sharded,
+        "seconds": round(time.perf_counter() - t0, 1),
+        **({} if ok else {"stderr": res.stderr[-3000:]}),
+    }
 
 
 def _logged_losses(path: Path) -> list[float]:
@@ -186,7 +260,9 @@ def throughput(size: str, steps: int, device: torch.device) -> dict[str, Any]:
 
     dm, data = data_module(ROWS[size])
     it = iter(dm.train_dataloader())
-    batches = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in next(it).items()} for _ in range(steps + 3)]
+    batches = [
+        {k: v.to(device) if torch.is_tensor(v) else v for k, v in next(it).items()} for _ in range(steps + 3)
+    ]
     torch.manual_seed(0)
     model = MaskedLM(size=size, total_steps=10_000).to(device)
     opt = model.configure_optimizers()["optimizer"]
@@ -199,8 +275,9 @@ def throughput(size: str, steps: int, device: torch.device) -> dict[str, Any]:
         opt.step()
         opt.zero_grad(set_to_none=True)
         n_real = int(batch["n_real"])
-        return model.config.training_flops(n_real, attended_pairs(batch["tokens"].cpu(), batch["doc_ids"].cpu()),
-                                           int(n_pred))
+        return model.config.training_flops(
+            n_real, attended_pairs(batch["tokens"].cpu(), batch["doc_ids"].cpu()), int(n_pred)
+        )
 
     for batch in batches[:3]:  # warm-up: allocator, kernel selection
         step(batch)
@@ -215,10 +292,20 @@ def throughput(size: str, steps: int, device: torch.device) -> dict[str, Any]:
     peak = gpu_peak_bf16(name)
     mfu = flops / dt / peak if peak else None
     target = TARGET_MFU[size] if peak and _h100_class(name) else None
-    return {"size": size, "gpu": name, "rows_per_step": ROWS[size], "steps": steps, "data": data,
-            "real_tokens_per_sec": real / dt, "model_tflops_per_sec": flops / dt / 1e12, "peak_tflops": (peak or 0) / 1e12,
-            "mfu": mfu, "target_mfu": target, "ok": None if target is None or mfu is None else mfu >= target,
-            "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 1e9}
+    return {
+        "size": size,
+        "gpu": name,
+        "rows_per_step": ROWS[size],
+        "steps": steps,
+        "data": data,
+        "real_tokens_per_sec": real / dt,
+        "model_tflops_per_sec": flops / dt / 1e12,
+        "peak_tflops": (peak or 0) / 1e12,
+        "mfu": mfu,
+        "target_mfu": target,
+        "ok": None if target is None or mfu is None else mfu >= target,
+        "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 1e9,
+    }
 
 
 def _h100_class(name: str) -> bool:
@@ -236,22 +323,32 @@ def main() -> int:
         print(no_cuda_line())
         return 0
     device = torch.device("cuda", 0)
-    report: dict[str, Any] = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(device),
-                              "gpus": torch.cuda.device_count(), "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+    report: dict[str, Any] = {
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(device),
+        "gpus": torch.cuda.device_count(),
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     report["parity"] = attention_parity(device) + model_parity(device)
     for row in report["parity"]:
-        print(f"  {'ok ' if row['ok'] else 'BAD'} {row['check']}: error {row['error']:.2e} (allowed {row['allowed']:.2e})")
+        print(
+            f"  {'ok ' if row['ok'] else 'BAD'} {row['check']}: error {row['error']:.2e} (allowed {row['allowed']:.2e})"
+        )
     report["fsdp2"] = {"ok": None} if args.skip_fsdp else fsdp_two_gpus()
-    print(f"  {_word(report['fsdp2']['ok'])} {report['fsdp2'].get('check', 'FSDP2')}: "
-          f"{report['fsdp2'].get('losses', report['fsdp2'].get('note', 'skipped'))}")
+    print(
+        f"  {_word(report['fsdp2']['ok'])} {report['fsdp2'].get('check', 'FSDP2')}: "
+        f"{report['fsdp2'].get('losses', report['fsdp2'].get('note', 'skipped'))}"
+    )
     report["throughput"] = []
     for size in args.sizes.split(","):
         row = throughput(size, args.steps, device)
         report["throughput"].append(row)
         mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "n/a (unknown GPU peak)"
         target = f" (target ≥ {row['target_mfu']:.0%} on H100-class)" if row["target_mfu"] else ""
-        print(f"  {_word(row['ok'])} {size}: {row['real_tokens_per_sec']:,.0f} real tokens/s, "
-              f"{row['model_tflops_per_sec']:.0f} TFLOP/s, MFU {mfu}{target}, peak memory {row['peak_memory_gb']:.1f} GB")
+        print(
+            f"  {_word(row['ok'])} {size}: {row['real_tokens_per_sec']:,.0f} real tokens/s, "
+            f"{row['model_tflops_per_sec']:.0f} TFLOP/s, MFU {mfu}{target}, peak memory {row['peak_memory_gb']:.1f} GB"
+        )
     RESULTS.write_text(json.dumps(report, indent=2, default=float))
     print(f"gpu-check: written {RESULTS}")
     failed = [r for r in report["parity"] if not r["ok"]] + [r for r in [report["fsdp2"]] if r["ok"] is False]

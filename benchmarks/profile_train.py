@@ -57,15 +57,25 @@ def main() -> None:
             calls[e.key] = e.count
     total = sum(best.values())
     cfg, n = model.config, batch["tokens"].numel()
-    groups = {"attention": lambda k: "scaled_dot_product" in k or k.lstrip("_").startswith("Varlen"),  # plm's kernels
-              "matmul": lambda k: k in ("aten::mm", "aten::addmm")}
-    flops = {"attention": 12.0 * cfg.n_layer * cfg.n_embd * attended_pairs(batch["tokens"], batch["doc_ids"]),
-             "matmul": cfg.training_flops(n, 0)}
-    print(f"{args.size} {args.precision}, {n} tokens, {torch.get_num_threads()} threads; step wall "
-          f"{min(walls):.2f}s (best of {args.profiles}), sum of per-op minima {total:.2f}s")
+    groups = {
+        "attention": lambda k: (
+            "scaled_dot_product" in k or k.lstrip("_").startswith("Varlen")
+        ),  # plm's kernels
+        "matmul": lambda k: k in ("aten::mm", "aten::addmm"),
+    }
+    flops = {
+        "attention": 12.0 * cfg.n_layer * cfg.n_embd * attended_pairs(batch["tokens"], batch["doc_ids"]),
+        "matmul": cfg.training_flops(n, 0),
+    }
+    print(
+        f"{args.size} {args.precision}, {n} tokens, {torch.get_num_threads()} threads; step wall "
+        f"{min(walls):.2f}s (best of {args.profiles}), sum of per-op minima {total:.2f}s"
+    )
     for name, match in groups.items():
         t = sum(v for k, v in best.items() if match(k))
-        print(f"  {name:<10} {t:6.2f}s {100 * t / total:5.1f}%  {flops[name] / max(t, 1e-9) / 1e9:7.1f} GFLOP/s")
+        print(
+            f"  {name:<10} {t:6.2f}s {100 * t / total:5.1f}%  {flops[name] / max(t, 1e-9) / 1e9:7.1f} GFLOP/s"
+        )
     rest = total - sum(sum(v for k, v in best.items() if m(k)) for m in groups.values())
     print(f"  {'rest':<10} {rest:6.2f}s {100 * rest / total:5.1f}%")
     for k in sorted(best, key=lambda k: -best[k])[: args.top]:

@@ -10,8 +10,15 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 #: The ratio each benchmark must reach (issue #9 and the data-pipeline issue); printed beside the results.
-TARGETS = {"train_mlm_8m": 5.0, "train_mlm_35m": 5.0, "mfu_35m_bf16": 0.45, "packing": 0.95, "generate": 1.0,
-           "loader": 20.0, "prepare": 2.0}
+TARGETS = {
+    "train_mlm_8m": 5.0,
+    "train_mlm_35m": 5.0,
+    "mfu_35m_bf16": 0.45,
+    "packing": 0.95,
+    "generate": 1.0,
+    "loader": 20.0,
+    "prepare": 2.0,
+}
 
 
 def verdict(name: str, ratio: float) -> str:
@@ -33,8 +40,10 @@ def main() -> int:
     print(f"\n{'benchmark':<{width}} {'plm':>12} {'peer':>12} {'ratio':>7} {'target':>12}  {'load':>5}  unit")
     for name, e in sorted(data.items()):
         load = e.get("load_average_after", e.get("load_average", float("nan")))
-        print(f"{name:<{width}} {e['plm']:>12.4g} {e['peer']:>12.4g} {e['ratio']:>7.2f} {verdict(name, e['ratio']):>12}  "
-              f"{load:>5.1f}  {e['unit']}")
+        print(
+            f"{name:<{width}} {e['plm']:>12.4g} {e['peer']:>12.4g} {e['ratio']:>7.2f} {verdict(name, e['ratio']):>12}  "
+            f"{load:>5.1f}  {e['unit']}"
+        )
     machines = {json.dumps(e["machine"], sort_keys=True) for e in data.values() if "machine" in e}
     for m in sorted(machines):
         print("machine", m)

@@ -42,13 +42,24 @@ def summary(name: str) -> str:
 
     module, func = COMMANDS[name].split(":")
     spec = importlib.util.find_spec(module)
-    tree = ast.parse(Path(spec.origin).read_text()) if spec and spec.origin else ast.Module(body=[], type_ignores=[])
+    tree = (
+        ast.parse(Path(spec.origin).read_text())
+        if spec and spec.origin
+        else ast.Module(body=[], type_ignores=[])
+    )
     for node in tree.body:
-        if (isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == [func]
-                and isinstance(node.value, ast.Call) and getattr(node.value.func, "id", None) == "command"
-                and node.value.args and isinstance(node.value.args[0], ast.Name)):
+        if (
+            isinstance(node, ast.Assign)
+            and [getattr(t, "id", None) for t in node.targets] == [func]
+            and isinstance(node.value, ast.Call)
+            and getattr(node.value.func, "id", None) == "command"
+            and node.value.args
+            and isinstance(node.value.args[0], ast.Name)
+        ):
             func = node.value.args[0].id
-    doc = next((ast.get_docstring(n) for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == func), None)
+    doc = next(
+        (ast.get_docstring(n) for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == func), None
+    )
     if name in COMMAND_HELP or not doc:
         return COMMAND_HELP.get(name, "")
     first = " ".join(doc.split("\n\n")[0].split()).rstrip(".")
@@ -65,7 +76,9 @@ def _lightning_cli(args: list[str]) -> int:
 
 def usage() -> str:
     lines = ["usage: plm <command> [options]", "", "Lightning commands (plm <command> --help):"]
-    lines += [f"  {c:<16} LightningCLI {c} (--config configs/train/mlm.yaml …)" for c in LIGHTNING_SUBCOMMANDS]
+    lines += [
+        f"  {c:<16} LightningCLI {c} (--config configs/train/mlm.yaml …)" for c in LIGHTNING_SUBCOMMANDS
+    ]
     lines += ["", "plm commands:"]
     lines += [f"  {name:<16} {summary(name)}" for name in COMMANDS]
     return "\n".join(lines)

@@ -58,8 +58,13 @@ class Flag:
     constant elsewhere (``Annotated[str, Flag(choices=OBJECTIVES)]``), or a parser of the option's text
     (``Annotated[int, Flag(type=parse_size, metavar="SIZE")]``, argparse's ``type=``)."""
 
-    def __init__(self, *names: str, choices: Sequence[str] | None = None, type: Callable[[str], Any] | None = None,
-                 metavar: str | None = None) -> None:
+    def __init__(
+        self,
+        *names: str,
+        choices: Sequence[str] | None = None,
+        type: Callable[[str], Any] | None = None,
+        metavar: str | None = None,
+    ) -> None:
         self.names, self.choices, self.type, self.metavar = names, choices, type, metavar
 
 
@@ -107,7 +112,9 @@ def _argument(name: str, hint: Any, default: Any, help_: str, positional: bool) 
             if flag.metavar is not None:
                 kwargs["metavar"] = flag.metavar
             parse = flag.type or parse
-    optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(
+        hint
+    )
     if optional:
         (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
     if hint is bool:
@@ -146,8 +153,9 @@ def _argument(name: str, hint: Any, default: Any, help_: str, positional: bool) 
 
 
 def _is_passthrough(hint: Any) -> bool:
-    return typing.get_origin(hint) is typing.Annotated and any(isinstance(e, Passthrough)
-                                                                for e in typing.get_args(hint)[1:])
+    return typing.get_origin(hint) is typing.Annotated and any(
+        isinstance(e, Passthrough) for e in typing.get_args(hint)[1:]
+    )
 
 
 def _options(func: Callable) -> dict[str, tuple[Any, Any, str, bool]]:
@@ -156,16 +164,30 @@ def _options(func: Callable) -> dict[str, tuple[Any, Any, str, bool]]:
     hints = typing.get_type_hints(func, include_extras=True)
     params = inspect.signature(func).parameters
     _, _, helps = docstring_parts(func)
-    missing = [n for n in params if n not in helps] + [f"{n} (not a parameter)" for n in helps if n not in params]
+    missing = [n for n in params if n not in helps] + [
+        f"{n} (not a parameter)" for n in helps if n not in params
+    ]
     if missing:
-        raise TypeError(f"{func.__qualname__}: the docstring's Args section must document exactly the parameters; "
-                        f"check {', '.join(missing)}")
+        raise TypeError(
+            f"{func.__qualname__}: the docstring's Args section must document exactly the parameters; "
+            f"check {', '.join(missing)}"
+        )
     options: dict[str, tuple[Any, Any, str, bool]] = {}
     for name, param in params.items():
         if _is_passthrough(hints[name]):
             continue
-        found = _options(hints[name]) if dataclasses.is_dataclass(hints[name]) else {
-            name: (hints[name], param.default, helps[name], param.kind is inspect.Parameter.POSITIONAL_ONLY)}
+        found = (
+            _options(hints[name])
+            if dataclasses.is_dataclass(hints[name])
+            else {
+                name: (
+                    hints[name],
+                    param.default,
+                    helps[name],
+                    param.kind is inspect.Parameter.POSITIONAL_ONLY,
+                )
+            }
+        )
         twice = sorted(set(found) & set(options))
         if twice:
             raise TypeError(f"{func.__qualname__}: option(s) {', '.join(twice)} defined twice")
@@ -173,16 +195,26 @@ def _options(func: Callable) -> dict[str, tuple[Any, Any, str, bool]]:
     return options
 
 
-def build_parser(func: Callable, prog: str, expected: bool = False, exclusive: Sequence[Exclusive] = (),
-                 description: str | None = None, epilog: str | None = None) -> argparse.ArgumentParser:
+def build_parser(
+    func: Callable,
+    prog: str,
+    expected: bool = False,
+    exclusive: Sequence[Exclusive] = (),
+    description: str | None = None,
+    epilog: str | None = None,
+) -> argparse.ArgumentParser:
     """The argparse parser of ``func`` (see the module docstring for the rules)."""
     _, body, helps = docstring_parts(func)
     hints = typing.get_type_hints(func, include_extras=True)
     options = _options(func)
     rest = [f"other arguments, and all after --: {helps[n]}" for n, h in hints.items() if _is_passthrough(h)]
     epilog = "\n\n".join(e for e in (epilog, *rest) if e) or None
-    p = argparse.ArgumentParser(prog=prog, description=description or body, epilog=epilog,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=description or body,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     groups: dict[str, Any] = {}
     for g in exclusive:
         group = p.add_mutually_exclusive_group(required=g.required)
@@ -219,9 +251,15 @@ def _arguments(func: Callable, args: dict[str, Any], rest: list[str]) -> tuple[l
     return positional, keywords
 
 
-def command(func: Callable[..., int | None], prog: str, *, expected: tuple[type[BaseException], ...] | None = None,
-            exclusive: Sequence[Exclusive] = (), description: str | None = None,
-            epilog: str | None = None) -> Main:
+def command(
+    func: Callable[..., int | None],
+    prog: str,
+    *,
+    expected: tuple[type[BaseException], ...] | None = None,
+    exclusive: Sequence[Exclusive] = (),
+    description: str | None = None,
+    epilog: str | None = None,
+) -> Main:
     """``main(argv) -> int`` for the typed ``func``: parse ``argv`` with the derived parser, call ``func``.
 
     ``expected``: exceptions that print as one line with exit code 2 (and ``--debug``), as

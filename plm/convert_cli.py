@@ -56,12 +56,25 @@ def convert_command(
     else:
         from plm.model.convert import convert
 
-        _, summary = convert(src, dst, input, output, n_head=n_head, contact_regression=contact_regression,
-                             vocab=vocab, progress=not no_progress)
+        _, summary = convert(
+            src,
+            dst,
+            input,
+            output,
+            n_head=n_head,
+            contact_regression=contact_regression,
+            vocab=vocab,
+            progress=not no_progress,
+        )
     print(summary)
     return 0
 
 
 # CheckpointError (missing, truncated or unfitting weights) is a ValueError; exit 2 like every command
-main = command(convert_command, "plm convert", expected=(ValueError, FileNotFoundError),
-               description=__doc__.splitlines()[0], epilog=EXAMPLES)
+main = command(
+    convert_command,
+    "plm convert",
+    expected=(ValueError, FileNotFoundError),
+    description=__doc__.splitlines()[0],
+    epilog=EXAMPLES,
+)

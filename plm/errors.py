@@ -44,8 +44,11 @@ def debug_requested(argv: Sequence[str] = ()) -> bool:
 
 
 def add_debug_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(DEBUG_FLAG, action="store_true",
-                        help=f"on an expected error also print the Python traceback (or set {ENV_VAR}=1)")
+    parser.add_argument(
+        DEBUG_FLAG,
+        action="store_true",
+        help=f"on an expected error also print the Python traceback (or set {ENV_VAR}=1)",
+    )
 
 
 def one_line(err: BaseException) -> str:

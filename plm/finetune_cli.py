@@ -49,7 +49,9 @@ class KeptModel(pl.Callback):
         from plm.reliability import was_preempted
 
         if was_preempted(trainer):
-            rank_zero_info("stopped by a preemption signal: no kept model; run the same command again to resume")
+            rank_zero_info(
+                "stopped by a preemption signal: no kept model; run the same command again to resume"
+            )
             return
         state, step, source = None, trainer.global_step, "the last step"
         best = self.best.best_model_path
@@ -62,8 +64,10 @@ class KeptModel(pl.Callback):
         if trainer.is_global_zero:
             metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
             self.written = write_kept(self.dirpath, pl_module, state, step, {"val_last": metrics})
-            rank_zero_info(f"kept model: {self.dirpath} from {source}  (plm predict --checkpoint {self.dirpath} "
-                           "--in seqs.fasta --out preds.csv)")
+            rank_zero_info(
+                f"kept model: {self.dirpath} from {source}  (plm predict --checkpoint {self.dirpath} "
+                "--in seqs.fasta --out preds.csv)"
+            )
 
 
 class FinetuneCLI(PlmCLI):
@@ -71,8 +75,12 @@ class FinetuneCLI(PlmCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         super().add_arguments_to_parser(parser)
-        parser.add_argument("--early_stopping_patience", type=int, default=5,
-                            help="validations without improvement of the task's metric before stopping (0: never)")
+        parser.add_argument(
+            "--early_stopping_patience",
+            type=int,
+            default=5,
+            help="validations without improvement of the task's metric before stopping (0: never)",
+        )
         parser.link_arguments("data.task", "model.init_args.task")
         parser.link_arguments("data.task_dir", "model.init_args.task_dir")
 
@@ -100,13 +108,18 @@ class FinetuneCLI(PlmCLI):
         best = BestCheckpoint(run / "ckpt", monitor=f"val/{metric}", mode=mode)
         ours: list[Any] = [best, KeptModel(run / "final", best)]
         if cfg.early_stopping_patience > 0:
-            ours.insert(0, EarlyStopping(monitor=f"val/{metric}", mode=mode, patience=cfg.early_stopping_patience))
+            ours.insert(
+                0, EarlyStopping(monitor=f"val/{metric}", mode=mode, patience=cfg.early_stopping_patience)
+            )
         trainer = super()._instantiate_trainer(config, [*callbacks, *ours])
         # pre-training's: weights export and summaries of a LanguageModel, throughput in LM FLOPs, data mixture
         # epochs, and the best checkpoint by val/loss (here the task's metric decides)
         pretraining = (FinalExport, Throughput, DataMonitor)
-        trainer.callbacks[:] = [cb for cb in trainer.callbacks if not isinstance(cb, pretraining) and not (
-            isinstance(cb, BestCheckpoint) and cb is not best)]
+        trainer.callbacks[:] = [
+            cb
+            for cb in trainer.callbacks
+            if not isinstance(cb, pretraining) and not (isinstance(cb, BestCheckpoint) and cb is not best)
+        ]
         return trainer
 
     def after_fit(self) -> None:
@@ -118,13 +131,20 @@ class FinetuneCLI(PlmCLI):
         if kept is None or kept.written is None or was_preempted(self.trainer):
             return
         best = kept.best.best_model_path
-        results = self.trainer.test(self.model, datamodule=self.datamodule,
-                                    ckpt_path=best if best and Path(best).is_file() else None, verbose=False)
+        results = self.trainer.test(
+            self.model,
+            datamodule=self.datamodule,
+            ckpt_path=best if best and Path(best).is_file() else None,
+            verbose=False,
+        )
         test = {k.removeprefix("test/"): v for k, v in (results[0] if results else {}).items()}
         if self.trainer.is_global_zero:
             add_metrics(kept.written, test)
             shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(test.items()))
-            print(f"plm finetune: test ({len(self.datamodule.records['test']):,} records): {shown}", file=sys.stderr)
+            print(
+                f"plm finetune: test ({len(self.datamodule.records['test']):,} records): {shown}",
+                file=sys.stderr,
+            )
 
 
 def main(argv: list[str]) -> int:

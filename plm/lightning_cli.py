@@ -54,12 +54,24 @@ class PlmCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--run_name", type=str, default="run", help="run directory name under run_root")
         parser.add_argument("--run_root", type=str, default="checkpoints", help="where runs are written")
-        parser.add_argument("--checkpoint_every", type=int, default=500, help="optimizer steps between checkpoints")
-        parser.add_argument("--keep_checkpoints", type=int, default=2, help="step checkpoints kept besides last.ckpt")
-        parser.add_argument("--max_bad_steps", type=int, default=5,
-                            help="consecutive NaN/Inf-loss or -gradient steps (each skipped) before training stops")
-        parser.add_argument("--loggers", type=list[str], default=["tensorboard", "csv"],
-                            help="any of tensorboard, csv, wandb (wandb only when installed)")
+        parser.add_argument(
+            "--checkpoint_every", type=int, default=500, help="optimizer steps between checkpoints"
+        )
+        parser.add_argument(
+            "--keep_checkpoints", type=int, default=2, help="step checkpoints kept besides last.ckpt"
+        )
+        parser.add_argument(
+            "--max_bad_steps",
+            type=int,
+            default=5,
+            help="consecutive NaN/Inf-loss or -gradient steps (each skipped) before training stops",
+        )
+        parser.add_argument(
+            "--loggers",
+            type=list[str],
+            default=["tensorboard", "csv"],
+            help="any of tensorboard, csv, wandb (wandb only when installed)",
+        )
         parser.link_arguments("trainer.max_steps", "model.init_args.total_steps")
 
     def _run_dir(self) -> Path:
@@ -92,9 +104,11 @@ class PlmCLI(LightningCLI):
             return
         max_steps = cfg.trainer.max_steps
         if not (max_steps or 0) > 0:
-            raise ValueError(f"trainer.max_steps={max_steps}: plm fit needs a positive step count, the "
-                             "LR schedule's warm-up and cosine end there; give --trainer.max_steps N "
-                             "(plm plan / plm train --size compute it from a budget)")
+            raise ValueError(
+                f"trainer.max_steps={max_steps}: plm fit needs a positive step count, the "
+                "LR schedule's warm-up and cosine end there; give --trainer.max_steps N "
+                "(plm plan / plm train --size compute it from a budget)"
+            )
         self.fit_start = self.run_directory.start_fit(flatten(cfg.as_dict()), cfg.get("ckpt_path"), max_steps)
         cfg["ckpt_path"] = self.fit_start.ckpt_path
 
@@ -104,7 +118,9 @@ class PlmCLI(LightningCLI):
         resume_step = self.fit_start.step if self.fit_start is not None else None
         config["default_root_dir"] = str(run)
         config["precision"] = cpu_precision(config.get("precision"), config.get("accelerator"))
-        if config.get("enable_progress_bar", True) is not False:  # steps, not micro-batches; plain lines in logs
+        if (
+            config.get("enable_progress_bar", True) is not False
+        ):  # steps, not micro-batches; plain lines in logs
             from plm.callbacks.progress import StepProgress
 
             callbacks = [*callbacks, StepProgress()]
@@ -158,7 +174,9 @@ def _loggers(names: list[str], run: Path, resume_step: int | None = None) -> lis
             purge = {"purge_step": resume_step} if resume_step is not None else {}
             loggers.append(TensorBoardLogger(save_dir=str(run), name="tb", version="", **purge))
         elif name == "csv":
-            loggers.append(ContinuedCSVLogger(save_dir=str(run), name="csv", version="", keep_before_step=resume_step))
+            loggers.append(
+                ContinuedCSVLogger(save_dir=str(run), name="csv", version="", keep_before_step=resume_step)
+            )
         elif name == "wandb":
             try:
                 from lightning.pytorch.loggers import WandbLogger
@@ -178,13 +196,17 @@ def cpu_precision(precision: Any, accelerator: Any) -> Any:
 
     from plm.hardware import NATIVE_BF16_FLAGS, cpu_native_bf16
 
-    on_cpu = str(accelerator) == "cpu" or (str(accelerator) in ("auto", "None") and not torch.cuda.is_available())
+    on_cpu = str(accelerator) == "cpu" or (
+        str(accelerator) in ("auto", "None") and not torch.cuda.is_available()
+    )
     if not (on_cpu and str(precision).startswith("bf16")) or os.environ.get("PLM_CPU_BF16") == "1":
         return precision
     if cpu_native_bf16():
         return precision
-    rank_zero_info(f"precision {precision} → 32-true: this CPU has no native bf16 ({' / '.join(NATIVE_BF16_FLAGS)}), "
-                   "where bf16 matrix products are ≈40× slower than fp32; PLM_CPU_BF16=1 keeps bf16")
+    rank_zero_info(
+        f"precision {precision} → 32-true: this CPU has no native bf16 ({' / '.join(NATIVE_BF16_FLAGS)}), "
+        "where bf16 matrix products are ≈40× slower than fp32; PLM_CPU_BF16=1 keeps bf16"
+    )
     return "32-true"
 
 
@@ -200,8 +222,12 @@ class _DropNoise(logging.Filter):
 
 def quiet_lightning_noise() -> None:
     """Filter the notes in ``_NOISE`` from Lightning's loggers and warnings (idempotent)."""
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero",
-                 "lightning.pytorch.trainer.connectors.checkpoint_connector"):
+    for name in (
+        "lightning.pytorch",
+        "lightning.fabric",
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.pytorch.trainer.connectors.checkpoint_connector",
+    ):
         log = logging.getLogger(name)
         if not any(isinstance(f, _DropNoise) for f in log.filters):
             log.addFilter(_DropNoise())
@@ -220,7 +246,8 @@ def no_space_message(err: BaseException) -> str | None:
     cause: BaseException | None = None
     while seen is not None and cause is None:
         if (isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT)) or any(
-                text in str(seen).lower() for text in _NO_SPACE_TEXT):
+            text in str(seen).lower() for text in _NO_SPACE_TEXT
+        ):
             cause = seen
         seen = seen.__cause__ or seen.__context__
     run = ACTIVE_RUN[0] if ACTIVE_RUN else None
@@ -229,10 +256,12 @@ def no_space_message(err: BaseException) -> str | None:
         return None
     where = getattr(cause, "filename", None) or run or "the output directory"
     room = f", {free / 1e6:.1f} MB free" if free is not None else ""
-    return (f"no space left on the device while writing {where}{room} ({type(err).__name__}: "
-            f"{str(err).strip().splitlines()[0][:160] if str(err).strip() else 'no message'}). Free space there "
-            "(or point --run_root at a larger disk, lower --keep_checkpoints), then run the same command again: "
-            "it resumes from the last verified checkpoint")
+    return (
+        f"no space left on the device while writing {where}{room} ({type(err).__name__}: "
+        f"{str(err).strip().splitlines()[0][:160] if str(err).strip() else 'no message'}). Free space there "
+        "(or point --run_root at a larger disk, lower --keep_checkpoints), then run the same command again: "
+        "it resumes from the last verified checkpoint"
+    )
 
 
 def _free_bytes(run: Path | None) -> int | None:
@@ -264,8 +293,14 @@ def expected_error_message(err: BaseException) -> str | None:
     return None
 
 
-def run_cli(cli_class: type[PlmCLI], model_class: type, datamodule_class: type, prog: str, args: list[str],
-            **cli_kwargs: Any) -> int:
+def run_cli(
+    cli_class: type[PlmCLI],
+    model_class: type,
+    datamodule_class: type,
+    prog: str,
+    args: list[str],
+    **cli_kwargs: Any,
+) -> int:
     """Run a plm LightningCLI as the command ``prog``; ``args`` are the subcommand and its options.
 
     One way for every LightningCLI command (``plm fit``/``validate``/``test``, ``plm finetune``): a
@@ -283,9 +318,14 @@ def run_cli(cli_class: type[PlmCLI], model_class: type, datamodule_class: type, 
     sys.argv = [saved[0], *config_args(strip_debug(args))]
     try:
         quiet_lightning_noise()
-        cli = cli_class(model_class, datamodule_class, subclass_mode_model=True,
-                        save_config_kwargs={"overwrite": True}, parser_kwargs={"parser_mode": "omegaconf"},
-                        **cli_kwargs)
+        cli = cli_class(
+            model_class,
+            datamodule_class,
+            subclass_mode_model=True,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"parser_mode": "omegaconf"},
+            **cli_kwargs,
+        )
     except RunComplete as done:
         print(f"{prog}: {done}", file=sys.stderr)
         return 0
@@ -302,4 +342,6 @@ def run_cli(cli_class: type[PlmCLI], model_class: type, datamodule_class: type, 
 def main(args: list[str]) -> int:
     """``plm fit|validate|test [options]``: pre-training's LightningCLI over ``LanguageModel`` and
     ``ProteinDataModule`` (the module's own optimizer and LR schedule), through :func:`run_cli`."""
-    return run_cli(PlmCLI, LanguageModel, ProteinDataModule, f"plm {args[0]}", args, auto_configure_optimizers=False)
+    return run_cli(
+        PlmCLI, LanguageModel, ProteinDataModule, f"plm {args[0]}", args, auto_configure_optimizers=False
+    )

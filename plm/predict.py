@@ -43,8 +43,11 @@ def read_inputs(path: Path, on_invalid: str) -> tuple[list[str], list[str]]:
     records = list(read_fasta(path, on_invalid=on_invalid, stats=stats))
     if stats.rejected:
         reasons = ", ".join(f"{n} {why}" for why, n in stats.rejected.items())
-        print(f"plm predict: {path}: skipped {sum(stats.rejected.values())} record(s) under --on-invalid "
-              f"{on_invalid} ({reasons})", file=sys.stderr)
+        print(
+            f"plm predict: {path}: skipped {sum(stats.rejected.values())} record(s) under --on-invalid "
+            f"{on_invalid} ({reasons})",
+            file=sys.stderr,
+        )
     if not records:
         raise PlmError(f"{path}: no sequences to predict")
     return [r.id for r in records], [decode(r.tokens.tolist()) for r in records]
@@ -54,18 +57,24 @@ def check_lengths(ids: list[str], seqs: list[str], limit: int, crop: bool) -> li
     too_long = [(i, len(s)) for i, s in zip(ids, seqs) if len(s) > limit]
     if too_long and not crop:
         named = ", ".join(f"{i} ({n})" for i, n in too_long[:5]) + (" …" if len(too_long) > 5 else "")
-        raise PlmError(f"{len(too_long)} sequence(s) longer than the model's {limit} residues: {named}; pass --crop "
-                       f"to predict on their first {limit} residues, or leave them out")
+        raise PlmError(
+            f"{len(too_long)} sequence(s) longer than the model's {limit} residues: {named}; pass --crop "
+            f"to predict on their first {limit} residues, or leave them out"
+        )
     return [s[:limit] for s in seqs]
 
 
 # ---- fine-tuned models ---------------------------------------------------------------------------------------
-def prediction_rows(model: Any, ids: list[str], seqs: list[str], preds: list[np.ndarray]) -> tuple[list[str], list[list]]:
+def prediction_rows(
+    model: Any, ids: list[str], seqs: list[str], preds: list[np.ndarray]
+) -> tuple[list[str], list[list]]:
     """CSV header and rows of a kept model's predictions (module docstring)."""
     kind, classes = model.kind, model.classes
     multilabel = kind.endswith("multilabel")
     if kind == "sequence_regression":
-        return ["id", "length", "prediction"], [[i, len(s), f"{float(p):.6g}"] for i, s, p in zip(ids, seqs, preds)]
+        return ["id", "length", "prediction"], [
+            [i, len(s), f"{float(p):.6g}"] for i, s, p in zip(ids, seqs, preds)
+        ]
 
     def decided(p: np.ndarray) -> str:
         if multilabel:
@@ -74,17 +83,23 @@ def prediction_rows(model: Any, ids: list[str], seqs: list[str], preds: list[np.
 
     probs = [f"p_{c}" for c in classes]
     if not model.per_residue:
-        return (["id", "length", "prediction", *probs],
-                [[i, len(s), decided(p), *(f"{v:.6g}" for v in p)] for i, s, p in zip(ids, seqs, preds)])
-    rows = [[i, t + 1, s[t], decided(p[t]), *(f"{v:.6g}" for v in p[t])]
-            for i, s, p in zip(ids, seqs, preds) for t in range(len(p))]
+        return (
+            ["id", "length", "prediction", *probs],
+            [[i, len(s), decided(p), *(f"{v:.6g}" for v in p)] for i, s, p in zip(ids, seqs, preds)],
+        )
+    rows = [
+        [i, t + 1, s[t], decided(p[t]), *(f"{v:.6g}" for v in p[t])]
+        for i, s, p in zip(ids, seqs, preds)
+        for t in range(len(p))
+    ]
     return ["id", "position", "residue", "prediction", *probs], rows
 
 
 # ---- language models ---------------------------------------------------------------------------------------
 @torch.no_grad()
-def embeddings(model: Any, seqs: list[str], causal: bool, layer: int, max_tokens: int, device: Any,
-               progress: bool) -> np.ndarray:
+def embeddings(
+    model: Any, seqs: list[str], causal: bool, layer: int, max_tokens: int, device: Any, progress: bool
+) -> np.ndarray:
     """(N, h) mean over each sequence's residues of the ``layer`` representation."""
     from plm.evaluation.finetune import residue_features
 
@@ -97,8 +112,9 @@ def embeddings(model: Any, seqs: list[str], causal: bool, layer: int, max_tokens
 
 
 @torch.no_grad()
-def logprobs(model: Any, seqs: list[str], causal: bool, max_tokens: int, device: Any, progress: bool
-             ) -> list[np.ndarray]:
+def logprobs(
+    model: Any, seqs: list[str], causal: bool, max_tokens: int, device: Any, progress: bool
+) -> list[np.ndarray]:
     """(L, vocab) log-probabilities per sequence: residue t predicted from an unmasked pass (MLM) or from
     residues before it (CLM: the logits one column to the left)."""
     out: list[np.ndarray | None] = [None] * len(seqs)
@@ -118,7 +134,9 @@ def logprob_rows(ids: list[str], seqs: list[str], lps: list[np.ndarray]) -> tupl
     rows = []
     for i, s, lp in zip(ids, seqs, lps):
         for t, res in enumerate(s):
-            rows.append([i, t + 1, res, f"{lp[t, TOKENS.index(res)]:.5f}", *(f"{lp[t, c]:.5f}" for c in aa_cols)])
+            rows.append(
+                [i, t + 1, res, f"{lp[t, TOKENS.index(res)]:.5f}", *(f"{lp[t, c]:.5f}" for c in aa_cols)]
+            )
     return ["id", "position", "residue", "logp", *(f"logp_{a}" for a in AMINO_ACIDS)], rows
 
 
@@ -138,10 +156,18 @@ def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
         w.writerows(rows)
 
 
-def predict(checkpoint: Path, inp: Annotated[Path, Flag("--in")], out: Path,
-            what: Literal["auto", "embeddings", "logprobs"] = "auto", layer: int = -1, max_tokens: int = 16384,
-            device: str = "auto", crop: bool = False, on_invalid: Literal["error", "skip", "x"] = "error",
-            no_progress: bool = False) -> int:
+def predict(
+    checkpoint: Path,
+    inp: Annotated[Path, Flag("--in")],
+    out: Path,
+    what: Literal["auto", "embeddings", "logprobs"] = "auto",
+    layer: int = -1,
+    max_tokens: int = 16384,
+    device: str = "auto",
+    crop: bool = False,
+    on_invalid: Literal["error", "skip", "x"] = "error",
+    no_progress: bool = False,
+) -> int:
     """FASTA → predictions of a fine-tuned model, or embeddings / log-probabilities of a plm LM.
 
     Fine-tuned model: predictions; language model: embeddings (.npy beside the CSV) or per-residue
@@ -171,8 +197,10 @@ def predict(checkpoint: Path, inp: Annotated[Path, Flag("--in")], out: Path,
     finetuned = is_finetuned(checkpoint)
     if finetuned:
         if what != "auto":
-            raise PlmError(f"--what {what} is for language models; {checkpoint} is a fine-tuned model, "
-                           "which predicts its task (give its backbone/ directory for embeddings or logprobs)")
+            raise PlmError(
+                f"--what {what} is for language models; {checkpoint} is a fine-tuned model, "
+                "which predicts its task (give its backbone/ directory for embeddings or logprobs)"
+            )
         read_meta(checkpoint)
     record = read_record(checkpoint / "backbone" if finetuned else checkpoint)
     limit = record.config.max_seq_len - 2
@@ -188,17 +216,27 @@ def predict(checkpoint: Path, inp: Annotated[Path, Flag("--in")], out: Path,
 
         model = load_pretrained(checkpoint).to(device).eval()
         what = "embeddings" if what == "auto" else what
-        print(f"plm predict: {len(seqs):,} sequences → {what} of {record.describe()} on {device}", file=sys.stderr)
+        print(
+            f"plm predict: {len(seqs):,} sequences → {what} of {record.describe()} on {device}",
+            file=sys.stderr,
+        )
         if what == "embeddings":
             vectors = embeddings(model, seqs, record.causal, layer, max_tokens, device, progress)
             npy = out.with_suffix(".npy")
             with atomic_file(npy, "wb") as fh:
                 np.save(fh, vectors)
-            header, rows = ["id", "length", "row"], [[i, len(s), n] for n, (i, s) in enumerate(zip(ids, seqs))]
-            print(f"plm predict: wrote {npy} ({vectors.shape[0]} × {vectors.shape[1]}, float32)", file=sys.stderr)
+            header, rows = (
+                ["id", "length", "row"],
+                [[i, len(s), n] for n, (i, s) in enumerate(zip(ids, seqs))],
+            )
+            print(
+                f"plm predict: wrote {npy} ({vectors.shape[0]} × {vectors.shape[1]}, float32)",
+                file=sys.stderr,
+            )
         else:
-            header, rows = logprob_rows(ids, seqs, logprobs(model, seqs, record.causal, max_tokens, device,
-                                                            progress))
+            header, rows = logprob_rows(
+                ids, seqs, logprobs(model, seqs, record.causal, max_tokens, device, progress)
+            )
     write_csv(out, header, rows)
     print(f"plm predict: wrote {out} ({len(rows):,} rows)", file=sys.stderr)
     return 0

@@ -33,8 +33,13 @@ from plm.utils.atomic import atomic_directory
 
 
 class FSDP2(ModelParallelStrategy):
-    def __init__(self, activation_checkpointing: bool = True, reshard_after_forward: bool = True,
-                 save_distributed_checkpoint: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        activation_checkpointing: bool = True,
+        reshard_after_forward: bool = True,
+        save_distributed_checkpoint: bool = True,
+        **kwargs: Any,
+    ) -> None:
         """
         Args:
             activation_checkpointing: recompute each block's activations in the backward pass (memory for
@@ -45,8 +50,12 @@ class FSDP2(ModelParallelStrategy):
                 the full state on rank 0 into one file.
             **kwargs: ``process_group_backend``, ``timeout`` of Lightning's ``ModelParallelStrategy``.
         """
-        super().__init__(data_parallel_size="auto", tensor_parallel_size=1,
-                         save_distributed_checkpoint=save_distributed_checkpoint, **kwargs)
+        super().__init__(
+            data_parallel_size="auto",
+            tensor_parallel_size=1,
+            save_distributed_checkpoint=save_distributed_checkpoint,
+            **kwargs,
+        )
         self.activation_checkpointing = activation_checkpointing
         self.reshard_after_forward = reshard_after_forward
 
@@ -64,11 +73,18 @@ class FSDP2(ModelParallelStrategy):
 
     def shard(self, model: Transformer) -> None:
         """``fully_shard`` the Transformer over this run's ranks (what ``configure_model`` calls)."""
-        shard_transformer(model, self.device_mesh["data_parallel"], self.root_device, param_dtype=self.param_dtype,
-                          activation_checkpointing=self.activation_checkpointing,
-                          reshard_after_forward=self.reshard_after_forward)
+        shard_transformer(
+            model,
+            self.device_mesh["data_parallel"],
+            self.root_device,
+            param_dtype=self.param_dtype,
+            activation_checkpointing=self.activation_checkpointing,
+            reshard_after_forward=self.reshard_after_forward,
+        )
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None
+    ) -> None:
         """Sharded save into a hidden sibling all ranks write to, renamed over ``filepath`` once complete: a
         kill mid-save leaves the previous checkpoint whole."""
         if not self._save_distributed_checkpoint:
@@ -93,8 +109,15 @@ def is_sharded(model: nn.Module) -> bool:
     return any(isinstance(p, DTensor) for p in model.parameters())
 
 
-def shard_transformer(model: Transformer, mesh: Any, device: torch.device, *, param_dtype: torch.dtype | None = None,
-                      activation_checkpointing: bool = True, reshard_after_forward: bool = True) -> None:
+def shard_transformer(
+    model: Transformer,
+    mesh: Any,
+    device: torch.device,
+    *,
+    param_dtype: torch.dtype | None = None,
+    activation_checkpointing: bool = True,
+    reshard_after_forward: bool = True,
+) -> None:
     """One FSDP unit per block, then the root (embedding, final norm, LM head; the tied head stays with the
     embedding it shares its weight with). Meta parts get storage and values just before they are sharded.
     Idempotent: Lightning calls ``configure_model`` again for every ``fit`` / ``validate`` of a trainer."""
@@ -103,7 +126,9 @@ def shard_transformer(model: Transformer, mesh: Any, device: torch.device, *, pa
 
     if is_sharded(model):
         return
-    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
+    policy = MixedPrecisionPolicy(
+        param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None
+    )
     for i, block in enumerate(model.blocks):
         materialize(block, model, device, prefix=f"blocks.{i}.")
         if activation_checkpointing:  # the wrapper's parameter names are cleaned in every state dict
@@ -119,13 +144,19 @@ def materialize(module: nn.Module, model: Transformer, device: torch.device, pre
     if not any(t.is_meta for t in (*module.parameters(), *module.buffers())):
         return
     module.to_empty(device=device)
-    init_weights(((prefix + n, p) for n, p in module.named_parameters()), model.init_seed, model.config.n_layer)
+    init_weights(
+        ((prefix + n, p) for n, p in module.named_parameters()), model.init_seed, model.config.n_layer
+    )
 
 
 def materialize_root(model: Transformer, device: torch.device) -> None:
     """The parts outside the blocks; the tied LM head is pointed back at the embedding (``to_empty`` gives
     each module its own new tensor) and the rotary frequencies are recomputed."""
-    if not any(t.is_meta for n, t in (*model.named_parameters(), *model.named_buffers()) if not n.startswith("blocks.")):
+    if not any(
+        t.is_meta
+        for n, t in (*model.named_parameters(), *model.named_buffers())
+        if not n.startswith("blocks.")
+    ):
         return
     for name, child in model.named_children():
         if name != "blocks":
@@ -133,8 +164,11 @@ def materialize_root(model: Transformer, device: torch.device) -> None:
     if model.config.tied_head:
         model.head.weight = model.embed.weight
     model.rotary.reset_parameters()
-    init_weights(((n, p) for n, p in model.named_parameters() if not n.startswith("blocks.")), model.init_seed,
-                 model.config.n_layer)
+    init_weights(
+        ((n, p) for n, p in model.named_parameters() if not n.startswith("blocks.")),
+        model.init_seed,
+        model.config.n_layer,
+    )
 
 
 def materialize_whole(model: Transformer, device: torch.device) -> None:

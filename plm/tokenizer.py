@@ -115,7 +115,9 @@ def _backend_tokenizer():
     specials = "|".join(t.replace("<", r"\<").replace(">", r"\>") for t in TOKENS if t.startswith("<"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(f"{specials}|."), behavior="isolated")
     tok.post_processor = processors.TemplateProcessing(
-        single="<cls> $A <eos>", pair="<cls> $A <eos> $B <eos>", special_tokens=[("<cls>", CLS), ("<eos>", EOS)]
+        single="<cls> $A <eos>",
+        pair="<cls> $A <eos> $B <eos>",
+        special_tokens=[("<cls>", CLS), ("<eos>", EOS)],
     )
     tok.add_special_tokens([t for t in TOKENS if t.startswith("<")])
     return tok

@@ -28,12 +28,21 @@ BYTES_PER_PARAM_TRAINING = 16  # fp32 master weights 4 + grads 4 + Adam moments 
 DEFAULT_CPU_MAX_PARAMS = 150e6
 
 
-def train(size: str | None = None, objective: Annotated[str, Flag(choices=OBJECTIVES)] = "mlm",
-          tokens: float | None = None, row_len: int = 1024, rows_per_device: int = 8,
-          devices: Annotated[int | None, Flag("--devices", "--gpus")] = None,
-          num_nodes: Annotated[int, Flag("--num-nodes", "--nodes")] = 1, gpu: str | None = None,
-          mfu: float = DEFAULT_MFU, cpu_max_params: float = DEFAULT_CPU_MAX_PARAMS, force: bool = False,
-          dry_run: bool = False, extra: Annotated[Sequence[str], Passthrough()] = ()) -> int:
+def train(
+    size: str | None = None,
+    objective: Annotated[str, Flag(choices=OBJECTIVES)] = "mlm",
+    tokens: float | None = None,
+    row_len: int = 1024,
+    rows_per_device: int = 8,
+    devices: Annotated[int | None, Flag("--devices", "--gpus")] = None,
+    num_nodes: Annotated[int, Flag("--num-nodes", "--nodes")] = 1,
+    gpu: str | None = None,
+    mfu: float = DEFAULT_MFU,
+    cpu_max_params: float = DEFAULT_CPU_MAX_PARAMS,
+    force: bool = False,
+    dry_run: bool = False,
+    extra: Annotated[Sequence[str], Passthrough()] = (),
+) -> int:
     """Train a ladder size (SIZE=…, OBJECTIVE=…) with resource checks; wraps `plm fit`.
 
     Args:
@@ -55,8 +64,11 @@ def train(size: str | None = None, objective: Annotated[str, Flag(choices=OBJECT
     fit_args = ["fit", "--config", str(paths.train_config(objective))]
     if size is None:
         if tokens is not None:
-            print("plm train: --tokens (TOKENS=) needs --size (SIZE=): the CPU demo runs its config's fixed "
-                  "number of steps", file=sys.stderr)
+            print(
+                "plm train: --tokens (TOKENS=) needs --size (SIZE=): the CPU demo runs its config's fixed "
+                "number of steps",
+                file=sys.stderr,
+            )
             return 2
         print(f"plm train: CPU demo, configs/train/{objective}.yaml (bundled real sequences)")
         fit_args += extra
@@ -79,7 +91,9 @@ def train(size: str | None = None, objective: Annotated[str, Flag(choices=OBJECT
         if not gpu_layout and refuse_on_cpu(plan, has_gpu, force, cpu_max_params) and not dry_run:
             return 2
         on_gpu = True if has_gpu else None if dry_run else False  # a dry run shows the GPU command it plans
-        fit_args += overrides_as_args({**plan.fit_overrides(gpu=on_gpu), "run_name": plan.run_name}) + list(extra)
+        fit_args += overrides_as_args({**plan.fit_overrides(gpu=on_gpu), "run_name": plan.run_name}) + list(
+            extra
+        )
     print("plm " + shlex.join(fit_args))
     if dry_run:
         return 0
@@ -88,8 +102,12 @@ def train(size: str | None = None, objective: Annotated[str, Flag(choices=OBJECT
     return plm_main(fit_args)
 
 
-main = command(train, "plm train", description=__doc__,
-               epilog=f"sizes: {', '.join(SIZES)}\nGPU models: {', '.join(GPU_MEMORY_GB)} (default {DEFAULT_GPU})")
+main = command(
+    train,
+    "plm train",
+    description=__doc__,
+    epilog=f"sizes: {', '.join(SIZES)}\nGPU models: {', '.join(GPU_MEMORY_GB)} (default {DEFAULT_GPU})",
+)
 
 
 def describe(plan: RunPlan) -> str:
@@ -98,20 +116,27 @@ def describe(plan: RunPlan) -> str:
     lines = [
         f"size {plan.size} ({preset.origin}): {cfg.n_layer} layers × {cfg.n_embd} hidden × {cfg.n_head} heads",
         f"  parameters: {total:,} total, non-embedding N = {plan.n_params:,} ({plan.n_params / 1e9:.2f}B)",
-        (f"  plan: {plan.train_tokens:.3g} tokens = {plan.steps:,} steps × {plan.step_tokens:,} tokens "
-         f"({plan.accumulate} accumulation × {plan.layout.rows_per_device} rows × {plan.layout.world} devices × "
-         f"{plan.layout.row_len})"),
-        (f"  compute: C = 6·N·D = {6.0 * plan.n_params * plan.train_tokens:.3g} FLOPs; peak LR {plan.peak_lr:g}, "
-         f"warm-up {plan.warmup_steps:,} steps; GPU strategy {plan.strategy}"),
+        (
+            f"  plan: {plan.train_tokens:.3g} tokens = {plan.steps:,} steps × {plan.step_tokens:,} tokens "
+            f"({plan.accumulate} accumulation × {plan.layout.rows_per_device} rows × {plan.layout.world} devices × "
+            f"{plan.layout.row_len})"
+        ),
+        (
+            f"  compute: C = 6·N·D = {6.0 * plan.n_params * plan.train_tokens:.3g} FLOPs; peak LR {plan.peak_lr:g}, "
+            f"warm-up {plan.warmup_steps:,} steps; GPU strategy {plan.strategy}"
+        ),
         f"  memory for weights + grads + Adam: ≈ {total * BYTES_PER_PARAM_TRAINING / 1e9:.1f} GB (plus activations)",
     ]
     if plan.objective == "transfer":
-        lines.append(f"  transfer: CLM until {plan.clm_flops:.3g} FLOPs ({plan.clm_flops / plan.flops:.0%}), then MLM")
+        lines.append(
+            f"  transfer: CLM until {plan.clm_flops:.3g} FLOPs ({plan.clm_flops / plan.flops:.0%}), then MLM"
+        )
     return "\n".join(lines)
 
 
-def fits_gpu(plan: RunPlan, has_gpu: bool, gpu: str | None = None, mfu: float = DEFAULT_MFU,
-             force: bool = False) -> bool:
+def fits_gpu(
+    plan: RunPlan, has_gpu: bool, gpu: str | None = None, mfu: float = DEFAULT_MFU, force: bool = False
+) -> bool:
     """Print the per-GPU memory plan (plm.scaling.memory); False (after saying so, with the smallest layout
     that fits) when it does not fit the GPU, unless --force."""
     from plm.scaling import memory
@@ -130,16 +155,22 @@ def fits_gpu(plan: RunPlan, has_gpu: bool, gpu: str | None = None, mfu: float = 
     if mem.fits(capacity) or force:
         return True
     need = mem.total() / memory.GB
-    lines = [(f"plm train: refusing: size {plan.size} needs {need:.1f} GB per GPU on {layout.world} × "
-              f"{name.upper()} ({plan.strategy}, {layout.rows_per_device} rows × {layout.row_len} per GPU), more "
-              f"than the {memory.USABLE_FRACTION * capacity / memory.GB:.0f} GB usable.")]
+    lines = [
+        (
+            f"plm train: refusing: size {plan.size} needs {need:.1f} GB per GPU on {layout.world} × "
+            f"{name.upper()} ({plan.strategy}, {layout.rows_per_device} rows × {layout.row_len} per GPU), more "
+            f"than the {memory.USABLE_FRACTION * capacity / memory.GB:.0f} GB usable."
+        )
+    ]
     best = memory.smallest_fitting(mem, capacity)
     if best is None:
         lines.append("  No layout up to 4096 GPUs fits; use a smaller size or a shorter --row-len.")
     else:
         how = "FSDP2, activation checkpointing" if best.strategy == "fsdp" else "DDP"
-        lines.append(f"  Smallest layout that fits: {memory.layout_flags(best.world)} --rows-per-device {best.rows} "
-                     f"({how}: {best.total() / memory.GB:.1f} GB per GPU); more GPUs shorten the run.")
+        lines.append(
+            f"  Smallest layout that fits: {memory.layout_flags(best.world)} --rows-per-device {best.rows} "
+            f"({how}: {best.total() / memory.GB:.1f} GB per GPU); more GPUs shorten the run."
+        )
     lines.append("  FORCE=1 (make) or --force launches anyway.")
     print("\n".join(lines), file=sys.stderr)
     return False
@@ -163,8 +194,9 @@ def cpu_hours(plan: RunPlan, peak_flops: float | None = None) -> tuple[float, fl
     return 6.0 * plan.n_params * plan.train_tokens / (peak_flops * CPU_MFU) / 3600, peak_flops
 
 
-def refuse_on_cpu(plan: RunPlan, has_gpu: bool, force: bool = False,
-                  cpu_max_params: float = DEFAULT_CPU_MAX_PARAMS) -> bool:
+def refuse_on_cpu(
+    plan: RunPlan, has_gpu: bool, force: bool = False, cpu_max_params: float = DEFAULT_CPU_MAX_PARAMS
+) -> bool:
     """Sizes that would take years on a CPU are refused before anything is allocated, and so is any plan
     estimated to take more than an hour here (--force overrides both)."""
     total = plan.config.n_params()

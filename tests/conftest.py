@@ -42,8 +42,13 @@ def real_sequences(uniprot_fasta) -> list[str]:
 
 
 def tiny_model(flavour: str = "esm2", seed: int = 0, **kw) -> Transformer:
-    cfg = ModelConfig(n_layer=kw.pop("n_layer", 3), n_embd=kw.pop("n_embd", 48), n_head=kw.pop("n_head", 4),
-                      flavour=flavour, **kw)
+    cfg = ModelConfig(
+        n_layer=kw.pop("n_layer", 3),
+        n_embd=kw.pop("n_embd", 48),
+        n_head=kw.pop("n_head", 4),
+        flavour=flavour,
+        **kw,
+    )
     torch.manual_seed(seed)
     return Transformer(cfg).eval()
 

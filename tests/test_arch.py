@@ -25,8 +25,16 @@ def test_arch_keys_are_modelconfig_fields():
 
 
 def test_the_flags_parse_to_the_same_plain_dict():
-    cfg = _parser().parse_args(["--model", "MaskedLM", "--model.init_args.size", "8m",
-                                "--model.init_args.arch", "{n_layer: 3, token_dropout: true}"])
+    cfg = _parser().parse_args(
+        [
+            "--model",
+            "MaskedLM",
+            "--model.init_args.size",
+            "8m",
+            "--model.init_args.arch",
+            "{n_layer: 3, token_dropout: true}",
+        ]
+    )
     assert cfg.model.init_args.size == "8m"
     assert cfg.model.init_args.arch == {"n_layer": 3, "token_dropout": True}
     assert type(cfg.model.init_args.arch) is dict
@@ -34,11 +42,16 @@ def test_the_flags_parse_to_the_same_plain_dict():
 
 
 def test_the_yaml_form_parses(tmp_path):
-    (tmp_path / "c.yaml").write_text("model:\n  class_path: plm.lit.CausalLM\n  init_args:\n    size: tiny\n"
-                                     "    arch: {n_layer: 3, rotary_dim: 8}\n")
+    (tmp_path / "c.yaml").write_text(
+        "model:\n  class_path: plm.lit.CausalLM\n  init_args:\n    size: tiny\n"
+        "    arch: {n_layer: 3, rotary_dim: 8}\n"
+    )
     parser = _parser()
     parser.add_argument("--config", action="config")
-    assert parser.parse_args(["--config", str(tmp_path / "c.yaml")]).model.init_args.arch == {"n_layer": 3, "rotary_dim": 8}
+    assert parser.parse_args(["--config", str(tmp_path / "c.yaml")]).model.init_args.arch == {
+        "n_layer": 3,
+        "rotary_dim": 8,
+    }
 
 
 @pytest.mark.parametrize("arch,said", [("{n_layr: 3}", "n_layr"), ("{n_layer: three}", "three")])

@@ -29,7 +29,9 @@ def temporaries(directory: Path) -> list[str]:
 
 
 def tree(directory: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()
+    }
 
 
 @pytest.fixture
@@ -142,7 +144,11 @@ def test_a_failed_swap_puts_the_old_directory_back(tmp_path, monkeypatch):
     real_rename = os.rename
 
     def rename(src, dst):
-        if Path(dst) == target and TMP_MARK in Path(src).name and Path(src).joinpath("w").read_text() == "new":
+        if (
+            Path(dst) == target
+            and TMP_MARK in Path(src).name
+            and Path(src).joinpath("w").read_text() == "new"
+        ):
             raise OSError("rename refused")
         return real_rename(src, dst)
 

@@ -22,9 +22,13 @@ from tests.conftest import REPO, tiny_model
 def _packed(seed=0):
     g = torch.Generator().manual_seed(seed)
     tokens = torch.randint(4, 24, (3, 16), generator=g)
-    docs = torch.tensor([[0] * 5 + [1] * 9 + [2] * 2,  # three documents
-                         [0] * 16,  # one document filling the row
-                         [0] * 1 + [1] * 12 + [2] * 3])  # a one-token document, then pads' own id
+    docs = torch.tensor(
+        [
+            [0] * 5 + [1] * 9 + [2] * 2,  # three documents
+            [0] * 16,  # one document filling the row
+            [0] * 1 + [1] * 12 + [2] * 3,
+        ]
+    )  # a one-token document, then pads' own id
     return tokens, docs
 
 
@@ -157,6 +161,7 @@ def test_flash_attn_that_fails_to_import_means_sdpa(monkeypatch):
 
 def _sdpa_stand_in(calls, kind):
     """A flash / varlen stand-in that records its arguments and computes attention with SDPA per document."""
+
     def flash(q, k, v, cu_q, cu_k, max_q, max_k, causal=False):
         calls.append((cu_q.tolist(), cu_k.tolist(), max_q, max_k, causal, tuple(q.shape)))
         return A.sdpa_varlen(q, k, v, tuple(cu_q.diff().tolist()), causal)
@@ -178,8 +183,9 @@ def test_cuda_paths_get_cu_seqlens_max_seqlen_and_causality(monkeypatch, kind, c
     model = tiny_model("esm2")
     tokens, docs = _packed()
     reference = model(tokens, docs, causal=causal)
-    monkeypatch.setattr(A, "_flash_varlen" if kind == "flash" else "_torch_varlen",
-                        lambda: _sdpa_stand_in(calls, kind))
+    monkeypatch.setattr(
+        A, "_flash_varlen" if kind == "flash" else "_torch_varlen", lambda: _sdpa_stand_in(calls, kind)
+    )
     monkeypatch.setattr(A, "backend_for", lambda q: kind)
     out = model(tokens, docs, causal=causal)
     assert len(calls) == model.config.n_layer
@@ -191,11 +197,15 @@ def test_cuda_paths_get_cu_seqlens_max_seqlen_and_causality(monkeypatch, kind, c
 def _rotating_kernel_stand_in(calls):
     """plm's fused rotary kernel in plain torch: rotate q, k by each token's index in its document with the
     given tables, then SDPA per document."""
+
     def fused(qkv, cos, sin, cu, causal):
         lengths = tuple(cu.diff().tolist())
         calls.append((tuple(cos.shape), lengths))
         pos = torch.cat([torch.arange(n) for n in lengths])
-        c, s = torch.cat([cos[pos]] * 2, -1)[:, None, None], torch.cat([-sin[pos], sin[pos]], -1)[:, None, None]
+        c, s = (
+            torch.cat([cos[pos]] * 2, -1)[:, None, None],
+            torch.cat([-sin[pos], sin[pos]], -1)[:, None, None],
+        )
         dim = c.shape[-1]
         qk = qkv[:, :2].float()
         rot = qk[..., :dim] * c + qk[..., :dim].roll(dim // 2, dims=-1) * s
@@ -216,9 +226,16 @@ def test_cpu_kernel_path_fuses_rotary_only_when_positions_restart(monkeypatch, f
     with torch.autocast("cpu", dtype=torch.bfloat16):
         reference = model(tokens, docs).float()
         monkeypatch.setattr(A, "backend_for", lambda q: "cpu_kernel")
-        monkeypatch.setattr(cpu_attention, "varlen_rotary_attention_bf16", _rotating_kernel_stand_in(fused_calls))
-        monkeypatch.setattr(cpu_attention, "varlen_attention_bf16", lambda q, k, v, cu, causal: plain_calls.append(1)
-                            or A.sdpa_varlen(q, k, v, tuple(cu.diff().tolist()), causal))
+        monkeypatch.setattr(
+            cpu_attention, "varlen_rotary_attention_bf16", _rotating_kernel_stand_in(fused_calls)
+        )
+        monkeypatch.setattr(
+            cpu_attention,
+            "varlen_attention_bf16",
+            lambda q, k, v, cu, causal: (
+                plain_calls.append(1) or A.sdpa_varlen(q, k, v, tuple(cu.diff().tolist()), causal)
+            ),
+        )
         fused = model(tokens, docs).float()
         positions = A.positions_from_doc_ids(docs)
         plain = model(tokens, docs, positions=positions).float()
@@ -266,9 +283,13 @@ def test_rows_of_one_document_take_the_unmasked_batched_path(monkeypatch):
 def test_no_flash_attn_import_at_module_load(tmp_path):
     """A flash_attn that cannot even be imported on this machine must not stop plm from loading."""
     (tmp_path / "flash_attn").mkdir()
-    (tmp_path / "flash_attn" / "__init__.py").write_text("raise RuntimeError('flash_attn imported at load')\n")
-    code = ("import sys, plm, plm.model.transformer, plm.lit, plm.generate.sampling; "
-            "assert 'flash_attn' not in sys.modules")
+    (tmp_path / "flash_attn" / "__init__.py").write_text(
+        "raise RuntimeError('flash_attn imported at load')\n"
+    )
+    code = (
+        "import sys, plm, plm.model.transformer, plm.lit, plm.generate.sampling; "
+        "assert 'flash_attn' not in sys.modules"
+    )
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"}
     subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, check=True)
 

@@ -10,7 +10,10 @@ from benchmarks.run_all import verdict
 
 
 def test_real_fraction_counts_padding_to_the_longest_sequence():
-    batch = [np.zeros(8, np.uint8), np.zeros(2, np.uint8)]  # 10 + 4 real tokens (with <cls>, <eos>), 2 rows of 10
+    batch = [
+        np.zeros(8, np.uint8),
+        np.zeros(2, np.uint8),
+    ]  # 10 + 4 real tokens (with <cls>, <eos>), 2 rows of 10
     assert real_fraction([batch]) == 14 / 20
 
 

@@ -21,9 +21,15 @@ class _ParseOnly(PlmCLI):
 
 @pytest.mark.parametrize("config", TRAIN_CONFIGS, ids=lambda p: p.name)
 def test_every_train_config_instantiates(config, tmp_path):
-    cli = PlmCLI(LanguageModel, ProteinDataModule, subclass_mode_model=True, run=False,
-                 args=["--config", str(config), "--run_root", str(tmp_path)],
-                 parser_kwargs={"parser_mode": "omegaconf"}, auto_configure_optimizers=False)
+    cli = PlmCLI(
+        LanguageModel,
+        ProteinDataModule,
+        subclass_mode_model=True,
+        run=False,
+        args=["--config", str(config), "--run_root", str(tmp_path)],
+        parser_kwargs={"parser_mode": "omegaconf"},
+        auto_configure_optimizers=False,
+    )
     assert cli.model.hparams.total_steps == cli.trainer.max_steps  # linked, never duplicated
 
 
@@ -34,17 +40,30 @@ def test_every_size_plan_parses_as_a_gpu_fit_config(size):
 
     plan = plan_for_size(size, "transfer", Layout(devices=8, num_nodes=2))
     args = overrides_as_args(plan.fit_overrides(gpu=True))
-    cli = _ParseOnly(LanguageModel, ProteinDataModule, subclass_mode_model=True, run=False,
-                     args=["--config", str(REPO / "configs/train/transfer.yaml"), *args],
-                     parser_kwargs={"parser_mode": "omegaconf"}, auto_configure_optimizers=False)
+    cli = _ParseOnly(
+        LanguageModel,
+        ProteinDataModule,
+        subclass_mode_model=True,
+        run=False,
+        args=["--config", str(REPO / "configs/train/transfer.yaml"), *args],
+        parser_kwargs={"parser_mode": "omegaconf"},
+        auto_configure_optimizers=False,
+    )
     cfg = cli.config
     assert cfg.model.init_args.size == size and cfg.trainer.max_steps == plan.steps
     assert cfg.trainer.accelerator == "gpu" and str(cfg.trainer.devices) == "8" and cfg.trainer.num_nodes == 2
     strategy = cfg.trainer.strategy
-    assert (strategy == "ddp") if SIZES[size].strategy == "ddp" else strategy.class_path == "plm.strategies.FSDP2"
+    assert (
+        (strategy == "ddp")
+        if SIZES[size].strategy == "ddp"
+        else strategy.class_path == "plm.strategies.FSDP2"
+    )
     assert cfg.model.init_args.meta_init == (SIZES[size].strategy == "fsdp")  # never whole on one rank
     (callback,) = cfg.trainer.callbacks  # the plan's switch replaces the demo's 20% share
-    assert callback.init_args.switch_flops == pytest.approx(plan.clm_flops) and callback.init_args.clm_share is None
+    assert (
+        callback.init_args.switch_flops == pytest.approx(plan.clm_flops)
+        and callback.init_args.clm_share is None
+    )
 
 
 def test_train_refuses_big_size_on_cpu_and_unknown_size(capsys):
@@ -79,14 +98,24 @@ def test_stop_and_go_resume_is_exact_even_with_other_worker_count(tmp_path):
     assert set(b) == {3, 4, 5}  # steps logged after the resume (0-based step index)
     assert [a[s] for s in (3, 4, 5)] == [b[s] for s in (3, 4, 5)]
     state = __import__("torch").load(ckpt, weights_only=True)
-    assert state["ProteinDataModule"]["cursor"] > 0 and set(state["ProteinDataModule"]["seen_per_source"]) == {"uniprot", "metagenomic"}
+    assert state["ProteinDataModule"]["cursor"] > 0 and set(
+        state["ProteinDataModule"]["seen_per_source"]
+    ) == {"uniprot", "metagenomic"}
 
 
 def test_ddp_two_processes_on_cpu(tmp_path):
     out = tmp_path / "digests"
     out.mkdir()
-    fit_tiny(tmp_path, "ddp", "--trainer.devices", "2", "--trainer.strategy", "ddp",
-         "--trainer.callbacks+=tests.helpers.callbacks.WeightDigest", env={"PLM_TEST_OUT": str(out)})
+    fit_tiny(
+        tmp_path,
+        "ddp",
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.callbacks+=tests.helpers.callbacks.WeightDigest",
+        env={"PLM_TEST_OUT": str(out)},
+    )
     r0, r1 = (json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["world"] == r1["world"] == 2
     assert r0["digest"] == r1["digest"]
@@ -96,19 +125,41 @@ def test_ddp_two_processes_on_cpu(tmp_path):
 
 @pytest.mark.parametrize("name,objective", [("mlm", "mlm"), ("clm", "clm"), ("transfer", "clm")])
 def test_shipped_configs_train_the_objective_they_name(name, objective, tmp_path):
-    cli = PlmCLI(LanguageModel, ProteinDataModule, subclass_mode_model=True, run=False,
-                 args=["--config", str(REPO / f"configs/train/{name}.yaml"), "--run_root", str(tmp_path)],
-                 parser_kwargs={"parser_mode": "omegaconf"}, auto_configure_optimizers=False)
+    cli = PlmCLI(
+        LanguageModel,
+        ProteinDataModule,
+        subclass_mode_model=True,
+        run=False,
+        args=["--config", str(REPO / f"configs/train/{name}.yaml"), "--run_root", str(tmp_path)],
+        parser_kwargs={"parser_mode": "omegaconf"},
+        auto_configure_optimizers=False,
+    )
     assert cli.model.objective == objective
 
 
 @pytest.mark.parametrize("name", ["mlm", "clm", "transfer"])
 def test_shipped_configs_train_two_steps_with_their_precision(name, tmp_path):
     """The real configs (bf16-mixed, gradient clipping, callbacks), shrunk to the tiny shape."""
-    run = fit_tiny(tmp_path, name, "--config", str(REPO / f"configs/train/{name}.yaml"),
-               "--model.init_args.size", "tiny", "--data.row_len", "128", "--data.rows_per_batch", "2",
-               "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--data.val_rows", "2",
-               "--trainer.enable_progress_bar", "false")
+    run = fit_tiny(
+        tmp_path,
+        name,
+        "--config",
+        str(REPO / f"configs/train/{name}.yaml"),
+        "--model.init_args.size",
+        "tiny",
+        "--data.row_len",
+        "128",
+        "--data.rows_per_batch",
+        "2",
+        "--trainer.max_steps",
+        "2",
+        "--trainer.val_check_interval",
+        "2",
+        "--data.val_rows",
+        "2",
+        "--trainer.enable_progress_bar",
+        "false",
+    )
     assert (run / "final" / "model.safetensors").is_file()
 
 
@@ -130,11 +181,23 @@ def test_fit_validate_test_and_finetune_are_one_entry_point(monkeypatch):
     monkeypatch.setattr(finetune_cli, "run_cli", run_cli)
     for sub in ("fit", "validate", "test"):
         assert plm_main([sub, "--config", "a.yaml"]) == 7
-        assert calls.pop() == (PlmCLI, LanguageModel, ProteinDataModule, f"plm {sub}", [sub, "--config", "a.yaml"],
-                               {"auto_configure_optimizers": False})
+        assert calls.pop() == (
+            PlmCLI,
+            LanguageModel,
+            ProteinDataModule,
+            f"plm {sub}",
+            [sub, "--config", "a.yaml"],
+            {"auto_configure_optimizers": False},
+        )
     assert plm_main(["finetune", "--config", "t.yaml", "--debug"]) == 7
-    assert calls.pop() == (finetune_cli.FinetuneCLI, FineTune, DownstreamDataModule, "plm finetune",
-                           ["fit", "--config", "t.yaml", "--debug"], {})
+    assert calls.pop() == (
+        finetune_cli.FinetuneCLI,
+        FineTune,
+        DownstreamDataModule,
+        "plm finetune",
+        ["fit", "--config", "t.yaml", "--debug"],
+        {},
+    )
 
 
 def test_run_cli_exit_codes_one_line_errors_and_argv(tmp_path, monkeypatch, capsys):
@@ -163,7 +226,13 @@ def test_run_cli_exit_codes_one_line_errors_and_argv(tmp_path, monkeypatch, caps
     argv = sys.argv
     args = ["fit", "--config", "configs/train/tiny.yaml", "--debug", "--trainer.max_steps", "3"]
     assert run_cli(cli_raising(None), "M", "D", "plm fit", args, run=False) == 0
-    assert seen["argv"] == ["fit", "--config", str(REPO / "configs/train/tiny.yaml"), "--trainer.max_steps", "3"]
+    assert seen["argv"] == [
+        "fit",
+        "--config",
+        str(REPO / "configs/train/tiny.yaml"),
+        "--trainer.max_steps",
+        "3",
+    ]
     assert seen["classes"] == ("M", "D") and seen["kwargs"]["run"] is False and sys.argv is argv
     assert seen["kwargs"]["subclass_mode_model"] is True
 

@@ -72,8 +72,10 @@ def _plain(value: Any) -> Any:
 
 
 def _action(action: argparse.Action) -> dict[str, Any]:
-    entry: dict[str, Any] = {"flags": list(action.option_strings) or [action.dest],
-                             "kind": type(action).__name__.strip("_")}
+    entry: dict[str, Any] = {
+        "flags": list(action.option_strings) or [action.dest],
+        "kind": type(action).__name__.strip("_"),
+    }
     if action.required:
         entry["required"] = True
     if action.nargs is not None:
@@ -87,13 +89,24 @@ def _action(action: argparse.Action) -> dict[str, Any]:
 
 def parser_surface(parser: argparse.ArgumentParser, top_level_only: bool = False) -> dict[str, Any]:
     """Options (``top_level_only``: those whose dest has no dot, for LightningCLI) and exclusive groups."""
-    actions = [a for a in parser._actions if not isinstance(a, argparse._HelpAction)
-               and not (top_level_only and "." in a.dest) and not isinstance(a, argparse._SubParsersAction)]
+    actions = [
+        a
+        for a in parser._actions
+        if not isinstance(a, argparse._HelpAction)
+        and not (top_level_only and "." in a.dest)
+        and not isinstance(a, argparse._SubParsersAction)
+    ]
     positionals = [_action(a) for a in actions if not a.option_strings]  # in order: the order is the surface
-    options = sorted((_action(a) for a in actions if a.option_strings), key=lambda o: o["flags"][-1].lstrip("-"))
-    surface: dict[str, Any] = {"options": positionals + options}  # options sorted: their order is only --help's
-    groups = [{"flags": sorted(f for a in g._group_actions for f in a.option_strings), "required": g.required}
-              for g in parser._mutually_exclusive_groups]
+    options = sorted(
+        (_action(a) for a in actions if a.option_strings), key=lambda o: o["flags"][-1].lstrip("-")
+    )
+    surface: dict[str, Any] = {
+        "options": positionals + options
+    }  # options sorted: their order is only --help's
+    groups = [
+        {"flags": sorted(f for a in g._group_actions for f in a.option_strings), "required": g.required}
+        for g in parser._mutually_exclusive_groups
+    ]
     if groups:
         surface["exclusive"] = groups
     return surface
@@ -118,8 +131,10 @@ def collect(monkeypatch, lightning: bool) -> dict[str, Any]:
         surface = {name: surface[name] for name in LIGHTNING_SUBCOMMANDS}
         surface["finetune"] = _lightning_subcommands(caught_parser(["finetune"], monkeypatch))["fit"]
         return surface
-    surface: dict[str, Any] = {"commands": sorted([*LIGHTNING_SUBCOMMANDS, *COMMANDS]),
-                               "data subcommands": sorted(SUBCOMMANDS)}
+    surface: dict[str, Any] = {
+        "commands": sorted([*LIGHTNING_SUBCOMMANDS, *COMMANDS]),
+        "data subcommands": sorted(SUBCOMMANDS),
+    }
     for name in COMMANDS:
         if name == "data":
             for sub in SUBCOMMANDS:
@@ -175,10 +190,16 @@ def _compare(part: dict[str, Any]) -> None:
     ours = {k: v for k, v in frozen.items() if (k in LIGHTNING_ONLY) == lightning}
     now, before = _dump(_ordered(part)), _dump(_ordered(ours))
     if now != before:
-        diff = "".join(difflib.unified_diff(before.splitlines(True), now.splitlines(True),
-                                            f"{SNAPSHOT.name} (frozen)", "the parsers now"))
-        pytest.fail(f"the plm command-line surface changed:\n{diff}\nIf the change is deliberate, regenerate the "
-                    f"snapshot and commit it with the change:\n    {REGENERATE}", pytrace=False)
+        diff = "".join(
+            difflib.unified_diff(
+                before.splitlines(True), now.splitlines(True), f"{SNAPSHOT.name} (frozen)", "the parsers now"
+            )
+        )
+        pytest.fail(
+            f"the plm command-line surface changed:\n{diff}\nIf the change is deliberate, regenerate the "
+            f"snapshot and commit it with the change:\n    {REGENERATE}",
+            pytrace=False,
+        )
 
 
 def test_plain_commands_are_the_frozen_ones(surface):

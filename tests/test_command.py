@@ -21,9 +21,19 @@ def _pair(text: str) -> tuple[str, str]:
     return name, value
 
 
-def basic(fasta: str, /, out: Path, num: int = 3, mode: Literal["a", "b"] = "a", scale: float | None = None,
-          quick: bool = False, extra: tuple[Path, ...] = (), inp: Annotated[str, Flag("--in", "--input")] = "x",
-          first: bool = False, second: bool = False) -> int:
+def basic(
+    fasta: str,
+    /,
+    out: Path,
+    num: int = 3,
+    mode: Literal["a", "b"] = "a",
+    scale: float | None = None,
+    quick: bool = False,
+    extra: tuple[Path, ...] = (),
+    inp: Annotated[str, Flag("--in", "--input")] = "x",
+    first: bool = False,
+    second: bool = False,
+) -> int:
     """Do a thing.
 
     Longer text.
@@ -44,8 +54,11 @@ def basic(fasta: str, /, out: Path, num: int = 3, mode: Literal["a", "b"] = "a",
     return 0
 
 
-def many(pairs: Annotated[tuple[tuple[str, str], ...], Flag(type=_pair, metavar="NAME=VALUE")],
-         values: list[str], maybe: list[int] | None = None) -> None:
+def many(
+    pairs: Annotated[tuple[tuple[str, str], ...], Flag(type=_pair, metavar="NAME=VALUE")],
+    values: list[str],
+    maybe: list[int] | None = None,
+) -> None:
     """Lists and parsed values.
 
     Args:
@@ -191,5 +204,8 @@ def test_every_parameter_needs_its_docstring_line():
 
     with pytest.raises(TypeError, match="check b"):
         command(undocumented, "plm undocumented").parser()
-    assert docstring_parts(Engine)[2] == {"backend": "which engine", "threads": "how many threads",
-                                          "quiet": "no progress"}
+    assert docstring_parts(Engine)[2] == {
+        "backend": "which engine",
+        "threads": "how many threads",
+        "quiet": "no progress",
+    }

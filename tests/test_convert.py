@@ -320,15 +320,44 @@ def test_imported_weights_evaluate_and_init_training_like_plm_ones(tmp_path, sou
         _, path = fair_esm_checkpoint(tmp_path, 1, 40, 4, True)
     else:
         path = progen2_dir(tmp_path, gptj_reference(1, 48, 8, 4))
-    assert plm_main(["convert", "--from", source, "--to", "plm", str(path), str(tmp_path / "w"), "--no-progress"]) == 0
+    assert (
+        plm_main(
+            ["convert", "--from", source, "--to", "plm", str(path), str(tmp_path / "w"), "--no-progress"]
+        )
+        == 0
+    )
     out = tmp_path / "eval"
-    assert plm_main(["evaluate", "--checkpoint", str(tmp_path / "w"), "--tasks", "ss3,dms_blat", "--out", str(out),
-                     "--small", "--epochs", "1", "--max-train", "8", "--max-test", "6", "--no-progress"]) == 0
+    assert (
+        plm_main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(tmp_path / "w"),
+                "--tasks",
+                "ss3,dms_blat",
+                "--out",
+                str(out),
+                "--small",
+                "--epochs",
+                "1",
+                "--max-train",
+                "8",
+                "--max-test",
+                "6",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     rows = {(r["task"], r["metric"]) for r in csv.DictReader((out / "results.csv").open())}
     assert {("ss3", "accuracy"), ("dms_blat", "spearman")} <= rows
     cls = MaskedLM if source == "esm2" else CausalLM
     flavour = "esm2" if source == "esm2" else "progen2"
-    arch = {k: v for k, v in json.loads((tmp_path / "w" / "config.json").read_text())["model"].items() if k != "name"}
+    arch = {
+        k: v
+        for k, v in json.loads((tmp_path / "w" / "config.json").read_text())["model"].items()
+        if k != "name"
+    }
     assert arch["flavour"] == flavour
     module = cls(size="tiny", arch=arch, init_from=str(tmp_path / "w"))
     ref = plm.load(tmp_path / "w")
@@ -432,7 +461,16 @@ def test_esm2_clm_exports_a_causal_hf_esm(tmp_path, real_sequences, capsys):
 
     model = randomize(tiny_model("esm2", n_layer=2, n_embd=40, n_head=4), 5)
     save_pretrained(model, tmp_path / "clm", objective="clm")
-    args = ["convert", "--from", "plm", "--to", "hf", str(tmp_path / "clm"), str(tmp_path / "hf"), "--no-progress"]
+    args = [
+        "convert",
+        "--from",
+        "plm",
+        "--to",
+        "hf",
+        str(tmp_path / "clm"),
+        str(tmp_path / "hf"),
+        "--no-progress",
+    ]
     assert plm_main(args) == 0
     assert "is_decoder=true makes its attention causal" in capsys.readouterr().out
     hf = AutoModelForMaskedLM.from_pretrained(tmp_path / "hf").eval()
@@ -450,7 +488,16 @@ def test_esm2_clm_exports_a_causal_hf_esm(tmp_path, real_sequences, capsys):
 def test_progen2_mlm_has_no_hf_export(tmp_path, capsys):
     """Bug: an MLM with the progen2 flavour became GPTJForCausalLM, whose attention is always causal."""
     save_pretrained(tiny_model("progen2", rotary_dim=6), tmp_path / "mlm", objective="mlm")
-    args = ["convert", "--from", "plm", "--to", "hf", str(tmp_path / "mlm"), str(tmp_path / "hf"), "--no-progress"]
+    args = [
+        "convert",
+        "--from",
+        "plm",
+        "--to",
+        "hf",
+        str(tmp_path / "mlm"),
+        str(tmp_path / "hf"),
+        "--no-progress",
+    ]
     assert plm_main(args) == 2
     err = capsys.readouterr().err
     assert "mlm: an MLM with the progen2 flavour has no Hugging Face equivalent" in err
@@ -592,5 +639,8 @@ def test_cli_error_exit_code_and_message(tmp_path, capsys, monkeypatch):
     assert "Traceback" in err and err.strip().splitlines()[-1].startswith("plm convert: ")
     assert plm_main(["convert", "--from", "plm", "--to", "plm", str(tmp_path), str(tmp_path / "o")]) == 2
     assert "choose --to hf" in capsys.readouterr().err
-    assert plm_main(["convert", "--from", "esm2", "--to", "plm", str(tmp_path / "no.pt"), str(tmp_path / "o")]) == 2
+    assert (
+        plm_main(["convert", "--from", "esm2", "--to", "plm", str(tmp_path / "no.pt"), str(tmp_path / "o")])
+        == 2
+    )
     assert capsys.readouterr().err == f"plm convert: {tmp_path / 'no.pt'}: no such file\n"

@@ -14,8 +14,9 @@ from plm.model.attention import ENV_VAR, doc_segments, sdpa_varlen
 from plm.model.config import ModelConfig
 from plm.model.transformer import Rotary, Transformer
 
-needs_kernel = pytest.mark.skipif(cpu_attention.library() is None,
-                                  reason="CPU without avx512_bf16, no g++, or PLM_CPU_ATTENTION=sdpa")
+needs_kernel = pytest.mark.skipif(
+    cpu_attention.library() is None, reason="CPU without avx512_bf16, no g++, or PLM_CPU_ATTENTION=sdpa"
+)
 
 LENGTHS = (1, 5, 33, 100, 17, 64, 2)
 
@@ -54,8 +55,9 @@ def random_qkvg(lengths, n_head, head_dim, seed=0):
 @pytest.mark.parametrize("causal", [False, True])
 def test_matches_fp32_sdpa_forward_and_gradients(head_dim, causal):
     q, k, v, g = random_qkvg(LENGTHS, 3, head_dim)
-    for ours, ref, name in zip(kernel(q, k, v, g, LENGTHS, causal), reference(q, k, v, g, LENGTHS, causal),
-                               ("out", "dq", "dk", "dv")):
+    for ours, ref, name in zip(
+        kernel(q, k, v, g, LENGTHS, causal), reference(q, k, v, g, LENGTHS, causal), ("out", "dq", "dk", "dv")
+    ):
         assert rel_err(ours, ref) < 0.02, (name, rel_err(ours, ref))
 
 
@@ -66,7 +68,7 @@ def test_error_is_bf16_rounding_not_a_bug():
     q, k, v, g = random_qkvg(LENGTHS, 2, 24, seed=1)
     ours = kernel(q, k, v, g, LENGTHS, False)[0]
     ref = sdpa_varlen(q.double(), k.double(), v.double(), LENGTHS, False)
-    assert rel_err(ours, ref) < 4 * 2 ** -8
+    assert rel_err(ours, ref) < 4 * 2**-8
     starts = cu_of(LENGTHS)[:-1].long()
     k2 = k.clone()
     k2[starts[torch.tensor(LENGTHS) > 1]] = 10.0  # a key that dominates its document's softmax
@@ -191,7 +193,6 @@ def test_build_is_reused_by_hash(tmp_path: Path):
     assert [p.name for p in tmp_path.iterdir()] == [first.name]
 
 
-
 def rotary_reference(qkv, lengths, rotary_dim, causal, g):
     """fp64: rotate q and k with the model's own Rotary at positions restarting per document, then SDPA per
     document; output and the gradient with respect to the unrotated qkv."""
@@ -264,7 +265,9 @@ def test_explicit_positions_keep_rotary_outside_the_kernel(monkeypatch):
     assert doc_segments(doc_ids).positions_restart and not doc_segments(doc_ids, False).positions_restart
     fused, plain = [], []
     real_fused, real_plain = cpu_attention.varlen_rotary_attention_bf16, cpu_attention.varlen_attention_bf16
-    monkeypatch.setattr(cpu_attention, "varlen_rotary_attention_bf16", lambda *a: fused.append(1) or real_fused(*a))
+    monkeypatch.setattr(
+        cpu_attention, "varlen_rotary_attention_bf16", lambda *a: fused.append(1) or real_fused(*a)
+    )
     monkeypatch.setattr(cpu_attention, "varlen_attention_bf16", lambda *a: plain.append(1) or real_plain(*a))
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
         model.hidden(tokens, doc_ids)

@@ -24,16 +24,24 @@ def _files() -> list[Path]:
 
 
 def test_every_cited_section_is_a_heading_of_docs_reference():
-    headings = {line.lstrip("#").strip() for line in REFERENCE.read_text().splitlines() if line.startswith("#")}
+    headings = {
+        line.lstrip("#").strip() for line in REFERENCE.read_text().splitlines() if line.startswith("#")
+    }
     cited = {(p.relative_to(REPO).as_posix(), s) for p in _files() for s in _cited_sections(p.read_text())}
     assert cited, "no citation of docs/reference.md found: the pattern no longer matches the code's style"
     missing = sorted((path, s) for path, s in cited if s not in headings)
-    assert not missing, f"cited sections missing from docs/reference.md (headings: {sorted(headings)}): {missing}"
+    assert not missing, (
+        f"cited sections missing from docs/reference.md (headings: {sorted(headings)}): {missing}"
+    )
 
 
 def test_no_citation_of_notes_outside_the_checkout():
     outside = ["REFERENCE" + ".md", "STYLE" + ".md", "DESIGN" + ".md"]
-    hits = [f"{p.relative_to(REPO)}: {name}" for p in _files() + [REFERENCE, REPO / "README.md"]
-            for name in outside if name in p.read_text()]
+    hits = [
+        f"{p.relative_to(REPO)}: {name}"
+        for p in _files() + [REFERENCE, REPO / "README.md"]
+        for name in outside
+        if name in p.read_text()
+    ]
     assert not hits, f"cite docs/reference.md (or the paper) instead: {hits}"
     assert "/shared" not in REFERENCE.read_text()

@@ -57,7 +57,9 @@ def test_contact_ranges_and_unknowns():
     assert contact_precision(scores, c, 6, 11, 30) == 1.0  # top-1 short pair is (0, 8)
     assert contact_precision(scores, c, 12, 23, 30) == 1.0
     assert contact_precision(scores, c, 24, None, 30) == 0.0
-    c[0, 8] = -1  # unknown truth: excluded before ranking, so the next-best short pair (not a contact) is picked
+    c[
+        0, 8
+    ] = -1  # unknown truth: excluded before ranking, so the next-best short pair (not a contact) is picked
     assert contact_precision(scores, c, 6, 11, 30) == 0.0
     assert np.isnan(contact_precision(np.zeros((10, 10)), np.zeros((10, 10)), 24, None, 5))  # no long pair
     m = contact_metrics([scores], [c])
@@ -80,7 +82,9 @@ def test_standard_metrics_known_values():
     assert r["spearman"] == pytest.approx(1.0)
     logits = torch.tensor([[5.0, 0.0], [0.0, 5.0], [5.0, 0.0], [5.0, 0.0]])
     m = classification_metrics(logits, torch.tensor([0, 1, 1, 0]), 2)
-    assert m["accuracy"] == pytest.approx(0.75) and 0 < m["macro_f1"] < 1 and m["auroc"] == pytest.approx(0.75)
+    assert (
+        m["accuracy"] == pytest.approx(0.75) and 0 < m["macro_f1"] < 1 and m["auroc"] == pytest.approx(0.75)
+    )
 
 
 # ---- readers ----------------------------------------------------------------------------------------
@@ -123,7 +127,9 @@ def _yaml(tmp_path: Path, body: str) -> Path:
 def test_yaml_wrong_path_names_file_and_role(tmp_path):
     p = _yaml(tmp_path, "kind: sequence_regression\ndata: {table: nowhere/gb1.csv}\n")
     spec = load_task(p)
-    with pytest.raises(FileNotFoundError, match=r"mytask\.yaml: data file\(s\) not found: table: .*nowhere/gb1\.csv"):
+    with pytest.raises(
+        FileNotFoundError, match=r"mytask\.yaml: data file\(s\) not found: table: .*nowhere/gb1\.csv"
+    ):
         spec.files(tmp_path)
 
 
@@ -132,24 +138,38 @@ def test_yaml_wrong_column_names_file_and_column(tmp_path):
     p = _yaml(tmp_path, "kind: sequence_regression\ndata: {table: t.csv}\ncolumns: {target: target}\n")
     spec = load_task(p)
     files = spec.files(tmp_path)
-    with pytest.raises(ValueError, match=r"t\.csv: missing column\(s\) \['target'\]; the file has \['sequence', 'fitness', 'set'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"t\.csv: missing column\(s\) \['target'\]; the file has \['sequence', 'fitness', 'set'\]",
+    ):
         ds.read_sequence_csv(files["table"], target_column=spec.columns["target"])
 
 
 def test_label_sequence_length_mismatch_names_records(tmp_path):
     _write_fasta(tmp_path / "seq.fasta.gz", {"p1": "MKVL", "p2": "MKV", "p3": "MK"})
     _write_fasta(tmp_path / "lab.fasta.gz", {"p1": "HHEC", "p2": "HH", "p3": "CC"}, "SET=train")
-    with pytest.raises(ValueError, match=r"lab\.fasta\.gz: 1 bad label records: record 'p2': 2 labels for a 3-residue sequence"):
+    with pytest.raises(
+        ValueError,
+        match=r"lab\.fasta\.gz: 1 bad label records: record 'p2': 2 labels for a 3-residue sequence",
+    ):
         ds.read_residue_fasta(tmp_path / "seq.fasta.gz", tmp_path / "lab.fasta.gz", ["H", "E", "C"])
     _write_fasta(tmp_path / "lab.fasta.gz", {"p1": "HHXC", "p9": "HHE"}, "SET=train")
-    with pytest.raises(ValueError, match=r"2 bad label records: record 'p1': labels \['X'\].*record 'p9' has labels but no sequence"):
+    with pytest.raises(
+        ValueError,
+        match=r"2 bad label records: record 'p1': labels \['X'\].*record 'p9' has labels but no sequence",
+    ):
         ds.read_residue_fasta(tmp_path / "seq.fasta.gz", tmp_path / "lab.fasta.gz", ["H", "E", "C"])
 
 
 def test_yaml_schema_problems_reported_together(tmp_path):
-    p = _yaml(tmp_path, "kind: residue_classification\nformat: residue_fasta\ndata: {sequences: a}\ncolour: red\n")
-    with pytest.raises(ValueError, match=r"mytask\.yaml: invalid task definition: unknown key\(s\) \['colour'\].*"
-                                         r"data: missing \['labels'\].*needs 'classes'"):
+    p = _yaml(
+        tmp_path, "kind: residue_classification\nformat: residue_fasta\ndata: {sequences: a}\ncolour: red\n"
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"mytask\.yaml: invalid task definition: unknown key\(s\) \['colour'\].*"
+        r"data: missing \['labels'\].*needs 'classes'",
+    ):
         load_task(p)
     with pytest.raises(FileNotFoundError, match="task 'nope'.*known tasks: .*ss3"):
         load_task("nope")
@@ -165,13 +185,16 @@ def test_parse_mutations_single_multi_and_offset():
     assert parse_mutations("A104G", WT, offset=101) == [Mutation(3, "A", "G")]
 
 
-@pytest.mark.parametrize("bad, message", [
-    ("G4A", r"wild type has 'A' at 4, not 'G'"),
-    ("A40G", r"position 40 outside the wild type \(1\.\.10\)"),
-    ("A4", r"is not <wt><position><mut>"),
-    ("A4G:A4C", "mutated twice"),
-    ("", "empty"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("G4A", r"wild type has 'A' at 4, not 'G'"),
+        ("A40G", r"position 40 outside the wild type \(1\.\.10\)"),
+        ("A4", r"is not <wt><position><mut>"),
+        ("A4G:A4C", "mutated twice"),
+        ("", "empty"),
+    ],
+)
 def test_parse_mutations_bad_strings(bad, message):
     with pytest.raises(ValueError, match=message):
         parse_mutations(bad, WT)

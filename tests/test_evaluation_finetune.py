@@ -59,7 +59,9 @@ def test_frozen_never_updates_backbone_even_with_tokens_and_trainer():
 
 
 def test_full_mode_updates_backbone_and_bad_modes_fail():
-    module = FineTune(ResidueHead(48, 3), "residue_classification", tiny_model("esm2"), "full", lr=1e-2, backbone_lr=1e-2)
+    module = FineTune(
+        ResidueHead(48, 3), "residue_classification", tiny_model("esm2"), "full", lr=1e-2, backbone_lr=1e-2
+    )
     before = _backbone_state(module)
     fit_head(module, make_batches(_examples(), 3, False, 0), epochs=1, progress=False, use_trainer=False)
     assert len(_changed(before, module)) > 10
@@ -84,27 +86,79 @@ def _read(out):
 
 def test_plm_evaluate_contacts_and_zero_shot_fast(tiny_export, tmp_path):
     out = tmp_path / "fast"
-    assert plm_main(["evaluate", "--checkpoint", str(tiny_export), "--tasks", "contacts,dms_blat", "--out", str(out),
-                     "--small", "--max-test", "40", "--no-progress"]) == 0
+    assert (
+        plm_main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(tiny_export),
+                "--tasks",
+                "contacts,dms_blat",
+                "--out",
+                str(out),
+                "--small",
+                "--max-test",
+                "40",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     got, _ = _read(out)
-    assert 0.0 <= float(got[("contacts", "P@L/5_long")]["value"]) <= 1.0 and got[("contacts", "P@L/5_long")]["n"] == "6"
+    assert (
+        0.0 <= float(got[("contacts", "P@L/5_long")]["value"]) <= 1.0
+        and got[("contacts", "P@L/5_long")]["n"] == "6"
+    )
     assert got[("dms_blat", "spearman")]["n"] == "40"
 
 
 @pytest.mark.slow
 def test_plm_evaluate_all_kinds_on_small_subsets(tiny_export, tmp_path):
     out = tmp_path / "out"
-    rc = plm_main(["evaluate", "--checkpoint", str(tiny_export), "--tasks", "ss3,gb1,dms_blat,contacts,contacts_pairwise",
-                   "--out", str(out), "--small", "--epochs", "1", "--no-progress"])
+    rc = plm_main(
+        [
+            "evaluate",
+            "--checkpoint",
+            str(tiny_export),
+            "--tasks",
+            "ss3,gb1,dms_blat,contacts,contacts_pairwise",
+            "--out",
+            str(out),
+            "--small",
+            "--epochs",
+            "1",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     got, rows = _read(out)
-    assert list(rows[0]) == ["task", "metric", "value", "split", "mode", "n", "weights", "step", "seed", "objective",
-                             "data", "checkpoint"]
-    for key in [("ss3", "accuracy"), ("gb1", "spearman"), ("dms_blat", "spearman"), ("contacts", "P@L/5_long"),
-                ("contacts_pairwise", "P@L/5_long")]:
+    assert list(rows[0]) == [
+        "task",
+        "metric",
+        "value",
+        "split",
+        "mode",
+        "n",
+        "weights",
+        "step",
+        "seed",
+        "objective",
+        "data",
+        "checkpoint",
+    ]
+    for key in [
+        ("ss3", "accuracy"),
+        ("gb1", "spearman"),
+        ("dms_blat", "spearman"),
+        ("contacts", "P@L/5_long"),
+        ("contacts_pairwise", "P@L/5_long"),
+    ]:
         v = float(got[key]["value"])
         assert -1.0 <= v <= 1.0, key
-    assert got[("dms_blat", "spearman")]["mode"] == "zero_shot_mlm" and got[("dms_blat", "spearman")]["n"] == "150"
+    assert (
+        got[("dms_blat", "spearman")]["mode"] == "zero_shot_mlm"
+        and got[("dms_blat", "spearman")]["n"] == "150"
+    )
     assert 0.2 < float(got[("ss3", "accuracy")]["value"])
     md = (out / "results.md").read_text()
     assert "| ss3 | accuracy |" in md and "| contacts | P@L/5_long |" in md
@@ -112,18 +166,56 @@ def test_plm_evaluate_all_kinds_on_small_subsets(tiny_export, tmp_path):
 
 def test_plm_evaluate_lora_and_random_init(tiny_export, tmp_path):
     out = tmp_path / "lora"
-    assert plm_main(["evaluate", "--checkpoint", str(tiny_export), "--tasks", "ss3", "--out", str(out), "--small",
-                     "--mode", "lora", "--epochs", "1", "--max-train", "8", "--max-test", "4", "--random-init",
-                     "--no-progress"]) == 0
+    assert (
+        plm_main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(tiny_export),
+                "--tasks",
+                "ss3",
+                "--out",
+                str(out),
+                "--small",
+                "--mode",
+                "lora",
+                "--epochs",
+                "1",
+                "--max-train",
+                "8",
+                "--max-test",
+                "4",
+                "--random-init",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     got, _ = _read(out)
     assert got[("ss3", "accuracy")]["mode"] == "lora"
 
 
 def test_plm_evaluate_missing_full_data_names_yaml(tiny_export, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert plm_main(["evaluate", "--checkpoint", str(tiny_export), "--tasks", "gb1", "--out", str(tmp_path),
-                     "--data-root", str(tmp_path / "empty")]) == 2
-    assert re.match(r"plm evaluate: .*gb1\.yaml: data file\(s\) not found: table: .*flip_gb1", capsys.readouterr().err)
+    assert (
+        plm_main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(tiny_export),
+                "--tasks",
+                "gb1",
+                "--out",
+                str(tmp_path),
+                "--data-root",
+                str(tmp_path / "empty"),
+            ]
+        )
+        == 2
+    )
+    assert re.match(
+        r"plm evaluate: .*gb1\.yaml: data file\(s\) not found: table: .*flip_gb1", capsys.readouterr().err
+    )
 
 
 def test_downstream_callback_logs_metrics_every_k_steps():
@@ -131,7 +223,9 @@ def test_downstream_callback_logs_metrics_every_k_steps():
 
     logged = []
     logger = SimpleNamespace(log_metrics=lambda values, step: logged.append((step, values)))
-    cb = DownstreamEval(tasks=["ss3", "dms_blat"], every_n_steps=2, small=True, max_train=6, max_test=4, epochs=1)
+    cb = DownstreamEval(
+        tasks=["ss3", "dms_blat"], every_n_steps=2, small=True, max_train=6, max_test=4, epochs=1
+    )
     module = SimpleNamespace(model=tiny_model("esm2", n_layer=2, n_embd=32).train(), objective="mlm")
     before = {k: v.clone() for k, v in module.model.state_dict().items()}
     for step in (1, 2, 3):
@@ -168,7 +262,9 @@ def test_residue_features_layers_follow_esm_numbering():
         assert torch.equal(residue_features(model, tokens, layer=-2)[0], captured[0][:, 1:-1])
         assert not torch.allclose(residue_features(model, tokens, layer=2)[0], final)
     assert all(not b._forward_hooks and not b._forward_pre_hooks for b in model.blocks)  # hooks removed
-    with pytest.raises(ValueError, match=r"layer 4: the model has layers 0\.\.3 .*set 'layer' in the task's defaults"):
+    with pytest.raises(
+        ValueError, match=r"layer 4: the model has layers 0\.\.3 .*set 'layer' in the task's defaults"
+    ):
         residue_features(model, tokens, layer=4)
 
 
@@ -194,9 +290,20 @@ def test_frozen_linear_probe_reads_the_chosen_layer(tiny_export):
 
     model, objective = load_backbone(tiny_export)
     spec = load_task("ss3")
-    rows = {layer: {r["metric"]: r for r in run_task(spec, model, objective, small=True, progress=False,
-                                                     overrides={"layer": layer, "max_train": 20, "max_test": 10})}
-            for layer in (0, -1)}
+    rows = {
+        layer: {
+            r["metric"]: r
+            for r in run_task(
+                spec,
+                model,
+                objective,
+                small=True,
+                progress=False,
+                overrides={"layer": layer, "max_train": 20, "max_test": 10},
+            )
+        }
+        for layer in (0, -1)
+    }
     assert rows[0]["accuracy"]["n"] == rows[-1]["accuracy"]["n"] > 500
     assert rows[0]["accuracy"]["value"] != rows[-1]["accuracy"]["value"]
     assert 0.3 < rows[-1]["accuracy"]["value"] < 1.0

@@ -13,8 +13,12 @@ from plm.evaluation.tasks import load_task
 
 
 def test_layers_defaults_yaml_then_overrides_and_says_who_set_each():
-    opts, origins = layered({"lr": "3e-3", "max_test": 1000, "epochs": 20}, "t.yaml", 600,
-                            {"epochs": 3, "seed": None, "use_trainer": False})
+    opts, origins = layered(
+        {"lr": "3e-3", "max_test": 1000, "epochs": 20},
+        "t.yaml",
+        600,
+        {"epochs": 3, "seed": None, "use_trainer": False},
+    )
     assert (opts.lr, opts.max_test, opts.epochs, opts.seed, opts.use_trainer) == (3e-3, 1000, 3, 0, False)
     assert opts.max_len == 598  # the model's max_seq_len - 2 (<cls>, <eos>)
     assert (origins["lr"], origins["epochs"], origins["seed"]) == ("t.yaml", OVERRIDE, PLM_DEFAULTS)
@@ -32,8 +36,11 @@ def test_a_misspelt_option_fails_where_it_is_written():
 
 
 def test_yaml_values_are_typed_once_and_wrong_ones_are_named():
-    assert typed_defaults({"lr": "1e-3", "max_train": None, "epochs": 5.0}) == {"lr": 1e-3, "max_train": None,
-                                                                                 "epochs": 5}
+    assert typed_defaults({"lr": "1e-3", "max_train": None, "epochs": 5.0}) == {
+        "lr": 1e-3,
+        "max_train": None,
+        "epochs": 5,
+    }
     with pytest.raises(ValueError, match=r"epochs: 'ten' is not an int; probe_c: True is not a float"):
         typed_defaults({"epochs": "ten", "probe_c": True})
     with pytest.raises(ValueError, match="epochs: 2.5 is not an int"):
@@ -43,8 +50,10 @@ def test_yaml_values_are_typed_once_and_wrong_ones_are_named():
 
 def test_a_task_yaml_with_a_wrong_default_fails_at_load(tmp_path):
     yaml = tmp_path / "t.yaml"
-    yaml.write_text("kind: zero_shot\nformat: dms_csv\ndata: {table: t.csv, wildtype: wt.fasta}\nwildtype_id: WT\n"
-                    "defaults: {max_test: lots}\n")
+    yaml.write_text(
+        "kind: zero_shot\nformat: dms_csv\ndata: {table: t.csv, wildtype: wt.fasta}\nwildtype_id: WT\n"
+        "defaults: {max_test: lots}\n"
+    )
     with pytest.raises(ValueError, match=r"t\.yaml: defaults: max_test: 'lots' is not an int \| None"):
         load_task(yaml)
 

@@ -47,22 +47,45 @@ def _mutants(n: int) -> list[str]:
     raise AssertionError("not enough mutants")
 
 
-def dms_task(root: Path, name: str = "my_dms", n: int = 40, extra: str = "", score: str = "DMS_score",
-             mutants: list[str] | None = None) -> Path:
+def dms_task(
+    root: Path,
+    name: str = "my_dms",
+    n: int = 40,
+    extra: str = "",
+    score: str = "DMS_score",
+    mutants: list[str] | None = None,
+) -> Path:
     """A zero-shot task under ``root`` (its data paths relative to it, as --data-root expects)."""
     rng = random.Random(0)
     mutants = mutants or _mutants(n)
-    (root / f"{name}.csv").write_text("mutant,DMS_score\n" + "".join(f"{m},{rng.random():.4f}\n" for m in mutants))
+    (root / f"{name}.csv").write_text(
+        "mutant,DMS_score\n" + "".join(f"{m},{rng.random():.4f}\n" for m in mutants)
+    )
     (root / "wt.fasta").write_text(f">WT\n{WT}\n")
     path = root / f"{name}.yaml"
-    path.write_text(f"kind: zero_shot\nformat: dms_csv\ndata: {{table: {name}.csv, wildtype: wt.fasta}}\n"
-                    f"wildtype_id: WT\ncolumns: {{mutant: mutant, score: {score}}}\n{extra}")
+    path.write_text(
+        f"kind: zero_shot\nformat: dms_csv\ndata: {{table: {name}.csv, wildtype: wt.fasta}}\n"
+        f"wildtype_id: WT\ncolumns: {{mutant: mutant, score: {score}}}\n{extra}"
+    )
     return path
 
 
 def evaluate(export: Path, root: Path, task_list: str, out: Path, *extra: str) -> int:
-    return plm_main(["evaluate", "--checkpoint", str(export), "--tasks", task_list, "--out", str(out),
-                     "--data-root", str(root), "--no-progress", *extra])
+    return plm_main(
+        [
+            "evaluate",
+            "--checkpoint",
+            str(export),
+            "--tasks",
+            task_list,
+            "--out",
+            str(out),
+            "--data-root",
+            str(root),
+            "--no-progress",
+            *extra,
+        ]
+    )
 
 
 def read_rows(out: Path) -> list[dict[str, str]]:
@@ -91,33 +114,47 @@ def test_a_cap_that_applies_is_printed_with_who_set_it(export, tmp_path, capsys)
 def test_supervised_caps_default_to_all_and_are_said():
     assert EvalOptions.max_train is None and EvalOptions.max_test is None
     spec = load_task("gb1")
-    recs = [SequenceRecord(f"r{i}", f"MK{AA[i % 20]}{AA[i // 20]}", 0.0, "train" if i < 30 else "test") for i in range(40)]
+    recs = [
+        SequenceRecord(f"r{i}", f"MK{AA[i % 20]}{AA[i // 20]}", 0.0, "train" if i < 30 else "test")
+        for i in range(40)
+    ]
     said: list[str] = []
     train, test = runner.split_records(spec, recs, None, None, 0, said.append)
     assert (len(train), len(test), said) == (30, 10, [])
     train, test = runner.split_records(spec, recs, 12, None, 0, said.append, {"max_train": "gb1.yaml"})
-    assert len(train) == 12 and said == [("gb1: using 12 of 30 training records (max_train 12 from gb1.yaml; "
-                                         "--max-train changes it)")]
+    assert len(train) == 12 and said == [
+        ("gb1: using 12 of 30 training records (max_train 12 from gb1.yaml; --max-train changes it)")
+    ]
 
 
 # ---- #24.5: one split rule, and test never overlaps train -------------------------------------------
 def _fasta_task(root: Path, train: str, test: str, extra: str = "") -> Path:
     path = root / "loc.yaml"
-    path.write_text(f"kind: sequence_classification\nformat: sequence_fasta\ndata: {{train: {train}, test: {test}}}\n"
-                    f"header_pattern: '^\\S+\\s+(?P<target>\\S+)'\nclasses: [A, B]\n{extra}")
+    path.write_text(
+        f"kind: sequence_classification\nformat: sequence_fasta\ndata: {{train: {train}, test: {test}}}\n"
+        f"header_pattern: '^\\S+\\s+(?P<target>\\S+)'\nclasses: [A, B]\n{extra}"
+    )
     return path
 
 
 def test_train_fraction_over_separate_files_is_refused(tmp_path):
-    with pytest.raises(ValueError, match=r"loc\.yaml: .*split: format sequence_fasta splits by file .*remove 'split'"):
+    with pytest.raises(
+        ValueError, match=r"loc\.yaml: .*split: format sequence_fasta splits by file .*remove 'split'"
+    ):
         load_task(_fasta_task(tmp_path, "train.fasta", "test.fasta", "split: {train_fraction: 0.8}\n"))
     two = tmp_path / "two.yaml"
-    two.write_text("kind: residue_classification\nformat: residue_table\ndata: {table: t.tsv}\nclasses: [H, E]\n"
-                   "split: {train_fraction: 0.8, train: train, test: test}\n")
-    with pytest.raises(ValueError, match=r"train_fraction and \['test', 'train'\] are two rules for one split"):
+    two.write_text(
+        "kind: residue_classification\nformat: residue_table\ndata: {table: t.tsv}\nclasses: [H, E]\n"
+        "split: {train_fraction: 0.8, train: train, test: test}\n"
+    )
+    with pytest.raises(
+        ValueError, match=r"train_fraction and \['test', 'train'\] are two rules for one split"
+    ):
         load_task(two)
     bad = tmp_path / "bad.yaml"
-    bad.write_text("kind: contacts\nformat: structures\ndata: {dir: s}\nsplit: {train_fraction: 1.5, tran: x}\n")
+    bad.write_text(
+        "kind: contacts\nformat: structures\ndata: {dir: s}\nsplit: {train_fraction: 1.5, tran: x}\n"
+    )
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['tran'\].*strictly between 0 and 1, got 1\.5"):
         load_task(bad)
 
@@ -139,8 +176,12 @@ def test_training_copies_of_test_sequences_are_left_out_and_said():
     said: list[str] = []
     got_train, got_test = runner.split_records(spec, train + test, None, None, 0, said.append)
     assert len(got_test) == 5 and {r.id for r in got_train} == {f"b{i}" for i in range(6)}
-    assert said == [("gb1: left out 2 of 8 training records whose sequence is identical to a test sequence "
-                    "(a test set never overlaps train)")]
+    assert said == [
+        (
+            "gb1: left out 2 of 8 training records whose sequence is identical to a test sequence "
+            "(a test set never overlaps train)"
+        )
+    ]
 
 
 def test_near_duplicates_reported_with_mmseqs_and_said_unchecked_without(monkeypatch):
@@ -149,17 +190,22 @@ def test_near_duplicates_reported_with_mmseqs_and_said_unchecked_without(monkeyp
     from plm.identity.fallback import Best
 
     spec = load_task("gb1")
-    train, test = [SequenceRecord("a", "MKVLLG", 0.0)], [SequenceRecord("t", "MKVLLA", 0.0), SequenceRecord("u", "WWW", 0.0)]
+    train, test = (
+        [SequenceRecord("a", "MKVLLG", 0.0)],
+        [SequenceRecord("t", "MKVLLA", 0.0), SequenceRecord("u", "WWW", 0.0)],
+    )
     monkeypatch.setattr(mm, "find_mmseqs", lambda *a: None)
     monkeypatch.setattr(splits, "_HINTS_GIVEN", set())
     assert runner.near_duplicate_note(spec, train, test) == (
         "gb1: identical sequences checked; near-duplicates (>= 90% identity) between train and test not checked "
-        "(no MMseqs2: apt-get install mmseqs2, or set PLM_MMSEQS to the binary)")
+        "(no MMseqs2: apt-get install mmseqs2, or set PLM_MMSEQS to the binary)"
+    )
     monkeypatch.setattr(mm, "find_mmseqs", lambda *a: Path("/usr/bin/mmseqs"))
     monkeypatch.setattr(mm, "MMseqs", lambda **kw: object())
     monkeypatch.setattr(search, "best_hits", lambda q, t, backend, min_identity: {0: Best(0.95, 0)})
     assert runner.near_duplicate_note(spec, train, test) == (
-        "gb1: 1 of 2 test sequences are >= 90% identical to a training sequence (MMseqs2)")
+        "gb1: 1 of 2 test sequences are >= 90% identical to a training sequence (MMseqs2)"
+    )
 
 
 # ---- #24.6: every task checked before the model; results kept task by task ------------------------------
@@ -175,7 +221,10 @@ def test_every_task_is_checked_before_the_model_loads(export, tmp_path, capsys, 
     assert evaluate(export, tmp_path, f"{good},{wrong_column},{wrong_wt}", tmp_path / "out") == 2
     err = capsys.readouterr().err
     assert "plm evaluate: 2 of 3 tasks cannot run (nothing was evaluated):" in err
-    assert "wrong_column.csv: missing column(s) ['fitness']" in err and "wrong_wt.csv: 2 mutation(s) do not match" in err
+    assert (
+        "wrong_column.csv: missing column(s) ['fitness']" in err
+        and "wrong_wt.csv: 2 mutation(s) do not match" in err
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -206,22 +255,35 @@ def test_rows_record_weights_step_mode_seed_and_data(export, tmp_path):
     (trained,), (rand,) = read_rows(tmp_path / "t"), read_rows(tmp_path / "r")
     assert list(trained) == runner.FIELDS
     assert {k: trained[k] for k in ("weights", "step", "mode", "seed", "objective", "data")} == {
-        "weights": "trained", "step": "123", "mode": "zero_shot_mlm", "seed": "0", "objective": "mlm", "data": "full"}
+        "weights": "trained",
+        "step": "123",
+        "mode": "zero_shot_mlm",
+        "seed": "0",
+        "objective": "mlm",
+        "data": "full",
+    }
     assert (rand["weights"], rand["step"], rand["seed"]) == ("random_init", "123", "3")
     assert trained["value"] != rand["value"]
 
 
 # ---- #24.8: expected errors are one line; tracebacks under --debug ------------------------------------------
-@pytest.mark.parametrize("case, message", [
-    ("missing", r"task 'nowhere': .*nowhere\.yaml not found; known tasks: .*ss3"),
-    ("yaml", r"bad\.yaml: not valid YAML"),
-    ("column", r"col\.csv: missing column\(s\) \['fitness'\]; the file has \['mutant', 'DMS_score'\]"),
-    ("wildtype", r"wt_bad\.csv: 1 mutation\(s\) do not match wild type 'WT'"),
-    ("checkpoint", r"no_such_ckpt: no such file or directory"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", r"task 'nowhere': .*nowhere\.yaml not found; known tasks: .*ss3"),
+        ("yaml", r"bad\.yaml: not valid YAML"),
+        ("column", r"col\.csv: missing column\(s\) \['fitness'\]; the file has \['mutant', 'DMS_score'\]"),
+        ("wildtype", r"wt_bad\.csv: 1 mutation\(s\) do not match wild type 'WT'"),
+        ("checkpoint", r"no_such_ckpt: no such file or directory"),
+    ],
+)
 def test_expected_errors_print_one_line_and_exit_2(export, tmp_path, capsys, case, message):
-    task = {"missing": "nowhere", "column": str(dms_task(tmp_path, "col", score="fitness")),
-            "wildtype": str(dms_task(tmp_path, "wt_bad", mutants=["A1G"])), "checkpoint": str(dms_task(tmp_path))}.get(case)
+    task = {
+        "missing": "nowhere",
+        "column": str(dms_task(tmp_path, "col", score="fitness")),
+        "wildtype": str(dms_task(tmp_path, "wt_bad", mutants=["A1G"])),
+        "checkpoint": str(dms_task(tmp_path)),
+    }.get(case)
     if case == "yaml":
         (tmp_path / "bad.yaml").write_text("kind: [zero_shot\n")
         task = str(tmp_path / "bad.yaml")
@@ -251,8 +313,21 @@ def plain_clone(monkeypatch, tmp_path):
 
 def test_plain_clone_default_uses_the_bundled_subsets_and_says_so(export, tmp_path, capsys, plain_clone):
     out = tmp_path / "out"
-    assert plm_main(["evaluate", "--checkpoint", str(export), "--tasks", "dms_blat", "--out", str(out),
-                     "--no-progress"]) == 0
+    assert (
+        plm_main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(export),
+                "--tasks",
+                "dms_blat",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     (row,) = read_rows(out)
     assert (row["n"], row["data"]) == ("150", "bundled")  # the bundled TEM-1 subset
     err = capsys.readouterr().err
@@ -264,8 +339,10 @@ def test_missing_full_data_says_how_to_point_at_it(export, tmp_path, capsys, pla
     # a user's task YAML with full data only: on a plain clone it cannot run, and says why
     own = tmp_path / "my_assay.yaml"
     spec = (tasks.TASK_DIR / "dms_pab1.yaml").read_text()
-    own.write_text(spec.split("small_data:")[0].replace("name: dms_pab1", "name: my_assay")
-                   + "wildtype_id: PABP_YEAST\ncolumns: {mutant: mutant, score: log}\nmetric: spearman\n")
+    own.write_text(
+        spec.split("small_data:")[0].replace("name: dms_pab1", "name: my_assay")
+        + "wildtype_id: PABP_YEAST\ncolumns: {mutant: mutant, score: log}\nmetric: spearman\n"
+    )
     assert plm_main([*base, "--tasks", str(own)]) == 2
     assert "my_assay.yaml: task 'my_assay' ships no bundled subset" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()

@@ -33,7 +33,9 @@ CORPUS: dict[str, bytes] = {
     "alphabet": b">a\nMKJ\n>b\nMK1V\n>c\nMK-.XBZUO\n>d\nM\x0bK\n>e\nMK>V\n",
     "non_ascii": b">a\nMK\xc3\x84V\n>b\nMK\xc3\x84 J\n>c \xc3\xa9t\xc3\xa9\nMK\n",
     "long_lines": b">a\n" + b"ACDEFGHIKL" * 5_000 + b"\n>b\n" + b"M" * 100_001 + b"\n>c\nMK\n",
-    "wrapped": b"".join(b">r%d d\n" % i + b"MKTAYIAKQR"[: 3 + i % 8] * (1 + i % 5) + b"\n" for i in range(300)),
+    "wrapped": b"".join(
+        b">r%d d\n" % i + b"MKTAYIAKQR"[: 3 + i % 8] * (1 + i % 5) + b"\n" for i in range(300)
+    ),
     "no_final_newline": b">a\nMK\n>b\nLL",
     "structure_junk": b"MKV\n>a\nMK\n",
     "structure_blank_header": b">a\nMKJ\n>\nMK\n>c\nLL\n",
@@ -49,13 +51,20 @@ def test_block_reader_is_pinned_to_the_line_reader(tmp_path, name, gz):
     path = write_bytes(tmp_path / "in.fasta", CORPUS[name], gz)
     for mode, max_length, block in itertools.product(("error", "skip", "x"), (60, 100_000), (16, 1 << 20)):
         want = reader_outcome(read_fasta, path, mode, max_length)
-        assert reader_outcome(read_fasta_blocks, path, mode, max_length, block=block) == want, (mode, max_length, block)
+        assert reader_outcome(read_fasta_blocks, path, mode, max_length, block=block) == want, (
+            mode,
+            max_length,
+            block,
+        )
 
 
 def test_corpus_verdicts(tmp_path):
     """The shared verdicts themselves (the pin above would pass if both readers were wrong alike)."""
+
     def skip(name: str) -> tuple:
-        return reader_outcome(read_fasta, write_bytes(tmp_path / f"{name}.fa", CORPUS[name], False), "skip", 100_000)
+        return reader_outcome(
+            read_fasta, write_bytes(tmp_path / f"{name}.fa", CORPUS[name], False), "skip", 100_000
+        )
 
     recs, rejected = skip("crlf")[:2]
     assert [(r[0], r[1]) for r in recs] == [("a", "first"), ("b", "")] and not rejected
@@ -65,8 +74,9 @@ def test_corpus_verdicts(tmp_path):
     assert rejected == {"character outside the alphabet": 2, "empty sequence": 1}
     recs, rejected, examples = skip("alphabet")[:3]
     assert [r[0] for r in recs] == ["c"] and rejected == {"character outside the alphabet": 4}
-    assert examples["character outside the alphabet"][0].endswith("record 'a' at byte 0: character outside the "
-                                                                   "alphabet ('J' at position 3)")
+    assert examples["character outside the alphabet"][0].endswith(
+        "record 'a' at byte 0: character outside the alphabet ('J' at position 3)"
+    )
     assert skip("non_ascii")[1] == {"non-ASCII bytes in sequence": 2}
     assert [r[0] for r in skip("headers_odd")[0]] == ["spaced", "tab", "vt", "a>b"]
     recs, rejected = skip("long_lines")[:2]
@@ -78,11 +88,14 @@ def test_corpus_verdicts(tmp_path):
         list(read_fasta(write_bytes(tmp_path / "empty.fa", b"", False)))
 
 
-@pytest.mark.parametrize("name,pattern", [
-    ("structure_junk", r"byte 0: sequence data before the first '>' header \(b'MKV'\)"),
-    ("structure_blank_header", r"byte 7: header '>' has no identifier"),
-    ("structure_indented_header", r"byte 2: sequence data before the first '>' header \(b'>a'\)"),
-])
+@pytest.mark.parametrize(
+    "name,pattern",
+    [
+        ("structure_junk", r"byte 0: sequence data before the first '>' header \(b'MKV'\)"),
+        ("structure_blank_header", r"byte 7: header '>' has no identifier"),
+        ("structure_indented_header", r"byte 2: sequence data before the first '>' header \(b'>a'\)"),
+    ],
+)
 def test_structural_errors_cannot_be_skipped(tmp_path, name, pattern):
     path = write_bytes(tmp_path / "in.fasta", CORPUS[name], False)
     for reader, mode in itertools.product((read_fasta, read_fasta_blocks), ("skip", "x")):
@@ -104,8 +117,12 @@ def test_gzip_is_decided_by_magic_bytes_not_the_name(tmp_path):
 
 
 GZ = gzip.compress(b"".join(b">r%d\n%s\n" % (i, b"MKVLAAGIT" * 20) for i in range(2000)))
-DAMAGED = {"truncated": GZ[: len(GZ) // 2], "no_trailer": GZ[:-4], "bit_flip": GZ[:200] + bytes([GZ[200] ^ 0xFF]) + GZ[201:],
-           "header_only": GZ[:10]}
+DAMAGED = {
+    "truncated": GZ[: len(GZ) // 2],
+    "no_trailer": GZ[:-4],
+    "bit_flip": GZ[:200] + bytes([GZ[200] ^ 0xFF]) + GZ[201:],
+    "header_only": GZ[:10],
+}
 
 
 @pytest.mark.parametrize("name", sorted(DAMAGED))
@@ -113,24 +130,38 @@ def test_damaged_gzip_is_an_error_naming_the_file_or_a_counted_tail(tmp_path, na
     path = tmp_path / "broken.fasta.gz"
     path.write_bytes(DAMAGED[name])
     for reader in (read_fasta, read_fasta_blocks):
-        with pytest.raises(FastaError, match=r"broken\.fasta\.gz: unreadable gzip tail .*truncated or corrupt gzip "
-                                             r"stream after [\d,]+ uncompressed bytes.*on_invalid=skip"):
+        with pytest.raises(
+            FastaError,
+            match=r"broken\.fasta\.gz: unreadable gzip tail .*truncated or corrupt gzip "
+            r"stream after [\d,]+ uncompressed bytes.*on_invalid=skip",
+        ):
             list(reader(path))
     stats = FastaStats()
     records = list(read_fasta(path, "skip", stats=stats))
-    assert stats.rejected == {"unreadable gzip tail": 1} and "broken.fasta.gz" in stats.examples["unreadable gzip tail"][0]
-    assert [r.id for r in records] == [f"r{i}" for i in range(len(records))]  # a prefix, none after the damage
+    assert (
+        stats.rejected == {"unreadable gzip tail": 1}
+        and "broken.fasta.gz" in stats.examples["unreadable gzip tail"][0]
+    )
+    assert [r.id for r in records] == [
+        f"r{i}" for i in range(len(records))
+    ]  # a prefix, none after the damage
     assert all(len(r.tokens) == 180 for r in records)  # the record the damage cut is not among them
     if name == "no_trailer":
         assert len(records) == 1999  # everything decodes; only the last record is unconfirmed
-    with pytest.raises(DamagedGzip, match=r"broken\.fasta\.gz: truncated or corrupt gzip"), open_binary(path) as fh:
+    with (
+        pytest.raises(DamagedGzip, match=r"broken\.fasta\.gz: truncated or corrupt gzip"),
+        open_binary(path) as fh,
+    ):
         fh.read()  # other readers (CSV, cluster TSV) get the same named error, not EOFError
 
 
 def test_text_records_share_the_structure_rules(tmp_path):
     path = write_bytes(tmp_path / "lab.fasta", b">p1 SET=train\nHH EC\n\n>p2\nCC\r\n", True)
     recs = list(read_text_records(path))
-    assert [(r.id, r.header, r.lines) for r in recs] == [("p1", "p1 SET=train", ["HH EC"]), ("p2", "p2", ["CC"])]
+    assert [(r.id, r.header, r.lines) for r in recs] == [
+        ("p1", "p1 SET=train", ["HH EC"]),
+        ("p2", "p2", ["CC"]),
+    ]
     with pytest.raises(FastaError, match=r"junk\.fasta: byte 0: sequence data before"):
         list(read_text_records(write_bytes(tmp_path / "junk.fasta", b"HHEC\n>p1\nHH\n", False)))
     assert np.array_equal(next(read_fasta(path, "x")).tokens, encode_residues("HHEC"))

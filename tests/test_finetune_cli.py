@@ -40,8 +40,8 @@ early_stopping_patience: 0
 loggers: [csv]
 model:
   class_path: plm.evaluation.finetune.FineTune
-  init_args: {{backbone: {root / 'backbone'}, mode: lora, lora_dropout: 0.1, lr: 0.01}}
-data: {{task: {root / 'toy.yaml'}, data_root: {root}, batch_size: 8}}
+  init_args: {{backbone: {root / "backbone"}, mode: lora, lora_dropout: 0.1, lr: 0.01}}
+data: {{task: {root / "toy.yaml"}, data_root: {root}, batch_size: 8}}
 trainer: {{accelerator: cpu, devices: 1, max_steps: {MAX_STEPS}, log_every_n_steps: 1, num_sanity_val_steps: 0,
           enable_progress_bar: false}}
 """)
@@ -54,7 +54,9 @@ def test_task_validation_records_are_used_and_test_is_the_tasks(toy):
     dm.setup("fit")
     assert [len(dm.records[p]) for p in ("train", "val", "test")] == [40, 8, 12]
     assert all(r.validation for r in dm.records["val"]) and not any(r.validation for r in dm.records["train"])
-    carved = DownstreamDataModule(str(toy / "toy.yaml"), data_root=str(toy), task_validation=False, val_fraction=0.25)
+    carved = DownstreamDataModule(
+        str(toy / "toy.yaml"), data_root=str(toy), task_validation=False, val_fraction=0.25
+    )
     carved.setup("fit")
     assert len(carved.records["train"]) + len(carved.records["val"]) == 48 and carved.records["val"]
 
@@ -86,20 +88,39 @@ def test_epoch_batches_resume_where_the_consumed_count_says():
 
 
 def test_collate_pads_residue_labels_with_ignore():
-    batch = collate("residue_classification", [
-        {"seq": "MKV", "labels": torch.tensor([0, 1, 2]), "index": 0, "part": "train"},
-        {"seq": "MK", "labels": torch.tensor([1, 1]), "index": 1, "part": "train"}])
+    batch = collate(
+        "residue_classification",
+        [
+            {"seq": "MKV", "labels": torch.tensor([0, 1, 2]), "index": 0, "part": "train"},
+            {"seq": "MK", "labels": torch.tensor([1, 1]), "index": 1, "part": "train"},
+        ],
+    )
     assert batch["labels"].tolist() == [[0, 1, 2], [1, 1, -100]] and batch["tokens"].shape == (2, 5)
-    multi = collate("residue_multilabel", [
-        {"seq": "MKV", "labels": torch.ones(3, 2), "index": 0, "part": "val"},
-        {"seq": "M", "labels": torch.zeros(1, 2), "index": 1, "part": "val"}])
+    multi = collate(
+        "residue_multilabel",
+        [
+            {"seq": "MKV", "labels": torch.ones(3, 2), "index": 0, "part": "val"},
+            {"seq": "M", "labels": torch.zeros(1, 2), "index": 1, "part": "val"},
+        ],
+    )
     assert multi["labels"].shape == (2, 3, 2) and multi["labels"][1, 1:].eq(-100).all()
 
 
 # ---- a run ---------------------------------------------------------------------------------------------
 def _cmd(toy: Path, root: Path, name: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "plm.cli", "finetune", "--config", str(toy / "run.yaml"), "--run_root", str(root),
-            "--run_name", name, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "plm.cli",
+        "finetune",
+        "--config",
+        str(toy / "run.yaml"),
+        "--run_root",
+        str(root),
+        "--run_name",
+        name,
+        *extra,
+    ]
 
 
 def _env() -> dict[str, str]:
@@ -114,30 +135,58 @@ def _losses(run: Path) -> dict[int, float]:
 @pytest.fixture(scope="module")
 def reference(toy, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("runs")
-    assert plm_main(["finetune", "--config", str(toy / "run.yaml"), "--run_root", str(root), "--run_name", "ref"]) == 0
+    assert (
+        plm_main(
+            ["finetune", "--config", str(toy / "run.yaml"), "--run_root", str(root), "--run_name", "ref"]
+        )
+        == 0
+    )
     return root / "ref"
 
 
 @pytest.mark.slow
 def test_run_keeps_a_model_scored_on_test_and_rerun_is_refused_as_done(reference, toy, capsys):
     final = reference / "final"
-    assert sorted(p.name for p in final.iterdir()) == ["adapter", "backbone", "finetune.json", "head.safetensors",
-                                                       "task.yaml"]
+    assert sorted(p.name for p in final.iterdir()) == [
+        "adapter",
+        "backbone",
+        "finetune.json",
+        "head.safetensors",
+        "task.yaml",
+    ]
     import json
 
     meta = json.loads((final / "finetune.json").read_text())
     assert meta["mode"] == "lora" and meta["kind"] == "sequence_regression" and meta["metric"] == "spearman"
     assert set(meta["metrics"]["test"]) == {"loss", "rmse", "spearman"}
-    assert plm_main(["finetune", "--config", str(toy / "run.yaml"), "--run_root", str(reference.parent),
-                     "--run_name", "ref"]) == 0
+    assert (
+        plm_main(
+            [
+                "finetune",
+                "--config",
+                str(toy / "run.yaml"),
+                "--run_root",
+                str(reference.parent),
+                "--run_name",
+                "ref",
+            ]
+        )
+        == 0
+    )
     assert "already trained" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume_matches_uninterrupted_run(reference, toy, tmp_path):
     kill_after = random.randint(2, 9)  # 5 batches per epoch: often mid-epoch
-    proc = subprocess.Popen(_cmd(toy, tmp_path, "killed"), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _cmd(toy, tmp_path, "killed"),
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     target = tmp_path / "killed" / "ckpt" / f"step{kill_after:08d}.ckpt"
     deadline = time.monotonic() + 300
     while not sidecar_path(target).exists():
@@ -146,8 +195,15 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted_run(reference, toy, t
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
-    res = subprocess.run(_cmd(toy, tmp_path, "killed", "--ckpt_path", "last"), check=False, cwd=REPO, env=_env(),
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        _cmd(toy, tmp_path, "killed", "--ckpt_path", "last"),
+        check=False,
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     want, got = _losses(reference), _losses(tmp_path / "killed")
     resumed = [s for s in got if s >= kill_after]

@@ -35,10 +35,15 @@ def _grads(module: FineTune, batch: dict) -> dict[str, torch.Tensor]:
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(root, mode):
     batch = {"tokens": pad_tokens(SEQS, 10**9), "labels": torch.tensor([[0, 1, 2] * 6] * 3)}
     batch["labels"][:, 10:] = -100
+
     def build(checkpointing: bool) -> FineTune:
         torch.manual_seed(0)  # same head and adapter initialisation
-        return FineTune(backbone=str(root / "mlm"), task=str(root / "res.yaml"), mode=mode,
-                        gradient_checkpointing=checkpointing)
+        return FineTune(
+            backbone=str(root / "mlm"),
+            task=str(root / "res.yaml"),
+            mode=mode,
+            gradient_checkpointing=checkpointing,
+        )
 
     plain, ckpt = _grads(build(False), batch), _grads(build(True), batch)
     assert plain.keys() == ckpt.keys() and len(plain) > 2
@@ -47,10 +52,17 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(root, mode):
 
 
 def test_balanced_class_weights_and_their_checks(root):
-    w = balanced_weights("residue_classification", [torch.tensor([0, 0, 0, 1, -100]), torch.tensor([0, 2])], 3)
-    assert w.tolist() == pytest.approx([6 / (3 * 4), 6 / (3 * 1), 6 / (3 * 1)])  # n / (C · count), -100 left out
-    pos = balanced_weights("sequence_multilabel", [torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0]),
-                                                   torch.tensor([0.0, 0.0])], 2)
+    w = balanced_weights(
+        "residue_classification", [torch.tensor([0, 0, 0, 1, -100]), torch.tensor([0, 2])], 3
+    )
+    assert w.tolist() == pytest.approx(
+        [6 / (3 * 4), 6 / (3 * 1), 6 / (3 * 1)]
+    )  # n / (C · count), -100 left out
+    pos = balanced_weights(
+        "sequence_multilabel",
+        [torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0]), torch.tensor([0.0, 0.0])],
+        2,
+    )
     assert pos.tolist() == pytest.approx([1 / 2, 2 / 1])
     module = FineTune(backbone=str(root / "mlm"), task=str(root / "res.yaml"), class_weights=[1.0, 2.0])
     with pytest.raises(ValueError, match=r"2 weights for 3 classes \['H', 'E', 'C'\]"):
@@ -68,13 +80,26 @@ def test_class_weights_change_the_loss_as_cross_entropy_weights(root):
 
 
 def test_cosine_schedule_warms_up_and_ends_at_a_tenth(root):
-    module = FineTune(backbone=str(root / "mlm"), task=str(root / "toy.yaml"), mode="frozen", lr=0.01,
-                      schedule="cosine", warmup_fraction=0.1, total_steps=100)
+    module = FineTune(
+        backbone=str(root / "mlm"),
+        task=str(root / "toy.yaml"),
+        mode="frozen",
+        lr=0.01,
+        schedule="cosine",
+        warmup_fraction=0.1,
+        total_steps=100,
+    )
     sched = module.configure_optimizers()["lr_scheduler"]["scheduler"]
     factor = sched.lr_lambdas[0]
-    assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0) and factor(100) == pytest.approx(0.1)
+    assert (
+        factor(0) == pytest.approx(0.1)
+        and factor(9) == pytest.approx(1.0)
+        and factor(100) == pytest.approx(0.1)
+    )
     with pytest.raises(ValueError, match="needs total_steps"):
-        FineTune(backbone=str(root / "mlm"), task=str(root / "toy.yaml"), schedule="cosine").configure_optimizers()
+        FineTune(
+            backbone=str(root / "mlm"), task=str(root / "toy.yaml"), schedule="cosine"
+        ).configure_optimizers()
 
 
 def test_random_init_control_keeps_the_architecture_and_draws_by_seed(root):
@@ -98,7 +123,9 @@ def test_frozen_mode_embeds_each_part_once_and_matches_a_direct_pass(root):
             return SEQS
 
     module = FineTune(backbone=str(root / "mlm"), task=str(root / "res.yaml"), mode="frozen")
-    module._datamodule = DM  # stands in for the trainer's datamodule (called, it returns an object with sequences)
+    module._datamodule = (
+        DM  # stands in for the trainer's datamodule (called, it returns an object with sequences)
+    )
     batch = {"tokens": pad_tokens(SEQS[1:], 10**9), "index": torch.tensor([1, 2]), "part": "train"}
     first = module.features(batch)
     again = module.features(batch)

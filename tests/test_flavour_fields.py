@@ -30,37 +30,88 @@ LEGACY = {
     "esm2": (
         {"token_dropout": True},
         "6e416710666fd66af492fa692c7dc070c2066f09288481747f66011975206817",
-        6.841761250757656, [0.04836641997098923, -0.1571037620306015, -0.1352453976869583, 0.08909191191196442],
-        7.212526921357494, [0.05411634221673012, -0.07558191567659378, -0.1245255246758461, 0.19084572792053223],
+        6.841761250757656,
+        [0.04836641997098923, -0.1571037620306015, -0.1352453976869583, 0.08909191191196442],
+        7.212526921357494,
+        [0.05411634221673012, -0.07558191567659378, -0.1245255246758461, 0.19084572792053223],
     ),
     "progen2": (
         {"rotary_dim": 4},
         "a088269449297e610febf7a7f11454720996c5edbf67d94535a73b2acd47c7e0",
-        -3.0496045393811073, [-0.0996251329779625, -0.15923163294792175, 0.23439739644527435, -0.08589807897806168],
-        -2.2946193075331394, [0.06193575635552406, -0.2129935622215271, 0.022853054106235504, -0.005144508555531502],
+        -3.0496045393811073,
+        [-0.0996251329779625, -0.15923163294792175, 0.23439739644527435, -0.08589807897806168],
+        -2.2946193075331394,
+        [0.06193575635552406, -0.2129935622215271, 0.022853054106235504, -0.005144508555531502],
     ),
 }
 LEGACY_KEYS = {  # state dict of layer 0 and outside the blocks, in order, at 047fa12
-    "esm2": ["embed.weight", "blocks.0.attn_norm.weight", "blocks.0.attn_norm.bias", "blocks.0.attn.qkv.weight",
-             "blocks.0.attn.qkv.bias", "blocks.0.attn.out.weight", "blocks.0.attn.out.bias",
-             "blocks.0.mlp_norm.weight", "blocks.0.mlp_norm.bias", "blocks.0.mlp.fc_in.weight",
-             "blocks.0.mlp.fc_in.bias", "blocks.0.mlp.fc_out.weight", "blocks.0.mlp.fc_out.bias",
-             "final_norm.weight", "final_norm.bias", "head.weight", "head.bias", "head.dense.weight",
-             "head.dense.bias", "head.norm.weight", "head.norm.bias"],
-    "progen2": ["embed.weight", "blocks.0.attn_norm.weight", "blocks.0.attn_norm.bias", "blocks.0.attn.qkv.weight",
-                "blocks.0.attn.out.weight", "blocks.0.mlp.fc_in.weight", "blocks.0.mlp.fc_in.bias",
-                "blocks.0.mlp.fc_out.weight", "blocks.0.mlp.fc_out.bias", "final_norm.weight", "final_norm.bias",
-                "head.weight", "head.bias"],
+    "esm2": [
+        "embed.weight",
+        "blocks.0.attn_norm.weight",
+        "blocks.0.attn_norm.bias",
+        "blocks.0.attn.qkv.weight",
+        "blocks.0.attn.qkv.bias",
+        "blocks.0.attn.out.weight",
+        "blocks.0.attn.out.bias",
+        "blocks.0.mlp_norm.weight",
+        "blocks.0.mlp_norm.bias",
+        "blocks.0.mlp.fc_in.weight",
+        "blocks.0.mlp.fc_in.bias",
+        "blocks.0.mlp.fc_out.weight",
+        "blocks.0.mlp.fc_out.bias",
+        "final_norm.weight",
+        "final_norm.bias",
+        "head.weight",
+        "head.bias",
+        "head.dense.weight",
+        "head.dense.bias",
+        "head.norm.weight",
+        "head.norm.bias",
+    ],
+    "progen2": [
+        "embed.weight",
+        "blocks.0.attn_norm.weight",
+        "blocks.0.attn_norm.bias",
+        "blocks.0.attn.qkv.weight",
+        "blocks.0.attn.out.weight",
+        "blocks.0.mlp.fc_in.weight",
+        "blocks.0.mlp.fc_in.bias",
+        "blocks.0.mlp.fc_out.weight",
+        "blocks.0.mlp.fc_out.bias",
+        "final_norm.weight",
+        "final_norm.bias",
+        "head.weight",
+        "head.bias",
+    ],
 }
 #: a config.json ``model`` entry as plm wrote it before the fields existed
-LEGACY_RECORD_KEYS = {"ffn_hidden", "flavour", "layer_norm_eps", "max_seq_len", "n_embd", "n_head", "n_layer",
-                      "name", "rotary_dim", "token_dropout", "vocab_size"}
+LEGACY_RECORD_KEYS = {
+    "ffn_hidden",
+    "flavour",
+    "layer_norm_eps",
+    "max_seq_len",
+    "n_embd",
+    "n_head",
+    "n_layer",
+    "name",
+    "rotary_dim",
+    "token_dropout",
+    "vocab_size",
+}
 
 #: new combinations: no preset has them, the model needs no new branch for them
 NEW_COMBINATIONS = [
     {"flavour": "xtrimopglm"},
-    {"flavour": "esm2", "parallel_block": True, "norm": "deepnorm", "activation": "geglu", "attn_bias": False,
-     "mlp_bias": False, "tied_head": False, "head_transform": True},
+    {
+        "flavour": "esm2",
+        "parallel_block": True,
+        "norm": "deepnorm",
+        "activation": "geglu",
+        "attn_bias": False,
+        "mlp_bias": False,
+        "tied_head": False,
+        "head_transform": True,
+    },
     {"flavour": "progen2", "activation": "gelu", "attn_bias": True, "tied_head": True, "rotary_dim": 4},
 ]
 
@@ -119,7 +170,10 @@ def test_the_model_reads_fields_not_the_flavour_name(flavour):
     assert _state_hash(a) == _state_hash(b)
     with torch.no_grad():
         assert torch.equal(a(TOKENS, causal=True), b(TOKENS, causal=True))
-    assert (named.n_params(), named.training_flops(20, 60, 5)) == (spelled.n_params(), spelled.training_flops(20, 60, 5))
+    assert (named.n_params(), named.training_flops(20, 60, 5)) == (
+        spelled.n_params(),
+        spelled.training_flops(20, 60, 5),
+    )
 
 
 def test_changing_the_flavour_of_a_preset_dict_takes_the_new_preset():
@@ -136,7 +190,9 @@ def test_changing_the_flavour_of_a_preset_dict_takes_the_new_preset():
         ModelConfig(activation="swiglu")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("fields", NEW_COMBINATIONS, ids=["xtrimopglm", "parallel-deepnorm-geglu", "progen2-variant"])
+@pytest.mark.parametrize(
+    "fields", NEW_COMBINATIONS, ids=["xtrimopglm", "parallel-deepnorm-geglu", "progen2-variant"]
+)
 def test_a_new_combination_builds_counts_and_trains_a_step(tmp_path, fields):
     cfg = _tiny(**fields)
     torch.manual_seed(0)
@@ -144,10 +200,16 @@ def test_a_new_combination_builds_counts_and_trains_a_step(tmp_path, fields):
     unique = {id(p): p for p in model.parameters()}
     assert cfg.n_params() == sum(p.numel() for p in unique.values())
     assert cfg.n_params_block() == sum(p.numel() for p in model.blocks[0].parameters())
-    embedding = model.embed.weight.numel() + model.head.bias.numel() + (0 if cfg.tied_head else model.head.weight.numel())
+    embedding = (
+        model.embed.weight.numel()
+        + model.head.bias.numel()
+        + (0 if cfg.tied_head else model.head.weight.numel())
+    )
     assert cfg.n_params_non_embedding() == cfg.n_params() - embedding
     n = TOKENS.numel()
-    assert cfg.training_flops(n, TOKENS.shape[0] * TOKENS.shape[1] ** 2) == pytest.approx(cfg.flops_per_token(10) * n)
+    assert cfg.training_flops(n, TOKENS.shape[0] * TOKENS.shape[1] ** 2) == pytest.approx(
+        cfg.flops_per_token(10) * n
+    )
 
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     labels = TOKENS.roll(-1, dims=1)
@@ -200,10 +262,12 @@ def test_a_random_head_at_the_switch_resets_what_the_fields_say(flavour):
     torch.manual_seed(0)
     model = Transformer(config_for("tiny", flavour=flavour))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    module = SimpleNamespace(model=model, objective="clm", tokens_seen=0, config=model.config,
-                             log_dict=lambda *a, **k: None)
-    trainer = SimpleNamespace(global_step=5, max_steps=10, loggers=[],
-                              strategy=SimpleNamespace(setup_optimizers=lambda t: None))
+    module = SimpleNamespace(
+        model=model, objective="clm", tokens_seen=0, config=model.config, log_dict=lambda *a, **k: None
+    )
+    trainer = SimpleNamespace(
+        global_step=5, max_steps=10, loggers=[], strategy=SimpleNamespace(setup_optimizers=lambda t: None)
+    )
     CLMToMLMTransfer(head_init="random").switch(trainer, module)
     assert module.objective == "mlm"
     after = model.state_dict()

@@ -29,7 +29,10 @@ def one_rank_mesh(tmp_path):
 
 
 def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().clone() for k, v in model.state_dict().items()}
+    return {
+        k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().clone()
+        for k, v in model.state_dict().items()
+    }
 
 
 @pytest.mark.parametrize("flavour", ["esm2", "progen2"])

@@ -11,19 +11,36 @@ from tests.helpers.esmfold import build_tiny_esmfold
 
 def _fit(model, cb, tmp_path, steps=4):
     dm = ProteinDataModule(row_len=128, rows_per_batch=4, val_rows=2)
-    trainer = pl.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         limit_val_batches=0, callbacks=[cb], default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[cb],
+        default_root_dir=tmp_path,
+    )
     trainer.fit(model, dm)
     return trainer
 
 
 def test_logs_generation_metrics_every_k_steps(tmp_path):
-    cb = GenerationCallback(every_n_steps=2, num=4, max_length=24, esmfold=str(build_tiny_esmfold(tmp_path / "f")))
+    cb = GenerationCallback(
+        every_n_steps=2, num=4, max_length=24, esmfold=str(build_tiny_esmfold(tmp_path / "f"))
+    )
     model = CausalLM(size="tiny", total_steps=4)
     trainer = _fit(model, cb, tmp_path)
     assert [h["step"] for h in cb.history] == [2.0, 4.0]
-    for key in ["gen/perplexity", "gen/pairwise_identity", "gen/clusters50_per_seq", "gen/repeat_fraction", "gen/plddt"]:
+    for key in [
+        "gen/perplexity",
+        "gen/pairwise_identity",
+        "gen/clusters50_per_seq",
+        "gen/repeat_fraction",
+        "gen/plddt",
+    ]:
         assert key in trainer.callback_metrics
     h = cb.history[-1]
     assert 1 < h["gen/perplexity"] < 100 and 0 <= h["gen/repeat_fraction"] <= 1 and 0 < h["gen/plddt"] < 100

@@ -58,7 +58,11 @@ def test_chunked_and_bf16_paths(esmfold_dir):
 def test_token_budget_batches():
     scorer = PlddtScorer.__new__(PlddtScorer)
     scorer.token_budget = 10
-    assert scorer._batches(["AAAA", "AA", "AAA", "AAAAAAAAAAAA"]) == [["AA", "AAA"], ["AAAA"], ["AAAAAAAAAAAA"]]
+    assert scorer._batches(["AAAA", "AA", "AAA", "AAAAAAAAAAAA"]) == [
+        ["AA", "AAA"],
+        ["AAAA"],
+        ["AAAAAAAAAAAA"],
+    ]
 
 
 def test_clear_errors_for_missing_or_incomplete_dirs(esmfold_dir, tmp_path):

@@ -27,15 +27,18 @@ def test_mmseqs_cluster_count_agrees_on_clear_case():
     assert (count, method) == (2, "mmseqs2 easy-cluster")
 
 
-@pytest.mark.parametrize("seq,expected", [
-    ("AAAAAAAAAA", 1.0),  # homopolymer
-    ("ACDEFGHIKL", 0.0),  # no repeat
-    ("MKVLGSGSGSWY", 6 / 12),  # GSGSGS: period 2, 3 copies
-    ("ACDEFAAAAA", 0.0),  # 5-residue run is below the 6-residue minimum
-    ("MKTEVLKTEVLKTEVLW", 15 / 17),  # KTEVL ×3 (period 5)
-    ("MKTEVLKTEVLKTEVW", 0.0),  # KTEVL ×2 + KTEV: fewer than 3 copies
-    ("", 0.0),
-])
+@pytest.mark.parametrize(
+    "seq,expected",
+    [
+        ("AAAAAAAAAA", 1.0),  # homopolymer
+        ("ACDEFGHIKL", 0.0),  # no repeat
+        ("MKVLGSGSGSWY", 6 / 12),  # GSGSGS: period 2, 3 copies
+        ("ACDEFAAAAA", 0.0),  # 5-residue run is below the 6-residue minimum
+        ("MKTEVLKTEVLKTEVLW", 15 / 17),  # KTEVL ×3 (period 5)
+        ("MKTEVLKTEVLKTEVW", 0.0),  # KTEVL ×2 + KTEV: fewer than 3 copies
+        ("", 0.0),
+    ],
+)
 def test_repeat_fraction(seq, expected):
     assert metrics.repeat_fraction(seq) == pytest.approx(expected)
 

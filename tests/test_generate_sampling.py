@@ -36,11 +36,20 @@ def test_cached_equals_cache_free(flavour, kw, greedy):
 def test_generated_logprobs_are_the_models_own():
     """Log-probs summed while sampling equal a fresh teacher-forced forward over the finished tokens."""
     model = tiny_model("progen2", rotary_dim=6)
-    samples = generate(model, 6, SamplingConfig(temperature=1.5, top_p=1.0, max_length=12), prompts="M", seed=3,
-                       batch_size=3, progress=False)
+    samples = generate(
+        model,
+        6,
+        SamplingConfig(temperature=1.5, top_p=1.0, max_length=12),
+        prompts="M",
+        seed=3,
+        batch_size=3,
+        progress=False,
+    )
     for s in samples:
         ids = torch.tensor([t for t in s.tokens if t != PAD])
-        lp = model(ids[None], causal=True).detach()[0].log_softmax(-1)[:-1].gather(1, ids[1:, None]).squeeze(1)
+        lp = (
+            model(ids[None], causal=True).detach()[0].log_softmax(-1)[:-1].gather(1, ids[1:, None]).squeeze(1)
+        )
         start = len(encode_prompt(s.prompt)) - 1  # first generated token's prediction
         assert s.n_scored == len(ids) - 1 - start
         assert abs(float(lp[start:].sum()) - s.logprob) < 1e-4
@@ -64,7 +73,9 @@ def test_seeded_sampling_is_reproducible_and_seed_sensitive():
 def test_per_sequence_stopping_and_lengths():
     model = tiny_model("esm2")
     cfg = SamplingConfig(temperature=3.0, top_p=1.0, max_length=12, min_length=4)
-    tokens, logps, ended = sample_batch(model, torch.tensor([[CLS]] * 16), cfg, torch.Generator().manual_seed(0))
+    tokens, logps, ended = sample_batch(
+        model, torch.tensor([[CLS]] * 16), cfg, torch.Generator().manual_seed(0)
+    )
     for row, end in zip(tokens.tolist(), ended.tolist()):
         body = [t for t in row[1:] if t != PAD]
         residues = [t for t in body if t != EOS]
@@ -74,7 +85,7 @@ def test_per_sequence_stopping_and_lengths():
             assert body[-1] == EOS and body.count(EOS) == 1
         else:
             assert len(residues) == 12
-        assert all(t == PAD for t in row[1 + len(body):])  # nothing after a row's end
+        assert all(t == PAD for t in row[1 + len(body) :])  # nothing after a row's end
     assert ended.any() and not ended.all()
     assert (logps[tokens[:, 1:] == PAD] == 0).all()
 
@@ -100,7 +111,9 @@ def test_process_logits_filters():
     allowed = torch.zeros(VOCAB_SIZE, dtype=torch.bool)
     allowed[ids + [EOS]] = True
     n = torch.tensor([5])
-    keep = lambda cfg: set(torch.nonzero(process_logits(logits, seen, n, cfg, allowed)[0] > -1e30).flatten().tolist())
+    keep = lambda cfg: set(
+        torch.nonzero(process_logits(logits, seen, n, cfg, allowed)[0] > -1e30).flatten().tolist()
+    )
     assert keep(SamplingConfig(top_k=2, top_p=1.0)) == set(ids[:2])
     p = torch.tensor([4.0, 3.0, 2.0, 1.0]).softmax(0)  # other tokens are ~e^-14 smaller: negligible
     assert keep(SamplingConfig(temperature=1.0, top_p=float(p[0]) + 0.01)) == set(ids[:2])
@@ -130,8 +143,20 @@ def test_generate_cli_writes_fasta(tmp_path, capsys):
     model = tiny_model("progen2", rotary_dim=6)
     save_pretrained(model, tmp_path / "clm", objective="clm")
     out = tmp_path / "s.fasta"
-    args = ["--checkpoint", str(tmp_path / "clm"), "--num", "5", "--seed", "0", "--out", str(out), "--max-length", "20",
-            "--prompt", "M"]
+    args = [
+        "--checkpoint",
+        str(tmp_path / "clm"),
+        "--num",
+        "5",
+        "--seed",
+        "0",
+        "--out",
+        str(out),
+        "--max-length",
+        "20",
+        "--prompt",
+        "M",
+    ]
     assert generate_main(args) == 0
     text = out.read_text()
     assert text.count(">sample_") == 5 and "stop=" in text and "ppl=" in text

@@ -22,9 +22,26 @@ def test_score_end_to_end(tmp_path):
     save_pretrained(tiny_model("esm2", token_dropout=True), tmp_path / "mlm", objective="mlm")
     esmfold = build_tiny_esmfold(tmp_path / "esmfold")
     out = tmp_path / "scores"
-    rc = plm_main(["score", str(fasta), "--esmfold", str(esmfold), "--clm", str(tmp_path / "clm"), "--mlm",
-                   str(tmp_path / "mlm"), "--reference", str(ref), "--out", str(out), "--cluster-backend", "python",
-                   "--novelty-backend", "python"])
+    rc = plm_main(
+        [
+            "score",
+            str(fasta),
+            "--esmfold",
+            str(esmfold),
+            "--clm",
+            str(tmp_path / "clm"),
+            "--mlm",
+            str(tmp_path / "mlm"),
+            "--reference",
+            str(ref),
+            "--out",
+            str(out),
+            "--cluster-backend",
+            "python",
+            "--novelty-backend",
+            "python",
+        ]
+    )
     assert rc == 0
     with open(out / "scores.csv") as fh:
         rows = list(csv.DictReader(fh))
@@ -50,7 +67,10 @@ def test_score_reports_what_it_did_not_compute(tmp_path):
     fasta.write_text(f">a\n{A}\n>b\n{B}\n")
     assert plm_main(["score", str(fasta), "--out", str(tmp_path / "o"), "--cluster-backend", "python"]) == 0
     md = (tmp_path / "o" / "summary.md").read_text()
-    assert "pLDDT: not computed (pass --esmfold DIR)" in md and "novelty: not computed (pass --reference FASTA)" in md
+    assert (
+        "pLDDT: not computed (pass --esmfold DIR)" in md
+        and "novelty: not computed (pass --reference FASTA)" in md
+    )
     from plm.generate.score import ScoreOptions, score
 
     with pytest.raises(FileNotFoundError, match="--esmfold .*missing: no such directory"):
@@ -82,9 +102,11 @@ def test_score_checks_every_input_before_any_work(tmp_path, capsys, monkeypatch)
     called = []
     monkeypatch.setattr(metrics, "pairwise_identities", lambda *a, **k: called.append(1))
     base = ["score", str(fasta), "--out", str(tmp_path / "out"), "--clm", str(tmp_path / "clm")]
-    for extra, expected in ((["--esmfold", str(tmp_path / "nope")], "--esmfold"),
-                            (["--reference", str(tmp_path / "missing.fasta")], "--reference"),
-                            (["--mlm", str(tmp_path / "clm")], "--mlm")):
+    for extra, expected in (
+        (["--esmfold", str(tmp_path / "nope")], "--esmfold"),
+        (["--reference", str(tmp_path / "missing.fasta")], "--reference"),
+        (["--mlm", str(tmp_path / "clm")], "--mlm"),
+    ):
         assert plm_main([*base, *extra]) == 2
         err = capsys.readouterr().err
         assert err.startswith("plm score: ") and expected in err and "Traceback" not in err

@@ -14,10 +14,13 @@ from plm.model import attention as A
 from tests.conftest import REPO
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: make gpu-check measures instead")
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="this machine has CUDA: make gpu-check measures instead"
+)
 def test_no_cuda_says_so_and_exits_0():
-    res = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check"], cwd=REPO, capture_output=True, text=True,
-                         check=False)
+    res = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu_check"], cwd=REPO, capture_output=True, text=True, check=False
+    )
     assert res.returncode == 0
     assert res.stdout.startswith("gpu-check: no CUDA here") and "nothing was measured" in res.stdout
 

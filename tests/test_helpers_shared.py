@@ -37,10 +37,18 @@ def test_no_test_module_imports_another():
     found = []
     for path, tree in _modules().items():
         for node in ast.walk(tree):
-            names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
-                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
-            found += [f"{path.relative_to(TESTS)} imports {n}" for n in names
-                      if n.startswith("tests.") and n.rsplit(".", 1)[-1].startswith("test_")]
+            names = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
+            found += [
+                f"{path.relative_to(TESTS)} imports {n}"
+                for n in names
+                if n.startswith("tests.") and n.rsplit(".", 1)[-1].startswith("test_")
+            ]
     assert found == []
 
 
@@ -65,11 +73,19 @@ def test_no_helper_is_copied_between_test_files():
 def test_helpers_are_not_defined_again_in_test_files():
     """A name tests/helpers/ defines is not defined again (also not as ``_name``) in another file."""
     modules = _modules()
-    helpers = {fn.name.lstrip("_"): p for p, tree in modules.items() if p.parent.name == "helpers"
-               for fn in _functions(tree)}
-    again = [f"{p.relative_to(TESTS)}:{fn.name} (tests/helpers/{helpers[fn.name.lstrip('_')].name})"
-             for p, tree in modules.items() if p.parent.name != "helpers" for fn in _functions(tree)
-             if fn.name.lstrip("_") in helpers]
+    helpers = {
+        fn.name.lstrip("_"): p
+        for p, tree in modules.items()
+        if p.parent.name == "helpers"
+        for fn in _functions(tree)
+    }
+    again = [
+        f"{p.relative_to(TESTS)}:{fn.name} (tests/helpers/{helpers[fn.name.lstrip('_')].name})"
+        for p, tree in modules.items()
+        if p.parent.name != "helpers"
+        for fn in _functions(tree)
+        if fn.name.lstrip("_") in helpers
+    ]
     assert again == []
 
 

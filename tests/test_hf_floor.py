@@ -68,9 +68,22 @@ def floor_python(root: Path) -> Path:
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
     pip = subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--quiet",
-         "--disable-pip-version-check", *FLOOR_PINS],
-        check=False, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--no-deps",
+            "--quiet",
+            "--disable-pip-version-check",
+            *FLOOR_PINS,
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     if pip.returncode:
         output = pip.stdout + pip.stderr
@@ -99,16 +112,33 @@ def test_export_loads_with_the_lowest_supported_transformers(tmp_path, real_sequ
 
     sequences = [real_sequences[0][:30], real_sequences[1] * 3]  # the second is longer than the model
     models, cases = {}, []
-    for name, flavour, objective in (("esm2_mlm", "esm2", "mlm"), ("esm2_clm", "esm2", "clm"),
-                                     ("progen2_clm", "progen2", "clm")):
-        model = tiny_model(flavour, rotary_dim=6 if flavour == "progen2" else None, max_seq_len=MAX_LEN, seed=3)
+    for name, flavour, objective in (
+        ("esm2_mlm", "esm2", "mlm"),
+        ("esm2_clm", "esm2", "clm"),
+        ("progen2_clm", "progen2", "clm"),
+    ):
+        model = tiny_model(
+            flavour, rotary_dim=6 if flavour == "progen2" else None, max_seq_len=MAX_LEN, seed=3
+        )
         save_hf(Converted(model, objective, Report("memory", "plm")), tmp_path / name, progress=False)
         models[name] = (model, objective)
-        cases.append({"dir": str(tmp_path / name), "gptj": flavour == "progen2", "sequences": sequences,
-                      "result": str(tmp_path / f"{name}.pt")})
+        cases.append(
+            {
+                "dir": str(tmp_path / name),
+                "gptj": flavour == "progen2",
+                "sequences": sequences,
+                "result": str(tmp_path / f"{name}.pt"),
+            }
+        )
     python = floor_python(tmp_path)
-    run = subprocess.run([str(python), "-c", FLOOR_SCRIPT, json.dumps(cases)], check=False, capture_output=True,
-                         text=True, timeout=600, cwd=tmp_path)
+    run = subprocess.run(
+        [str(python), "-c", FLOOR_SCRIPT, json.dumps(cases)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     info = json.loads(run.stdout.strip().splitlines()[-1])
     assert info["version"] == FLOOR and info["file"].startswith(str(tmp_path)), info

@@ -89,9 +89,16 @@ def _check_records(path: Path, mode: str) -> None:
 
 
 fasta_like = st.lists(
-    st.one_of(st.just(b">"), st.just(b"\n"), st.just(b"\r\n"), st.just(b" "), st.just(b"*"),
-              st.binary(max_size=8), st.text(LETTERS + "acgt>*.- \n", max_size=30).map(str.encode),
-              st.text(max_size=10).map(lambda s: s.encode("utf-8"))),
+    st.one_of(
+        st.just(b">"),
+        st.just(b"\n"),
+        st.just(b"\r\n"),
+        st.just(b" "),
+        st.just(b"*"),
+        st.binary(max_size=8),
+        st.text(LETTERS + "acgt>*.- \n", max_size=30).map(str.encode),
+        st.text(max_size=10).map(lambda s: s.encode("utf-8")),
+    ),
     max_size=30,
 ).map(b"".join)
 
@@ -105,8 +112,11 @@ def test_arbitrary_bytes_give_records_or_fasta_error(data, mode):
 _GZ = gzip.compress(b">sp|P1 protein one\nMKVLAAGIT\n>sp|P2 protein two\nMSTNPKPQRKTKRNTNRRPQDVKFPGG\n" * 20)
 
 
-@pytest.mark.parametrize("blob", [_GZ[: len(_GZ) // 2], _GZ[:-4], _GZ[:2] + b"\x07" + _GZ[3:], _GZ[:40] + bytes(20) + _GZ[60:]],
-                         ids=["truncated-half", "truncated-trailer", "bad-method", "zeroed-block"])
+@pytest.mark.parametrize(
+    "blob",
+    [_GZ[: len(_GZ) // 2], _GZ[:-4], _GZ[:2] + b"\x07" + _GZ[3:], _GZ[:40] + bytes(20) + _GZ[60:]],
+    ids=["truncated-half", "truncated-trailer", "bad-method", "zeroed-block"],
+)
 def test_truncated_or_corrupt_gzip_is_a_fasta_error(blob, tmp_path):
     path = tmp_path / "bad.fasta.gz"
     path.write_bytes(blob)
@@ -126,14 +136,34 @@ class _ParseOnly(PlmCLI):
 
 
 TINY = yaml.safe_load((REPO / "configs/train/tiny.yaml").read_text())
-KEYS = [("model", "init_args", "size"), ("model", "init_args", "lr"), ("model", "class_path"), ("data", "row_len"),
-        ("data", "sources"), ("trainer", "max_steps"), ("trainer", "devices"), ("checkpoint_every",),
-        ("max_bad_steps",), ("seed_everything",), ("loggers",), ("bogus_key",), ("trainer", "callbacks"),
-        ("model",), ("data",)]
+KEYS = [
+    ("model", "init_args", "size"),
+    ("model", "init_args", "lr"),
+    ("model", "class_path"),
+    ("data", "row_len"),
+    ("data", "sources"),
+    ("trainer", "max_steps"),
+    ("trainer", "devices"),
+    ("checkpoint_every",),
+    ("max_bad_steps",),
+    ("seed_everything",),
+    ("loggers",),
+    ("bogus_key",),
+    ("trainer", "callbacks"),
+    ("model",),
+    ("data",),
+]
 values = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=True),
-              st.text(max_size=20)),
-    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(10**12), 10**12),
+        st.floats(allow_nan=True),
+        st.text(max_size=20),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
     max_leaves=6,
 )
 
@@ -159,17 +189,41 @@ def test_run_config_parses_or_exits_with_a_message(text):
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            _ParseOnly(LanguageModel, ProteinDataModule, subclass_mode_model=True, run=False,
-                       args=["--config", str(path)], parser_kwargs={"parser_mode": "omegaconf"},
-                       auto_configure_optimizers=False)
+            _ParseOnly(
+                LanguageModel,
+                ProteinDataModule,
+                subclass_mode_model=True,
+                run=False,
+                args=["--config", str(path)],
+                parser_kwargs={"parser_mode": "omegaconf"},
+                auto_configure_optimizers=False,
+            )
     except SystemExit as exc:
         assert exc.code not in (0, None) and "error" in err.getvalue().lower(), err.getvalue()[-500:]
 
 
 # ---- task YAML ------------------------------------------------------------------------------------------------
-TASK = {"name": "t", "kind": "zero_shot", "data": {"table": "x.csv", "wildtype": "wt.fasta"}, "wildtype_id": "P1"}
-TASK_KEYS = ["kind", "format", "data", "small_data", "classes", "head", "defaults", "offset", "min_contacts",
-             "wildtype_id", "columns", "split", "unknown"]
+TASK = {
+    "name": "t",
+    "kind": "zero_shot",
+    "data": {"table": "x.csv", "wildtype": "wt.fasta"},
+    "wildtype_id": "P1",
+}
+TASK_KEYS = [
+    "kind",
+    "format",
+    "data",
+    "small_data",
+    "classes",
+    "head",
+    "defaults",
+    "offset",
+    "min_contacts",
+    "wildtype_id",
+    "columns",
+    "split",
+    "unknown",
+]
 
 
 @st.composite
@@ -182,9 +236,16 @@ def task_yamls(draw) -> str:
     return yaml.safe_dump(raw)
 
 
-@pytest.mark.parametrize("text", ["kind: []\ndata: {table: x.csv, wildtype: w.fa}\nwildtype_id: P1\n", "@", "*",
-                                  "kind: zero_shot\ndefaults: [[1]]\ndata: {table: x.csv, wildtype: w.fa}\nwildtype_id: P1\n"],
-                         ids=["unhashable-kind", "reserved-@", "bare-alias", "list-defaults"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "kind: []\ndata: {table: x.csv, wildtype: w.fa}\nwildtype_id: P1\n",
+        "@",
+        "*",
+        "kind: zero_shot\ndefaults: [[1]]\ndata: {table: x.csv, wildtype: w.fa}\nwildtype_id: P1\n",
+    ],
+    ids=["unhashable-kind", "reserved-@", "bare-alias", "list-defaults"],
+)
 def test_task_yaml_known_hostile_cases(text, tmp_path):
     path = tmp_path / "task.yaml"
     path.write_text(text)
@@ -201,15 +262,28 @@ def test_task_yaml_loads_or_raises_value_error(text):
     except (ValueError, FileNotFoundError) as err:
         assert str(path) in str(err)
         return
-    assert spec.kind in ("residue_classification", "sequence_regression", "sequence_classification",
-                         "zero_shot", "contacts") and isinstance(spec.data, dict) and spec.data
+    assert (
+        spec.kind
+        in (
+            "residue_classification",
+            "sequence_regression",
+            "sequence_classification",
+            "zero_shot",
+            "contacts",
+        )
+        and isinstance(spec.data, dict)
+        and spec.data
+    )
 
 
 # ---- mutation strings ------------------------------------------------------------------------------------------
 mut_text = st.one_of(
     st.text(max_size=30),
-    st.lists(st.tuples(st.sampled_from(LETTERS + "a*"), st.integers(-5, 80), st.sampled_from(LETTERS + "-")),
-             min_size=1, max_size=4).map(lambda ms: ":".join(f"{a}{n}{b}" for a, n, b in ms)),
+    st.lists(
+        st.tuples(st.sampled_from(LETTERS + "a*"), st.integers(-5, 80), st.sampled_from(LETTERS + "-")),
+        min_size=1,
+        max_size=4,
+    ).map(lambda ms: ":".join(f"{a}{n}{b}" for a, n, b in ms)),
 )
 
 

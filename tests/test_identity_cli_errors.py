@@ -13,17 +13,38 @@ from plm.data.cli import main as data_main
 from plm.errors import ENV_VAR
 
 CASES = {
-    "decontaminate-train": (["decontaminate", "--train", "{d}/nope.fasta", "--against", "{d}/e.fasta", "--out", "{d}/o"],
-                            ("plm data decontaminate: --train {d}/nope.fasta: no such FASTA file or prepared store "
-                             "directory; give the training FASTA(.gz)")),
-    "decontaminate-against": (["decontaminate", "--train", "{d}/t.fasta", "--against", "{d}/gone.csv", "--out", "{d}/o"],
-                              "plm data decontaminate: --against: evaluation file(s) not found: {d}/gone.csv; give"),
-    "split-source": (["split-by-identity", "--source", "{d}/nope.fasta", "--train", "{d}/t.fasta", "--out", "{d}/o"],
-                     "plm data split-by-identity: --source {d}/nope.fasta: no such file; give the candidate held-out"),
-    "split-train": (["split-by-identity", "--source", "{d}/e.fasta", "--train", "{d}/t.fasta", "{d}/gone", "--out",
-                     "{d}/o"], "plm data split-by-identity: --train: not found: {d}/gone; give existing training"),
-    "cluster": (["cluster", "--in", "{d}/nope.fasta", "--out", "{d}/c.tsv", "--min-identity", "0.5"],
-                "plm data cluster: --in {d}/nope.fasta: no such file; give the FASTA(.gz) to cluster"),
+    "decontaminate-train": (
+        ["decontaminate", "--train", "{d}/nope.fasta", "--against", "{d}/e.fasta", "--out", "{d}/o"],
+        (
+            "plm data decontaminate: --train {d}/nope.fasta: no such FASTA file or prepared store "
+            "directory; give the training FASTA(.gz)"
+        ),
+    ),
+    "decontaminate-against": (
+        ["decontaminate", "--train", "{d}/t.fasta", "--against", "{d}/gone.csv", "--out", "{d}/o"],
+        "plm data decontaminate: --against: evaluation file(s) not found: {d}/gone.csv; give",
+    ),
+    "split-source": (
+        ["split-by-identity", "--source", "{d}/nope.fasta", "--train", "{d}/t.fasta", "--out", "{d}/o"],
+        "plm data split-by-identity: --source {d}/nope.fasta: no such file; give the candidate held-out",
+    ),
+    "split-train": (
+        [
+            "split-by-identity",
+            "--source",
+            "{d}/e.fasta",
+            "--train",
+            "{d}/t.fasta",
+            "{d}/gone",
+            "--out",
+            "{d}/o",
+        ],
+        "plm data split-by-identity: --train: not found: {d}/gone; give existing training",
+    ),
+    "cluster": (
+        ["cluster", "--in", "{d}/nope.fasta", "--out", "{d}/c.tsv", "--min-identity", "0.5"],
+        "plm data cluster: --in {d}/nope.fasta: no such file; give the FASTA(.gz) to cluster",
+    ),
 }
 
 
@@ -73,7 +94,21 @@ def test_debug_is_listed_in_help(capsys):
 
 def test_a_bad_value_is_one_line_too(inputs, capsys):
     """A ValueError plm raises about an input (here --min-identity) follows the same rule."""
-    assert data_main(["cluster", "--in", str(inputs / "t.fasta"), "--out", str(inputs / "c.tsv"),
-                      "--min-identity", "1.5", "--backend", "fallback"]) == 2
+    assert (
+        data_main(
+            [
+                "cluster",
+                "--in",
+                str(inputs / "t.fasta"),
+                "--out",
+                str(inputs / "c.tsv"),
+                "--min-identity",
+                "1.5",
+                "--backend",
+                "fallback",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err == "plm data cluster: --min-identity 1.5: must be a fraction in (0, 1]\n"

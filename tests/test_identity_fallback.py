@@ -23,27 +23,39 @@ from tests.helpers.sequences import mutate
 
 def test_fallback_reports_the_one_identity_on_substrings_and_mutants(proteins):
     a, b = proteins[0].seq, proteins[1].seq
-    queries = [SeqRecord("same", a), SeqRecord("part", a[20:90]), SeqRecord("m95", mutate(a, 0.95)),
-               SeqRecord("m80", mutate(a, 0.8))]
+    queries = [
+        SeqRecord("same", a),
+        SeqRecord("part", a[20:90]),
+        SeqRecord("m95", mutate(a, 0.95)),
+        SeqRecord("m80", mutate(a, 0.8)),
+    ]
     hits = fallback.best_hits(queries, [SeqRecord("a", a)])
     assert hits[0].identity == 1.0 and hits[1].identity == 1.0  # contained: every residue aligns identically
-    assert hits[2].identity == pytest.approx(0.95, abs=0.01) and hits[3].identity == pytest.approx(0.8, abs=0.01)
+    assert hits[2].identity == pytest.approx(0.95, abs=0.01) and hits[3].identity == pytest.approx(
+        0.8, abs=0.01
+    )
     assert all(hits[i].identity == identity(q.seq, a) for i, q in enumerate(queries))
-    assert fallback.best_hits([SeqRecord("b", b)], [SeqRecord("a", a)])[0].identity < 0.5  # unrelated proteins
+    assert (
+        fallback.best_hits([SeqRecord("b", b)], [SeqRecord("a", a)])[0].identity < 0.5
+    )  # unrelated proteins
 
 
 def test_best_hits_and_greedy_clusters(proteins):
     targets = proteins[:10]
-    queries = [SeqRecord("same", targets[3].seq), SeqRecord("close", mutate(targets[5].seq, 0.9, 1)),
-               SeqRecord("far", proteins[20].seq)]
+    queries = [
+        SeqRecord("same", targets[3].seq),
+        SeqRecord("close", mutate(targets[5].seq, 0.9, 1)),
+        SeqRecord("far", proteins[20].seq),
+    ]
     hits = fallback.best_hits(queries, targets)
     assert hits[0] == fallback.Best(1.0, 3)
     assert hits[1].target == 5 and hits[1].identity > 0.8
     assert 2 not in hits or hits[2].identity < 0.5
     recs = [proteins[0], SeqRecord("m1", mutate(proteins[0].seq, 0.95, 2)), proteins[1]]
     rows = fallback.greedy_clusters(recs, 0.9)
-    assert sorted(rows) == sorted([(proteins[0].id, proteins[0].id), (proteins[0].id, "m1"),
-                                   (proteins[1].id, proteins[1].id)])
+    assert sorted(rows) == sorted(
+        [(proteins[0].id, proteins[0].id), (proteins[0].id, "m1"), (proteins[1].id, proteins[1].id)]
+    )
 
 
 def test_fallback_refuses_large_inputs(monkeypatch):
@@ -104,7 +116,10 @@ def _fasta(path, records):
 
 def test_decontaminate_fasta_with_fallback(tmp_path, proteins):
     evals = proteins[:3]
-    train = proteins[10:30] + [SeqRecord("leak_exact", evals[0].seq), SeqRecord("leak_80", mutate(evals[1].seq, 0.8, 3))]
+    train = proteins[10:30] + [
+        SeqRecord("leak_exact", evals[0].seq),
+        SeqRecord("leak_80", mutate(evals[1].seq, 0.8, 3)),
+    ]
     _fasta(tmp_path / "train.fasta", train)
     _fasta(tmp_path / "eval.fasta", evals)
     s = decontaminate(tmp_path / "train.fasta", [tmp_path / "eval.fasta"], tmp_path / "out", Fallback(), 0.5)
@@ -125,12 +140,16 @@ def test_decontaminate_store_writes_and_merges_exclusions(tmp_path, proteins):
         TokenStore.from_arrays(split, [encode_residues(r.seq) for r in recs]).save(tmp_path / "store" / split)
     _fasta(tmp_path / "eval.fasta", evals)
     assert set(store_splits(tmp_path / "store")) == {"train", "val"}
-    s = decontaminate(tmp_path / "store", [tmp_path / "eval.fasta"], tmp_path / "out", Fallback(), 0.9, list_only=True)
+    s = decontaminate(
+        tmp_path / "store", [tmp_path / "eval.fasta"], tmp_path / "out", Fallback(), 0.9, list_only=True
+    )
     assert s["removed"] == 2 and not (tmp_path / "store" / "train" / EXCLUDE_FILE).exists()
     decontaminate(tmp_path / "store", [tmp_path / "eval.fasta"], tmp_path / "out", Fallback(), 0.9)
     assert read_exclusions(tmp_path / "store" / "train").tolist() == [2]
     assert read_exclusions(tmp_path / "store" / "val").tolist() == [0]
-    np.save(tmp_path / "store" / "train" / EXCLUDE_FILE, np.array([0], dtype=np.int64))  # an earlier run's list
+    np.save(
+        tmp_path / "store" / "train" / EXCLUDE_FILE, np.array([0], dtype=np.int64)
+    )  # an earlier run's list
     decontaminate(tmp_path / "store", [tmp_path / "eval.fasta"], tmp_path / "out", Fallback(), 0.9)
     excl = read_exclusions(tmp_path / "store" / "train")
     assert excl.tolist() == [0, 2] and excl.dtype == np.int64
@@ -157,11 +176,16 @@ def test_bins_parse_and_names():
 
 def test_split_by_identity_fallback(tmp_path, proteins):
     train = proteins[:10]
-    source = [SeqRecord("seen", train[0].seq), SeqRecord("mid", mutate(train[1].seq, 0.7, 4)),
-              SeqRecord("novel", proteins[30].seq)]
+    source = [
+        SeqRecord("seen", train[0].seq),
+        SeqRecord("mid", mutate(train[1].seq, 0.7, 4)),
+        SeqRecord("novel", proteins[30].seq),
+    ]
     _fasta(tmp_path / "train.fasta", train)
     _fasta(tmp_path / "src.fasta", source)
-    s = split_by_identity(tmp_path / "src.fasta", [tmp_path / "train.fasta"], [0.5, 0.9], tmp_path / "bins", Fallback())
+    s = split_by_identity(
+        tmp_path / "src.fasta", [tmp_path / "train.fasta"], [0.5, 0.9], tmp_path / "bins", Fallback()
+    )
     assert {k: v["records"] for k, v in s["disjoint_bins"].items()} == {"lt0.5": 1, "0.5-0.9": 1, "ge0.9": 1}
     assert [r.id for r in read_sequences(tmp_path / "bins" / "lt0.9.fasta")] == ["mid", "novel"]
     assert [r.id for r in read_sequences(tmp_path / "bins" / "ge0.9.fasta")] == ["seen"]
@@ -170,8 +194,19 @@ def test_split_by_identity_fallback(tmp_path, proteins):
 def test_cluster_fallback_and_cli_dispatch(tmp_path, proteins, capsys, monkeypatch):
     recs = [proteins[0], SeqRecord("near", mutate(proteins[0].seq, 0.95, 5)), proteins[1]]
     _fasta(tmp_path / "in.fasta", recs)
-    rc = data_main(["cluster", "--in", str(tmp_path / "in.fasta"), "--out", str(tmp_path / "c.tsv"),
-                    "--min-identity", "0.9", "--backend", "fallback"])
+    rc = data_main(
+        [
+            "cluster",
+            "--in",
+            str(tmp_path / "in.fasta"),
+            "--out",
+            str(tmp_path / "c.tsv"),
+            "--min-identity",
+            "0.9",
+            "--backend",
+            "fallback",
+        ]
+    )
     assert rc == 0 and "2 clusters" in capsys.readouterr().out
     rows = [line.split("\t") for line in (tmp_path / "c.tsv").read_text().splitlines()]
     assert [proteins[0].id, "near"] in rows and len(rows) == 3

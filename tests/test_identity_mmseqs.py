@@ -37,7 +37,9 @@ def test_wrapper_search_identity_and_failure_log(mm, tmp_path, proteins):
     best = {h.query: h for h in hits}
     assert best["0"].target == "0" and best["0"].identity == pytest.approx(0.8, abs=0.02)
     assert best["1"].target == "1" and best["1"].identity == 1.0 and best["1"].qcov == 1.0
-    with pytest.raises(MMseqsError, match=r"(?s)failed \(exit \d+\).*last output.*missing.fasta does not exist"):
+    with pytest.raises(
+        MMseqsError, match=r"(?s)failed \(exit \d+\).*last output.*missing.fasta does not exist"
+    ):
         mm.easy_search(tmp_path / "missing.fasta", tmp_path / "t.fasta")
     with pytest.raises(ValueError, match="min_identity=2"):
         mm.easy_search(tmp_path / "q.fasta", tmp_path / "t.fasta", min_identity=2)
@@ -53,13 +55,29 @@ def test_decontaminate_removes_exact_and_similar_only(tmp_path, proteins):
     ]
     (tmp_path / "train.fasta").write_text("".join(f">{r.id}\n{r.seq}\n" for r in train))
     (tmp_path / "eval.fasta").write_text("".join(f">{r.id}\n{r.seq}\n" for r in evals))
-    rc = data_main(["decontaminate", "--train", str(tmp_path / "train.fasta"), "--against", str(tmp_path / "eval.fasta"),
-                    "--min-identity", "0.5", "--out", str(tmp_path / "out"), "--backend", "mmseqs", "--quiet"])
+    rc = data_main(
+        [
+            "decontaminate",
+            "--train",
+            str(tmp_path / "train.fasta"),
+            "--against",
+            str(tmp_path / "eval.fasta"),
+            "--min-identity",
+            "0.5",
+            "--out",
+            str(tmp_path / "out"),
+            "--backend",
+            "mmseqs",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     with open(tmp_path / "out" / "removed.tsv") as fh:
         removed = {r["record_id"]: r for r in csv.DictReader(fh, delimiter="\t")}
     assert set(removed) == {"leak_exact", "leak_fragment", "leak_70"}
-    assert removed["leak_exact"]["exact"] == "1" and float(removed["leak_70"]["identity"]) == pytest.approx(0.7, abs=0.03)
+    assert removed["leak_exact"]["exact"] == "1" and float(removed["leak_70"]["identity"]) == pytest.approx(
+        0.7, abs=0.03
+    )
     kept = [r.id for r in read_fasta(tmp_path / "out" / "train.decontaminated.fasta.gz")]
     assert kept == [r.id for r in proteins[10:30]] + ["distant_30"]
 
@@ -91,8 +109,20 @@ def test_held_out_bins_hold_under_an_independent_search(mm, tmp_path):
 
 def test_cluster_tsv_uses_prepare_ids(tmp_path, metagenomic_fasta):
     out = tmp_path / "clusters.tsv"
-    rc = data_main(["cluster", "--in", str(metagenomic_fasta), "--out", str(out), "--min-identity", "0.9",
-                    "--backend", "mmseqs", "--quiet"])
+    rc = data_main(
+        [
+            "cluster",
+            "--in",
+            str(metagenomic_fasta),
+            "--out",
+            str(out),
+            "--min-identity",
+            "0.9",
+            "--backend",
+            "mmseqs",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     rows = [line.split("\t") for line in out.read_text().splitlines()]
     ids = [r.id for r in read_fasta(metagenomic_fasta, on_invalid="x")]

@@ -16,16 +16,23 @@ A_MUT3 = A[:5] + "W" + A[6:15] + "W" + A[16:25] + "W" + A[26:]  # 3 substitution
 B = "GHPLWEDNCYVTMAGSRKFIQDELWHNPCTMYG"  # unrelated
 
 
-@pytest.mark.parametrize("a, b, expected", [
-    ("ACDEFGHIKL", "ACDEFGHIKL", 1.0),  # identical
-    ("ACDEFGHIKL", "ACDEFGHIKW", 9 / 10),  # ACDEFGHIK[L/W]: one substitution in 10
-    ("DEFGH", "ACDEFGHIKL", 5 / 5),  # --DEFGH---: a fragment aligns inside its parent, overhangs are free
-    ("ACDEFGHIKL", "ACDEFWWWGHIKL", 10 / 10),  # ACDEF---GHIKL: an insertion in the longer costs nothing
-    ("ACDEFWWWGHIKL", "ACDEFGHIKLMNPQ", 10 / 13),  # ACDEFWWWGHIKL vs ACDEF---GHIKL: the shorter's WWW count
-    ("AAAA", "WWWW", 0.0),  # nothing identical
-    ("", "ACDE", 0.0),  # empty
-    (A, A_MUT3, 30 / 33),
-])
+@pytest.mark.parametrize(
+    "a, b, expected",
+    [
+        ("ACDEFGHIKL", "ACDEFGHIKL", 1.0),  # identical
+        ("ACDEFGHIKL", "ACDEFGHIKW", 9 / 10),  # ACDEFGHIK[L/W]: one substitution in 10
+        ("DEFGH", "ACDEFGHIKL", 5 / 5),  # --DEFGH---: a fragment aligns inside its parent, overhangs are free
+        ("ACDEFGHIKL", "ACDEFWWWGHIKL", 10 / 10),  # ACDEF---GHIKL: an insertion in the longer costs nothing
+        (
+            "ACDEFWWWGHIKL",
+            "ACDEFGHIKLMNPQ",
+            10 / 13,
+        ),  # ACDEFWWWGHIKL vs ACDEF---GHIKL: the shorter's WWW count
+        ("AAAA", "WWWW", 0.0),  # nothing identical
+        ("", "ACDE", 0.0),  # empty
+        (A, A_MUT3, 30 / 33),
+    ],
+)
 def test_identity_is_identical_pairs_over_the_shorter_length(a, b, expected):
     assert identity(a, b) == pytest.approx(expected)
     assert identity(b, a) == pytest.approx(expected)  # symmetric

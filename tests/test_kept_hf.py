@@ -33,8 +33,21 @@ def test_hf_export_with_peft_adapter_predicts_like_plm(tmp_path, task):
             if "lora_" in name:
                 p.normal_(0, 0.3)
     write_kept(tmp_path / "final", module)
-    assert plm_main(["convert", "--from", "plm", "--to", "hf", str(tmp_path / "final"), str(tmp_path / "hf"),
-                     "--no-progress"]) == 0
+    assert (
+        plm_main(
+            [
+                "convert",
+                "--from",
+                "plm",
+                "--to",
+                "hf",
+                str(tmp_path / "final"),
+                str(tmp_path / "hf"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
 
     hf = transformers.EsmForMaskedLM.from_pretrained(tmp_path / "hf")
     hf = peft.PeftModel.from_pretrained(hf, tmp_path / "hf" / "finetuned" / "adapter").eval()

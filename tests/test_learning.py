@@ -23,8 +23,11 @@ def test_tiny_model_memorises_real_sequences(cls, threshold, real_sequences):
     for _ in range(300):
         rows, cursor_next = packer.plan(cursor, 4)
         packed = materialize([store], rows, 128)
-        batch = {"tokens": torch.from_numpy(packed.tokens), "doc_ids": torch.from_numpy(packed.doc_ids),
-                 "cursor_start": torch.tensor(cursor)}
+        batch = {
+            "tokens": torch.from_numpy(packed.tokens),
+            "doc_ids": torch.from_numpy(packed.doc_ids),
+            "cursor_start": torch.tensor(cursor),
+        }
         cursor = cursor_next
         loss, _ = model.loss(batch)
         loss.backward()

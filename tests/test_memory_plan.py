@@ -29,7 +29,9 @@ def test_1b_fsdp_on_32_gpus_by_hand():
     plan = memory_plan(config_for("1b"), "fsdp", world=32, rows=8, row_len=1024)
     p, block, root, tokens = 1_212_870_689, 50_358_272, 4_272_161, 8 * 1024
     assert config_for("1b").n_params() == p and config_for("1b").n_params_block() == block
-    assert plan.params == pytest.approx(4 * p / 32) and plan.grads == pytest.approx(4 * p / 32)  # 0.1516 GB each
+    assert plan.params == pytest.approx(4 * p / 32) and plan.grads == pytest.approx(
+        4 * p / 32
+    )  # 0.1516 GB each
     assert plan.optimizer == pytest.approx(8 * p / 32)  # 0.3032 GB
     assert plan.working == pytest.approx(2 * root + 10 * block)  # 512,127,042 B
     # per token: 24 layers × (24·2048 + 4·8192 + 2 LNs' stats 16 + log-sum-exp 4·32 = 82,064) + outside
@@ -39,7 +41,9 @@ def test_1b_fsdp_on_32_gpus_by_hand():
     assert plan.activations_ac == pytest.approx((24 * 8_192 + 82_064 + 16_714) * tokens)  # 2.4198 GB
     assert plan.checkpointing and plan.total() == pytest.approx(3_538_364_498.5)
     # 6·(N + 33·2048) + 12·24·2048·1024 = 7,881,203,712 FLOPs per token; 2²⁰ tokens; 32 × 989e12 × 0.4
-    assert step_seconds(config_for("1b"), 2**20, 32, 989e12, 0.4) == pytest.approx(7_881_203_712 * 2**20 / 1.26592e16)
+    assert step_seconds(config_for("1b"), 2**20, 32, 989e12, 0.4) == pytest.approx(
+        7_881_203_712 * 2**20 / 1.26592e16
+    )
 
 
 def test_650m_ddp_on_8_gpus_by_hand():
@@ -48,7 +52,9 @@ def test_650m_ddp_on_8_gpus_by_hand():
     plan = memory_plan(config_for("650m"), "ddp", world=8, rows=8, row_len=1024)
     p = 651_042_593
     assert config_for("650m").n_params() == p
-    assert (plan.params, plan.grads, plan.optimizer, plan.working) == pytest.approx((4 * p, 8 * p, 8 * p, 2 * p))
+    assert (plan.params, plan.grads, plan.optimizer, plan.working) == pytest.approx(
+        (4 * p, 8 * p, 8 * p, 2 * p)
+    )
     assert not plan.checkpointing  # DDP does not recompute
     # 33 × (24·1280 + 4·5120 + 16 + 4·20 = 51,296) + 8·1280 + 330 = 1,703,338 per token × 8192
     assert plan.activations == pytest.approx(13_953_744_896)
@@ -66,7 +72,9 @@ def test_10b_on_one_gpu_needs_four():
     best = smallest_fitting(one, memory)
     assert (best.strategy, best.world, best.rows, best.checkpointing) == ("fsdp", 4, 8, True)
     assert best.total() == pytest.approx(16 * 10_703_870_241 / 4 + 2_311_564_866 + 8_417_722_368)
-    assert layout_flags(4) == "--devices 4 --num-nodes 1" and layout_flags(128) == "--devices 8 --num-nodes 16"
+    assert (
+        layout_flags(4) == "--devices 4 --num-nodes 1" and layout_flags(128) == "--devices 8 --num-nodes 16"
+    )
 
 
 def test_a_replica_that_cannot_fit_is_sent_to_fsdp():
@@ -96,7 +104,9 @@ def _saved_bytes_per_token(cfg: ModelConfig, monkeypatch) -> float:
     monkeypatch.setattr(A, "backend_for", lambda q: "flash")
     monkeypatch.setattr(A, "_flash_varlen", lambda: lambda q, k, v, *a, **kw: _FlashLike.apply(q, k, v))
     model = Transformer(cfg)
-    weights = {s for p in model.parameters() for s in (tuple(p.shape), tuple(p.shape)[::-1])}  # linear saves W.t()
+    weights = {
+        s for p in model.parameters() for s in (tuple(p.shape), tuple(p.shape)[::-1])
+    }  # linear saves W.t()
     tokens = torch.randint(4, 24, (2, 64))
     docs = torch.zeros_like(tokens)
     docs[:, 40:] = 1
@@ -107,17 +117,26 @@ def _saved_bytes_per_token(cfg: ModelConfig, monkeypatch) -> float:
             storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
+    with (
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+        torch.autocast("cpu", dtype=torch.bfloat16),
+    ):
         model.hidden(tokens, docs)
     return sum(storages.values()) / tokens.numel()
 
 
-@pytest.mark.parametrize("fields", [
-    {"flavour": "esm2"}, {"flavour": "progen2", "rotary_dim": 8},
-    # the formula reads the fields (issue #22): DeepNorm and GeGLU need no new case
-    {"flavour": "xtrimopglm"}, {"flavour": "progen2", "norm": "deepnorm", "rotary_dim": 8},
-    {"flavour": "esm2", "activation": "geglu"},
-], ids=["esm2", "progen2", "xtrimopglm", "progen2-deepnorm", "esm2-geglu"])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"flavour": "esm2"},
+        {"flavour": "progen2", "rotary_dim": 8},
+        # the formula reads the fields (issue #22): DeepNorm and GeGLU need no new case
+        {"flavour": "xtrimopglm"},
+        {"flavour": "progen2", "norm": "deepnorm", "rotary_dim": 8},
+        {"flavour": "esm2", "activation": "geglu"},
+    ],
+    ids=["esm2", "progen2", "xtrimopglm", "progen2-deepnorm", "esm2-geglu"],
+)
 def test_block_activation_bytes_are_what_the_block_saves(fields, monkeypatch):
     """One more layer adds exactly ``block_activation_bytes`` per token to what autograd keeps."""
     shape = {"n_embd": 64, "n_head": 4, **fields}
@@ -129,7 +148,10 @@ def test_block_activation_bytes_are_what_the_block_saves(fields, monkeypatch):
 def test_dry_run_prints_the_table_for_1b_on_4_nodes(capsys):
     assert plm_main(["train", "--size", "1b", "--gpus", "8", "--nodes", "4", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "memory per GPU (FSDP2: full shard over 32 × H100, bf16-mixed, micro-batch 8 rows × 1024 tokens)" in out
+    assert (
+        "memory per GPU (FSDP2: full shard over 32 × H100, bf16-mixed, micro-batch 8 rows × 1024 tokens)"
+        in out
+    )
     assert "optimizer state (AdamW, fp32)          0.30 GB          0.30 GB" in out
     assert "total                                 17.39 GB          3.54 GB" in out
     assert "at 40% MFU" in out and "days" in out and "plm.strategies.FSDP2" in out

@@ -125,6 +125,7 @@ def test_load_errors_name_file_and_tensor(tmp_path):
         load_pretrained(tmp_path / "missing")
     other = save_pretrained(tiny_model("esm2", n_embd=64), tmp_path / "other")
     import json
+
     cfg = json.loads((other / "config.json").read_text())
     cfg["model"]["n_embd"] = 48
     (other / "config.json").write_text(json.dumps(cfg))

@@ -36,7 +36,7 @@ def test_pseudo_logprob_masks_one_residue_at_a_time():
             row = ids.clone()
             row[i] = MASK
             expected += float(model(row[None], causal=False).float().log_softmax(-1)[0, i, ids[i]])
-    (lp, n), = pseudo_logprobs(model, [seq], rows_per_batch=4)  # 4 masked copies per forward
+    ((lp, n),) = pseudo_logprobs(model, [seq], rows_per_batch=4)  # 4 masked copies per forward
     assert n == len(seq) and lp == pytest.approx(expected, abs=1e-4)
     no_columns = torch.tensor([], dtype=torch.long)
     assert masked_logprobs(model, ids, no_columns).shape == (0, model.config.vocab_size)

@@ -43,7 +43,9 @@ class _Module:
 
 @pytest.mark.parametrize("peak", [None, 1e12, "measure"])
 def test_throughput_logs_real_padded_flops_and_mfu(monkeypatch, peak):
-    monkeypatch.setattr("plm.callbacks.monitor.matmul_peak", lambda dtype, device: 2e12 if dtype == torch.bfloat16 else 0)
+    monkeypatch.setattr(
+        "plm.callbacks.monitor.matmul_peak", lambda dtype, device: 2e12 if dtype == torch.bfloat16 else 0
+    )
     cb, module = Throughput(log_every=2, peak_flops=peak), _Module()
     trainer = SimpleNamespace(world_size=1, precision="bf16-mixed")
     cb.on_fit_start(trainer, module)

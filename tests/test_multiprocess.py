@@ -51,13 +51,40 @@ class Runs:
 
     def fit(self, name: str, *extra: str, world: int = 1, check: bool = True) -> subprocess.CompletedProcess:
         rows = str(4 // world)
-        cmd = [sys.executable, "-m", "plm.cli", "fit", "--config", str(REPO / "configs/train/tiny.yaml"),
-               "--run_root", str(self.root), "--run_name", name, "--model.class_path", "plm.lit.CausalLM",
-               "--trainer.max_steps", "5", "--trainer.val_check_interval", "5", "--trainer.log_every_n_steps", "1",
-               "--data.rows_per_batch", rows, "--data.val_rows", "5",
-               "--data.eval_sets", json.dumps({"one": str(self.one_fasta)}),
-               "--checkpoint_every", "3", "--keep_checkpoints", "-1", "--trainer.devices", str(world),
-               "--trainer.callbacks+=tests.helpers.callbacks.StreamRecorder", *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "plm.cli",
+            "fit",
+            "--config",
+            str(REPO / "configs/train/tiny.yaml"),
+            "--run_root",
+            str(self.root),
+            "--run_name",
+            name,
+            "--model.class_path",
+            "plm.lit.CausalLM",
+            "--trainer.max_steps",
+            "5",
+            "--trainer.val_check_interval",
+            "5",
+            "--trainer.log_every_n_steps",
+            "1",
+            "--data.rows_per_batch",
+            rows,
+            "--data.val_rows",
+            "5",
+            "--data.eval_sets",
+            json.dumps({"one": str(self.one_fasta)}),
+            "--checkpoint_every",
+            "3",
+            "--keep_checkpoints",
+            "-1",
+            "--trainer.devices",
+            str(world),
+            "--trainer.callbacks+=tests.helpers.callbacks.StreamRecorder",
+            *extra,
+        ]
         env = {**os.environ, "PYTHONPATH": str(REPO), "PLM_TEST_OUT": str(self.out), "PLM_TEST_RUN": name}
         res = subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
         if check:
@@ -70,9 +97,14 @@ class Runs:
             spec = CONFIGS[name]
             args = [a.replace("{root}", str(self.root)) for a in spec["args"]]
             self.fit(name, *args, world=spec["world"])
-            ranks = [json.loads((self.out / f"{name}-rank{r}.json").read_text()) for r in range(spec["world"])]
-            self.done[name] = {"ranks": ranks, "dir": self.root / name,
-                               "logits": torch.load(self.out / f"{name}-logits.pt")}
+            ranks = [
+                json.loads((self.out / f"{name}-rank{r}.json").read_text()) for r in range(spec["world"])
+            ]
+            self.done[name] = {
+                "ranks": ranks,
+                "dir": self.root / name,
+                "logits": torch.load(self.out / f"{name}-logits.pt"),
+            }
         return self.done[name]
 
 
@@ -83,14 +115,20 @@ CONFIGS = {
     # the model built on the meta device, each rank materialising and sharding it block by block
     "fsdp_meta": {"world": 2, "args": ["--trainer.strategy", FSDP2, "--model.init_args.meta_init", "true"]},
     # the sharded step-3 checkpoint of "fsdp", resumed by 2 ranks
-    "fsdp_resumed": {"world": 2, "args": ["--trainer.strategy", FSDP2,
-                                          "--ckpt_path", "{root}/fsdp/ckpt/step00000003.ckpt"]},
+    "fsdp_resumed": {
+        "world": 2,
+        "args": ["--trainer.strategy", FSDP2, "--ckpt_path", "{root}/fsdp/ckpt/step00000003.ckpt"],
+    },
     # world size 2 → 1: the same sharded checkpoint resharded onto one process (4 rows instead of 2 × 2)
-    "fsdp_to_one": {"world": 1, "args": ["--trainer.strategy", FSDP2,
-                                         "--ckpt_path", "{root}/fsdp/ckpt/step00000003.ckpt"]},
+    "fsdp_to_one": {
+        "world": 1,
+        "args": ["--trainer.strategy", FSDP2, "--ckpt_path", "{root}/fsdp/ckpt/step00000003.ckpt"],
+    },
     # world size 1 → 2: the one-process run's step-3 checkpoint continued by 2 DDP ranks
-    "single_to_ddp": {"world": 2, "args": ["--trainer.strategy", "ddp",
-                                           "--ckpt_path", "{root}/single/ckpt/step00000003.ckpt"]},
+    "single_to_ddp": {
+        "world": 2,
+        "args": ["--trainer.strategy", "ddp", "--ckpt_path", "{root}/single/ckpt/step00000003.ckpt"],
+    },
 }
 
 
@@ -101,8 +139,10 @@ def runs(tmp_path_factory) -> Runs:
 
 def stream(record: dict, steps=STEPS) -> dict[int, list[str]]:
     """Step → the global batch's row digests (rank 0's rows, then rank 1's)."""
-    return {s: [row for rank in record["ranks"] for b in rank["batches"] if b["step"] == s for row in b["rows"]]
-            for s in steps}
+    return {
+        s: [row for rank in record["ranks"] for b in rank["batches"] if b["step"] == s for row in b["rows"]]
+        for s in steps
+    }
 
 
 def global_loss(record: dict, steps=STEPS) -> dict[int, float]:
@@ -155,7 +195,9 @@ def test_meta_device_init_on_two_ranks_trains_like_a_whole_build(runs):
 @pytest.mark.slow
 def test_sharded_checkpoint_resumes_exactly_on_two_ranks(runs):
     ckpt = runs.get("fsdp")["dir"] / "ckpt" / "step00000003.ckpt"
-    assert ckpt.is_dir() and {"__0_0.distcp", "__1_0.distcp", "meta.pt", ".metadata"} <= {p.name for p in ckpt.iterdir()}
+    assert ckpt.is_dir() and {"__0_0.distcp", "__1_0.distcp", "meta.pt", ".metadata"} <= {
+        p.name for p in ckpt.iterdir()
+    }
     full, resumed = runs.get("fsdp"), runs.get("fsdp_resumed")
     for rank in (0, 1):
         a = [b for b in full["ranks"][rank]["batches"] if b["step"] in AFTER_RESUME]
@@ -212,7 +254,9 @@ class _Trainer:
 
 
 def _datamodule(uniprot_fasta, sources: dict | None = None, **kw) -> ProteinDataModule:
-    dm = ProteinDataModule(sources=sources or {"uniprot": str(uniprot_fasta)}, **{"row_len": 128, "val_fraction": 0.1, **kw})
+    dm = ProteinDataModule(
+        sources=sources or {"uniprot": str(uniprot_fasta)}, **{"row_len": 128, "val_fraction": 0.1, **kw}
+    )
     dm.setup()
     return dm
 
@@ -229,7 +273,13 @@ def test_every_rank_gets_as_many_validation_batches(uniprot_fasta, val_rows, wor
     dm = _datamodule(uniprot_fasta, val_rows=val_rows, rows_per_batch=2)
     per_rank = [_val_batches(dm, r, world) for r in range(world)]
     assert len({len(b) for b in per_rank}) == 1 and len(per_rank[0]) >= 1
-    real = sorted(row.tobytes() for batches in per_rank for b in batches if b["n_real"] > 0 for row in b["tokens"].numpy())
+    real = sorted(
+        row.tobytes()
+        for batches in per_rank
+        for b in batches
+        if b["n_real"] > 0
+        for row in b["tokens"].numpy()
+    )
     one = sorted(row.tobytes() for b in _val_batches(dm, 0, 1) for row in b["tokens"].numpy())
     assert real == one and len(one) == val_rows
     # iterable, so Lightning adds no DistributedSampler that would split a rank's share again
@@ -245,9 +295,12 @@ def test_resume_fingerprint_refuses_other_data(uniprot_fasta, metagenomic_fasta)
     state = _datamodule(uniprot_fasta, two).state_dict()
     assert state["fingerprint"]["seed"] == 0 and state["fingerprint"]["row_len"] == 128
     _datamodule(uniprot_fasta, two, rows_per_batch=3).load_state_dict(state)
-    cases = [({"seed": 1}, "seed: checkpoint 0, now 1"), ({"row_len": 64}, "row_len: checkpoint 128, now 64"),
-             ({"weights": {"uniprot": 1.0, "metagenomic": 3.0}}, "weights: checkpoint"),
-             ({"sources": {"uniprot": str(uniprot_fasta)}}, "sources: checkpoint")]
+    cases = [
+        ({"seed": 1}, "seed: checkpoint 0, now 1"),
+        ({"row_len": 64}, "row_len: checkpoint 128, now 64"),
+        ({"weights": {"uniprot": 1.0, "metagenomic": 3.0}}, "weights: checkpoint"),
+        ({"sources": {"uniprot": str(uniprot_fasta)}}, "sources: checkpoint"),
+    ]
     for kw, message in cases:
         with pytest.raises(ValueError, match=f"resume refused.*{re.escape(message)}"):
             _datamodule(uniprot_fasta, **{"sources": two, **kw}).load_state_dict(state)

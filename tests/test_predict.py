@@ -27,7 +27,9 @@ SEQS = ["MKVLAAGKRR", "MKKKKAAAAGGGWWWVIL", "ACDEFGHIKL"]
 def root(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
     save_pretrained(tiny_model("esm2", n_layer=2, n_embd=16, n_head=2), root / "mlm", objective="mlm")
-    save_pretrained(tiny_model("progen2", n_layer=2, n_embd=16, n_head=2, rotary_dim=4), root / "clm", objective="clm")
+    save_pretrained(
+        tiny_model("progen2", n_layer=2, n_embd=16, n_head=2, rotary_dim=4), root / "clm", objective="clm"
+    )
     write_toy_task(root)
     write_residue_task(root)
     (root / "in.fasta").write_text("".join(f">s{i} some description\n{s}\n" for i, s in enumerate(SEQS)))
@@ -36,7 +38,9 @@ def root(tmp_path_factory):
 
 def _module(root, task: str, mode: str, backbone: str = "mlm") -> FineTune:
     torch.manual_seed(0)
-    module = FineTune(backbone=str(root / backbone), task=str(root / task), mode=mode, lora_dropout=0.0).eval()
+    module = FineTune(
+        backbone=str(root / backbone), task=str(root / task), mode=mode, lora_dropout=0.0
+    ).eval()
     with torch.no_grad():  # LoRA's B starts at zero: give the adapters something to carry
         for name, p in module.named_parameters():
             if "lora_B" in name:
@@ -49,7 +53,9 @@ def _rows(path):
         return list(csv.DictReader(fh))
 
 
-@pytest.mark.parametrize(("task", "mode"), [("res.yaml", "lora"), ("toy.yaml", "full"), ("toy.yaml", "frozen")])
+@pytest.mark.parametrize(
+    ("task", "mode"), [("res.yaml", "lora"), ("toy.yaml", "full"), ("toy.yaml", "frozen")]
+)
 def test_kept_model_predicts_what_the_module_computes(root, tmp_path, task, mode):
     module = _module(root, task, mode)
     module.target_stats = torch.tensor([2.0, 3.0])
@@ -85,8 +91,23 @@ def test_lora_adapter_is_peft_format(root, tmp_path):
 def test_predict_csv_for_a_residue_model(root, tmp_path):
     write_kept(tmp_path / "final", _module(root, "res.yaml", "lora"))
     out = tmp_path / "preds.csv"
-    assert plm_main(["predict", "--checkpoint", str(tmp_path / "final"), "--in", str(root / "in.fasta"),
-                     "--out", str(out), "--max-tokens", "24", "--no-progress"]) == 0
+    assert (
+        plm_main(
+            [
+                "predict",
+                "--checkpoint",
+                str(tmp_path / "final"),
+                "--in",
+                str(root / "in.fasta"),
+                "--out",
+                str(out),
+                "--max-tokens",
+                "24",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     rows = _rows(out)
     assert len(rows) == sum(map(len, SEQS))
     assert list(rows[0]) == ["id", "position", "residue", "prediction", "p_H", "p_E", "p_C"]
@@ -99,8 +120,21 @@ def test_predict_csv_for_a_residue_model(root, tmp_path):
 
 def test_predict_embeddings_and_logprobs_of_language_models(root, tmp_path):
     out = tmp_path / "emb.csv"
-    assert plm_main(["predict", "--checkpoint", str(root / "mlm"), "--in", str(root / "in.fasta"), "--out", str(out),
-                     "--no-progress"]) == 0
+    assert (
+        plm_main(
+            [
+                "predict",
+                "--checkpoint",
+                str(root / "mlm"),
+                "--in",
+                str(root / "in.fasta"),
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     vectors = np.load(tmp_path / "emb.npy")
     assert [r["id"] for r in _rows(out)] == ["s0", "s1", "s2"] and vectors.shape == (3, 16)
     model = plm.load(str(root / "mlm"))
@@ -111,8 +145,23 @@ def test_predict_embeddings_and_logprobs_of_language_models(root, tmp_path):
     np.testing.assert_allclose(vectors[1], feats[0].mean(0).numpy(), rtol=1e-4, atol=1e-5)
     for flavour, causal in (("mlm", False), ("clm", True)):
         out = tmp_path / f"lp_{flavour}.csv"
-        assert plm_main(["predict", "--checkpoint", str(root / flavour), "--in", str(root / "in.fasta"), "--out",
-                         str(out), "--what", "logprobs", "--no-progress"]) == 0
+        assert (
+            plm_main(
+                [
+                    "predict",
+                    "--checkpoint",
+                    str(root / flavour),
+                    "--in",
+                    str(root / "in.fasta"),
+                    "--out",
+                    str(out),
+                    "--what",
+                    "logprobs",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
         rows = [r for r in _rows(out) if r["id"] == "s2"]
         assert len(rows) == len(SEQS[2]) and all(r["logp"] == r[f"logp_{r['residue']}"] for r in rows)
         model = plm.load(str(root / flavour))
@@ -149,7 +198,19 @@ def test_bad_input_fails_in_one_line_before_the_model_runs(root, tmp_path, capsy
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith("plm predict: ") and text in err[-1] and "Traceback" not in "\n".join(err)
     (tmp_path / "long.fasta").write_text(">long\n" + "A" * 1100 + "\n")
-    assert plm_main(["predict", "--checkpoint", str(root / "mlm"), "--in", str(tmp_path / "long.fasta"), "--out",
-                     str(tmp_path / "o.csv")]) == 2
+    assert (
+        plm_main(
+            [
+                "predict",
+                "--checkpoint",
+                str(root / "mlm"),
+                "--in",
+                str(tmp_path / "long.fasta"),
+                "--out",
+                str(tmp_path / "o.csv"),
+            ]
+        )
+        == 2
+    )
     assert "--crop" in capsys.readouterr().err
     assert not (tmp_path / "o.csv").exists()

@@ -36,13 +36,20 @@ def run(tmp_path: Path, fasta_text: str | bytes, name: str = "in.fasta", **kw) -
 
 
 def test_real_fixture_matches_in_memory_reader(tmp_path, uniprot_fasta, metagenomic_fasta):
-    top = prepare({"u": [uniprot_fasta], "m": [metagenomic_fasta]}, tmp_path / "out", val_fraction=0.1,
-                  workers=2, progress=False)
+    top = prepare(
+        {"u": [uniprot_fasta], "m": [metagenomic_fasta]},
+        tmp_path / "out",
+        val_fraction=0.1,
+        workers=2,
+        progress=False,
+    )
     for name, path in (("u", uniprot_fasta), ("m", metagenomic_fasta)):
         ref_train, ref_val = split_fasta(name, [path], 0.1)
         train = TokenStore.open(tmp_path / "out" / name / "train", verify=True)
         val = TokenStore.open(tmp_path / "out" / name / "val", verify=True)
-        assert np.array_equal(train.offsets, ref_train.offsets) and np.array_equal(train.tokens, ref_train.tokens)
+        assert np.array_equal(train.offsets, ref_train.offsets) and np.array_equal(
+            train.tokens, ref_train.tokens
+        )
         assert np.array_equal(val.offsets, ref_val.offsets) and np.array_equal(val.tokens, ref_val.tokens)
         assert top["sources"][name]["train"]["records"] == len(ref_train)
         man = json.loads((tmp_path / "out" / name / "manifest.json").read_text())
@@ -59,15 +66,23 @@ def test_many_shards_and_workers_give_the_same_store(tmp_path, uniprot_fasta):
     man = json.loads((tmp_path / "many" / "u" / "manifest.json").read_text())
     assert man["shards"] > 10
     for split in ("train", "val"):
-        a, b = TokenStore.open(tmp_path / "one" / "u" / split), TokenStore.open(tmp_path / "many" / "u" / split, verify=True)
+        a, b = (
+            TokenStore.open(tmp_path / "one" / "u" / split),
+            TokenStore.open(tmp_path / "many" / "u" / split, verify=True),
+        )
         assert np.array_equal(a.offsets, b.offsets) and np.array_equal(a.tokens, b.tokens)
         assert all(np.array_equal(a.get(i), b.get(i)) for i in range(len(a)))
     # the many-shard store keeps one token part per shard (hard-linked, not concatenated) ...
     meta = json.loads((tmp_path / "many" / "u" / "train" / "store.json").read_text())
     assert len(meta["parts"]) > 10 and meta["parts"][0] == "tokens.bin"
-    a, b = TokenStore.open(tmp_path / "one" / "u" / "train"), TokenStore.open(tmp_path / "many" / "u" / "train")
+    a, b = (
+        TokenStore.open(tmp_path / "one" / "u" / "train"),
+        TokenStore.open(tmp_path / "many" / "u" / "train"),
+    )
     edge = int(b.tokens.bounds[3])  # ... and slices across a part boundary read through
-    assert np.array_equal(b.tokens[edge - 7 : edge + 5], a.tokens[edge - 7 : edge + 5]) and len(b.tokens) == len(a.tokens)
+    assert np.array_equal(b.tokens[edge - 7 : edge + 5], a.tokens[edge - 7 : edge + 5]) and len(
+        b.tokens
+    ) == len(a.tokens)
     # a lost part is an incomplete store, never read as valid
     (tmp_path / "many" / "u" / "train" / meta["parts"][4]).unlink()
     with pytest.raises(ValueError, match=r"tokens\.004\.bin: missing"):
@@ -77,11 +92,22 @@ def test_many_shards_and_workers_give_the_same_store(tmp_path, uniprot_fasta):
 GOOD = ">a first\nMKTAYIAK\nQRQIS\n>b\nLLGVV\n"
 BAD_CASES = {
     # case: (fasta text, error regex naming file + record + reason, counted reason under "skip")
-    "empty": (GOOD + ">c empty\n\n>d\nMK\n", r"in\.fasta: record 'c' at byte \d+: empty sequence", "empty sequence"),
-    "alphabet": (GOOD + ">c\nMKJ\n", r"in\.fasta: record 'c' .*character outside the alphabet \('J' at position 3\)",
-                 "character outside the alphabet"),
+    "empty": (
+        GOOD + ">c empty\n\n>d\nMK\n",
+        r"in\.fasta: record 'c' at byte \d+: empty sequence",
+        "empty sequence",
+    ),
+    "alphabet": (
+        GOOD + ">c\nMKJ\n",
+        r"in\.fasta: record 'c' .*character outside the alphabet \('J' at position 3\)",
+        "character outside the alphabet",
+    ),
     "non_ascii": (GOOD + ">c\nMKÄ\n", r"record 'c' .*non-ASCII bytes", "non-ASCII bytes in sequence"),
-    "too_long": (GOOD + ">c\n" + "A" * 50 + "\n", r"record 'c' .*longer than max_length=20", "longer than max_length=20"),
+    "too_long": (
+        GOOD + ">c\n" + "A" * 50 + "\n",
+        r"record 'c' .*longer than max_length=20",
+        "longer than max_length=20",
+    ),
 }
 
 
@@ -103,15 +129,20 @@ def test_x_policy_maps_unknown_letters(tmp_path):
 
 
 def test_errors_are_gathered_into_one_message(tmp_path):
-    with pytest.raises(FastaError, match=r"(?s)2 invalid record.*record 'c'.*record 'e'.*--on-invalid skip") as info:
+    with pytest.raises(
+        FastaError, match=r"(?s)2 invalid record.*record 'c'.*record 'e'.*--on-invalid skip"
+    ) as info:
         run(tmp_path, GOOD + ">c\nMK1\n>d\nMK\n>e\n\n")
     assert "empty sequence" in str(info.value)
 
 
-@pytest.mark.parametrize("text,pattern", [
-    ("MKV\n>a\nMK\n", r"in\.fasta: byte 0: sequence data before the first '>' header"),
-    (">a\nMK\n>\nMK\n", r"in\.fasta: byte 6: header '>' has no identifier"),
-])
+@pytest.mark.parametrize(
+    "text,pattern",
+    [
+        ("MKV\n>a\nMK\n", r"in\.fasta: byte 0: sequence data before the first '>' header"),
+        (">a\nMK\n>\nMK\n", r"in\.fasta: byte 6: header '>' has no identifier"),
+    ],
+)
 def test_structural_errors_even_when_skipping(tmp_path, text, pattern):
     with pytest.raises(FastaError, match=pattern):
         run(tmp_path, text, on_invalid="skip")
@@ -122,13 +153,17 @@ def test_crlf_lowercase_blank_lines_and_stop_are_accepted(tmp_path):
     _, out = run(tmp_path, messy)
     store = TokenStore.open(out / "s" / "train")
     assert [store.get(i).tolist() for i in range(len(store))] == [
-        encode_residues("MKTAYIAKQRQIS").tolist(), encode_residues("LLGVV").tolist()]
+        encode_residues("MKTAYIAKQRQIS").tolist(),
+        encode_residues("LLGVV").tolist(),
+    ]
 
 
 def test_duplicate_ids_are_a_counted_skip_across_files_and_shards(tmp_path):
     a = write(tmp_path / "a.fasta", "".join(f">r{i}\n{'MKV' * (i + 5)}\n" for i in range(200)))
     b = write(tmp_path / "b.fasta", ">r3 again\nWWWW\n>new\nCCCC\n>r150\nHHHH\n")
-    top = prepare({"s": [a, b]}, tmp_path / "out", val_fraction=0.0, shard_size=1024, workers=2, progress=False)
+    top = prepare(
+        {"s": [a, b]}, tmp_path / "out", val_fraction=0.0, shard_size=1024, workers=2, progress=False
+    )
     assert top["sources"]["s"]["rejected"] == {"duplicate identifier": 2}
     store = TokenStore.open(tmp_path / "out" / "s" / "train")
     assert len(store) == 201 and store.get(200).tolist() == encode_residues("CCCC").tolist()
@@ -164,7 +199,10 @@ def test_interrupted_prepare_resumes_without_redoing_finished_shards(tmp_path, u
     assert second and not set(first) & set(second)  # finished shards were reused, the rest parsed
     prepare({"u": [fa]}, tmp_path / "clean", **kw)
     for split in ("train", "val"):
-        a, b = TokenStore.open(tmp_path / "out" / "u" / split), TokenStore.open(tmp_path / "clean" / "u" / split)
+        a, b = (
+            TokenStore.open(tmp_path / "out" / "u" / split),
+            TokenStore.open(tmp_path / "clean" / "u" / split),
+        )
         assert np.array_equal(a.tokens, b.tokens) and np.array_equal(a.offsets, b.offsets)
     hook3, third = _interrupt_after(10**9)
     prepare({"u": [fa]}, tmp_path / "out", on_shard_done=hook3, **kw)
@@ -189,7 +227,10 @@ def test_truncated_or_corrupt_shard_is_redone(tmp_path, uniprot_fasta, capsys):
     assert "truncated" in err and "crc32 differs" in err
     assert first[0] in second and first[1] in second and first[2] not in second
     prepare({"u": [fa]}, tmp_path / "clean", **kw)
-    a, b = TokenStore.open(tmp_path / "out" / "u" / "train"), TokenStore.open(tmp_path / "clean" / "u" / "train")
+    a, b = (
+        TokenStore.open(tmp_path / "out" / "u" / "train"),
+        TokenStore.open(tmp_path / "clean" / "u" / "train"),
+    )
     assert np.array_equal(a.tokens, b.tokens)
 
 
@@ -241,8 +282,14 @@ def test_clusters_round_trip_and_sampling(tmp_path, metagenomic_fasta):
     groups = {f"rep{c}": ids[c * 40 : (c + 1) * 40] for c in range(10)}  # 400 of 500 records clustered
     lines = [f"{rep}\t{m}" for rep, ms in groups.items() for m in ms] + ["rep0\tnot_a_record"]
     tsv = write(tmp_path / "c.tsv", "\n".join(lines) + "\n")
-    top = prepare({"m": [metagenomic_fasta]}, tmp_path / "out", clusters={"m": tsv}, val_fraction=0.0,
-                  workers=1, progress=False)
+    top = prepare(
+        {"m": [metagenomic_fasta]},
+        tmp_path / "out",
+        clusters={"m": tsv},
+        val_fraction=0.0,
+        workers=1,
+        progress=False,
+    )
     assert top["sources"]["m"]["train"]["records"] == 500
     man = json.loads((tmp_path / "out" / "m" / "manifest.json").read_text())
     assert man["train"]["clusters"]["members_not_in_train"] == 1
@@ -301,7 +348,12 @@ def test_datamodule_trains_from_prepared_dir(tmp_path, uniprot_fasta):
 
 
 def test_cli(tmp_path, metagenomic_fasta, capsys):
-    assert main(["--source", f"m={metagenomic_fasta}", "--out", str(tmp_path / "o"), "--quiet", "--workers", "1"]) == 0
+    assert (
+        main(
+            ["--source", f"m={metagenomic_fasta}", "--out", str(tmp_path / "o"), "--quiet", "--workers", "1"]
+        )
+        == 0
+    )
     assert "m: train" in capsys.readouterr().out
     assert main(["--source", f"m={tmp_path / 'nope.fa'}", "--out", str(tmp_path / "o2"), "--quiet"]) == 2
     assert "nope.fa: file not found" in capsys.readouterr().err
@@ -345,7 +397,9 @@ def test_only_a_greater_than_sign_at_a_line_start_opens_a_record(tmp_path, monke
 
     fa = tmp_path / "gt.fasta"
     records = [(f"r{i}", "ACDEFGHIKLMNPQRSTVWY"[: 5 + i % 15]) for i in range(60)]
-    fa.write_text("".join(f">{rid} desc with > inside and a>b\r\n{seq[:4]}\r\n{seq[4:]}\n" for rid, seq in records))
+    fa.write_text(
+        "".join(f">{rid} desc with > inside and a>b\r\n{seq[:4]}\r\n{seq[4:]}\n" for rid, seq in records)
+    )
     monkeypatch.setattr(prep, "BLOCK", 96)  # many blocks, each cut just before a header
     prepare({"g": [fa]}, tmp_path / "out", val_fraction=0.0, workers=1, progress=False)
     store = TokenStore.open(tmp_path / "out" / "g" / "train", verify=True)
@@ -444,8 +498,10 @@ def test_failed_shards_and_stores_leave_no_temporaries_and_stale_ones_are_cleare
     (out / SHARDS / "s" / ".0000-000000000000000.tmp-999-dead").mkdir()
     (out / ".manifest.json.tmp-999-dead").write_text("{")
     prepare({"s": [good]}, out, **kw)
-    assert _temporaries(out) == [] and len(TokenStore.open(out / "s" / "train")) + len(
-        TokenStore.open(out / "s" / "val")) == 2
+    assert (
+        _temporaries(out) == []
+        and len(TokenStore.open(out / "s" / "train")) + len(TokenStore.open(out / "s" / "val")) == 2
+    )
 
 
 def test_plm_data_commands_are_dispatched_from_plm_data(capsys):

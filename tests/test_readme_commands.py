@@ -36,8 +36,15 @@ DOC_FILES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 BLOCK = re.compile(r"^```(bash|sh|console)[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
 LIGHTNING = ("fit", "validate", "test", "finetune")
 #: what a `make` line may set besides the Makefile's own variables: environment variables plm reads
-PLM_ENV = ("PLM_DATA_ROOT", "PLM_DEBUG", "PLM_ATTENTION", "PLM_CPU_ATTENTION", "PLM_CACHE", "PLM_CPU_BF16",
-           "PLM_REQUIRE_MMSEQS")
+PLM_ENV = (
+    "PLM_DATA_ROOT",
+    "PLM_DEBUG",
+    "PLM_ATTENTION",
+    "PLM_CPU_ATTENTION",
+    "PLM_CACHE",
+    "PLM_CPU_BF16",
+    "PLM_REQUIRE_MMSEQS",
+)
 #: the repository folders commands name by relative path (configs, bundled data, task YAMLs, scripts)
 REPO_DIRS = ("configs", "data", "evaluation", "scripts", "benchmarks")
 
@@ -206,8 +213,20 @@ def repo_like(tmp_path, monkeypatch):
 
 def test_the_docs_show_commands_to_check():
     assert len(PLM) >= 30 and len(MAKE) >= 8, (len(PLM), len(MAKE))
-    assert {c.argv[1] for c in PLM} >= {"train", "plan", "fit", "evaluate", "finetune", "predict", "generate",
-                                        "score", "convert", "data", "sweep", "fit-laws"}
+    assert {c.argv[1] for c in PLM} >= {
+        "train",
+        "plan",
+        "fit",
+        "evaluate",
+        "finetune",
+        "predict",
+        "generate",
+        "score",
+        "convert",
+        "data",
+        "sweep",
+        "fit-laws",
+    }
 
 
 @pytest.mark.parametrize("cmd", [c for c in PLM if c.argv[1] not in LIGHTNING], ids=str)
@@ -221,15 +240,21 @@ LIGHTNING_CMDS = [c for c in PLM if c.argv[1] in LIGHTNING]
 
 def test_lightning_commands_parse_as_written(repo_like, monkeypatch):
     """One test for all of them: the first LightningCLI parse pays the imports, the rest take a second."""
-    rc, _, err = _call(["plan", "--flops", "1e20", "--objective", "mlm", "--write", "run.yaml"])  # as the docs do
+    rc, _, err = _call(
+        ["plan", "--flops", "1e20", "--objective", "mlm", "--write", "run.yaml"]
+    )  # as the docs do
     assert rc == 0, err
     problems = [f"{c}\n  {p}" for c in LIGHTNING_CMDS if (p := parse_problem(list(c.argv[1:]), monkeypatch))]
     assert LIGHTNING_CMDS and not problems, "\n".join(problems)
 
 
 #: seconds-long commands that need nothing a fresh checkout lacks (a plan from your own manifest does)
-RUNNABLE = [c for c in PLM if (c.argv[1] == "plan" and "--manifest" not in c.argv)
-            or (c.argv[1] == "train" and "--dry-run" in c.argv)]
+RUNNABLE = [
+    c
+    for c in PLM
+    if (c.argv[1] == "plan" and "--manifest" not in c.argv)
+    or (c.argv[1] == "train" and "--dry-run" in c.argv)
+]
 
 
 @pytest.mark.parametrize("cmd", RUNNABLE, ids=str)
@@ -244,7 +269,9 @@ def test_fast_commands_run(cmd, repo_like):
 
 def _makefile_variables() -> set[str]:
     text = (REPO / "Makefile").read_text()
-    return set(re.findall(r"^([A-Z_]+)\s*\?=", text, re.MULTILINE)) | set(re.findall(r"\$\(([A-Z_]+)\)", text))
+    return set(re.findall(r"^([A-Z_]+)\s*\?=", text, re.MULTILINE)) | set(
+        re.findall(r"\$\(([A-Z_]+)\)", text)
+    )
 
 
 def _make_targets() -> set[str]:
@@ -253,8 +280,13 @@ def _make_targets() -> set[str]:
 
 def _make_n(args: list[str]) -> list[list[str]]:
     """The plm command lines `make -n` would run (the prerequisites' set-up lines left out)."""
-    res = subprocess.run(["make", "-n", "--no-print-directory", "-o", ".venv/.installed",
-                          *args], cwd=REPO, capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        ["make", "-n", "--no-print-directory", "-o", ".venv/.installed", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 0, res.stderr
     lines = []
     for line in res.stdout.replace("\\\n", " ").splitlines():  # recipe lines continued with a backslash
@@ -300,14 +332,17 @@ def test_make_lines_and_help_targets_expand_to_plm_commands_that_parse(repo_like
 def test_the_checker_catches_a_made_up_flag(monkeypatch, repo_like):
     assert parse_problem(["plan", "--flops", "1e21", "--objective", "clm"], monkeypatch) is None
     assert "--no-such-flag" in parse_problem(["plan", "--flops", "1e21", "--no-such-flag"], monkeypatch)
-    assert "invalid choice" in parse_problem(["convert", "--from", "esm3", "--to", "plm", "a", "b"], monkeypatch)
+    assert "invalid choice" in parse_problem(
+        ["convert", "--from", "esm3", "--to", "plm", "a", "b"], monkeypatch
+    )
     assert parse_problem(["data", "prepare-all"], monkeypatch).startswith("no data subcommand")
     assert parse_problem(["frobnicate"], monkeypatch) == "no command 'frobnicate'"
     fake = Command("x:1", ("plm", "generate", "--checkpoint", "c", "--out", "o", "--tasks", "ss3"), "")
     assert "--tasks" in parse_problem(list(fake.argv[1:]), monkeypatch)
     assert parse_problem(["train", "--size", "8m", "--", "--trainer.no_such_field", "1"], monkeypatch)
-    assert "no_such_field" in parse_problem(["fit", "--config", "configs/train/tiny.yaml", "--model.init_args.no_such_field",
-                                             "1"], monkeypatch)
+    assert "no_such_field" in parse_problem(
+        ["fit", "--config", "configs/train/tiny.yaml", "--model.init_args.no_such_field", "1"], monkeypatch
+    )
     assert "BOGUS" in "\n".join(_bad_make("make train BOGUS=1"))
 
 

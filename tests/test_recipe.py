@@ -42,7 +42,11 @@ def test_train_plan_sweep_and_callback_agree_for_every_size(size, objective, cap
     plan = _plan_json(capsys, expected.flops, objective)  # the same budget through `plm plan`
     assert plan["size"] == size
     assert (plan["steps"], plan["accumulate"], plan["peak_lr"], plan["strategy"]) == (
-        expected.steps, expected.accumulate, expected.peak_lr, expected.strategy)
+        expected.steps,
+        expected.accumulate,
+        expected.peak_lr,
+        expected.strategy,
+    )
 
     if objective == "transfer":
         switch = json.loads(fit["--trainer.callbacks"])[0]["init_args"]["switch_flops"]
@@ -68,7 +72,9 @@ def test_a_budget_plans_the_run_train_makes_of_its_size(flops, objective, capsys
     if plan.size is None:  # generated shape: only the planner reaches it
         assert plan.steps == pytest.approx(flops / (6 * plan.n_params) / plan.step_tokens, abs=1)
         return
-    fit = _train_fit_args(capsys, "--size", plan.size, "--objective", objective, "--tokens", repr(plan.tokens))
+    fit = _train_fit_args(
+        capsys, "--size", plan.size, "--objective", objective, "--tokens", repr(plan.tokens)
+    )
     assert int(fit["--trainer.max_steps"]) == plan.steps
     assert float(fit["--model.init_args.lr"]) == plan.peak_lr
     if objective == "transfer":
@@ -107,8 +113,12 @@ def test_law_coefficients_live_in_one_module():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    hits = subprocess.run(["grep", "-rlE", r"1\.26e-3|6\.19e-8|1\.23e2|2\.02e6", "plm"], cwd=root,
-                          capture_output=True, text=True).stdout.split()
+    hits = subprocess.run(
+        ["grep", "-rlE", r"1\.26e-3|6\.19e-8|1\.23e2|2\.02e6", "plm"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     assert hits == ["plm/scaling/laws.py"]
 
 

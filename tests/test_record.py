@@ -27,7 +27,13 @@ def test_export_record_round_trip(tmp_path):
     model = tiny_model("progen2", rotary_dim=6)
     save_pretrained(model, tmp_path / "w", objective="clm", step=7, tokens_seen=1234, note="kept")
     rec = read_record(tmp_path / "w")
-    assert (rec.kind, rec.objective, rec.flavour, rec.step, rec.tokens_seen) == ("export", "clm", "progen2", 7, 1234)
+    assert (rec.kind, rec.objective, rec.flavour, rec.step, rec.tokens_seen) == (
+        "export",
+        "clm",
+        "progen2",
+        7,
+        1234,
+    )
     assert rec.config == model.config and rec.objective_recorded and rec.extra == {"note": "kept"}
     loaded, same = plm.load(tmp_path / "w", with_record=True)
     assert same == rec and torch.equal(loaded.embed.weight, model.embed.weight)
@@ -123,7 +129,11 @@ def _foreign_ckpt(tmp_path: Path) -> Path:
         (lambda p: p / "missing", "missing", "pass a plm export directory"),
         (lambda p: p, "config.json", "point at the export directory"),
         (_break_config(b'{"model": {'), "config.json", "not valid JSON.*re-export"),
-        (_break_config(b"\xff\xfe\x00\x81 random bytes \xc3\x28"), "config.json", "not valid JSON.*re-export"),
+        (
+            _break_config(b"\xff\xfe\x00\x81 random bytes \xc3\x28"),
+            "config.json",
+            "not valid JSON.*re-export",
+        ),
         (_break_config(b"[1, 2]"), "config.json", "JSON list, not an object; re-export"),
         (_hf_like, "config.json", "plm convert --from hf-esm"),
         (_no_weights, "model.safetensors", "copy the whole export directory"),
@@ -132,8 +142,19 @@ def _foreign_ckpt(tmp_path: Path) -> Path:
         (_truncated_ckpt, "last.ckpt", "truncated or corrupt.*earlier checkpoint"),
         (_foreign_ckpt, "other.ckpt", "not a plm checkpoint"),
     ],
-    ids=["missing", "no-config", "bad-json", "random-bytes", "json-list", "hf-dir", "no-weights",
-         "bad-objective", "newer-format", "truncated-ckpt", "foreign-ckpt"],
+    ids=[
+        "missing",
+        "no-config",
+        "bad-json",
+        "random-bytes",
+        "json-list",
+        "hf-dir",
+        "no-weights",
+        "bad-objective",
+        "newer-format",
+        "truncated-ckpt",
+        "foreign-ckpt",
+    ],
 )
 def test_errors_name_file_and_fix(tmp_path, make, where, fix):
     path = make(tmp_path)
@@ -158,13 +179,23 @@ def transfer_checkpoints(tmp_path_factory) -> dict[str, Path]:
     assert model.config.flavour == "esm2"
     n = model.config.n_params_non_embedding()
     every_step = ModelCheckpoint(dirpath=root, filename="{step}", every_n_train_steps=1, save_top_k=-1)
-    trainer = pl.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-                         callbacks=[CLMToMLMTransfer(switch_flops=6 * n * 4 * 128 * 1.5), every_step],
-                         default_root_dir=root)
+    trainer = pl.Trainer(
+        max_steps=3,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[CLMToMLMTransfer(switch_flops=6 * n * 4 * 128 * 1.5), every_step],
+        default_root_dir=root,
+    )
     trainer.fit(model, ProteinDataModule(row_len=128, rows_per_batch=4, val_rows=2))
     saved = {p: torch.load(p, weights_only=True)[RECORD_KEY]["objective"] for p in root.glob("*.ckpt")}
-    found = {"clm": [p for p, o in saved.items() if o == "clm"], "mlm": [p for p, o in saved.items() if o == "mlm"]}
+    found = {
+        "clm": [p for p, o in saved.items() if o == "clm"],
+        "mlm": [p for p, o in saved.items() if o == "mlm"],
+    }
     assert found["clm"] and found["mlm"], saved  # the run switched between two checkpoints
     return {"clm": found["clm"][0], "mlm": found["mlm"][-1]}
 
@@ -177,7 +208,9 @@ def test_checkpoint_and_export_hold_the_same_record(transfer_checkpoints, tmp_pa
     assert (rec.kind, rec.objective, rec.step) == ("lightning", "mlm", ckpt["global_step"])
     assert rec.tokens_seen == ckpt[RECORD_KEY]["tokens_seen"] > 0
     model = plm.load(transfer_checkpoints["mlm"])
-    save_pretrained(model, tmp_path / "w", objective=rec.objective, step=rec.step, tokens_seen=rec.tokens_seen)
+    save_pretrained(
+        model, tmp_path / "w", objective=rec.objective, step=rec.step, tokens_seen=rec.tokens_seen
+    )
     meta = json.loads((tmp_path / "w" / "config.json").read_text())
     assert {k: meta[k] for k in RECORD_FIELDS} == ckpt[RECORD_KEY]
 
@@ -190,8 +223,24 @@ def test_evaluate_scores_a_switched_checkpoint_as_mlm(transfer_checkpoints, tmp_
     assert load_backbone(transfer_checkpoints["mlm"])[1] == "mlm"
     assert load_backbone(transfer_checkpoints["clm"])[1] == "clm"
     out = tmp_path / "eval"
-    assert plm_main(["evaluate", "--checkpoint", str(transfer_checkpoints["mlm"]), "--tasks", "dms_blat",
-                     "--out", str(out), "--small", "--max-test", "6", "--no-progress"]) == 0
+    assert (
+        plm_main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(transfer_checkpoints["mlm"]),
+                "--tasks",
+                "dms_blat",
+                "--out",
+                str(out),
+                "--small",
+                "--max-test",
+                "6",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "objective mlm" in capsys.readouterr().out
     assert {r["mode"] for r in csv.DictReader((out / "results.csv").open())} == {"zero_shot_mlm"}
 
@@ -204,7 +253,16 @@ def test_generate_refuses_a_switched_checkpoint(transfer_checkpoints, tmp_path, 
     assert generate_main(["--checkpoint", str(transfer_checkpoints["mlm"]), "--out", str(out)]) == 2
     assert re.search(r"step=\d+\.ckpt: an MLM checkpoint .*before the switch", capsys.readouterr().err)
     assert not out.exists()
-    args = ["--checkpoint", str(transfer_checkpoints["clm"]), "--out", str(out), "--num", "2", "--max-length", "8"]
+    args = [
+        "--checkpoint",
+        str(transfer_checkpoints["clm"]),
+        "--out",
+        str(out),
+        "--num",
+        "2",
+        "--max-length",
+        "8",
+    ]
     assert generate_main(args) == 0 and out.read_text().count(">sample_") == 2
 
 
@@ -231,6 +289,8 @@ def test_init_from_checks_the_record_before_reading_weights(tmp_path, monkeypatc
     from plm.lit import init as init_module
 
     save_pretrained(tiny_model("esm2", n_layer=2, n_embd=64), tmp_path / "w", objective="clm")
-    monkeypatch.setattr(init_module, "load_with_record", lambda *a: pytest.fail("weights read before the check"))
+    monkeypatch.setattr(
+        init_module, "load_with_record", lambda *a: pytest.fail("weights read before the check")
+    )
     with pytest.raises(CheckpointError, match=r"n_layer: checkpoint 2 vs run 3"):
         MaskedLM(size="tiny", arch={"n_layer": 3}, init_from=str(tmp_path / "w"))

@@ -44,9 +44,25 @@ MAX_STEPS = 12
 
 # ---- helpers: the real CLI in a subprocess ---------------------------------------------------------------
 def _cmd(root: Path, name: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "plm.cli", "fit", "--config", str(REPO / "configs/train/tiny.yaml"),
-            "--run_root", str(root), "--run_name", name, "--checkpoint_every", "1",
-            "--trainer.max_steps", str(MAX_STEPS), "--trainer.log_every_n_steps", "1", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "plm.cli",
+        "fit",
+        "--config",
+        str(REPO / "configs/train/tiny.yaml"),
+        "--run_root",
+        str(root),
+        "--run_name",
+        name,
+        "--checkpoint_every",
+        "1",
+        "--trainer.max_steps",
+        str(MAX_STEPS),
+        "--trainer.log_every_n_steps",
+        "1",
+        *extra,
+    ]
 
 
 def _env() -> dict[str, str]:
@@ -54,21 +70,36 @@ def _env() -> dict[str, str]:
 
 
 def _run(root: Path, name: str, *extra: str) -> subprocess.CompletedProcess:
-    res = subprocess.run(_cmd(root, name, *extra), check=False, cwd=REPO, capture_output=True, text=True, timeout=600,
-                         env=_env())
+    res = subprocess.run(
+        _cmd(root, name, *extra),
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=_env(),
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     return res
 
 
 def _start_and_wait(root: Path, name: str, step: int, *extra: str) -> subprocess.Popen:
     """Start a fit and return once the checkpoint of ``step`` (and its checksum) is on disk."""
-    proc = subprocess.Popen(_cmd(root, name, *extra), cwd=REPO, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _cmd(root, name, *extra),
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     target = root / name / "ckpt" / f"step{step:08d}.ckpt"
     deadline = time.monotonic() + 300
     while not sidecar_path(target).exists():
         if proc.poll() is not None:
-            raise AssertionError(f"fit ended (rc {proc.returncode}) before step {step}: {proc.stderr.read()[-3000:]}")
+            raise AssertionError(
+                f"fit ended (rc {proc.returncode}) before step {step}: {proc.stderr.read()[-3000:]}"
+            )
         assert time.monotonic() < deadline, f"no checkpoint for step {step} after 300 s"
         time.sleep(0.02)
     return proc
@@ -101,8 +132,10 @@ def test_reference_run_keeps_last_k_and_best_with_checksums(reference):
     ckpt = reference / "ckpt"
     names = sorted(p.name for p in ckpt.iterdir())
     # --keep_checkpoints 2 (tiny default): the two newest step checkpoints, last and best; each verified
-    assert names == sorted(["best.ckpt", "last.ckpt", "step00000011.ckpt", "step00000012.ckpt"]
-                           + [n + ".sha256" for n in ("best.ckpt", "last.ckpt", "step00000011.ckpt", "step00000012.ckpt")])
+    assert names == sorted(
+        ["best.ckpt", "last.ckpt", "step00000011.ckpt", "step00000012.ckpt"]
+        + [n + ".sha256" for n in ("best.ckpt", "last.ckpt", "step00000011.ckpt", "step00000012.ckpt")]
+    )
     assert all(verify_checkpoint(ckpt / n) for n in names if n.endswith(".ckpt"))
     with open(reference / "csv" / "metrics.csv") as fh:
         vals = {int(r["step"]): float(r["val/loss"]) for r in csv.DictReader(fh) if r.get("val/loss")}
@@ -124,7 +157,9 @@ def test_sigkill_at_random_step_then_resume_matches_uninterrupted_run(reference,
     assert kill_after <= resumed_from < MAX_STEPS
     want, got = _losses(reference), _losses(run)
     logged = _logged_steps(run)
-    assert len(logged) == len(set(logged)), f"a step logged twice: {logged}"  # the CSV continues, each step once
+    assert len(logged) == len(set(logged)), (
+        f"a step logged twice: {logged}"
+    )  # the CSV continues, each step once
     # every step from the resume point on; before it the killed segment's rows (the row of the step whose
     # checkpoint the SIGKILL followed may be lost: Lightning logs it just after the save)
     assert set(range(resumed_from, MAX_STEPS)) <= set(logged)
@@ -133,7 +168,10 @@ def test_sigkill_at_random_step_then_resume_matches_uninterrupted_run(reference,
     # data position and weights: the final states are identical
     a, b = _load(reference / "ckpt" / "last.ckpt"), _load(run / "ckpt" / "last.ckpt")
     assert a["ProteinDataModule"] == b["ProteinDataModule"] and a["plm_tokens_seen"] == b["plm_tokens_seen"]
-    wa, wb = load_file(reference / "final" / "model.safetensors"), load_file(run / "final" / "model.safetensors")
+    wa, wb = (
+        load_file(reference / "final" / "model.safetensors"),
+        load_file(run / "final" / "model.safetensors"),
+    )
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert not [p for p in (run / "ckpt").iterdir() if ".tmp-" in p.name]  # partial writes cleaned up
 
@@ -179,7 +217,9 @@ def test_nan_loss_and_inf_grad_skip_the_step_count_and_log(tmp_path, uniprot_fas
         def on_train_batch_end(self, trainer, pl_module, *a):
             snapshots[trainer.global_step] = _weights(pl_module)
 
-    trainer, model = fit_inprocess(tmp_path, uniprot_fasta, 6, [_Inject(loss_steps={1}, grad_steps={3}), guard, Snap()])
+    trainer, model = fit_inprocess(
+        tmp_path, uniprot_fasta, 6, [_Inject(loss_steps={1}, grad_steps={3}), guard, Snap()]
+    )
     assert guard.skipped == 2 and guard.consecutive == 0
     assert float(trainer.callback_metrics["train/skipped_steps"]) == 2.0
     for bad in (1, 3):  # step index → weights after it equal the weights before it
@@ -190,8 +230,12 @@ def test_nan_loss_and_inf_grad_skip_the_step_count_and_log(tmp_path, uniprot_fas
 
 
 def test_k_consecutive_bad_steps_stop_with_clear_error_and_good_checkpoint(tmp_path, uniprot_fasta):
-    with pytest.raises(NumericalFaultError, match=r"3 consecutive optimizer steps .* non-finite loss.*--ckpt_path last"):
-        fit_inprocess(tmp_path, uniprot_fasta, 10, [_Inject(loss_steps={2, 3, 4, 5, 6}), NaNGuard(max_bad_steps=3)])
+    with pytest.raises(
+        NumericalFaultError, match=r"3 consecutive optimizer steps .* non-finite loss.*--ckpt_path last"
+    ):
+        fit_inprocess(
+            tmp_path, uniprot_fasta, 10, [_Inject(loss_steps={2, 3, 4, 5, 6}), NaNGuard(max_bad_steps=3)]
+        )
     last = tmp_path / "ckpt" / "last.ckpt"
     assert verify_checkpoint(last)
     state = _load(last)
@@ -224,7 +268,9 @@ def test_truncated_last_checkpoint_is_detected_and_previous_good_one_used(tmp_pa
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
     with pytest.raises(CheckpointError, match=r"last\.ckpt: checksum mismatch .* truncated or corrupt"):
         verify_checkpoint(last)
-    with pytest.warns(UserWarning, match=r"last\.ckpt: checksum mismatch.*previous good checkpoint .*step00000003\.ckpt"):
+    with pytest.warns(
+        UserWarning, match=r"last\.ckpt: checksum mismatch.*previous good checkpoint .*step00000003\.ckpt"
+    ):
         assert resolve_resume_path(tmp_path / "ckpt") == str(tmp_path / "ckpt" / "step00000003.ckpt")
     # the bad file is set aside (not retried by the next resume), with its checksum and the reason
     moved = tmp_path / "ckpt" / "quarantine" / "last.ckpt"
@@ -250,16 +296,26 @@ def test_no_usable_checkpoint_is_a_clear_error_and_empty_dir_starts_fresh(tmp_pa
     assert resolve_resume_path(ckpt) is None and not list(ckpt.iterdir())  # stale temporary removed
     (ckpt / "last.ckpt").write_bytes(b"garbage")
     (ckpt / "step00000004.ckpt").write_bytes(b"")
-    with pytest.raises(CheckpointError, match=r"no usable checkpoint to resume from: .*step00000004\.ckpt") as err:
+    with pytest.raises(
+        CheckpointError, match=r"no usable checkpoint to resume from: .*step00000004\.ckpt"
+    ) as err:
         resolve_resume_path(ckpt)
-    assert "last.ckpt: not a complete torch checkpoint archive" in str(err.value)  # every problem, one message
+    assert "last.ckpt: not a complete torch checkpoint archive" in str(
+        err.value
+    )  # every problem, one message
 
 
 def test_pruned_checkpoints_take_their_checksums_with_them(tmp_path, uniprot_fasta):
     fit_inprocess(tmp_path, uniprot_fasta, 4, keep=2)
     names = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
-    assert names == ["last.ckpt", "last.ckpt.sha256", "step00000003.ckpt", "step00000003.ckpt.sha256",
-                     "step00000004.ckpt", "step00000004.ckpt.sha256"]
+    assert names == [
+        "last.ckpt",
+        "last.ckpt.sha256",
+        "step00000003.ckpt",
+        "step00000003.ckpt.sha256",
+        "step00000004.ckpt",
+        "step00000004.ckpt.sha256",
+    ]
 
 
 # ---- safe loading ------------------------------------------------------------------------------------------
@@ -312,18 +368,27 @@ def _atomic_file_on_full_disk(path, mode="wb", **kwargs):
         yield _FullDisk(fh, path) if "b" in mode else fh
 
 
-def test_disk_full_while_checkpointing_keeps_previous_state_and_rerun_completes(tmp_path, uniprot_fasta, monkeypatch):
+def test_disk_full_while_checkpointing_keeps_previous_state_and_rerun_completes(
+    tmp_path, uniprot_fasta, monkeypatch
+):
     class FullAfterStep2(pl.Callback):
         def on_train_batch_start(self, trainer, pl_module, *a):
             if trainer.global_step == 2:  # the step-3 checkpoint hits a full disk part-way through
                 monkeypatch.setattr(checkpoint_io, "atomic_file", _atomic_file_on_full_disk)
 
-    with pytest.raises(CheckpointWriteError, match=r"step00000003\.ckpt: no space left on the device .* no partial file"):
+    with pytest.raises(
+        CheckpointWriteError, match=r"step00000003\.ckpt: no space left on the device .* no partial file"
+    ):
         fit_inprocess(tmp_path, uniprot_fasta, 5, [FullAfterStep2()])
     ckpt = tmp_path / "ckpt"
-    assert sorted(p.name for p in ckpt.iterdir()) == ["last.ckpt", "last.ckpt.sha256", "step00000001.ckpt",
-                                                      "step00000001.ckpt.sha256", "step00000002.ckpt",
-                                                      "step00000002.ckpt.sha256"]
+    assert sorted(p.name for p in ckpt.iterdir()) == [
+        "last.ckpt",
+        "last.ckpt.sha256",
+        "step00000001.ckpt",
+        "step00000001.ckpt.sha256",
+        "step00000002.ckpt",
+        "step00000002.ckpt.sha256",
+    ]
     assert verify_checkpoint(ckpt / "last.ckpt") and _load(ckpt / "last.ckpt")["global_step"] == 2
     monkeypatch.undo()  # space freed
     trainer, _ = fit_inprocess(tmp_path, uniprot_fasta, 5, ckpt_path=resolve_resume_path(ckpt))
@@ -346,11 +411,21 @@ def test_disk_full_during_prepare_keeps_state_and_rerun_completes(tmp_path, caps
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(prep, "finalize_source", full_disk)
-    assert prep.main(["--source", f"u={fasta}", "--out", str(out), "--on-invalid", "skip", "--quiet", "--workers", "1"]) == 2
+    assert (
+        prep.main(
+            ["--source", f"u={fasta}", "--out", str(out), "--on-invalid", "skip", "--quiet", "--workers", "1"]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "no space left on the device" in err and "re-run the same command" in err
     assert not (out / "u" / "train").exists()  # nothing that looks like a finished store
     monkeypatch.setattr(prep, "finalize_source", real_finalize)
-    assert prep.main(["--source", f"u={fasta}", "--out", str(out), "--on-invalid", "skip", "--quiet", "--workers", "1"]) == 0
+    assert (
+        prep.main(
+            ["--source", f"u={fasta}", "--out", str(out), "--on-invalid", "skip", "--quiet", "--workers", "1"]
+        )
+        == 0
+    )
     store = TokenStore.open(out / "u" / "train", verify=True)
     assert len(store) > 400

@@ -11,7 +11,9 @@ def test_feistel_is_a_permutation_per_key():
     for n in (1, 2, 5, 97, 1000, 4099):
         for key in (0, 7):
             assert sorted(feistel_permute(np.arange(n), n, key).tolist()) == list(range(n))
-    assert not np.array_equal(feistel_permute(np.arange(1000), 1000, 1), feistel_permute(np.arange(1000), 1000, 2))
+    assert not np.array_equal(
+        feistel_permute(np.arange(1000), 1000, 1), feistel_permute(np.arange(1000), 1000, 2)
+    )
 
 
 def test_realised_shares_within_one_point_over_100k():
@@ -59,7 +61,9 @@ def test_block_counts_and_bad_weights():
 
 def test_packing_fills_rows_with_framed_documents():
     rng = np.random.default_rng(0)
-    store = TokenStore.from_arrays("s", [rng.integers(4, 24, n).astype(np.uint8) for n in rng.integers(10, 400, 300)])
+    store = TokenStore.from_arrays(
+        "s", [rng.integers(4, 24, n).astype(np.uint8) for n in rng.integers(10, 400, 300)]
+    )
     packer = StreamPacker([store], MixtureSampler([len(store)], [1.0], seed=0), row_len=256, seed=0)
     rows, cursor = packer.plan(0, 50)
     packed = materialize([store], rows, 256)

@@ -21,7 +21,9 @@ def true_n_opt(c):
     return (a * TRUE["A"] / (b * TRUE["B"])) ** (1 / (a + b)) * (c / 6) ** (b / (a + b))
 
 
-def synthetic(seed: int, noise: float, objective: str = "clm", budgets=(1e18, 3e18, 1e19, 3e19, 1e20)) -> list[Run]:
+def synthetic(
+    seed: int, noise: float, objective: str = "clm", budgets=(1e18, 3e18, 1e19, 3e19, 1e20)
+) -> list[Run]:
     """An IsoFLOP sweep drawn from the law: 9 sizes per budget around the optimum (off-centre by up to
     0.2 decades, as a real grid would be), multiplicative Gaussian noise on the loss."""
     rng = np.random.default_rng(seed)
@@ -71,9 +73,17 @@ def test_isoflop_minimum_rejects_concave_curves():
 
 
 def test_fit_laws_cli_json_table_and_plots(tmp_path, capsys):
-    csv_path = write_csv(tmp_path / "results.csv", synthetic(1, 0.005) + synthetic(2, 0.005, "mlm"),
-                         columns=("objective", "flops", "n_params", "loss"))  # tokens optional: C/(6N)
-    assert plm_main(["fit-laws", str(csv_path), "--json", "--bootstrap", "200", "--plots", str(tmp_path / "plots")]) == 0
+    csv_path = write_csv(
+        tmp_path / "results.csv",
+        synthetic(1, 0.005) + synthetic(2, 0.005, "mlm"),
+        columns=("objective", "flops", "n_params", "loss"),
+    )  # tokens optional: C/(6N)
+    assert (
+        plm_main(
+            ["fit-laws", str(csv_path), "--json", "--bootstrap", "200", "--plots", str(tmp_path / "plots")]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"clm", "mlm"}
     for obj in out.values():
@@ -91,15 +101,23 @@ def test_fit_laws_cli_json_table_and_plots(tmp_path, capsys):
     ("content", "match"),
     [
         ("objective,flops,loss\nclm,1e18,2.0\n", r"missing column\(s\) n_params"),
-        ("objective,flops,n_params,loss\nclm,1e18,abc,2.0\nclm,1e18,1e6,two\n",
-         r"2 bad value\(s\):\n  line 2: n_params='abc' is not a number\n  line 3: loss='two'"),
+        (
+            "objective,flops,n_params,loss\nclm,1e18,abc,2.0\nclm,1e18,1e6,two\n",
+            r"2 bad value\(s\):\n  line 2: n_params='abc' is not a number\n  line 3: loss='two'",
+        ),
         ("objective,flops,n_params,loss\nclm,1e18,-5,2.0\n", r"line 2: n_params=-5 must be a positive"),
         ("objective,flops,n_params,loss\n", "no result rows"),
         ("", r"missing column\(s\) objective, flops, n_params, loss"),
-        ("objective,flops,n_params,loss\n" + "".join(f"clm,1e18,{n},2.{n % 7}\n" for n in (10, 20, 40, 80)),
-         r"clm: only 1 usable budget\(s\); need at least 2"),
-        ("objective,flops,n_params,loss\n" + "".join(f"clm,{c},{n},2.{n % 7}\n" for c in (1e18, 1e19) for n in (10, 20)),
-         r"budget\(s\) 1e\+18 \(2 sizes\), 1e\+19 \(2 sizes\) have fewer than 3"),
+        (
+            "objective,flops,n_params,loss\n"
+            + "".join(f"clm,1e18,{n},2.{n % 7}\n" for n in (10, 20, 40, 80)),
+            r"clm: only 1 usable budget\(s\); need at least 2",
+        ),
+        (
+            "objective,flops,n_params,loss\n"
+            + "".join(f"clm,{c},{n},2.{n % 7}\n" for c in (1e18, 1e19) for n in (10, 20)),
+            r"budget\(s\) 1e\+18 \(2 sizes\), 1e\+19 \(2 sizes\) have fewer than 3",
+        ),
     ],
     ids=["missing-column", "non-numeric", "negative", "header-only", "empty", "one-budget", "two-sizes"],
 )
@@ -134,14 +152,19 @@ def test_extrapolated_minima_are_reported_but_left_out_of_the_laws():
     first = fits["clm"].minima[0]
     assert first.n_opt < first.n_range[0]  # the vertex lands below the sizes tried
     assert not first.used and all(m.used for m in fits["clm"].minima[1:])
-    assert any("not bracketed" in n and "add smaller sizes" in n and "left out of the laws" in n for n in fits["clm"].notes)
+    assert any(
+        "not bracketed" in n and "add smaller sizes" in n and "left out of the laws" in n
+        for n in fits["clm"].notes
+    )
     assert fits["clm"].n_opt.ci[0] <= TRUE_A <= fits["clm"].n_opt.ci[1]
     kept = fit_all(shifted, "synthetic", n_boot=50, keep_extrapolated=True)
     assert kept["clm"].minima[0].used and kept["clm"].n_opt.exponent != fits["clm"].n_opt.exponent
 
 
 def test_monotone_curve_is_not_bracketed_even_if_the_vertex_falls_inside():
-    n = np.array([1.4e4, 5.9e4, 1.0e5, 3.5e5, 8.1e5])  # a real CPU budget: smallest size best, steep on the right
+    n = np.array(
+        [1.4e4, 5.9e4, 1.0e5, 3.5e5, 8.1e5]
+    )  # a real CPU budget: smallest size best, steep on the right
     m = isoflop_minimum(1e12, n, np.array([2.678, 2.688, 2.699, 2.780, 2.895]))
     assert m.n_range[0] <= m.n_opt <= m.n_range[1] and m.best_n == n[0] and not m.bracketed
     m = isoflop_minimum(1e12, n, np.array([2.70, 2.68, 2.69, 2.72, 2.80]))
@@ -155,9 +178,12 @@ def test_flat_resampled_curves_give_finite_intervals_without_overflow():
     runs = []
     for c, centre in [(1e12, 2.7), (3e12, 2.69), (1e13, 2.68)]:
         for n in [3.6e3, 1.4e4, 5.9e4, 1.0e5, 3.5e5, 8.1e5]:
-            runs.append(Run("mlm", c, n, c / (6 * n), centre + 0.003 * rng.standard_normal() + 0.02 * (n > 3e5)))
+            runs.append(
+                Run("mlm", c, n, c / (6 * n), centre + 0.003 * rng.standard_normal() + 0.02 * (n > 3e5))
+            )
     with np.errstate(over="raise"):
         import warnings
+
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             fit = fit_all(runs, "flat", n_boot=300, keep_extrapolated=True)["mlm"]

@@ -22,7 +22,9 @@ def test_paper_sanity_points(capsys):
     big = _json(capsys, "--flops", "1.15e22", "--objective", "clm")
     assert clm["n_params"] == pytest.approx(1.7e9, rel=0.05)
     assert mlm["n_params"] == pytest.approx(1.2e9, rel=0.05)
-    assert big["n_params"] == pytest.approx(7.2e9, rel=0.05) and big["tokens"] == pytest.approx(2.65e11, rel=0.05)
+    assert big["n_params"] == pytest.approx(7.2e9, rel=0.05) and big["tokens"] == pytest.approx(
+        2.65e11, rel=0.05
+    )
     for plan in (clm, mlm, big):
         assert {"objective", "flops", "n_params", "tokens", "layers", "hidden", "heads"} <= set(plan)
         assert plan["flops"] == pytest.approx(6 * plan["n_params"] * plan["tokens"], rel=1e-9)
@@ -59,8 +61,16 @@ def test_bad_budgets_are_clear_errors(capsys):
 
 def test_manifest_epochs_warn_above_one(tmp_path):
     manifest = tmp_path / "manifest.json"
-    manifest.write_text(json.dumps({"sources": {"a": {"train": {"records": 10, "residues": 1e6}},
-                                                "b": {"train": {"records": 10, "residues": 1e9}}}}))
+    manifest.write_text(
+        json.dumps(
+            {
+                "sources": {
+                    "a": {"train": {"records": 10, "residues": 1e6}},
+                    "b": {"train": {"records": 10, "residues": 1e9}},
+                }
+            }
+        )
+    )
     plan = plan_for_budget(1e16, "mlm")
     with pytest.warns(UserWarning, match="source 'a' would be seen"):
         epochs = check_epochs(plan, manifest, {"a": 0.5, "b": 0.5})
@@ -72,18 +82,48 @@ def test_manifest_epochs_warn_above_one(tmp_path):
 @pytest.mark.parametrize("objective", ["mlm", "transfer"])
 def test_written_config_trains_with_plm_fit(objective, tmp_path, capsys):
     cfg = tmp_path / "plan.yaml"
-    assert plm_main(["plan", "--flops", "2e10", "--objective", objective, "--write", str(cfg),
-                     "--row-len", "128", "--rows-per-device", "4"]) == 0
+    assert (
+        plm_main(
+            [
+                "plan",
+                "--flops",
+                "2e10",
+                "--objective",
+                objective,
+                "--write",
+                str(cfg),
+                "--row-len",
+                "128",
+                "--rows-per-device",
+                "4",
+            ]
+        )
+        == 0
+    )
     text = cfg.read_text()
     assert "max_steps" in text and ("CLMToMLMTransfer" in text) == (objective == "transfer")
-    run = fit_tiny(tmp_path, "planned", "--config", str(cfg), "--trainer.precision", "32-true",
-               "--trainer.enable_progress_bar", "false", "--run_name", "planned")
+    run = fit_tiny(
+        tmp_path,
+        "planned",
+        "--config",
+        str(cfg),
+        "--trainer.precision",
+        "32-true",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--run_name",
+        "planned",
+    )
     assert (run / "final" / "model.safetensors").is_file()
 
 
 def test_plan_with_fitted_laws_gives_expected_loss(tmp_path, capsys):
-    fitted = {"clm": {"n_opt": {"coef": 0.5, "exponent": 0.45, "ci": [0.4, 0.5]},
-                      "parametric": {"E": 1.7, "A": 400.0, "B": 410.0, "alpha": 0.34, "beta": 0.28}}}
+    fitted = {
+        "clm": {
+            "n_opt": {"coef": 0.5, "exponent": 0.45, "ci": [0.4, 0.5]},
+            "parametric": {"E": 1.7, "A": 400.0, "B": 410.0, "alpha": 0.34, "beta": 0.28},
+        }
+    }
     laws = tmp_path / "fit.json"
     laws.write_text(json.dumps(fitted))
     plan = _json(capsys, "--flops", "1e20", "--objective", "clm", "--laws", str(laws))
@@ -101,10 +141,35 @@ def test_plan_with_fitted_laws_gives_expected_loss(tmp_path, capsys):
 
 def test_written_config_trains_on_the_manifest_it_was_planned_for(tmp_path):
     out = tmp_path / "prepared"
-    assert plm_main(["data", "prepare", "--source", f"uni={REPO / 'tests/fixtures/uniprot_tiny500.fasta.gz'}",
-                     "--out", str(out)]) == 0
+    assert (
+        plm_main(
+            [
+                "data",
+                "prepare",
+                "--source",
+                f"uni={REPO / 'tests/fixtures/uniprot_tiny500.fasta.gz'}",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     cfg = tmp_path / "plan.yaml"
-    assert plm_main(["plan", "--flops", "1e12", "--manifest", str(out / "manifest.json"), "--weights", "uni=1",
-                     "--write", str(cfg)]) == 0
+    assert (
+        plm_main(
+            [
+                "plan",
+                "--flops",
+                "1e12",
+                "--manifest",
+                str(out / "manifest.json"),
+                "--weights",
+                "uni=1",
+                "--write",
+                str(cfg),
+            ]
+        )
+        == 0
+    )
     data = yaml.safe_load(cfg.read_text())["data"]
     assert data["sources"] == {"uni": str((out / "uni").resolve())} and data["weights"] == {"uni": 1.0}

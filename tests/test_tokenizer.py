@@ -9,7 +9,12 @@ def test_ids_identical_to_fair_esm_alphabet():
     alphabet = esm.data.Alphabet.from_architecture("ESM-1b")  # the ESM-2 alphabet
     assert list(tk.TOKENS) == alphabet.all_toks
     assert (tk.CLS, tk.PAD, tk.EOS, tk.UNK, tk.MASK) == (
-        alphabet.cls_idx, alphabet.padding_idx, alphabet.eos_idx, alphabet.unk_idx, alphabet.mask_idx)
+        alphabet.cls_idx,
+        alphabet.padding_idx,
+        alphabet.eos_idx,
+        alphabet.unk_idx,
+        alphabet.mask_idx,
+    )
 
 
 def test_encode_matches_fair_esm_batch_converter(real_sequences):
@@ -40,8 +45,13 @@ def test_hf_tokenizer_same_ids(real_sequences):
     seq = real_sequences[1]
     assert hf(seq)["input_ids"] == tk.encode(seq)
     assert hf.convert_tokens_to_ids("<mask>") == tk.MASK and hf.pad_token_id == tk.PAD
-    assert hf("MK<mask>L")["input_ids"] == [tk.CLS, *tk.encode("MK", add_special=False), tk.MASK,
-                                          *tk.encode("L", add_special=False), tk.EOS]
+    assert hf("MK<mask>L")["input_ids"] == [
+        tk.CLS,
+        *tk.encode("MK", add_special=False),
+        tk.MASK,
+        *tk.encode("L", add_special=False),
+        tk.EOS,
+    ]
 
 
 def test_encode_residues_dtype():

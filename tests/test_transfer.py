@@ -12,9 +12,18 @@ from tests.helpers.runs import fit_tiny
 
 
 def _trainer(tmp_path, steps, callbacks):
-    return pl.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                      limit_val_batches=0, callbacks=callbacks, default_root_dir=tmp_path)
+    return pl.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=callbacks,
+        default_root_dir=tmp_path,
+    )
 
 
 def test_switch_keeps_weights_and_restarts_optimizer(tmp_path, monkeypatch):
@@ -64,7 +73,11 @@ def test_default_budget_and_the_plans_split_are_one_reading_of_the_recipe(size, 
 
     cfg = config_for(size)
     default = CLMToMLMTransfer().budget(None, SimpleNamespace(config=cfg))
-    assert default == recipe.plan_for_size(size, "transfer").clm_flops == clm_budget(cfg.n_params_non_embedding())
+    assert (
+        default
+        == recipe.plan_for_size(size, "transfer").clm_flops
+        == clm_budget(cfg.n_params_non_embedding())
+    )
     monkeypatch.setattr(recipe, "transfer_switch_flops", lambda size, flops=None: 123.0)
     assert CLMToMLMTransfer().budget(None, SimpleNamespace(config=cfg)) == 123.0
     assert recipe.plan_for_size(size, "transfer").clm_flops == 123.0
@@ -72,8 +85,10 @@ def test_default_budget_and_the_plans_split_are_one_reading_of_the_recipe(size, 
 
 def test_resume_inside_mlm_stage_continues_schedule_and_data(tmp_path):
     extra = tmp_path / "transfer.yaml"
-    extra.write_text("trainer:\n  max_steps: 8\n  callbacks:\n    - class_path: plm.callbacks.transfer.CLMToMLMTransfer\n"
-                     "      init_args:\n        clm_share: 0.3\n")
+    extra.write_text(
+        "trainer:\n  max_steps: 8\n  callbacks:\n    - class_path: plm.callbacks.transfer.CLMToMLMTransfer\n"
+        "      init_args:\n        clm_share: 0.3\n"
+    )
     model = ["--model.class_path", "plm.lit.CausalLM", "--config", str(extra)]
     full = fit_tiny(tmp_path, "full", *model, "--checkpoint_every", "1", "--keep_checkpoints", "-1")
     ckpt = full / "ckpt" / "step00000005.ckpt"
@@ -82,15 +97,27 @@ def test_resume_inside_mlm_stage_continues_schedule_and_data(tmp_path):
     resumed = fit_tiny(tmp_path, "resumed", *model, "--ckpt_path", str(ckpt))
 
     def rows(run):
-        return {int(r["step"]): r for r in csv.DictReader(open(run / "csv" / "metrics.csv")) if r.get("train/loss")}
+        return {
+            int(r["step"]): r
+            for r in csv.DictReader(open(run / "csv" / "metrics.csv"))
+            if r.get("train/loss")
+        }
 
     a, b = rows(full), rows(resumed)
     assert sorted(b) == [5, 6, 7]
     for s in (5, 6, 7):
         assert a[s]["train/loss"] == b[s]["train/loss"]
         assert float(b[s]["train/objective_is_mlm"]) == 1.0
-    lr_full = {int(r["step"]): r["lr/pg1"] for r in csv.DictReader(open(full / "csv" / "metrics.csv")) if r.get("lr/pg1")}
-    lr_res = {int(r["step"]): r["lr/pg1"] for r in csv.DictReader(open(resumed / "csv" / "metrics.csv")) if r.get("lr/pg1")}
+    lr_full = {
+        int(r["step"]): r["lr/pg1"]
+        for r in csv.DictReader(open(full / "csv" / "metrics.csv"))
+        if r.get("lr/pg1")
+    }
+    lr_res = {
+        int(r["step"]): r["lr/pg1"]
+        for r in csv.DictReader(open(resumed / "csv" / "metrics.csv"))
+        if r.get("lr/pg1")
+    }
     assert all(lr_full[s] == lr_res[s] for s in lr_res)
 
 
@@ -98,7 +125,9 @@ def test_init_from_rejects_other_shapes_before_compute(tmp_path):
     src = CausalLM(size="tiny")
     save_pretrained(src.model, tmp_path / "clm", objective="clm")
     ok = MaskedLM(size="tiny", init_from=str(tmp_path / "clm"))
-    assert all(torch.equal(a, b) for a, b in zip(ok.model.state_dict().values(), src.model.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(ok.model.state_dict().values(), src.model.state_dict().values())
+    )
     with pytest.raises(CheckpointError, match=r"n_layer: checkpoint 2 vs run 3"):
         MaskedLM(size="tiny", arch={"n_layer": 3}, init_from=str(tmp_path / "clm"))
     with pytest.raises(CheckpointError, match=r"flavour: checkpoint 'esm2' vs run 'progen2'"):

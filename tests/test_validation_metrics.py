@@ -25,13 +25,20 @@ def test_mlm_validation_scores_only_masked_inputs():
     model = MaskedLM(size="tiny")
     tokens = torch.randint(4, 24, (2, 200))
     tokens[:, 0] = 0
-    batch = {"tokens": tokens, "doc_ids": torch.zeros_like(tokens), "cursor_start": torch.tensor(7), "set": "x"}
+    batch = {
+        "tokens": tokens,
+        "doc_ids": torch.zeros_like(tokens),
+        "cursor_start": torch.tensor(7),
+        "set": "x",
+    }
     model.trainer = None
     loss, count, _ = model.scored_loss(batch, masked_only=True)
     inputs, all_labels = model.objective_inputs(batch)
     hidden, _ = model.model.hidden(inputs, batch["doc_ids"], causal=False)
     hidden_positions = (all_labels != IGNORE) & (inputs == MASK)
-    expected = F.cross_entropy(model.model.head(hidden[hidden_positions]).float(), all_labels[hidden_positions])
+    expected = F.cross_entropy(
+        model.model.head(hidden[hidden_positions]).float(), all_labels[hidden_positions]
+    )
     assert torch.allclose(loss, expected) and int(count) == int(hidden_positions.sum())
     shown = (all_labels != IGNORE) & (inputs == all_labels)  # unchanged positions: the answer is the input
     assert shown.any() and int(count) < int((all_labels != IGNORE).sum())
@@ -40,10 +47,23 @@ def test_mlm_validation_scores_only_masked_inputs():
 
 
 def test_eval_sets_validate_in_fit_with_their_own_loss_and_baseline(tmp_path):
-    run = fit_tiny(tmp_path, "eval_sets", "--data.eval_sets", f"{{cath: {CATH}}}", "--trainer.max_steps", "4",
-               "--trainer.val_check_interval", "4")
+    run = fit_tiny(
+        tmp_path,
+        "eval_sets",
+        "--data.eval_sets",
+        f"{{cath: {CATH}}}",
+        "--trainer.max_steps",
+        "4",
+        "--trainer.val_check_interval",
+        "4",
+    )
     (row,) = _val_rows(run)
-    for key in ("val/cath/masked_loss", "val/cath/masked_ppl", "val/cath/unigram_masked_loss", "val/unigram_loss"):
+    for key in (
+        "val/cath/masked_loss",
+        "val/cath/masked_ppl",
+        "val/cath/unigram_masked_loss",
+        "val/unigram_loss",
+    ):
         assert row[key], key
     # the external set is reported alone, not pooled into the in-distribution val/loss
     held = [k for k in row if k.endswith("/masked_loss") and "cath" not in k]
@@ -55,10 +75,28 @@ def test_validate_an_existing_checkpoint_on_an_eval_set(tmp_path):
     ckpt = run / "ckpt" / "last.ckpt"
     state = torch.load(ckpt, weights_only=True, map_location="cpu")
     assert state["global_step"] == 3  # last.ckpt is the final step even when no step checkpoint was due
-    res = subprocess.run([sys.executable, "-m", "plm.cli", "validate", "--config", str(REPO / "configs/train/tiny.yaml"),
-                          "--run_root", str(tmp_path), "--run_name", "v", "--ckpt_path", str(ckpt),
-                          "--data.eval_sets", f"{{cath: {CATH}}}"], cwd=REPO, capture_output=True, text=True,
-                         timeout=600)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "plm.cli",
+            "validate",
+            "--config",
+            str(REPO / "configs/train/tiny.yaml"),
+            "--run_root",
+            str(tmp_path),
+            "--run_name",
+            "v",
+            "--ckpt_path",
+            str(ckpt),
+            "--data.eval_sets",
+            f"{{cath: {CATH}}}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "val/cath/masked_loss" in res.stdout and "val/cath/masked_ppl" in res.stdout
 

@@ -30,8 +30,14 @@ TORCH_PIN = "torch==2.13.0"
 
 def _run(cmd: list, cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-    res = subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                         env={**clean, **(env or {})})
+    res = subprocess.run(
+        [str(c) for c in cmd],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**clean, **(env or {})},
+    )
     assert res.returncode == 0, f"{cmd}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
     return res
 
@@ -43,10 +49,16 @@ def _borrow_dependencies(venv_python: Path, tmp: Path) -> None:
     deps.mkdir()
     for source in Path(site.getsitepackages()[0]).iterdir():
         name = source.name.lower()
-        if name == "plm" or name.startswith(("plm-", "__editable__", "__editable___plm")) or name.endswith(".pth"):
+        if (
+            name == "plm"
+            or name.startswith(("plm-", "__editable__", "__editable___plm"))
+            or name.endswith(".pth")
+        ):
             continue
         (deps / source.name).symlink_to(source)
-    purelib = _run([venv_python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp).stdout
+    purelib = _run(
+        [venv_python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp
+    ).stdout
     (Path(purelib.strip()) / "plm_test_deps.pth").write_text(f"{deps}\n")
 
 
@@ -59,8 +71,10 @@ def test_installed_wheel_trains_from_any_directory(tmp_path):
     start = time.monotonic()
     wheels, venv, work = tmp_path / "wheels", tmp_path / "venv", tmp_path / "elsewhere"
     work.mkdir()
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", ".", "-w", wheels],
-         REPO)
+    _run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", ".", "-w", wheels],
+        REPO,
+    )
     (wheel,) = wheels.glob("plm-*.whl")
     _run([sys.executable, "-m", "venv", venv], tmp_path)
     python, plm = venv / "bin" / "python", venv / "bin" / "plm"
@@ -70,7 +84,9 @@ def test_installed_wheel_trains_from_any_directory(tmp_path):
     else:
         _borrow_dependencies(python, tmp_path)
         missing = subprocess.run([python, "-c", "import plm"], cwd=work, capture_output=True, text=True)
-        assert missing.returncode != 0 and "No module named 'plm'" in missing.stderr  # the checkout is not seen
+        assert (
+            missing.returncode != 0 and "No module named 'plm'" in missing.stderr
+        )  # the checkout is not seen
         _run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", wheel], tmp_path)
 
     where = _run([python, "-c", "import plm, plm.paths; print(plm.__file__); print(plm.paths.root())"], work)
@@ -82,19 +98,39 @@ def test_installed_wheel_trains_from_any_directory(tmp_path):
     assert "plm commands:" in _run([plm, "--help"], work).stdout
     dry = _run([plm, "train", "--size", "tiny", "--dry-run"], work).stdout
     assert f"{root}/configs/train/mlm.yaml" in dry
-    code = ("from plm.evaluation.tasks import load_task, resolve_data\n"
-            "from plm.evaluation.suites import load_suite\n"
-            "load_suite('schmirler2024')\n"
-            "files = load_task('gb1').files(small=True)\n"
-            "print(resolve_data().bundled, files)")
+    code = (
+        "from plm.evaluation.tasks import load_task, resolve_data\n"
+        "from plm.evaluation.suites import load_suite\n"
+        "load_suite('schmirler2024')\n"
+        "files = load_task('gb1').files(small=True)\n"
+        "print(resolve_data().bundled, files)"
+    )
     tasks = _run([python, "-c", code], work).stdout
     assert tasks.startswith("True") and root in tasks
 
     # the README's demo command, from elsewhere: --config and the configs' data/sample/… paths resolve to
     # the shipped files
-    _run([plm, "fit", "--config", "configs/train/tiny.yaml", "--config", "configs/data/sample.yaml",
-          "--data.eval_sets", "{cath: data/sample/cath_s40_500.fasta.gz}", "--run_root", "runs",
-          "--run_name", "wheel", "--trainer.max_steps", "2", "--trainer.val_check_interval", "2"], work)
+    _run(
+        [
+            plm,
+            "fit",
+            "--config",
+            "configs/train/tiny.yaml",
+            "--config",
+            "configs/data/sample.yaml",
+            "--data.eval_sets",
+            "{cath: data/sample/cath_s40_500.fasta.gz}",
+            "--run_root",
+            "runs",
+            "--run_name",
+            "wheel",
+            "--trainer.max_steps",
+            "2",
+            "--trainer.val_check_interval",
+            "2",
+        ],
+        work,
+    )
     final = work / "runs" / "wheel" / "final"
     assert (final / "model.safetensors").is_file() or any(final.iterdir())
     metrics = (work / "runs" / "wheel" / "csv" / "metrics.csv").read_text()

@@ -43,7 +43,10 @@ def scl(root: Path) -> None:
     """DeepLoc: 60 validation-set (train) and 40 test-set proteins of length <= 400, headers unchanged;
     the validation sample includes one ignored Cytoplasm-Nucleus record."""
     d = root / "tasks/scl_deeploc"
-    for name, out, n in (("deeploc_our_val_set.fasta", "train.fasta.gz", 60), ("deeploc_test_set.fasta", "test.fasta.gz", 40)):
+    for name, out, n in (
+        ("deeploc_our_val_set.fasta", "train.fasta.gz", 60),
+        ("deeploc_test_set.fasta", "test.fasta.gz", 40),
+    ):
         recs = [r for r in iter_fasta_text(d / name) if len(r[2]) <= 400]
         rng = random.Random(0)
         pick = rng.sample(recs, n)
@@ -58,14 +61,19 @@ def tmbed(root: Path) -> None:
     d = root / "tasks/tm_tmbed"
     black = {ln.strip().lstrip(">") for ln in open_text(d / "blacklist.txt") if ln.strip()}
     chosen = []
-    for fold, out, n_glob, n_tm in ((1, "cv_01_annotated.fasta.gz", 30, 10), (0, "cv_00_annotated.fasta.gz", 15, 5)):
+    for fold, out, n_glob, n_tm in (
+        (1, "cv_01_annotated.fasta.gz", 30, 10),
+        (0, "cv_00_annotated.fasta.gz", 15, 5),
+    ):
         with open_text(d / f"cv_0{fold}_annotated.fasta.gz") as fh:
             lines = [ln.rstrip("\n") for ln in fh if ln.strip()]
         recs = [(lines[i], lines[i + 1], lines[i + 2]) for i in range(0, len(lines), 3)]
         short = [r for r in recs if len(r[1]) <= 400]
         is_tm = lambda r: any(c in r[2] for c in "HhBb")
         rng = random.Random(0)
-        pick = rng.sample([r for r in short if not is_tm(r)], n_glob) + rng.sample([r for r in short if is_tm(r)], n_tm)
+        pick = rng.sample([r for r in short if not is_tm(r)], n_glob) + rng.sample(
+            [r for r in short if is_tm(r)], n_tm
+        )
         if fold == 0:  # make sure the exclude list has something to exclude
             listed = [r for r in short if r[0][1:] in black and is_tm(r)]
             if listed and not any(r[0][1:] in black for r in pick):
@@ -81,7 +89,9 @@ def conservation(root: Path) -> None:
     d = root / "tasks/flip_conservation"
     labels = [r for r in iter_fasta_text(d / "sampled.fasta.gz") if len(r[2]) <= 250]
     rng = random.Random(0)
-    pick = rng.sample([r for r in labels if "SET=train" in r[1]], 60) + rng.sample([r for r in labels if "SET=test" in r[1]], 30)
+    pick = rng.sample([r for r in labels if "SET=train" in r[1]], 60) + rng.sample(
+        [r for r in labels if "SET=test" in r[1]], 30
+    )
     ids = {r[0] for r in pick}
     seqs = [r for r in iter_fasta_text(d / "sequences.fasta.gz") if r[0] in ids]
     write_gz(HERE / "conservation/labels.fasta.gz", "".join(f">{desc}\n{s}\n" for _, desc, s in pick))
@@ -100,10 +110,15 @@ def dms(root: Path) -> None:
     """The three DMS assays without a subset yet: 150 scored rows each (random, kept in file order), only the
     mutant and score columns the task YAML reads, under the assay's file name."""
     d = root / "tasks/dms"
-    for name, score in (("BLAT_ECOLX_Ranganathan2015.csv.gz", "2500"), ("DLG4_RAT_Ranganathan2012.csv", "CRIPT"),
-                        ("PABP_YEAST_Fields2013-singles.csv", "log")):
+    for name, score in (
+        ("BLAT_ECOLX_Ranganathan2015.csv.gz", "2500"),
+        ("DLG4_RAT_Ranganathan2012.csv", "CRIPT"),
+        ("PABP_YEAST_Fields2013-singles.csv", "log"),
+    ):
         with open_text(d / name) as fh:
-            rows = [r for r in csv.DictReader(fh) if (r[score] or "").strip().lower() not in ("", "nan", "na")]
+            rows = [
+                r for r in csv.DictReader(fh) if (r[score] or "").strip().lower() not in ("", "nan", "na")
+            ]
         keep = sorted(random.Random(0).sample(range(len(rows)), 150))
         out = HERE / "dms" / name.removesuffix(".gz")
         out.write_text(f"mutant,{score}\n" + "".join(f"{rows[i]['mutant']},{rows[i][score]}\n" for i in keep))
@@ -113,11 +128,15 @@ def bind(root: Path) -> None:
     """FLIP bind, from_publication split: 50 SET=train VALIDATION=False + 10 VALIDATION=True + 30 SET=test
     label records of length <= 300 whose residues bind something, and their sequences; headers unchanged."""
     d = root / "tasks/flip_bind"
-    labels = [r for r in iter_fasta_text(d / "from_publication.fasta") if len(r[2]) <= 300 and r[2].strip("0")]
+    labels = [
+        r for r in iter_fasta_text(d / "from_publication.fasta") if len(r[2]) <= 300 and r[2].strip("0")
+    ]
     rng = random.Random(0)
-    pick = (rng.sample([r for r in labels if "SET=train" in r[1] and "VALIDATION=False" in r[1]], 50)
-            + rng.sample([r for r in labels if "SET=train" in r[1] and "VALIDATION=True" in r[1]], 10)
-            + rng.sample([r for r in labels if "SET=test" in r[1]], 30))
+    pick = (
+        rng.sample([r for r in labels if "SET=train" in r[1] and "VALIDATION=False" in r[1]], 50)
+        + rng.sample([r for r in labels if "SET=train" in r[1] and "VALIDATION=True" in r[1]], 10)
+        + rng.sample([r for r in labels if "SET=test" in r[1]], 30)
+    )
     ids = {r[0] for r in pick}
     seqs = [r for r in iter_fasta_text(d / "sequences.fasta") if r[0] in ids]
     write_gz(HERE / "bind/labels.fasta.gz", "".join(f">{desc}\n{s}\n" for _, desc, s in pick))
@@ -134,7 +153,9 @@ def ec(root: Path) -> None:
         lines = [ln.rstrip("\n") for ln in fh]
     vocabulary = lines[1].split("\t")
     rows = dict(ln.split("\t", 1) for ln in lines[3:] if ln.strip())
-    seqs = {rid: s for rid, _, s in iter_fasta_text(d / "nrPDB-EC_2020.04_test_sequences.fasta") if len(s) <= 300}
+    seqs = {
+        rid: s for rid, _, s in iter_fasta_text(d / "nrPDB-EC_2020.04_test_sequences.fasta") if len(s) <= 300
+    }
     counts: dict[str, int] = {}
     for rid in seqs:
         for label in rows[rid].split(","):

@@ -16,9 +16,18 @@ from plm.evaluation.tasks import load_task
 
 
 class DownstreamEval(pl.Callback):
-    def __init__(self, tasks: list[str] = ("ss3", "dms_blat"), every_n_steps: int = 1000,
-                 data_root: str | None = None, small: bool = False, max_train: int = 300, max_test: int = 200,
-                 epochs: int = 5, task_dir: str | None = None, metrics: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        tasks: list[str] = ("ss3", "dms_blat"),
+        every_n_steps: int = 1000,
+        data_root: str | None = None,
+        small: bool = False,
+        max_train: int = 300,
+        max_test: int = 200,
+        epochs: int = 5,
+        task_dir: str | None = None,
+        metrics: list[str] | None = None,
+    ) -> None:
         """
         Args:
             tasks: task names (evaluation/tasks/<name>.yaml) or YAML paths; any kind works, but keep them cheap.
@@ -31,12 +40,19 @@ class DownstreamEval(pl.Callback):
         """
         self.specs = [load_task(t, task_dir) for t in tasks]  # fail at construction on a bad YAML
         self.every_n_steps, self.data_root, self.small = every_n_steps, data_root, small
-        self.overrides = {"max_train": max_train, "max_test": max_test, "epochs": epochs, "use_trainer": False}
+        self.overrides = {
+            "max_train": max_train,
+            "max_test": max_test,
+            "epochs": epochs,
+            "use_trainer": False,
+        }
         self.metrics = set(metrics) if metrics else None
         self.last_step = -1
         self.history: list[dict] = []
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         step = trainer.global_step
         if step > 0 and step % self.every_n_steps == 0 and step != self.last_step:
             self.run(trainer, pl_module)
@@ -54,8 +70,16 @@ class DownstreamEval(pl.Callback):
         values: dict[str, float] = {}
         with torch.random.fork_rng():
             for spec in self.specs:
-                for row in run_task(spec, backbone, objective, "frozen", self.data_root, self.small,
-                                    self.overrides, progress=False):
+                for row in run_task(
+                    spec,
+                    backbone,
+                    objective,
+                    "frozen",
+                    self.data_root,
+                    self.small,
+                    self.overrides,
+                    progress=False,
+                ):
                     if self.metrics is None or row["metric"] in self.metrics:
                         values[f"downstream/{row['task']}/{row['metric']}"] = float(row["value"])
         backbone.train(was_training)

@@ -22,13 +22,22 @@ def validation_summary(trainer: pl.Trainer, pl_module: pl.LightningModule) -> li
     if base is None:
         return [f"final validation loss ({what}) {float(val):.4f} nats (ppl {math.exp(float(val)):.2f})"]
     verdict = "below" if float(val) < float(base) else "NOT below"
-    lines = [(f"final validation loss on {what} {float(val):.4f} nats (ppl {math.exp(float(val)):.2f}) is {verdict} "
-              f"the unigram baseline on the same positions {float(base):.4f} nats (ppl {math.exp(float(base)):.2f})")]
+    lines = [
+        (
+            f"final validation loss on {what} {float(val):.4f} nats (ppl {math.exp(float(val)):.2f}) is {verdict} "
+            f"the unigram baseline on the same positions {float(base):.4f} nats (ppl {math.exp(float(base)):.2f})"
+        )
+    ]
     metric = getattr(pl_module, "val_metric", "loss")
-    for key in sorted(k for k in metrics if k.startswith("val/") and k.endswith(f"/{metric}") and k.count("/") == 2):
+    for key in sorted(
+        k for k in metrics if k.startswith("val/") and k.endswith(f"/{metric}") and k.count("/") == 2
+    ):
         name = key.split("/")[1]
         uni = metrics.get(f"val/{name}/unigram_{metric}")
-        lines.append(f"  {name}: {float(metrics[key]):.4f}" + (f" vs unigram {float(uni):.4f}" if uni is not None else ""))
+        lines.append(
+            f"  {name}: {float(metrics[key]):.4f}"
+            + (f" vs unigram {float(uni):.4f}" if uni is not None else "")
+        )
     return lines
 
 
@@ -59,9 +68,11 @@ class FinalExport(pl.Callback):
         cfg = pl_module.config
         lines = [
             f"weights export: {self.dirpath}  (load with plm.load({str(self.dirpath)!r}))",
-            (f"model: {cfg.name} {cfg.flavour} {cfg.n_layer}x{cfg.n_embd}x{cfg.n_head}, "
-             f"non-embedding N = {cfg.n_params_non_embedding():,}, tokens seen = {pl_module.tokens_seen:,}, "
-             f"C = 6·N·D = {cfg.flops_per_token(attention=False) * pl_module.tokens_seen:.3g} FLOPs"),
+            (
+                f"model: {cfg.name} {cfg.flavour} {cfg.n_layer}x{cfg.n_embd}x{cfg.n_head}, "
+                f"non-embedding N = {cfg.n_params_non_embedding():,}, tokens seen = {pl_module.tokens_seen:,}, "
+                f"C = 6·N·D = {cfg.flops_per_token(attention=False) * pl_module.tokens_seen:.3g} FLOPs"
+            ),
         ]
         lines += validation_summary(trainer, pl_module)
         for line in lines:

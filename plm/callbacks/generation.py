@@ -27,9 +27,17 @@ class GenerationCallback(pl.Callback):
         fold_dtype: 'fp32' or 'bf16' for ESMFold's language model.
     """
 
-    def __init__(self, every_n_steps: int = 1000, num: int = 16, max_length: int = 128,
-                 temperature: float = SamplingConfig.temperature, top_p: float = SamplingConfig.top_p, seed: int = 0,
-                 esmfold: str | None = None, fold_dtype: str = "fp32") -> None:
+    def __init__(
+        self,
+        every_n_steps: int = 1000,
+        num: int = 16,
+        max_length: int = 128,
+        temperature: float = SamplingConfig.temperature,
+        top_p: float = SamplingConfig.top_p,
+        seed: int = 0,
+        esmfold: str | None = None,
+        fold_dtype: str = "fp32",
+    ) -> None:
         if every_n_steps < 1 or num < 1:
             raise ValueError(f"GenerationCallback: every_n_steps={every_n_steps} and num={num} must be >= 1")
         self.every_n_steps, self.num, self.seed = every_n_steps, num, seed
@@ -54,8 +62,15 @@ class GenerationCallback(pl.Callback):
         model = pl_module.model
         was_training = model.training
         try:
-            samples = generate(model, self.num, self.sampling, seed=self.seed, batch_size=self.num,
-                               device=pl_module.device, progress=False)
+            samples = generate(
+                model,
+                self.num,
+                self.sampling,
+                seed=self.seed,
+                batch_size=self.num,
+                device=pl_module.device,
+                progress=False,
+            )
         finally:
             model.train(was_training)
         seqs = [s.sequence for s in samples]
@@ -65,7 +80,9 @@ class GenerationCallback(pl.Callback):
             "gen/length": float(np.mean([len(s) for s in seqs])),
             "gen/eos_share": float(np.mean([s.stop == "eos" for s in samples])),
             "gen/repeat_fraction": float(np.mean([metrics.repeat_fraction(s) for s in seqs])),
-            "gen/pairwise_identity": float(metrics.pairwise_identities(nonempty).mean()) if len(nonempty) > 1 else 0.0,
+            "gen/pairwise_identity": float(metrics.pairwise_identities(nonempty).mean())
+            if len(nonempty) > 1
+            else 0.0,
             "gen/clusters50_per_seq": metrics.n_clusters(nonempty, 0.5, "python")[0] / max(1, len(nonempty)),
         }
         if self._scorer is not None and nonempty:

@@ -33,8 +33,12 @@ def attended_pairs(tokens: Tensor, doc_ids: Tensor) -> int:
     return int((per_doc * per_doc).sum())
 
 
-def matmul_peak(dtype: torch.dtype = torch.bfloat16, device: str = "cpu", sizes: tuple[int, ...] = (2048, 4096),
-                reps: int = 5) -> float:
+def matmul_peak(
+    dtype: torch.dtype = torch.bfloat16,
+    device: str = "cpu",
+    sizes: tuple[int, ...] = (2048, 4096),
+    reps: int = 5,
+) -> float:
     """Measured matrix-multiply peak (FLOP/s): the best of ``reps`` square ``torch.matmul`` per size."""
     best = 0.0
     for n in sizes:
@@ -69,7 +73,9 @@ class Throughput(pl.Callback):
     none on CPU; ``"measure"``: time a large matmul in the run's precision once at the start of fit.
     """
 
-    def __init__(self, log_every: int = 10, peak_flops: float | Literal["auto", "measure"] | None = "auto") -> None:
+    def __init__(
+        self, log_every: int = 10, peak_flops: float | Literal["auto", "measure"] | None = "auto"
+    ) -> None:
         self.log_every, self.peak_flops = log_every, peak_flops
         self._peak: float | None = None
         self._t0: float | None = None
@@ -89,7 +95,9 @@ class Throughput(pl.Callback):
         if self._t0 is None:
             self._t0 = time.perf_counter()
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch: Batch | Mapping[str, Any], batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer, pl_module, outputs, batch: Batch | Mapping[str, Any], batch_idx: int
+    ) -> None:
         batch = as_batch(batch)
         n_real = batch.n_real
         self._real += n_real * trainer.world_size

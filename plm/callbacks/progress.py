@@ -29,19 +29,35 @@ def start_line(trainer: pl.Trainer, pl_module: pl.LightningModule) -> str:
     """One line instead of Lightning's model-summary table: what is trained, for how long."""
     cfg = getattr(pl_module, "config", None)
     total = sum(p.numel() for p in pl_module.parameters())
-    what = (f"{cfg.name} {cfg.flavour} {cfg.n_layer}x{cfg.n_embd}x{cfg.n_head}, {total:,} parameters "
-            f"(N = {cfg.n_params_non_embedding():,} non-embedding)") if cfg is not None else f"{total:,} parameters"
+    what = (
+        (
+            f"{cfg.name} {cfg.flavour} {cfg.n_layer}x{cfg.n_embd}x{cfg.n_head}, {total:,} parameters "
+            f"(N = {cfg.n_params_non_embedding():,} non-embedding)"
+        )
+        if cfg is not None
+        else f"{total:,} parameters"
+    )
     objective = getattr(pl_module, "objective", None)
     steps = f"steps {trainer.global_step:,} → {trainer.max_steps:,}" if trainer.max_steps else ""
     accumulate = trainer.accumulate_grad_batches
-    return " · ".join(x for x in (f"training {what}", f"objective {objective}" if objective else "", steps,
-                                   f"{accumulate} micro-batches per step" if accumulate > 1 else "") if x)
+    return " · ".join(
+        x
+        for x in (
+            f"training {what}",
+            f"objective {objective}" if objective else "",
+            steps,
+            f"{accumulate} micro-batches per step" if accumulate > 1 else "",
+        )
+        if x
+    )
 
 
 class StepProgress(ProgressBar):
     """A progress bar (Lightning's ``ProgressBar`` interface, so it replaces the default one)."""
 
-    def __init__(self, stream: TextIO | None = None, lines_every_seconds: float = 60.0, lines: int = 20) -> None:
+    def __init__(
+        self, stream: TextIO | None = None, lines_every_seconds: float = 60.0, lines: int = 20
+    ) -> None:
         """
         Args:
             stream: where to write (default stderr).
@@ -79,13 +95,21 @@ class StepProgress(ProgressBar):
         if self._out.isatty():
             from tqdm import tqdm
 
-            self._bar = tqdm(total=self._total(trainer), initial=trainer.global_step, unit="step",
-                             desc="train", file=self._out, dynamic_ncols=True, smoothing=0.1)
+            self._bar = tqdm(
+                total=self._total(trainer),
+                initial=trainer.global_step,
+                unit="step",
+                desc="train",
+                file=self._out,
+                dynamic_ncols=True,
+                smoothing=0.1,
+            )
         elif trainer.global_step:
             print(f"resumed at step {trainer.global_step}", file=self._out, flush=True)
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if not (self._enabled and trainer.is_global_zero):
             return
         step = trainer.global_step
@@ -94,7 +118,9 @@ class StepProgress(ProgressBar):
         if self._bar is not None:
             if step > self._bar.n:
                 self._bar.update(step - self._bar.n)
-                self._bar.set_postfix({k.split("/")[0]: f"{float(v):.3f}" for k, v in shown.items()}, refresh=False)
+                self._bar.set_postfix(
+                    {k.split("/")[0]: f"{float(v):.3f}" for k, v in shown.items()}, refresh=False
+                )
             return
         self._maybe_print_line(trainer, step, shown)
 
@@ -104,8 +130,9 @@ class StepProgress(ProgressBar):
         total = self._total(trainer)
         every = max(1, total // self.lines) if total else None
         due_by_steps = every is not None and step // every > last_step // every
-        if step == last_step or not (due_by_steps or now - last_time >= self.lines_every_seconds
-                                     or step == total):
+        if step == last_step or not (
+            due_by_steps or now - last_time >= self.lines_every_seconds or step == total
+        ):
             return
         self._last_line = (now, step)
         done = step - self._start_step

@@ -57,8 +57,10 @@ class CLMToMLMTransfer(pl.Callback):
         if self.clm_share is not None:
             dm: TrainingData | None = training_data(trainer)
             if dm is None:
-                raise ValueError("CLMToMLMTransfer: clm_share needs the run's data module to plan its tokens "
-                                 "(plm.data.protocol.TrainingData); give switch_flops instead")
+                raise ValueError(
+                    "CLMToMLMTransfer: clm_share needs the run's data module to plan its tokens "
+                    "(plm.data.protocol.TrainingData); give switch_flops instead"
+                )
             planned_tokens = trainer.max_steps * trainer.accumulate_grad_batches * dm.planned_tokens(1)
             return self.clm_share * 6.0 * n * planned_tokens
         return clm_budget(n)
@@ -67,7 +69,9 @@ class CLMToMLMTransfer(pl.Callback):
         if pl_module.objective == "clm" and pl_module.stage_start_step == 0 and trainer.global_step == 0:
             rank_zero_info(f"transfer: CLM stage until {self.budget(trainer, pl_module):.3g} FLOPs, then MLM")
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if pl_module.objective != "clm":
             return  # already switched (also after a resume in the MLM stage)
         if (batch_idx + 1) % trainer.accumulate_grad_batches:

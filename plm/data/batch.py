@@ -82,10 +82,14 @@ class Batch:
         tokens = batch["tokens"]
         n_real = batch.get("n_real")
         cursor_end = batch.get("cursor_end")
-        return cls(tokens=tokens, doc_ids=batch["doc_ids"],
-                   n_real=int(n_real) if n_real is not None else int((tokens != PAD).sum()),
-                   mask_seed=int(batch.get("cursor_start", 0)) & SEED_MASK, set=batch.get("set", "train"),
-                   cursor_end=int(cursor_end) if cursor_end is not None else None)
+        return cls(
+            tokens=tokens,
+            doc_ids=batch["doc_ids"],
+            n_real=int(n_real) if n_real is not None else int((tokens != PAD).sum()),
+            mask_seed=int(batch.get("cursor_start", 0)) & SEED_MASK,
+            set=batch.get("set", "train"),
+            cursor_end=int(cursor_end) if cursor_end is not None else None,
+        )
 
 
 _FIELDS = frozenset(f.name for f in fields(Batch))

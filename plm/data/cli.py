@@ -11,9 +11,18 @@ import sys
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("plm.data.prepare:main", "tokenize FASTA sources into memory-mapped train/val stores"),
-    "decontaminate": ("plm.identity.decontaminate:main", "remove/list training records similar to evaluation sets"),
-    "split-by-identity": ("plm.identity.split:main", "bin held-out sequences by max identity to training data"),
-    "cluster": ("plm.identity.cluster:main", "cluster a FASTA at a min identity (MMseqs2) into a cluster TSV"),
+    "decontaminate": (
+        "plm.identity.decontaminate:main",
+        "remove/list training records similar to evaluation sets",
+    ),
+    "split-by-identity": (
+        "plm.identity.split:main",
+        "bin held-out sequences by max identity to training data",
+    ),
+    "cluster": (
+        "plm.identity.cluster:main",
+        "cluster a FASTA at a min identity (MMseqs2) into a cluster TSV",
+    ),
 }
 
 

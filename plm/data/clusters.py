@@ -48,7 +48,9 @@ def hash_ranges(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.nda
         if inside.all():
             mat = np.lib.stride_tricks.sliding_window_view(buf, width)[first]
         else:  # identifiers in the last `width` bytes: pad a copy of the buffer (rare: small buffers)
-            mat = np.lib.stride_tricks.sliding_window_view(np.concatenate([buf, np.zeros(width, np.uint8)]), width)[first]
+            mat = np.lib.stride_tricks.sliding_window_view(
+                np.concatenate([buf, np.zeros(width, np.uint8)]), width
+            )[first]
         mat = mat * (np.arange(width) < lens[short, None])
         words = mat.view("<u8")
         h = mix64(lens[short])
@@ -165,7 +167,9 @@ def load_clusters(directory: str | os.PathLike, n_records: int) -> tuple[np.ndar
     if not off_p.exists() and not mem_p.exists():
         return None
     if not (off_p.exists() and mem_p.exists()):
-        raise FileNotFoundError(f"{directory}: only one of {OFFSETS_FILE}, {MEMBERS_FILE}; re-run `plm data prepare`")
+        raise FileNotFoundError(
+            f"{directory}: only one of {OFFSETS_FILE}, {MEMBERS_FILE}; re-run `plm data prepare`"
+        )
     offsets, members = np.load(off_p, mmap_mode="r"), np.load(mem_p, mmap_mode="r")
     problems = []
     if offsets.ndim != 1 or len(offsets) < 1 or int(offsets[0]) != 0 or int(offsets[-1]) != len(members):
@@ -173,20 +177,29 @@ def load_clusters(directory: str | os.PathLike, n_records: int) -> tuple[np.ndar
     if len(members) and (int(members.min()) < 0 or int(members.max()) >= n_records):
         problems.append(f"members index outside the store's {n_records} records")
     if problems:
-        raise ValueError(f"{directory}: corrupt cluster index: {'; '.join(problems)}; re-run `plm data prepare`")
+        raise ValueError(
+            f"{directory}: corrupt cluster index: {'; '.join(problems)}; re-run `plm data prepare`"
+        )
     return np.asarray(offsets), np.asarray(members)
 
 
 def exclude_records(
-    n_records: int, clusters: tuple[np.ndarray, np.ndarray] | None, exclude: np.ndarray, where: str = "exclude list"
+    n_records: int,
+    clusters: tuple[np.ndarray, np.ndarray] | None,
+    exclude: np.ndarray,
+    where: str = "exclude list",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Drop excluded record indices: the result is a cluster index (singletons when none were given)
     over the remaining records, which the sampler already understands."""
     exclude = np.asarray(exclude)
     if exclude.ndim != 1 or not np.issubdtype(exclude.dtype, np.integer):
-        raise ValueError(f"{where}: expected a 1-D integer array of train record indices, got {exclude.dtype} {exclude.shape}")
+        raise ValueError(
+            f"{where}: expected a 1-D integer array of train record indices, got {exclude.dtype} {exclude.shape}"
+        )
     if len(exclude) and (int(exclude.min()) < 0 or int(exclude.max()) >= n_records):
-        raise ValueError(f"{where}: record indices must be in [0, {n_records}); got {int(exclude.min())}..{int(exclude.max())}")
+        raise ValueError(
+            f"{where}: record indices must be in [0, {n_records}); got {int(exclude.min())}..{int(exclude.max())}"
+        )
     keep = np.ones(n_records, dtype=bool)
     keep[exclude.astype(np.int64)] = False
     if not keep.any():

@@ -37,8 +37,13 @@ from plm.tokenizer import RESIDUE_IDS
 UNIMETA_WEIGHTS = {"uniref50": 0.085, "uniref90": 0.195, "cfdb_centroids": 0.195, "cfdb_members": 0.525}
 
 
-def load_source(name: str, spec: str | list[str], val_fraction: float, on_invalid: OnInvalid,
-                stats: FastaStats | None = None) -> tuple[TokenStore, TokenStore]:
+def load_source(
+    name: str,
+    spec: str | list[str],
+    val_fraction: float,
+    on_invalid: OnInvalid,
+    stats: FastaStats | None = None,
+) -> tuple[TokenStore, TokenStore]:
     """A source is a prepared store directory (``plm data prepare``) or one or more FASTA files; ``stats``
     counts the FASTA records kept and rejected."""
     paths = [_in_checkout(p) for p in ([spec] if isinstance(spec, (str, os.PathLike)) else list(spec))]
@@ -47,13 +52,18 @@ def load_source(name: str, spec: str | list[str], val_fraction: float, on_invali
         train = TokenStore.open(root / "train", name)
         train.clusters = load_clusters(root / "train", len(train))
         if (root / "exclude.npy").is_file():  # record indices to leave out (e.g. decontamination)
-            train.clusters = exclude_records(len(train), train.clusters, np.load(root / "exclude.npy"),
-                                             where=str(root / "exclude.npy"))
+            train.clusters = exclude_records(
+                len(train), train.clusters, np.load(root / "exclude.npy"), where=str(root / "exclude.npy")
+            )
         return train, TokenStore.open(root / "val", f"{name}/val")
     missing = [str(p) for p in paths if not Path(p).exists()]
     if missing:
-        raise FileNotFoundError(f"data source {name!r}: not found: {missing}{_hint(missing)}; fix data.sources in your config")
-    return split_fasta(name, paths, val_fraction, on_invalid=on_invalid, stats=stats if stats is not None else FastaStats())
+        raise FileNotFoundError(
+            f"data source {name!r}: not found: {missing}{_hint(missing)}; fix data.sources in your config"
+        )
+    return split_fasta(
+        name, paths, val_fraction, on_invalid=on_invalid, stats=stats if stats is not None else FastaStats()
+    )
 
 
 def _in_checkout(path: str | os.PathLike) -> str | os.PathLike:
@@ -66,14 +76,18 @@ def _hint(missing: list[str]) -> str:
     return next((not_found_hint(p) for p in missing if not Path(p).is_absolute()), "")
 
 
-def load_eval_set(name: str, spec: str | list[str], on_invalid: OnInvalid, stats: FastaStats | None = None) -> TokenStore:
+def load_eval_set(
+    name: str, spec: str | list[str], on_invalid: OnInvalid, stats: FastaStats | None = None
+) -> TokenStore:
     """An external held-out set: every record is evaluated (it never goes through the train/val split,
     which would leave its training side empty). FASTA file(s), e.g. the bins `plm data split-by-identity`
     writes, or a `plm data prepare` source directory (its train and val records together)."""
     paths = [_in_checkout(p) for p in ([spec] if isinstance(spec, (str, os.PathLike)) else list(spec))]
     missing = [str(p) for p in paths if not Path(p).exists()]
     if missing:
-        raise FileNotFoundError(f"data.eval_sets {name!r}: not found: {missing}{_hint(missing)}; fix data.eval_sets in your config")
+        raise FileNotFoundError(
+            f"data.eval_sets {name!r}: not found: {missing}{_hint(missing)}; fix data.eval_sets in your config"
+        )
     if len(paths) == 1 and Path(paths[0]).is_dir():
         root = Path(paths[0])
         parts = [TokenStore.open(root / s, name) for s in ("train", "val") if (root / s).is_dir()]
@@ -89,7 +103,9 @@ def load_eval_set(name: str, spec: str | list[str], on_invalid: OnInvalid, stats
 class PackedStream(IterableDataset):
     """Infinite stream of packed micro-batches for one rank, starting at a sample cursor."""
 
-    def __init__(self, packer: StreamPacker, rows_per_batch: int, rank: int, world_size: int, start_cursor: int):
+    def __init__(
+        self, packer: StreamPacker, rows_per_batch: int, rank: int, world_size: int, start_cursor: int
+    ):
         self.packer, self.rows, self.rank, self.world = packer, rows_per_batch, rank, world_size
         self.start_cursor = start_cursor
 
@@ -102,8 +118,14 @@ class PackedStream(IterableDataset):
             if m % n_workers == worker:
                 mine = rows[self.rank * self.rows : (self.rank + 1) * self.rows]
                 packed = materialize(self.packer.stores, mine, self.packer.row_len)
-                yield Batch(tokens=torch.from_numpy(packed.tokens), doc_ids=torch.from_numpy(packed.doc_ids),
-                            n_real=int(packed.n_real), mask_seed=cursor, set="train", cursor_end=nxt)
+                yield Batch(
+                    tokens=torch.from_numpy(packed.tokens),
+                    doc_ids=torch.from_numpy(packed.doc_ids),
+                    n_real=int(packed.n_real),
+                    mask_seed=cursor,
+                    set="train",
+                    cursor_end=nxt,
+                )
             cursor, m = nxt, m + 1
 
 
@@ -161,7 +183,10 @@ class ProteinDataModule(pl.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         root = sample_data()
-        self.sources = sources or {"uniprot": str(root / "uniprot.fasta.gz"), "metagenomic": str(root / "metagenomic.fasta.gz")}
+        self.sources = sources or {
+            "uniprot": str(root / "uniprot.fasta.gz"),
+            "metagenomic": str(root / "metagenomic.fasta.gz"),
+        }
         self.weights = weights
         self.eval_sets = eval_sets or {}
         self.row_len, self.rows_per_batch = row_len, rows_per_batch
@@ -193,7 +218,9 @@ class ProteinDataModule(pl.LightningDataModule):
                 self.val_stores[name] = val
         for name, path in self.eval_sets.items():
             if name in self.val_stores:
-                raise ValueError(f"data.eval_sets {name!r}: also a data.sources name; give the held-out set its own name")
+                raise ValueError(
+                    f"data.eval_sets {name!r}: also a data.sources name; give the held-out set its own name"
+                )
             stats = FastaStats()
             self.val_stores[name] = load_eval_set(name, path, self.on_invalid, stats)
             self._report("data.eval_sets", name, stats)
@@ -201,8 +228,13 @@ class ProteinDataModule(pl.LightningDataModule):
             w = [float(s.n_residues) for s in self.train_stores]
         else:
             w = [float(self.weights.get(n, 0.0)) for n in names]
-        self.sampler = MixtureSampler([len(s) for s in self.train_stores], w, self.seed, self.sampler_block,
-                                      clusters=[s.clusters for s in self.train_stores])
+        self.sampler = MixtureSampler(
+            [len(s) for s in self.train_stores],
+            w,
+            self.seed,
+            self.sampler_block,
+            clusters=[s.clusters for s in self.train_stores],
+        )
         self.packer = StreamPacker(self.train_stores, self.sampler, self.row_len, self.seed, self.min_piece)
         self.check_fingerprint()
 
@@ -211,14 +243,20 @@ class ProteinDataModule(pl.LightningDataModule):
         skipping is only acceptable when it is never silent."""
         if not stats.records and not stats.rejected:
             return  # a prepared source: its manifest.json holds prepare's counts
-        self.fasta_report[f"{where}.{name}"] = {"records": stats.records, "residues": stats.residues,
-                                                "rejected": dict(stats.rejected), "rejected_examples": stats.examples}
+        self.fasta_report[f"{where}.{name}"] = {
+            "records": stats.records,
+            "residues": stats.residues,
+            "rejected": dict(stats.rejected),
+            "rejected_examples": stats.examples,
+        }
         if stats.rejected:
             reasons = ", ".join(f"{why}: {n:,}" for why, n in stats.rejected.most_common())
             example = next(iter(stats.examples.values()), [""])[0]
-            rank_zero_warn(f"{where} {name!r}: {sum(stats.rejected.values()):,} FASTA record(s) skipped under "
-                           f"on_invalid={self.on_invalid} ({reasons}; kept {stats.records:,}), e.g. {example}. "
-                           "data.on_invalid=error stops at the first instead, x maps bad residues to X")
+            rank_zero_warn(
+                f"{where} {name!r}: {sum(stats.rejected.values()):,} FASTA record(s) skipped under "
+                f"on_invalid={self.on_invalid} ({reasons}; kept {stats.records:,}), e.g. {example}. "
+                "data.on_invalid=error stops at the first instead, x maps bad residues to X"
+            )
 
     @property
     def is_set_up(self) -> bool:
@@ -238,7 +276,7 @@ class ProteinDataModule(pl.LightningDataModule):
         counts = np.zeros(max(RESIDUE_IDS) + 1)
         share = self.sampler.counts / self.sampler.counts.sum()
         for store, w in zip(self.train_stores, share):
-            c = np.bincount(np.asarray(store.tokens[: 5_000_000]), minlength=len(counts))
+            c = np.bincount(np.asarray(store.tokens[:5_000_000]), minlength=len(counts))
             counts += w * c / max(1, c.sum())
         return counts / counts.sum()
 
@@ -259,8 +297,13 @@ class ProteinDataModule(pl.LightningDataModule):
         rank, world = self._rank_world()
         stream = PackedStream(self.packer, self.rows_per_batch, rank, world, self.cursor)
         # workers ignore SIGTERM/SIGINT sent to the whole process group: the main process saves and stops
-        return SignalSafeDataLoader(stream, batch_size=None, num_workers=self.num_workers, persistent_workers=False,
-                                    worker_init_fn=ignore_stop_signals if self.num_workers else None)
+        return SignalSafeDataLoader(
+            stream,
+            batch_size=None,
+            num_workers=self.num_workers,
+            persistent_workers=False,
+            worker_init_fn=ignore_stop_signals if self.num_workers else None,
+        )
 
     def val_dataloader(self) -> list[DataLoader]:
         loaders = []
@@ -273,14 +316,27 @@ class ProteinDataModule(pl.LightningDataModule):
             for b in range(0, len(rows), self.rows_per_batch):
                 packed = materialize([store], rows[b : b + self.rows_per_batch], self.row_len)
                 # fixed masking seed per held-out batch: val losses are comparable over time
-                batches.append(Batch(tokens=torch.from_numpy(packed.tokens), doc_ids=torch.from_numpy(packed.doc_ids),
-                                     n_real=int(packed.n_real), mask_seed=heldout_mask_seed(i, b, world, rank),
-                                     set=name))
+                batches.append(
+                    Batch(
+                        tokens=torch.from_numpy(packed.tokens),
+                        doc_ids=torch.from_numpy(packed.doc_ids),
+                        n_real=int(packed.n_real),
+                        mask_seed=heldout_mask_seed(i, b, world, rank),
+                        set=name,
+                    )
+                )
             # every rank runs as many batches (a sharded forward's collectives must pair up, and a rank with no
             # batch at all would skip validation and its barriers): fillers of one padding row score nothing
             filler = materialize([store], [[]], self.row_len)
-            batches += [Batch(tokens=torch.from_numpy(filler.tokens), doc_ids=torch.from_numpy(filler.doc_ids),
-                              n_real=0, mask_seed=FILLER_MASK_SEED, set=name)] * (per_rank - len(batches))
+            batches += [
+                Batch(
+                    tokens=torch.from_numpy(filler.tokens),
+                    doc_ids=torch.from_numpy(filler.doc_ids),
+                    n_real=0,
+                    mask_seed=FILLER_MASK_SEED,
+                    set=name,
+                )
+            ] * (per_rank - len(batches))
             loaders.append(DataLoader(RankBatches(batches), batch_size=None))
         return loaders
 
@@ -289,15 +345,24 @@ class ProteinDataModule(pl.LightningDataModule):
 
     # ---- position tracking and resume --------------------------------------------------------------
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
-        if self.trainer is not None and self.trainer.training and batch.set == "train" and batch.cursor_end is not None:
+        if (
+            self.trainer is not None
+            and self.trainer.training
+            and batch.set == "train"
+            and batch.cursor_end is not None
+        ):
             self.cursor = batch.cursor_end
         return batch
 
     def state_dict(self) -> dict[str, Any]:
         seen = self.sampler.seen_per_source(self.cursor).tolist() if self.sampler else []
         fingerprint = self.fingerprint() if self.sampler else None
-        return {"cursor": self.cursor, "seen_per_source": dict(zip(self.source_names, seen)), "fingerprint": fingerprint,
-                "fasta_report": getattr(self, "fasta_report", {})}
+        return {
+            "cursor": self.cursor,
+            "seen_per_source": dict(zip(self.source_names, seen)),
+            "fingerprint": fingerprint,
+            "fasta_report": getattr(self, "fasta_report", {}),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.cursor = int(state["cursor"])
@@ -308,19 +373,28 @@ class ProteinDataModule(pl.LightningDataModule):
     def fingerprint(self) -> dict[str, Any]:
         """What besides the cursor decides which samples the stream holds (not how rows are split over ranks,
         devices or micro-batches, which may change on resume)."""
-        return {"sources": {n: [len(s), int(s.n_residues)] for n, s in zip(self.source_names, self.train_stores)},
-                "weights": self.sampler.counts.tolist(), "seed": self.seed, "row_len": self.row_len,
-                "min_piece": self.min_piece, "sampler_block": self.sampler_block}
+        return {
+            "sources": {n: [len(s), int(s.n_residues)] for n, s in zip(self.source_names, self.train_stores)},
+            "weights": self.sampler.counts.tolist(),
+            "seed": self.seed,
+            "row_len": self.row_len,
+            "min_piece": self.min_piece,
+            "sampler_block": self.sampler_block,
+        }
 
     def check_fingerprint(self) -> None:
         """A resume on other data would silently train on other samples at the saved cursor: refuse it."""
         saved, now = getattr(self, "_resumed_fingerprint", None), self.fingerprint()
         if saved is None or saved == now:
             return
-        diffs = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in now if saved.get(k) != now[k])
-        raise ValueError(f"resume refused: the checkpoint's data stream differs from this run's ({diffs}). Resume "
-                         "with the data.* settings (sources, weights, seed, row_len) the run started with, or start a "
-                         "new run (model.init_from takes the weights without the data position)")
+        diffs = "; ".join(
+            f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in now if saved.get(k) != now[k]
+        )
+        raise ValueError(
+            f"resume refused: the checkpoint's data stream differs from this run's ({diffs}). Resume "
+            "with the data.* settings (sources, weights, seed, row_len) the run started with, or start a "
+            "new run (model.init_from takes the weights without the data position)"
+        )
 
     def data_stats(self) -> dict[str, float]:
         """Sequences and epochs seen per source at the current cursor (for logging)."""
@@ -336,7 +410,7 @@ class ProteinDataModule(pl.LightningDataModule):
                 self._warned_epochs.add(name)
                 warnings.warn(
                     f"source {name!r} has passed one epoch ({e:.2f}): its data now repeats; the papers "
-                    "show repeats hurt (docs/reference.md, \"Data\"). Add data or lower its weight.",
+                    'show repeats hurt (docs/reference.md, "Data"). Add data or lower its weight.',
                     stacklevel=2,
                 )
         return out

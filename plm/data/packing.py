@@ -60,7 +60,9 @@ def materialize(stores: list[TokenStore], rows: list[list[Piece]], row_len: int)
 class StreamPacker:
     """Plans rows from the sampler's stream starting at a cursor (global sample index)."""
 
-    def __init__(self, stores: list[TokenStore], sampler: MixtureSampler, row_len: int, seed: int, min_piece: int = 16):
+    def __init__(
+        self, stores: list[TokenStore], sampler: MixtureSampler, row_len: int, seed: int, min_piece: int = 16
+    ):
         if row_len < 8:
             raise ValueError(f"row_len={row_len} is too short; use at least 8 tokens")
         self.stores, self.sampler, self.row_len, self.seed = stores, sampler, row_len, seed

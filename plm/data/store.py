@@ -178,14 +178,19 @@ class TokenStore:
         paths = [directory / p for p in parts]
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
-            raise ValueError(f"{directory}: token part file(s) {missing} missing; the store is incomplete: re-run prepare")
+            raise ValueError(
+                f"{directory}: token part file(s) {missing} missing; the store is incomplete: re-run prepare"
+            )
         sizes = [p.stat().st_size for p in paths]
         if offsets.ndim != 1 or len(offsets) == 0 or int(offsets[0]) != 0 or int(offsets[-1]) != sum(sizes):
             raise ValueError(
                 f"{tok_path}: the token file(s) hold {sum(sizes)} bytes but {off_path.name} ends at "
                 f"{int(offsets[-1]) if len(offsets) else 'nothing'}; the store is truncated or corrupt: re-run prepare"
             )
-        maps = [np.memmap(p, dtype=np.uint8, mode="r") if n else np.zeros(0, np.uint8) for p, n in zip(paths, sizes)]
+        maps = [
+            np.memmap(p, dtype=np.uint8, mode="r") if n else np.zeros(0, np.uint8)
+            for p, n in zip(paths, sizes)
+        ]
         tokens = maps[0] if len(maps) == 1 else PartedTokens(maps)
         return cls(name or directory.name, tokens, offsets)
 
@@ -240,7 +245,9 @@ def _check_store_meta(directory: Path, checksum: bool) -> list[str]:
     meta_path = directory / STORE_META
     if not meta_path.is_file():
         if checksum:
-            raise FileNotFoundError(f"{meta_path}: missing, so the store cannot be verified; re-run `plm data prepare`")
+            raise FileNotFoundError(
+                f"{meta_path}: missing, so the store cannot be verified; re-run `plm data prepare`"
+            )
         return [TOKENS_FILE]
     try:
         meta = json.loads(meta_path.read_text())
@@ -248,9 +255,13 @@ def _check_store_meta(directory: Path, checksum: bool) -> list[str]:
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{meta_path}: unreadable ({err}); re-run `plm data prepare`") from err
     problems = file_problems(directory, files, checksum)
-    problems += [f"{directory / p}: a token part that {STORE_META} does not describe" for p in parts if p not in files]
+    problems += [
+        f"{directory / p}: a token part that {STORE_META} does not describe" for p in parts if p not in files
+    ]
     if problems:
-        raise ValueError(f"{directory}: truncated or corrupt store ({'; '.join(problems)}); re-run `plm data prepare`")
+        raise ValueError(
+            f"{directory}: truncated or corrupt store ({'; '.join(problems)}); re-run `plm data prepare`"
+        )
     return parts
 
 

@@ -27,8 +27,9 @@ def read_objective(path: str | Path) -> str:
     return read_record(path).objective
 
 
-def load_backbone(checkpoint: str | Path, random_init: bool = False, objective: str | None = None,
-                  seed: int = 0) -> tuple[Transformer, str]:
+def load_backbone(
+    checkpoint: str | Path, random_init: bool = False, objective: str | None = None, seed: int = 0
+) -> tuple[Transformer, str]:
     """Load weights and their record; ``random_init`` keeps the architecture and re-draws the weights
     (the baseline a trained model must beat)."""
     from plm.model.io import load_with_record
@@ -50,8 +51,9 @@ def pad_tokens(seqs: list[str], max_len: int) -> Tensor:
     return out
 
 
-def token_batches(sequences: list[str], max_tokens: int, device: torch.device | str = "cpu",
-                  progress: bool = False) -> Iterator[tuple[list[int], Tensor]]:
+def token_batches(
+    sequences: list[str], max_tokens: int, device: torch.device | str = "cpu", progress: bool = False
+) -> Iterator[tuple[list[int], Tensor]]:
     """(indices, padded ``<cls> seq <eos>`` tokens) of batches of at most ``max_tokens`` padded tokens,
     longest sequences first (so a budget that is too small fails on the first batch, not the last); a
     sequence longer than the budget goes alone."""
@@ -69,8 +71,16 @@ def token_batches(sequences: list[str], max_tokens: int, device: torch.device | 
 
 
 @torch.no_grad()
-def embed(model: Transformer, seqs: list[str], max_len: int, causal: bool, batch_size: int = 16,
-          progress: bool = True, desc: str = "embedding", layer: int = -1) -> list[Tensor]:
+def embed(
+    model: Transformer,
+    seqs: list[str],
+    max_len: int,
+    causal: bool,
+    batch_size: int = 16,
+    progress: bool = True,
+    desc: str = "embedding",
+    layer: int = -1,
+) -> list[Tensor]:
     """Residue embeddings (L, h) of ``layer`` per sequence, computed once for frozen probes (length-sorted
     batches)."""
     from plm.evaluation.finetune import residue_features
@@ -81,7 +91,9 @@ def embed(model: Transformer, seqs: list[str], max_len: int, causal: bool, batch
     out: list[Tensor | None] = [None] * len(seqs)
     for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress):
         idx = order[start : start + batch_size]
-        feats, _ = residue_features(model, pad_tokens([seqs[i] for i in idx], max_len).to(device), causal, layer)
+        feats, _ = residue_features(
+            model, pad_tokens([seqs[i] for i in idx], max_len).to(device), causal, layer
+        )
         for row, i in enumerate(idx):
             out[i] = feats[row, : min(len(seqs[i]), max_len)].float().cpu()
     return out  # type: ignore[return-value]

@@ -37,8 +37,9 @@ def say(message: str) -> None:
 
 
 # ---- validation split -----------------------------------------------------------------------------------
-def carve_validation(records: list[Any], fraction: float, seed: int, identity: float | None = None
-                     ) -> tuple[list[Any], list[Any]]:
+def carve_validation(
+    records: list[Any], fraction: float, seed: int, identity: float | None = None
+) -> tuple[list[Any], list[Any]]:
     """(train, validation) by a hash of each record's sequence, so identical sequences always land on the
     same side; with ``identity`` the hash is of the sequence's cluster representative (greedy clustering
     at that identity, :func:`plm.identity.pairwise.greedy_clusters`), so no validation sequence is that
@@ -51,13 +52,17 @@ def carve_validation(records: list[Any], fraction: float, seed: int, identity: f
         from plm.identity.pairwise import greedy_clusters
 
         keys = [seqs[i] for i in greedy_clusters(seqs, identity)]
-    u = np.array([int.from_bytes(hashlib.sha1(f"{seed}\t{k}".encode()).digest()[:8], "little") / 2**64 for k in keys])
+    u = np.array(
+        [int.from_bytes(hashlib.sha1(f"{seed}\t{k}".encode()).digest()[:8], "little") / 2**64 for k in keys]
+    )
     held = u < fraction
     if held.all() or not held.any():  # a tiny set: the group with the smallest hash validates
         held = u == u.min()
         if held.all():
-            raise ValueError(f"{len(records)} training record(s) in one identity group: nothing left to carve a "
-                             "validation split from; give the task a validation split or more training data")
+            raise ValueError(
+                f"{len(records)} training record(s) in one identity group: nothing left to carve a "
+                "validation split from; give the task a validation split or more training data"
+            )
     return [r for r, h in zip(records, held) if not h], [r for r, h in zip(records, held) if h]
 
 
@@ -119,16 +124,32 @@ def collate(kind: str, examples: list[dict[str, Any]]) -> dict[str, Any]:
             padded[i, : y.shape[0]] = y
     else:
         padded = torch.stack(labels)
-    return {"tokens": pad_tokens([e["seq"] for e in examples], 10**9), "labels": padded,
-            "index": torch.tensor([e["index"] for e in examples]), "part": examples[0]["part"]}
+    return {
+        "tokens": pad_tokens([e["seq"] for e in examples], 10**9),
+        "labels": padded,
+        "index": torch.tensor([e["index"] for e in examples]),
+        "part": examples[0]["part"],
+    }
 
 
 # ---- the datamodule --------------------------------------------------------------------------------------
 class DownstreamDataModule(pl.LightningDataModule):
-    def __init__(self, task: str, task_dir: str | None = None, data_root: str | None = None, small: bool = False,
-                 batch_size: int | None = None, max_train: int | None = None, max_test: int | None = None,
-                 max_len: int | None = None, val_fraction: float = 0.1, val_identity: float | None = None,
-                 task_validation: bool = True, seed: int | None = None, num_workers: int = 0) -> None:
+    def __init__(
+        self,
+        task: str,
+        task_dir: str | None = None,
+        data_root: str | None = None,
+        small: bool = False,
+        batch_size: int | None = None,
+        max_train: int | None = None,
+        max_test: int | None = None,
+        max_len: int | None = None,
+        val_fraction: float = 0.1,
+        val_identity: float | None = None,
+        task_validation: bool = True,
+        seed: int | None = None,
+        num_workers: int = 0,
+    ) -> None:
         """
         Args:
             task: task name (evaluation/tasks/<name>.yaml) or a YAML path.
@@ -150,14 +171,20 @@ class DownstreamDataModule(pl.LightningDataModule):
         self.task, self.task_dir, self.data_root, self.small = task, task_dir, data_root, small
         self.spec: TaskSpec = load_task(task, task_dir)
         if self.spec.kind not in kinds.SUPERVISED_KINDS:
-            raise ValueError(f"{self.spec.source}: kind {self.spec.kind} has no training data; plm finetune trains "
-                             f"{', '.join(kinds.SUPERVISED_KINDS)} tasks (plm evaluate scores the others)")
+            raise ValueError(
+                f"{self.spec.source}: kind {self.spec.kind} has no training data; plm finetune trains "
+                f"{', '.join(kinds.SUPERVISED_KINDS)} tasks (plm evaluate scores the others)"
+            )
         base = self.spec.options()  # the task's, for what the arguments leave at None
         given = lambda value, default: default if value is None else value
         self.batch_size = int(given(batch_size, base.batch_size))
         self.max_train, self.max_test = given(max_train, base.max_train), given(max_test, base.max_test)
         self.max_len, self.seed = int(given(max_len, base.max_len)), int(given(seed, base.seed))
-        self.val_fraction, self.val_identity, self.task_validation = val_fraction, val_identity, task_validation
+        self.val_fraction, self.val_identity, self.task_validation = (
+            val_fraction,
+            val_identity,
+            task_validation,
+        )
         self.num_workers = num_workers
         self.records: dict[str, list[Any]] = {}
         self.classes: list[str] = list(self.spec.classes)
@@ -185,11 +212,16 @@ class DownstreamDataModule(pl.LightningDataModule):
             val, how = given, "the task's validation records"
         else:
             train, val = carve_validation(train, self.val_fraction, self.seed, self.val_identity)
-            how = (f"carved from training by sequence hash ({self.val_fraction:.0%}"
-                   + (f", clusters at {self.val_identity:.0%} identity)" if self.val_identity else ", identical sequences together)"))
+            how = f"carved from training by sequence hash ({self.val_fraction:.0%}" + (
+                f", clusters at {self.val_identity:.0%} identity)"
+                if self.val_identity
+                else ", identical sequences together)"
+            )
         self.records = {"train": train, "val": val, "test": test}
-        say(f"{self.spec.name}: {len(train):,} train, {len(val):,} validation ({how}), {len(test):,} test records; "
-            f"{source.describe()}")
+        say(
+            f"{self.spec.name}: {len(train):,} train, {len(val):,} validation ({how}), {len(test):,} test records; "
+            f"{source.describe()}"
+        )
         self._check_fingerprint()
 
     def sequences(self, part: str) -> list[str]:
@@ -199,8 +231,10 @@ class DownstreamDataModule(pl.LightningDataModule):
         return [label_tensor(self.spec.kind, r) for r in self.records["train"]]
 
     def _examples(self, part: str) -> list[dict[str, Any]]:
-        return [{"seq": r.sequence, "labels": label_tensor(self.spec.kind, r), "index": i, "part": part}
-                for i, r in enumerate(self.records[part])]
+        return [
+            {"seq": r.sequence, "labels": label_tensor(self.spec.kind, r), "index": i, "part": part}
+            for i, r in enumerate(self.records[part])
+        ]
 
     # ---- loaders ------------------------------------------------------------------------------------------
     def _collate(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -208,12 +242,22 @@ class DownstreamDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         sampler = EpochBatches(len(self.records["train"]), self.batch_size, self.seed, lambda: self.consumed)
-        return ResumableLoader(self._examples("train"), batch_sampler=sampler, collate_fn=self._collate,
-                               num_workers=self.num_workers, datamodule=self)
+        return ResumableLoader(
+            self._examples("train"),
+            batch_sampler=sampler,
+            collate_fn=self._collate,
+            num_workers=self.num_workers,
+            datamodule=self,
+        )
 
     def _fixed(self, part: str) -> DataLoader:
-        return DataLoader(self._examples(part), batch_size=self.batch_size, shuffle=False, collate_fn=self._collate,
-                          num_workers=self.num_workers)
+        return DataLoader(
+            self._examples(part),
+            batch_size=self.batch_size,
+            shuffle=False,
+            collate_fn=self._collate,
+            num_workers=self.num_workers,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._fixed("val")
@@ -229,8 +273,10 @@ class DownstreamDataModule(pl.LightningDataModule):
     # ---- resume on the same data only --------------------------------------------------------------------
     def fingerprint(self) -> dict[str, Any]:
         """What decides the batches besides the position: the records of each part, in order."""
-        digest = {p: hashlib.sha1("\n".join(r.sequence for r in self.records[p]).encode()).hexdigest()[:16]
-                  for p in PARTS}
+        digest = {
+            p: hashlib.sha1("\n".join(r.sequence for r in self.records[p]).encode()).hexdigest()[:16]
+            for p in PARTS
+        }
         return {"task": self.spec.name, "seed": self.seed, "batch_size": self.batch_size, "records": digest}
 
     def state_dict(self) -> dict[str, Any]:
@@ -246,6 +292,10 @@ class DownstreamDataModule(pl.LightningDataModule):
         if saved is None or saved == self.fingerprint():
             return
         now = self.fingerprint()
-        diffs = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in now if saved.get(k) != now[k])
-        raise ValueError(f"resume refused: the checkpoint was trained on other data ({diffs}); resume with the "
-                         "data settings the run started with, or start a new run (another --run_name)")
+        diffs = "; ".join(
+            f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in now if saved.get(k) != now[k]
+        )
+        raise ValueError(
+            f"resume refused: the checkpoint was trained on other data ({diffs}); resume with the "
+            "data settings the run started with, or start a new run (another --run_name)"
+        )

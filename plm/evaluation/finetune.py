@@ -71,12 +71,16 @@ def resolve_layer(layer: int, n_layer: int) -> int:
     (or -1) = the last block's output after the final LayerNorm (what ``Transformer.hidden`` returns)."""
     resolved = layer + n_layer + 1 if layer < 0 else layer
     if not 0 <= resolved <= n_layer:
-        raise ValueError(f"layer {layer}: the model has layers 0..{n_layer} (0 = embeddings, {n_layer} or -1 = final, "
-                         "after the final norm); set 'layer' in the task's defaults")
+        raise ValueError(
+            f"layer {layer}: the model has layers 0..{n_layer} (0 = embeddings, {n_layer} or -1 = final, "
+            "after the final norm); set 'layer' in the task's defaults"
+        )
     return resolved
 
 
-def residue_features(backbone: Transformer, tokens: Tensor, causal: bool = False, layer: int = -1) -> tuple[Tensor, Tensor]:
+def residue_features(
+    backbone: Transformer, tokens: Tensor, causal: bool = False, layer: int = -1
+) -> tuple[Tensor, Tensor]:
     """(B, T-2, h) features of residues only (drop <cls> and the last column) and the residue mask.
 
     ``tokens`` are ``<cls> seq <eos> <pad>…`` rows; residue t sits at column t+1. ``layer`` picks the
@@ -90,7 +94,9 @@ def residue_features(backbone: Transformer, tokens: Tensor, causal: bool = False
     if resolved == 0:  # the input of block 0 is the embedding (after ESM token-dropout scaling)
         hook = backbone.blocks[0].register_forward_pre_hook(lambda m, args: captured.append(args[0]))
     elif resolved < n_layer:
-        hook = backbone.blocks[resolved - 1].register_forward_hook(lambda m, args, out: captured.append(out[0]))
+        hook = backbone.blocks[resolved - 1].register_forward_hook(
+            lambda m, args, out: captured.append(out[0])
+        )
     try:
         hidden, _ = backbone.hidden(tokens, causal=causal)
     finally:
@@ -107,8 +113,10 @@ def head_for(kind: str, n_embd: int, n_out: int, head_type: str = "linear") -> n
     from plm.evaluation.heads import ResidueHead, SequenceHead
 
     if kind not in kinds.SUPERVISED_KINDS:
-        raise ValueError(f"kind {kind!r}: plm finetune trains {', '.join(kinds.SUPERVISED_KINDS)} tasks "
-                         "(zero_shot and contacts are scored by plm evaluate)")
+        raise ValueError(
+            f"kind {kind!r}: plm finetune trains {', '.join(kinds.SUPERVISED_KINDS)} tasks "
+            "(zero_shot and contacts are scored by plm evaluate)"
+        )
     return (ResidueHead if kind in kinds.RESIDUE_KINDS else SequenceHead)(n_embd, n_out, head_type)
 
 
@@ -119,15 +127,33 @@ class FineTune(pl.LightningModule):
     mode uses to look its cached features up) or ``{"feats": (B, L, h), "mask": (B, L)}`` (precomputed),
     plus ``"labels"`` as :mod:`plm.evaluation.kinds` lays them out."""
 
-    def __init__(self, head: nn.Module | None = None, kind: str = "", backbone: Transformer | str | None = None,
-                 mode: Mode = "frozen", lr: float | None = None, backbone_lr: float | None = None,
-                 lora_rank: int | None = None, lora_alpha: int | None = None, causal: bool | None = None,
-                 weight_decay: float = 0.0, layer: int | None = None, *, task: str | None = None,
-                 task_dir: str | None = None, head_type: str | None = None, lora_dropout: float = 0.0,
-                 class_weights: Literal["balanced"] | list[float] | None = None,
-                 gradient_checkpointing: bool = False, schedule: Literal["constant", "cosine"] = "constant",
-                 warmup_fraction: float = 0.0, total_steps: int | None = None, seed: int = 0,
-                 random_init: bool = False, embed_batch_size: int = 16) -> None:
+    def __init__(
+        self,
+        head: nn.Module | None = None,
+        kind: str = "",
+        backbone: Transformer | str | None = None,
+        mode: Mode = "frozen",
+        lr: float | None = None,
+        backbone_lr: float | None = None,
+        lora_rank: int | None = None,
+        lora_alpha: int | None = None,
+        causal: bool | None = None,
+        weight_decay: float = 0.0,
+        layer: int | None = None,
+        *,
+        task: str | None = None,
+        task_dir: str | None = None,
+        head_type: str | None = None,
+        lora_dropout: float = 0.0,
+        class_weights: Literal["balanced"] | list[float] | None = None,
+        gradient_checkpointing: bool = False,
+        schedule: Literal["constant", "cosine"] = "constant",
+        warmup_fraction: float = 0.0,
+        total_steps: int | None = None,
+        seed: int = 0,
+        random_init: bool = False,
+        embed_batch_size: int = 16,
+    ) -> None:
         """
         Args:
             head: the head module (object form); None builds it from ``task``.
@@ -179,8 +205,11 @@ class FineTune(pl.LightningModule):
         self.causal, self.weight_decay = bool(causal), weight_decay
         self.schedule, self.warmup_fraction, self.total_steps = schedule, warmup_fraction, total_steps
         self.seed, self.embed_batch_size, self.class_weights = seed, embed_batch_size, class_weights
-        self.lora = {"rank": int(given(lora_rank, base.lora_rank)), "alpha": int(given(lora_alpha, base.lora_alpha)),
-                     "dropout": lora_dropout}
+        self.lora = {
+            "rank": int(given(lora_rank, base.lora_rank)),
+            "alpha": int(given(lora_alpha, base.lora_alpha)),
+            "dropout": lora_dropout,
+        }
         self.head = head
         self.head_type = head_type or (self.spec.head if self.spec is not None else "linear")
         if backbone is not None and mode == "lora":
@@ -200,8 +229,9 @@ class FineTune(pl.LightningModule):
         self._outputs: dict[str, list[tuple[Tensor, Tensor]]] = {}
 
     # ---- construction from paths -----------------------------------------------------------------------
-    def _load_backbone(self, path: str, causal: bool | None, random_init: bool, seed: int
-                       ) -> tuple[Transformer, bool]:
+    def _load_backbone(
+        self, path: str, causal: bool | None, random_init: bool, seed: int
+    ) -> tuple[Transformer, bool]:
         from plm.model.io import load_with_record
 
         model, record = load_with_record(path)
@@ -211,8 +241,14 @@ class FineTune(pl.LightningModule):
         self.backbone_source = path
         return model, record.causal if causal is None else causal
 
-    def _from_task(self, task: str, task_dir: str | None, head: nn.Module | None, backbone: Transformer | None,
-                   head_type: str | None) -> tuple[nn.Module, str]:
+    def _from_task(
+        self,
+        task: str,
+        task_dir: str | None,
+        head: nn.Module | None,
+        backbone: Transformer | None,
+        head_type: str | None,
+    ) -> tuple[nn.Module, str]:
         from plm.evaluation.tasks import load_task
 
         self.spec = load_task(task, task_dir)
@@ -239,9 +275,13 @@ class FineTune(pl.LightningModule):
         target scale and 'balanced' class weights. A resumed run recomputes the same values (and loads
         ``target_stats`` from its checkpoint)."""
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if self.head is None:  # the label vocabulary came with the data (e.g. EC numbers from the file's header)
+        if (
+            self.head is None
+        ):  # the label vocabulary came with the data (e.g. EC numbers from the file's header)
             if dm is None or not getattr(dm, "classes", None):
-                raise ValueError(f"{self.spec.source}: no classes in the YAML and no datamodule to read them from")
+                raise ValueError(
+                    f"{self.spec.source}: no classes in the YAML and no datamodule to read them from"
+                )
             self.spec.classes = list(dm.classes)
             self.head = self._build_head(self.backbone, self.head_type).to(self.device)
         labels = dm.train_labels() if dm is not None and hasattr(dm, "train_labels") else None
@@ -260,8 +300,10 @@ class FineTune(pl.LightningModule):
             return kinds.balanced_weights(self.kind, [torch.as_tensor(t) for t in labels], n or 0)
         weights = torch.tensor([float(w) for w in self.class_weights])
         if n is not None and len(weights) != n:
-            raise ValueError(f"class_weights: {len(weights)} weights for {n} classes {self.classes}; give one per "
-                             "class in the task's order, or 'balanced'")
+            raise ValueError(
+                f"class_weights: {len(weights)} weights for {n} classes {self.classes}; give one per "
+                "class in the task's order, or 'balanced'"
+            )
         return weights
 
     # ---- forward -------------------------------------------------------------------------------------------
@@ -288,8 +330,16 @@ class FineTune(pl.LightningModule):
             from plm.evaluation.backbone import embed
 
             seqs = self._datamodule().sequences(part)
-            feats = embed(self.backbone, seqs, 10**9, self.causal, self.embed_batch_size, progress=False,
-                          desc=f"embedding {part}", layer=self.layer)
+            feats = embed(
+                self.backbone,
+                seqs,
+                10**9,
+                self.causal,
+                self.embed_batch_size,
+                progress=False,
+                desc=f"embedding {part}",
+                layer=self.layer,
+            )
             self._features[part] = [f.to(self.device) for f in feats]
         rows = [self._features[part][int(i)] for i in index]
         width = max(r.shape[0] for r in rows)
@@ -331,7 +381,9 @@ class FineTune(pl.LightningModule):
 
     def _collect(self, stage: str, batch: dict[str, Any]) -> None:
         out = self(batch)
-        self._outputs.setdefault(stage, []).append((out.detach().float().cpu(), batch["labels"].detach().cpu()))
+        self._outputs.setdefault(stage, []).append(
+            (out.detach().float().cpu(), batch["labels"].detach().cpu())
+        )
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
@@ -372,9 +424,15 @@ class FineTune(pl.LightningModule):
         if self.schedule == "constant" and not self.warmup_fraction:
             return optimizer
         if not self.total_steps or self.total_steps <= 0:
-            raise ValueError(f"schedule {self.schedule!r} with warm-up {self.warmup_fraction} needs total_steps "
-                             "(plm finetune links it to --trainer.max_steps)")
-        warmup, total, cosine = int(self.warmup_fraction * self.total_steps), self.total_steps, self.schedule == "cosine"
+            raise ValueError(
+                f"schedule {self.schedule!r} with warm-up {self.warmup_fraction} needs total_steps "
+                "(plm finetune links it to --trainer.max_steps)"
+            )
+        warmup, total, cosine = (
+            int(self.warmup_fraction * self.total_steps),
+            self.total_steps,
+            self.schedule == "cosine",
+        )
 
         def factor(step: int) -> float:
             if step < warmup:
@@ -386,4 +444,3 @@ class FineTune(pl.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-

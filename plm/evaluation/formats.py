@@ -51,36 +51,67 @@ class Format:
 # ---- readers: a TaskSpec onto each file reader's arguments ----------------------------------------------
 def _residue_fasta(spec: TaskSpec, files: dict[str, Any], max_len: int) -> list[Any]:
     cols = spec.columns
-    return read_residue_fasta(files["sequences"], files["labels"], spec.classes, files.get("mask"),
-                              cols.get("split", "SET"), max_len, spec.ignore_labels, cols.get("validation"))
+    return read_residue_fasta(
+        files["sequences"],
+        files["labels"],
+        spec.classes,
+        files.get("mask"),
+        cols.get("split", "SET"),
+        max_len,
+        spec.ignore_labels,
+        cols.get("validation"),
+    )
 
 
 def _residue_table(spec: TaskSpec, files: dict[str, Any], max_len: int) -> list[Any]:
     cols = spec.columns
-    return read_residue_table(files["table"], spec.classes, cols.get("sequence", "sequence"), cols.get("labels", "labels"),
-                              cols.get("mask", []), cols.get("id"), cols.get("split"), max_len, spec.ignore_labels)
+    return read_residue_table(
+        files["table"],
+        spec.classes,
+        cols.get("sequence", "sequence"),
+        cols.get("labels", "labels"),
+        cols.get("mask", []),
+        cols.get("id"),
+        cols.get("split"),
+        max_len,
+        spec.ignore_labels,
+    )
 
 
 def _sequence_csv(spec: TaskSpec, files: dict[str, Any], max_len: int) -> list[Any]:
     cols = spec.columns
     split_column = None if "train_fraction" in spec.split else cols.get("split", "set")
-    return read_sequence_csv(files["table"], cols.get("sequence", "sequence"), cols.get("target", "target"),
-                             split_column, spec.classes or None, max_len, cols.get("validation"))
+    return read_sequence_csv(
+        files["table"],
+        cols.get("sequence", "sequence"),
+        cols.get("target", "target"),
+        split_column,
+        spec.classes or None,
+        max_len,
+        cols.get("validation"),
+    )
 
 
 def _annotated_fasta(spec: TaskSpec, files: dict[str, Any], max_len: int) -> list[Any]:
     """Split by file: the train files' records are tagged ``train``, the test files' ``test``."""
     exclude = read_ids(files["exclude"]) if "exclude" in files else None
-    return [r for role in ("train", "test") for r in
-            read_annotated_fasta(files[role], spec.classes, role, max_len, spec.ignore_labels, exclude)]
+    return [
+        r
+        for role in ("train", "test")
+        for r in read_annotated_fasta(files[role], spec.classes, role, max_len, spec.ignore_labels, exclude)
+    ]
 
 
 def _sequence_fasta(spec: TaskSpec, files: dict[str, Any], max_len: int) -> list[Any]:
     """Split by file, as :func:`_annotated_fasta`."""
     exclude = read_ids(files["exclude"]) if "exclude" in files else None
-    return [r for role in ("train", "test") for r in
-            read_sequence_fasta(files[role], spec.header_pattern, spec.classes, role, max_len, spec.ignore_labels,
-                                exclude)]
+    return [
+        r
+        for role in ("train", "test")
+        for r in read_sequence_fasta(
+            files[role], spec.header_pattern, spec.classes, role, max_len, spec.ignore_labels, exclude
+        )
+    ]
 
 
 def load_multilabel(spec: TaskSpec, files: dict[str, Any], max_len: int) -> list[Any]:
@@ -88,10 +119,25 @@ def load_multilabel(spec: TaskSpec, files: dict[str, Any], max_len: int) -> list
     classes, so heads, metrics and kept models all use it."""
     cols = spec.columns
     if spec.kind == "residue_multilabel":
-        return ml.read_residue_multilabel(files["sequences"], files["labels"], spec.classes, spec.label_map,
-                                          files.get("mask"), cols.get("split", "SET"), cols.get("validation"), max_len)
-    records = ml.read_id_annotations(files["sequences"], files["labels"], files["train"], files["test"],
-                                     files.get("valid"), spec.classes or None, max_len)
+        return ml.read_residue_multilabel(
+            files["sequences"],
+            files["labels"],
+            spec.classes,
+            spec.label_map,
+            files.get("mask"),
+            cols.get("split", "SET"),
+            cols.get("validation"),
+            max_len,
+        )
+    records = ml.read_id_annotations(
+        files["sequences"],
+        files["labels"],
+        files["train"],
+        files["test"],
+        files.get("valid"),
+        spec.classes or None,
+        max_len,
+    )
     spec.classes = list(records.classes)
     return records
 
@@ -99,7 +145,9 @@ def load_multilabel(spec: TaskSpec, files: dict[str, Any], max_len: int) -> list
 def load_dms(spec: TaskSpec, files: dict[str, Any], max_len: int) -> tuple[str, list[Variant]]:
     """The wild type and every measured variant (unparsed: the zero-shot run checks them against it)."""
     wt = read_wildtype(files["wildtype"], spec.wildtype_id)
-    return wt, read_dms_csv(files["table"], spec.columns.get("mutant", "mutant"), spec.columns.get("score", "DMS_score"))
+    return wt, read_dms_csv(
+        files["table"], spec.columns.get("mutant", "mutant"), spec.columns.get("score", "DMS_score")
+    )
 
 
 def load_structures(spec: TaskSpec, files: dict[str, Path], max_len: int) -> list[StructureRecord]:
@@ -124,31 +172,62 @@ def load_structures(spec: TaskSpec, files: dict[str, Path], max_len: int) -> lis
 
 # ---- the registry ---------------------------------------------------------------------------------------
 # ``train``/``test`` roles split by file and may list several files (TMbed's cross-validation folds)
-FORMATS: dict[str, Format] = {f.name: f for f in (
-    Format("residue_fasta", ("sequences", "labels"), ("mask",),
-           {"residue_classification": _residue_fasta, "residue_multilabel": load_multilabel}),
-    Format("residue_table", ("table",), (), {"residue_classification": _residue_table}),
-    Format("annotated_fasta", ("train", "test"), ("exclude",), {"residue_classification": _annotated_fasta}),
-    Format("sequence_csv", ("table",), (),
-           {"sequence_regression": _sequence_csv, "sequence_classification": _sequence_csv}),
-    Format("sequence_fasta", ("train", "test"), ("exclude",), {"sequence_classification": _sequence_fasta},
-           needs={"header_pattern": "a regex with a (?P<target>...) group"}),
-    Format("dms_csv", ("table", "wildtype"), (), {"zero_shot": load_dms},
-           needs={"wildtype_id": "record id in the wild-type FASTA"}),
-    Format("structures", (), ("dir", "files", "index"), {"contacts": load_structures}),
-    Format("id_annotations", ("sequences", "labels", "train", "test"), ("valid",),
-           {"sequence_multilabel": load_multilabel}),
-)}
+FORMATS: dict[str, Format] = {
+    f.name: f
+    for f in (
+        Format(
+            "residue_fasta",
+            ("sequences", "labels"),
+            ("mask",),
+            {"residue_classification": _residue_fasta, "residue_multilabel": load_multilabel},
+        ),
+        Format("residue_table", ("table",), (), {"residue_classification": _residue_table}),
+        Format(
+            "annotated_fasta", ("train", "test"), ("exclude",), {"residue_classification": _annotated_fasta}
+        ),
+        Format(
+            "sequence_csv",
+            ("table",),
+            (),
+            {"sequence_regression": _sequence_csv, "sequence_classification": _sequence_csv},
+        ),
+        Format(
+            "sequence_fasta",
+            ("train", "test"),
+            ("exclude",),
+            {"sequence_classification": _sequence_fasta},
+            needs={"header_pattern": "a regex with a (?P<target>...) group"},
+        ),
+        Format(
+            "dms_csv",
+            ("table", "wildtype"),
+            (),
+            {"zero_shot": load_dms},
+            needs={"wildtype_id": "record id in the wild-type FASTA"},
+        ),
+        Format("structures", (), ("dir", "files", "index"), {"contacts": load_structures}),
+        Format(
+            "id_annotations",
+            ("sequences", "labels", "train", "test"),
+            ("valid",),
+            {"sequence_multilabel": load_multilabel},
+        ),
+    )
+}
 _UNDEFINED = sorted({k for f in FORMATS.values() for k in f.readers} - set(kinds.KIND_METRICS))
 if _UNDEFINED:  # a reader for a kind kinds.py does not define: no loss or metrics to run it with
     raise RuntimeError(f"plm.evaluation.formats: readers for undefined kind(s) {_UNDEFINED}")
 
 #: kind → the formats that can feed it (the first is the default when a YAML names no format)
-KINDS: dict[str, list[str]] = {kind: [f.name for f in FORMATS.values() if kind in f.readers]
-                               for kind in kinds.KIND_METRICS
-                               if any(kind in f.readers for f in FORMATS.values())}
+KINDS: dict[str, list[str]] = {
+    kind: [f.name for f in FORMATS.values() if kind in f.readers]
+    for kind in kinds.KIND_METRICS
+    if any(kind in f.readers for f in FORMATS.values())
+}
 #: format → (files it needs in ``data``, files it may have)
-FILES: dict[str, tuple[list[str], list[str]]] = {f.name: (list(f.required), list(f.optional)) for f in FORMATS.values()}
+FILES: dict[str, tuple[list[str], list[str]]] = {
+    f.name: (list(f.required), list(f.optional)) for f in FORMATS.values()
+}
 
 
 def read_task_data(spec: TaskSpec, files: dict[str, Any], max_len: int) -> Any:

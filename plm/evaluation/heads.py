@@ -16,7 +16,9 @@ def probe(n_in: int, n_out: int, kind: str = "linear", hidden: int = 256, dropou
     if kind == "linear":
         return nn.Linear(n_in, n_out)
     if kind == "mlp":
-        return nn.Sequential(nn.Linear(n_in, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, n_out))
+        return nn.Sequential(
+            nn.Linear(n_in, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, n_out)
+        )
     raise ValueError(f"head {kind!r}: use 'linear' or 'mlp'")
 
 
@@ -87,7 +89,9 @@ class AttentionContactRegression(nn.Module):
     def forward(self, features: Tensor) -> Tensor:
         return self.linear(features).squeeze(-1)
 
-    def fit(self, x: Tensor, y: Tensor, l1: float = 1e-3, steps: int = 200, lr: float = 0.05) -> AttentionContactRegression:
+    def fit(
+        self, x: Tensor, y: Tensor, l1: float = 1e-3, steps: int = 200, lr: float = 0.05
+    ) -> AttentionContactRegression:
         """Fit on pair features ``x`` (N, F) and 0/1 labels ``y`` (N,) (ESM used L1-regularised logistic
         regression on 20 structures); full-batch Adam on standardised features is enough for ~100 features."""
         x, y = x.float(), y.float()
@@ -97,7 +101,10 @@ class AttentionContactRegression(nn.Module):
             for _ in range(steps):
                 opt.zero_grad()
                 logits = self.linear((x - mu) / sd).squeeze(-1)
-                loss = nn.functional.binary_cross_entropy_with_logits(logits, y) + l1 * self.linear.weight.abs().sum()
+                loss = (
+                    nn.functional.binary_cross_entropy_with_logits(logits, y)
+                    + l1 * self.linear.weight.abs().sum()
+                )
                 loss.backward()
                 opt.step()
         with torch.no_grad():  # fold the standardisation into the weights
@@ -107,8 +114,9 @@ class AttentionContactRegression(nn.Module):
         return self
 
 
-def fit_linear_probe(linear: nn.Linear, x: Tensor, y: Tensor, loss: str = "cross_entropy", c: float = 1.0,
-                     max_iter: int = 200) -> nn.Linear:
+def fit_linear_probe(
+    linear: nn.Linear, x: Tensor, y: Tensor, loss: str = "cross_entropy", c: float = 1.0, max_iter: int = 200
+) -> nn.Linear:
     """Fit a linear probe to convergence on cached features: multinomial logistic regression
     (``cross_entropy``, y = class ids), ridge regression (``mse``, y = targets) or one logistic regression
     per label (``bce``, y = 0/1 rows of a multi-label task), full-batch L-BFGS.
@@ -124,14 +132,24 @@ def fit_linear_probe(linear: nn.Linear, x: Tensor, y: Tensor, loss: str = "cross
     mu, sd = x.mean(0), x.std(0).clamp(min=1e-6)
     z = (x - mu) / sd
     target = y.long() if loss == "cross_entropy" else y.float().reshape(n, -1)
-    objective = {"cross_entropy": nn.functional.cross_entropy, "mse": nn.functional.mse_loss,
-                 "bce": nn.functional.binary_cross_entropy_with_logits}[loss]
+    objective = {
+        "cross_entropy": nn.functional.cross_entropy,
+        "mse": nn.functional.mse_loss,
+        "bce": nn.functional.binary_cross_entropy_with_logits,
+    }[loss]
     penalty = 1.0 / (2.0 * c * n)
     with torch.no_grad():
         linear.weight.zero_()
         linear.bias.zero_()
-    opt = torch.optim.LBFGS(linear.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
-                            tolerance_grad=1e-6, tolerance_change=1e-9, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        linear.parameters(),
+        lr=1.0,
+        max_iter=max_iter,
+        history_size=20,
+        tolerance_grad=1e-6,
+        tolerance_change=1e-9,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure() -> Tensor:
         opt.zero_grad()
@@ -148,8 +166,9 @@ def fit_linear_probe(linear: nn.Linear, x: Tensor, y: Tensor, loss: str = "cross
     return linear
 
 
-def contact_pairs(features: Tensor, contacts: Tensor, max_pairs: int | None = None,
-                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+def contact_pairs(
+    features: Tensor, contacts: Tensor, max_pairs: int | None = None, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
     """Training pairs (|i−j| ≥ 6, known truth) of one chain, optionally a random subset of ``max_pairs``."""
     i, j = torch.triu_indices(contacts.shape[0], contacts.shape[0], offset=MIN_CONTACT_SEP)
     keep = contacts[i, j] >= 0

@@ -52,7 +52,7 @@ def backbone_base_state(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     out = {}
     for key, value in state.items():
         if key.startswith("backbone.") and "lora_" not in key:
-            out[key[len("backbone."):].replace(".base_layer.", ".")] = value
+            out[key[len("backbone.") :].replace(".base_layer.", ".")] = value
     return out
 
 
@@ -62,37 +62,57 @@ def adapter_state(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     out = {}
     for key, value in state.items():
         if key.startswith("backbone.") and "lora_" in key:
-            out[PEFT_PREFIX + key[len("backbone."):].replace(".default.", ".")] = value
+            out[PEFT_PREFIX + key[len("backbone.") :].replace(".default.", ".")] = value
     return out
 
 
-def write_kept(directory: str | Path, module: Any, state: Mapping[str, Tensor] | None = None,
-               step: int | None = None, metrics: Mapping[str, float] | None = None) -> Path:
+def write_kept(
+    directory: str | Path,
+    module: Any,
+    state: Mapping[str, Tensor] | None = None,
+    step: int | None = None,
+    metrics: Mapping[str, float] | None = None,
+) -> Path:
     """Write ``module`` (a ``FineTune`` built from a task) as a kept model; ``state`` replaces its current
     weights (e.g. the best validation checkpoint's)."""
     from plm.model.io import load_state_into, save_safetensors, write_export
     from plm.utils.atomic import atomic_directory
 
     if module.spec is None or module.backbone is None:
-        raise ValueError("a kept model needs a FineTune built from a task with a backbone (FineTune(task=…, backbone=…))")
+        raise ValueError(
+            "a kept model needs a FineTune built from a task with a backbone (FineTune(task=…, backbone=…))"
+        )
     state = {k: v.detach().cpu() for k, v in (state if state is not None else module.state_dict()).items()}
     backbone = Transformer(module.backbone.config)
     base = backbone_base_state(state)
     if backbone.config.tied_head:
         base.pop("head.weight", None)  # the embedding's storage; exports leave it out
     load_state_into(backbone, base, "the fine-tuned module")
-    head = {k[len("head."):]: v.contiguous() for k, v in state.items() if k.startswith("head.")}
+    head = {k[len("head.") :]: v.contiguous() for k, v in state.items() if k.startswith("head.")}
     meta = {
-        "format": FORMAT, "version": VERSION, "kind": module.kind, "classes": module.classes,
-        "task": module.spec.name, "metric": module.spec.metric or kinds.DEFAULT_METRIC[module.kind],
-        "mode": module.mode, "layer": module.layer, "causal": module.causal,
-        "head": {"type": module.head_type, "n_in": module.backbone.config.n_embd,
-                 "n_out": kinds.n_outputs(module.kind, len(module.classes))},
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": module.kind,
+        "classes": module.classes,
+        "task": module.spec.name,
+        "metric": module.spec.metric or kinds.DEFAULT_METRIC[module.kind],
+        "mode": module.mode,
+        "layer": module.layer,
+        "causal": module.causal,
+        "head": {
+            "type": module.head_type,
+            "n_in": module.backbone.config.n_embd,
+            "n_out": kinds.n_outputs(module.kind, len(module.classes)),
+        },
         "target_stats": [float(v) for v in state.get("target_stats", torch.tensor([0.0, 1.0]))],
-        "backbone": {"source": module.backbone_source, "objective": "clm" if module.causal else "mlm",
-                     "weights": "fine-tuned" if module.mode == "full" else "pre-trained (unchanged)"},
+        "backbone": {
+            "source": module.backbone_source,
+            "objective": "clm" if module.causal else "mlm",
+            "weights": "fine-tuned" if module.mode == "full" else "pre-trained (unchanged)",
+        },
         "lora": dict(module.lora) if module.mode == "lora" else None,
-        "step": step, "metrics": dict(metrics or {}),
+        "step": step,
+        "metrics": dict(metrics or {}),
     }
     with atomic_directory(directory) as tmp:
         (tmp / "backbone").mkdir()
@@ -103,9 +123,14 @@ def write_kept(directory: str | Path, module: Any, state: Mapping[str, Tensor] |
             (tmp / "adapter").mkdir()
             cfg = module.lora_peft_config()
             cfg.base_model_name_or_path = "backbone"
-            (tmp / "adapter" / ADAPTER_CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True, default=list))
-            save_safetensors({k: v.contiguous() for k, v in adapter_state(state).items()},
-                             tmp / "adapter" / ADAPTER_WEIGHTS, {"format": "pt"})
+            (tmp / "adapter" / ADAPTER_CONFIG).write_text(
+                json.dumps(cfg.to_dict(), indent=2, sort_keys=True, default=list)
+            )
+            save_safetensors(
+                {k: v.contiguous() for k, v in adapter_state(state).items()},
+                tmp / "adapter" / ADAPTER_WEIGHTS,
+                {"format": "pt"},
+            )
         (tmp / META_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return Path(directory)
 
@@ -148,7 +173,9 @@ class FinetunedModel(nn.Module):
         return self.head(feats, mask)
 
     @torch.no_grad()
-    def predict(self, sequences: list[str], max_tokens: int = 16384, progress: bool = False) -> list[np.ndarray]:
+    def predict(
+        self, sequences: list[str], max_tokens: int = 16384, progress: bool = False
+    ) -> list[np.ndarray]:
         """Predictions of each sequence, in batches of at most ``max_tokens`` padded tokens."""
         from plm.evaluation.backbone import token_batches
 
@@ -164,8 +191,10 @@ class FinetunedModel(nn.Module):
 
     def describe(self) -> str:
         what = "per residue" if self.per_residue else "per sequence"
-        return (f"{self.meta['task']} ({self.kind}, {what}, mode {self.meta['mode']}, "
-                f"{len(self.classes) or 1} output(s))")
+        return (
+            f"{self.meta['task']} ({self.kind}, {what}, mode {self.meta['mode']}, "
+            f"{len(self.classes) or 1} output(s))"
+        )
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
@@ -173,13 +202,18 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     try:
         meta = json.loads((path / META_NAME).read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no {META_NAME}; a kept fine-tuned model is the final/ directory plm "
-                                "finetune writes") from None
+        raise FileNotFoundError(
+            f"{path}: no {META_NAME}; a kept fine-tuned model is the final/ directory plm finetune writes"
+        ) from None
     except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path / META_NAME}: unreadable ({err}); re-run plm finetune to write it again") from err
+        raise ValueError(
+            f"{path / META_NAME}: unreadable ({err}); re-run plm finetune to write it again"
+        ) from err
     if meta.get("format") != FORMAT or meta.get("version", 0) > VERSION:
-        raise ValueError(f"{path / META_NAME}: not a plm fine-tuned model of format version <= {VERSION} "
-                         f"(format {meta.get('format')!r}, version {meta.get('version')!r}); upgrade plm")
+        raise ValueError(
+            f"{path / META_NAME}: not a plm fine-tuned model of format version <= {VERSION} "
+            f"(format {meta.get('format')!r}, version {meta.get('version')!r}); upgrade plm"
+        )
     return meta
 
 
@@ -204,11 +238,14 @@ def load_adapter(backbone: Transformer, directory: Path, map_location: str = "cp
 
     cfg = LoraConfig.from_pretrained(str(directory))
     backbone = inject_adapter_in_model(cfg, backbone)
-    state = {k.removeprefix(PEFT_PREFIX): v
-             for k, v in load_file(directory / ADAPTER_WEIGHTS, device=map_location).items()}
+    state = {
+        k.removeprefix(PEFT_PREFIX): v
+        for k, v in load_file(directory / ADAPTER_WEIGHTS, device=map_location).items()
+    }
     result = set_peft_model_state_dict(backbone, state)
     unexpected = list(getattr(result, "unexpected_keys", []))
     if unexpected:
-        raise ValueError(f"{directory / ADAPTER_WEIGHTS}: tensors that fit no adapter of the backbone: {unexpected[:5]}")
+        raise ValueError(
+            f"{directory / ADAPTER_WEIGHTS}: tensors that fit no adapter of the backbone: {unexpected[:5]}"
+        )
     return backbone
-

@@ -28,11 +28,16 @@ from safetensors.torch import load_file
 from plm.evaluation.kept import ADAPTER_CONFIG, ADAPTER_WEIGHTS, HEAD_NAME, META_NAME, PEFT_PREFIX, read_meta
 
 #: plm module → Hugging Face ESM module(s) inside ``esm.encoder.layer.{i}``
-HF_ESM_TARGETS = {"attn.qkv": ("attention.self.query", "attention.self.key", "attention.self.value"),
-                  "attn.out": ("attention.output.dense",), "mlp.fc_in": ("intermediate.dense",),
-                  "mlp.fc_out": ("output.dense",)}
-HF_TARGET_REGEX = (r"esm\.encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|"
-                   r"intermediate\.dense|output\.dense)")
+HF_ESM_TARGETS = {
+    "attn.qkv": ("attention.self.query", "attention.self.key", "attention.self.value"),
+    "attn.out": ("attention.output.dense",),
+    "mlp.fc_in": ("intermediate.dense",),
+    "mlp.fc_out": ("output.dense",),
+}
+HF_TARGET_REGEX = (
+    r"esm\.encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|"
+    r"intermediate\.dense|output\.dense)"
+)
 
 
 def hf_adapter_state(state: dict[str, Any]) -> dict[str, Any]:
@@ -59,8 +64,10 @@ def export_hf(final: str | Path, output: str | Path, progress: bool = True) -> t
     conv = load_plm(final / "backbone")
     lora = bool(meta.get("lora"))
     if lora and conv.model.config.flavour != "esm2":
-        raise ValueError(f"{final}: LoRA adapters of a {conv.model.config.flavour} backbone have no Hugging Face "
-                         "adapter export yet (only ESM-2-style backbones); use the plm kept model")
+        raise ValueError(
+            f"{final}: LoRA adapters of a {conv.model.config.flavour} backbone have no Hugging Face "
+            "adapter export yet (only ESM-2-style backbones); use the plm kept model"
+        )
     written, arch = save_hf(conv, output, progress)
     with atomic_directory(Path(output) / "finetuned") as tmp:
         for name in (HEAD_NAME, META_NAME, "task.yaml"):
@@ -73,7 +80,14 @@ def export_hf(final: str | Path, output: str | Path, progress: bool = True) -> t
             state = hf_adapter_state(load_file(final / "adapter" / ADAPTER_WEIGHTS))
             save_safetensors(state, tmp / "adapter" / ADAPTER_WEIGHTS, {"format": "pt"})
     where = Path(output) / "finetuned"
-    summary = (f"wrote {written}: Hugging Face {arch} backbone of the kept model {final}; {where}: head, "
-               f"finetune.json, task.yaml" + (" and the LoRA adapter in peft format for Hugging Face module names "
-                                               "(PeftModel.from_pretrained(model, '…/finetuned/adapter'))" if lora else ""))
+    summary = (
+        f"wrote {written}: Hugging Face {arch} backbone of the kept model {final}; {where}: head, "
+        f"finetune.json, task.yaml"
+        + (
+            " and the LoRA adapter in peft format for Hugging Face module names "
+            "(PeftModel.from_pretrained(model, '…/finetuned/adapter'))"
+            if lora
+            else ""
+        )
+    )
     return conv, summary

@@ -47,7 +47,9 @@ KIND_METRICS: dict[str, tuple[MetricInfo, ...]] = {
     "residue_multilabel": (MetricInfo("auprc_macro"), MetricInfo("auprc_micro"), MetricInfo("fmax")),
     "sequence_multilabel": (MetricInfo("auprc_macro"), MetricInfo("auprc_micro"), MetricInfo("fmax")),
     "zero_shot": (MetricInfo("spearman"),),
-    "contacts": tuple(MetricInfo(f"P@{f}_{r}") for r in ("short", "medium", "long") for f in ("L", "L/2", "L/5")),
+    "contacts": tuple(
+        MetricInfo(f"P@{f}_{r}") for r in ("short", "medium", "long") for f in ("L", "L/2", "L/5")
+    ),
 }
 #: the metric a task reports first when its YAML names none
 DEFAULT_METRIC = {kind: infos[0].name for kind, infos in KIND_METRICS.items()}
@@ -81,20 +83,26 @@ def loss(kind: str, out: Tensor, labels: Tensor, class_weight: Tensor | None = N
     positive weight of each label's binary cross-entropy (multi-label)."""
     if kind in CLASSIFICATION_KINDS:
         out = out[:, : labels.shape[1]] if labels.dim() == 2 else out
-        return nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]).float(), labels.reshape(-1).long(),
-                                           weight=class_weight, ignore_index=IGNORE)
+        return nn.functional.cross_entropy(
+            out.reshape(-1, out.shape[-1]).float(),
+            labels.reshape(-1).long(),
+            weight=class_weight,
+            ignore_index=IGNORE,
+        )
     if kind in MULTILABEL_KINDS:
         if kind == "residue_multilabel":
             out = out[:, : labels.shape[1]]
         keep = labels != IGNORE
-        return nn.functional.binary_cross_entropy_with_logits(out.float()[keep], labels[keep].float(),
-                                                              pos_weight=_broadcast(class_weight, keep, labels))
+        return nn.functional.binary_cross_entropy_with_logits(
+            out.float()[keep], labels[keep].float(), pos_weight=_broadcast(class_weight, keep, labels)
+        )
     if kind == "sequence_regression":
         return nn.functional.mse_loss(out.squeeze(-1).float(), labels.float())
     if kind == "contacts":
         keep = labels >= 0
-        return nn.functional.binary_cross_entropy_with_logits(out[:, : labels.shape[1], : labels.shape[2]][keep],
-                                                              labels[keep].float())
+        return nn.functional.binary_cross_entropy_with_logits(
+            out[:, : labels.shape[1], : labels.shape[2]][keep], labels[keep].float()
+        )
     raise ValueError(f"kind {kind!r} has no supervised loss")
 
 
@@ -151,8 +159,9 @@ def scored_rows(kind: str, outs: list[Tensor], labels: list[Tensor], n_out: int)
 
 
 # ---- metrics ---------------------------------------------------------------------------------------------
-def metrics(kind: str, out: Tensor, y: Tensor, classes: list[str], mean: float = 0.0, std: float = 1.0
-            ) -> dict[str, float]:
+def metrics(
+    kind: str, out: Tensor, y: Tensor, classes: list[str], mean: float = 0.0, std: float = 1.0
+) -> dict[str, float]:
     """Every metric of ``kind`` on scored rows (:func:`scored_rows`); regression outputs and targets are in
     training units and are scaled back by ``mean``/``std`` first."""
     from plm.evaluation.metrics import classification_metrics, regression_metrics
@@ -175,9 +184,13 @@ def multilabel_metrics(probs: Tensor, y: Tensor, classes: list[str]) -> dict[str
     y = y.long()
     present = [i for i in range(len(classes)) if bool(y[:, i].any())]
     per = {classes[i]: float(binary_average_precision(probs[:, i], y[:, i])) for i in present}
-    out = {"auprc_macro": float(np.mean(list(per.values()))) if per else float("nan"),
-           "auprc_micro": float(binary_average_precision(probs.reshape(-1), y.reshape(-1))) if present else float("nan"),
-           "fmax": fmax(probs, y)}
+    out = {
+        "auprc_macro": float(np.mean(list(per.values()))) if per else float("nan"),
+        "auprc_micro": float(binary_average_precision(probs.reshape(-1), y.reshape(-1)))
+        if present
+        else float("nan"),
+        "fmax": fmax(probs, y),
+    }
     if len(classes) <= PER_LABEL_ROWS:
         out |= {f"auprc_{c}": per.get(c, float("nan")) for c in classes}
     return out

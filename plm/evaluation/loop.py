@@ -24,32 +24,52 @@ from plm.evaluation.zero_shot_task import prepare_zero_shot, run_zero_shot
 from plm.model.transformer import Transformer
 
 
-def task_options(spec: TaskSpec, max_seq_len: int, overrides: Mapping[str, Any] | None = None
-                 ) -> tuple[EvalOptions, dict[str, str]]:
+def task_options(
+    spec: TaskSpec, max_seq_len: int, overrides: Mapping[str, Any] | None = None
+) -> tuple[EvalOptions, dict[str, str]]:
     """The task's options (plm's defaults < the YAML's ``defaults`` < ``overrides``) and where each came
     from, so a cap that applies can say who set it."""
     return layered(spec.defaults, spec.source.name, max_seq_len, overrides)
 
 
-def prepare_task(spec: TaskSpec, source: DataSource, max_seq_len: int, overrides: Mapping[str, Any] | None = None,
-                 say: Note = note) -> PreparedTask:
+def prepare_task(
+    spec: TaskSpec,
+    source: DataSource,
+    max_seq_len: int,
+    overrides: Mapping[str, Any] | None = None,
+    say: Note = note,
+) -> PreparedTask:
     """Read and check the task's files, draw its split and apply its caps (all said when they apply)."""
     files = spec.files_in(source)
     opts, origins = task_options(spec, max_seq_len, overrides)
     if spec.kind == "zero_shot":
         return prepare_zero_shot(spec, files, opts, origins, say)
     if spec.kind == "contacts":
-        train, test = split_structures(spec, load_structures(spec, files, opts.max_len), opts.max_test, opts.seed,
-                                       say, origins)
+        train, test = split_structures(
+            spec, load_structures(spec, files, opts.max_len), opts.max_test, opts.seed, say, origins
+        )
     else:
-        train, test = split_records(spec, load_records(spec, files, opts.max_len), opts.max_train, opts.max_test,
-                                    opts.seed, say, origins)
+        train, test = split_records(
+            spec,
+            load_records(spec, files, opts.max_len),
+            opts.max_train,
+            opts.max_test,
+            opts.seed,
+            say,
+            origins,
+        )
     say(near_duplicate_note(spec, train, test))
     return PreparedTask(spec, opts, train, test)
 
 
-def prepare_all(names: list[str], task_dir: str | None, source: DataSource, max_seq_len: int,
-                overrides: Mapping[str, Any] | None = None, say: Note = note) -> list[PreparedTask]:
+def prepare_all(
+    names: list[str],
+    task_dir: str | None,
+    source: DataSource,
+    max_seq_len: int,
+    overrides: Mapping[str, Any] | None = None,
+    say: Note = note,
+) -> list[PreparedTask]:
     """Every task read and checked before the model is loaded; every broken task reported at once, because
     a bad file found after an hour of other tasks costs that hour."""
     tasks, problems = [], []
@@ -61,13 +81,21 @@ def prepare_all(names: list[str], task_dir: str | None, source: DataSource, max_
     if len(problems) == 1:
         raise PlmError(problems[0])
     if problems:
-        raise PlmError(f"{len(problems)} of {len(names)} tasks cannot run (nothing was evaluated):\n  "
-                       + "\n  ".join(problems))
+        raise PlmError(
+            f"{len(problems)} of {len(names)} tasks cannot run (nothing was evaluated):\n  "
+            + "\n  ".join(problems)
+        )
     return tasks
 
 
-def run_prepared(task: PreparedTask, model: Transformer, objective: str, mode: str = "frozen",
-                 progress: bool = True, scores_dir: Path | None = None) -> list[Row]:
+def run_prepared(
+    task: PreparedTask,
+    model: Transformer,
+    objective: str,
+    mode: str = "frozen",
+    progress: bool = True,
+    scores_dir: Path | None = None,
+) -> list[Row]:
     """Evaluate one prepared task; every row records the task's seed (``scores_dir``: zero-shot tasks'
     per-variant scores)."""
     if task.spec.kind == "zero_shot":
@@ -79,9 +107,16 @@ def run_prepared(task: PreparedTask, model: Transformer, objective: str, mode: s
     return [{**r, "seed": task.opts.seed} for r in rows]
 
 
-def run_task(spec: TaskSpec, model: Transformer, objective: str, mode: str = "frozen",
-             data_root: str | Path | None = None, small: bool = False, overrides: Mapping[str, Any] | None = None,
-             progress: bool = True) -> list[Row]:
+def run_task(
+    spec: TaskSpec,
+    model: Transformer,
+    objective: str,
+    mode: str = "frozen",
+    data_root: str | Path | None = None,
+    small: bool = False,
+    overrides: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> list[Row]:
     """Evaluate one task; ``overrides`` replace the YAML's defaults (epochs, max_train, …)."""
     source = resolve_data(data_root, small)
     if source.note:
@@ -90,8 +125,16 @@ def run_task(spec: TaskSpec, model: Transformer, objective: str, mode: str = "fr
     return run_prepared(task, model, objective, mode, progress)
 
 
-def run_all(tasks: list[PreparedTask], model: Transformer, objective: str, mode: str, out: Path,
-            meta: dict[str, Any], title: str = "", progress: bool = True) -> list[Row]:
+def run_all(
+    tasks: list[PreparedTask],
+    model: Transformer,
+    objective: str,
+    mode: str,
+    out: Path,
+    meta: dict[str, Any],
+    title: str = "",
+    progress: bool = True,
+) -> list[Row]:
     """Run the tasks in turn, rewriting results.csv/.md after each, so a failure keeps what finished."""
     rows: list[Row] = []
     write_results(rows, out, title)  # no stale rows of an earlier run under this run's title
@@ -100,7 +143,9 @@ def run_all(tasks: list[PreparedTask], model: Transformer, objective: str, mode:
             rows += [{**r, **meta} for r in run_prepared(task, model, objective, mode, progress)]
         except Exception:
             if done:
-                note(f"plm evaluate: task {task.spec.name} failed; the {done} task(s) before it are in {out / 'results.csv'}")
+                note(
+                    f"plm evaluate: task {task.spec.name} failed; the {done} task(s) before it are in {out / 'results.csv'}"
+                )
             raise
         write_results(rows, out, title)
     return rows

@@ -22,8 +22,13 @@ RANGES: dict[str, tuple[int, int | None]] = {"short": (6, 11), "medium": (12, 23
 FRACTIONS: dict[str, int] = {"L": 1, "L/2": 2, "L/5": 5}
 
 
-def contact_precision(scores: Tensor | np.ndarray, contacts: Tensor | np.ndarray, min_sep: int = 24,
-                      max_sep: int | None = None, divisor: int = 5) -> float:
+def contact_precision(
+    scores: Tensor | np.ndarray,
+    contacts: Tensor | np.ndarray,
+    min_sep: int = 24,
+    max_sep: int | None = None,
+    divisor: int = 5,
+) -> float:
     """Precision of the top L/``divisor`` predicted pairs with ``min_sep <= j - i <= max_sep``.
 
     ``scores`` and ``contacts`` are (L, L); contacts 1/0, -1 = unknown. Returns NaN when no pair in
@@ -31,7 +36,9 @@ def contact_precision(scores: Tensor | np.ndarray, contacts: Tensor | np.ndarray
     s = torch.as_tensor(np.asarray(scores, dtype=np.float32))
     c = torch.as_tensor(np.asarray(contacts)).to(torch.int64)
     if s.shape != c.shape or s.dim() != 2 or s.shape[0] != s.shape[1]:
-        raise ValueError(f"contact_precision: scores {tuple(s.shape)} and contacts {tuple(c.shape)} must be equal (L, L)")
+        raise ValueError(
+            f"contact_precision: scores {tuple(s.shape)} and contacts {tuple(c.shape)} must be equal (L, L)"
+        )
     length = s.shape[0]
     i, j = torch.triu_indices(length, length, offset=min_sep)
     sep = j - i
@@ -70,8 +77,12 @@ def classification_metrics(logits: Tensor, targets: Tensor, num_classes: int) ->
     targets = targets.long().flatten()
     logits = logits.reshape(-1, num_classes).float()
     out = {
-        "accuracy": float(accuracy(logits, targets, task="multiclass", num_classes=num_classes, average="micro")),
-        "macro_f1": float(f1_score(logits, targets, task="multiclass", num_classes=num_classes, average="macro")),
+        "accuracy": float(
+            accuracy(logits, targets, task="multiclass", num_classes=num_classes, average="micro")
+        ),
+        "macro_f1": float(
+            f1_score(logits, targets, task="multiclass", num_classes=num_classes, average="macro")
+        ),
     }
     if num_classes == 2:
         out["auroc"] = float(binary_auroc(logits.softmax(-1)[:, 1], targets))

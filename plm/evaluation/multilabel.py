@@ -65,10 +65,16 @@ def label_vectors(label_map: dict[str, list[str]], classes: Sequence[str]) -> di
     return out
 
 
-def read_residue_multilabel(sequences: str | Path, labels: str | Path, classes: list[str],
-                            label_map: dict[str, list[str]], mask: str | Path | None = None,
-                            split_field: str = "SET", validation_field: str | None = None,
-                            max_len: int | None = None) -> list[ResidueRecord]:
+def read_residue_multilabel(
+    sequences: str | Path,
+    labels: str | Path,
+    classes: list[str],
+    label_map: dict[str, list[str]],
+    mask: str | Path | None = None,
+    split_field: str = "SET",
+    validation_field: str | None = None,
+    max_len: int | None = None,
+) -> list[ResidueRecord]:
     """Per-residue (L, C) 0/1 labels from a FLIP-style label FASTA through ``label_map``; residues outside
     the mask get a row of ``IGNORE``."""
     vectors = label_vectors(label_map, classes)
@@ -81,9 +87,17 @@ def read_residue_multilabel(sequences: str | Path, labels: str | Path, classes: 
             raise LabelError(f"label character(s) {bad} not in the task's label_map {sorted(vectors)}")
         return np.stack([vectors[c] for c in lab])
 
-    return read_label_fasta(sequences, labels, encode, mask, split_field, validation_field, max_len,
-                            "Labels, sequences and mask must share ids, with one label character per residue, "
-                            "each a key of label_map.")
+    return read_label_fasta(
+        sequences,
+        labels,
+        encode,
+        mask,
+        split_field,
+        validation_field,
+        max_len,
+        "Labels, sequences and mask must share ids, with one label character per residue, "
+        "each a key of label_map.",
+    )
 
 
 def read_annotations(path: str | Path) -> tuple[dict[str, list[str]], list[str] | None]:
@@ -97,8 +111,13 @@ def read_annotations(path: str | Path) -> tuple[dict[str, list[str]], list[str] 
     i = 0
     while i < len(lines):
         line = lines[i]
-        if line.startswith("###") and vocabulary is None and not annotations and i + 1 < len(lines) \
-                and not lines[i + 1].startswith("#"):
+        if (
+            line.startswith("###")
+            and vocabulary is None
+            and not annotations
+            and i + 1 < len(lines)
+            and not lines[i + 1].startswith("#")
+        ):
             vocabulary = [c for c in lines[i + 1].split("\t") if c]
             i += 2
             continue
@@ -111,9 +130,15 @@ def read_annotations(path: str | Path) -> tuple[dict[str, list[str]], list[str] 
     return annotations, vocabulary
 
 
-def read_id_annotations(sequences: str | Path, labels: str | Path, train: str | Path | list, test: str | Path | list,
-                        valid: str | Path | None = None, classes: list[str] | None = None,
-                        max_len: int | None = None) -> LabelledRecords:
+def read_id_annotations(
+    sequences: str | Path,
+    labels: str | Path,
+    train: str | Path | list,
+    test: str | Path | list,
+    valid: str | Path | None = None,
+    classes: list[str] | None = None,
+    max_len: int | None = None,
+) -> LabelledRecords:
     """Records of the ids the ``train`` / ``valid`` / ``test`` lists name (valid ones are training records
     flagged for validation), each with its labels as a 0/1 vector over ``classes`` (module docstring)."""
     annotations, vocabulary = read_annotations(labels)
@@ -142,11 +167,14 @@ def read_id_annotations(sequences: str | Path, labels: str | Path, train: str | 
             y[[index[c] for c in labs]] = 1.0
             out.append(MultiLabelRecord(rid, seq[:max_len] if max_len else seq, y, split, is_valid))
     if problems:
-        raise _problem_error(Path(labels), "ids that do not match", problems,
-                             "The id lists, the sequence FASTA and the label table must name the same records, "
-                             "with labels from the task's classes.")
+        raise _problem_error(
+            Path(labels),
+            "ids that do not match",
+            problems,
+            "The id lists, the sequence FASTA and the label table must name the same records, "
+            "with labels from the task's classes.",
+        )
     if not out:
         raise ValueError(f"{labels}: the id lists name no records")
     out.classes = classes
     return out
-

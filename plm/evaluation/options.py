@@ -81,8 +81,9 @@ def _typed(name: str, value: Any) -> Any:
         if isinstance(value, bool):
             return value
     elif kind.startswith("int"):
-        if not isinstance(value, bool) and (isinstance(value, (int, str)) or (isinstance(value, float)
-                                                                              and value.is_integer())):
+        if not isinstance(value, bool) and (
+            isinstance(value, (int, str)) or (isinstance(value, float) and value.is_integer())
+        ):
             try:
                 return int(value)
             except ValueError:
@@ -112,8 +113,9 @@ def typed_defaults(defaults: Mapping[str, Any]) -> dict[str, Any]:
     return typed
 
 
-def layered(defaults: Mapping[str, Any], source: str, max_seq_len: int,
-            overrides: Mapping[str, Any] | None = None) -> tuple[EvalOptions, dict[str, str]]:
+def layered(
+    defaults: Mapping[str, Any], source: str, max_seq_len: int, overrides: Mapping[str, Any] | None = None
+) -> tuple[EvalOptions, dict[str, str]]:
     """A task's options (the field defaults < the YAML's ``defaults`` < ``overrides``, whose None values
     leave the option alone) and where each came from (``source``: the YAML's name).
 

@@ -17,8 +17,20 @@ from plm.utils.atomic import atomic_file, atomic_write_text
 
 # What was measured, then what it was measured on: weights = trained | random_init, step = the
 # checkpoint's optimizer step (empty for imported weights), data = full | bundled.
-FIELDS = ["task", "metric", "value", "split", "mode", "n", "weights", "step", "seed", "objective", "data",
-          "checkpoint"]
+FIELDS = [
+    "task",
+    "metric",
+    "value",
+    "split",
+    "mode",
+    "n",
+    "weights",
+    "step",
+    "seed",
+    "objective",
+    "data",
+    "checkpoint",
+]
 
 
 def write_results(rows: list[Row], out: Path, title: str = "") -> None:
@@ -29,12 +41,22 @@ def write_results(rows: list[Row], out: Path, title: str = "") -> None:
         w.writerows(rows)
     lines = [f"# {title}", ""] if title else []
     lines += ["| task | metric | value | split | mode | n | seed |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['task']} | {r['metric']} | {r['value']:.4f} | {r['split']} | {r['mode']} | {r['n']} | "
-              f"{r.get('seed', '')} |" for r in rows]
+    lines += [
+        f"| {r['task']} | {r['metric']} | {r['value']:.4f} | {r['split']} | {r['mode']} | {r['n']} | "
+        f"{r.get('seed', '')} |"
+        for r in rows
+    ]
     atomic_write_text(Path(out) / "results.md", "\n".join(lines) + "\n")
 
 
-def run_metadata(checkpoint: str, record: Any, random_init: bool, objective: str, source: DataSource) -> dict[str, Any]:
+def run_metadata(
+    checkpoint: str, record: Any, random_init: bool, objective: str, source: DataSource
+) -> dict[str, Any]:
     """The per-row fields saying what was evaluated (``record``: plm.model.record.CheckpointRecord)."""
-    return {"weights": "random_init" if random_init else "trained", "step": "" if record.step is None else record.step,
-            "objective": objective, "data": "bundled" if source.bundled else "full", "checkpoint": str(checkpoint)}
+    return {
+        "weights": "random_init" if random_init else "trained",
+        "step": "" if record.step is None else record.step,
+        "objective": objective,
+        "data": "bundled" if source.bundled else "full",
+        "checkpoint": str(checkpoint),
+    }

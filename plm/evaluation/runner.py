@@ -62,33 +62,105 @@ from plm.evaluation.zero_shot_task import prepare_zero_shot, run_zero_shot
 from plm.model.record import Objective
 
 __all__ = [
-    "FIELDS", "MAX_NAMED", "NEAR_IDENTITY", "EvalOptions", "Note", "PreparedTask", "Row", "_pad_stack",
-    "attention_maps", "build_parser", "cap_note", "capped", "embed", "evaluate", "fit_head", "load_backbone",
-    "load_multilabel", "load_records", "load_structures", "main", "make_batches", "near_duplicate_note", "note", "pad_tokens", "predict",
-    "prepare_all", "prepare_task", "prepare_zero_shot", "probe_rows", "read_objective", "run_all", "run_contacts",
-    "run_metadata", "run_prepared", "run_suite_command", "run_supervised", "run_task", "run_zero_shot",
-    "split_by_rule", "split_records", "split_structures", "task_options", "without_test_overlap", "write_results",
+    "FIELDS",
+    "MAX_NAMED",
+    "NEAR_IDENTITY",
+    "EvalOptions",
+    "Note",
+    "PreparedTask",
+    "Row",
+    "_pad_stack",
+    "attention_maps",
+    "build_parser",
+    "cap_note",
+    "capped",
+    "embed",
+    "evaluate",
+    "fit_head",
+    "load_backbone",
+    "load_multilabel",
+    "load_records",
+    "load_structures",
+    "main",
+    "make_batches",
+    "near_duplicate_note",
+    "note",
+    "pad_tokens",
+    "predict",
+    "prepare_all",
+    "prepare_task",
+    "prepare_zero_shot",
+    "probe_rows",
+    "read_objective",
+    "run_all",
+    "run_contacts",
+    "run_metadata",
+    "run_prepared",
+    "run_suite_command",
+    "run_supervised",
+    "run_task",
+    "run_zero_shot",
+    "split_by_rule",
+    "split_records",
+    "split_structures",
+    "task_options",
+    "without_test_overlap",
+    "write_results",
 ]
 
 
-def run_suite_command(suite: str, checkpoint: str, out: Path, source: DataSource, overrides: Mapping[str, Any],
-                      objective: str | None, progress: bool, random_init_control: bool, seeds: str | None) -> int:
+def run_suite_command(
+    suite: str,
+    checkpoint: str,
+    out: Path,
+    source: DataSource,
+    overrides: Mapping[str, Any],
+    objective: str | None,
+    progress: bool,
+    random_init_control: bool,
+    seeds: str | None,
+) -> int:
     """``--suite``: the suite's tasks over its seeds, with its random-init control unless refused."""
     from plm.evaluation.suites import load_suite, run_suite
 
     seed_list = [int(s) for s in seeds.split(",")] if seeds else None
-    run_suite(load_suite(suite), checkpoint, out, source, overrides, objective, progress,
-              None if random_init_control else False, seed_list)
+    run_suite(
+        load_suite(suite),
+        checkpoint,
+        out,
+        source,
+        overrides,
+        objective,
+        progress,
+        None if random_init_control else False,
+        seed_list,
+    )
     print((out / "results.md").read_text())
     return 0
 
 
-def evaluate(*, checkpoint: str, tasks: str | None = None, suite: str | None = None, seeds: str | None = None,
-             no_random_init_control: bool = False, out: Path, mode: Mode = "frozen", data_root: str | None = None,
-             small: bool = False, task_dir: str | None = None, random_init: bool = False,
-             objective: Objective | None = None, epochs: int | None = None, max_train: int | None = None,
-             max_test: int | None = None, seed: int | None = None, layer: int | None = None,
-             threads: int | None = None, no_progress: bool = False) -> int:
+def evaluate(
+    *,
+    checkpoint: str,
+    tasks: str | None = None,
+    suite: str | None = None,
+    seeds: str | None = None,
+    no_random_init_control: bool = False,
+    out: Path,
+    mode: Mode = "frozen",
+    data_root: str | None = None,
+    small: bool = False,
+    task_dir: str | None = None,
+    random_init: bool = False,
+    objective: Objective | None = None,
+    epochs: int | None = None,
+    max_train: int | None = None,
+    max_test: int | None = None,
+    seed: int | None = None,
+    layer: int | None = None,
+    threads: int | None = None,
+    no_progress: bool = False,
+) -> int:
     """Evaluate a checkpoint on downstream tasks (probes, LoRA, zero-shot DMS, contacts) → results.csv/.md.
 
     Checks the checkpoint and every task's data, then loads the model and runs the tasks in turn. The
@@ -131,7 +203,9 @@ def evaluate(*, checkpoint: str, tasks: str | None = None, suite: str | None = N
         raise PlmError("give --tasks (task names or YAML paths) or --suite (a named protocol), one of them")
     if suite and (random_init or seed is not None):
         # the suite runs its own seeds and random-init control: the single-run flags are refused, not ignored
-        raise PlmError("--suite runs its own seeds and random-init control: use --seeds and --no-random-init-control")
+        raise PlmError(
+            "--suite runs its own seeds and random-init control: use --seeds and --no-random-init-control"
+        )
     record = read_record(checkpoint)  # without the weights: a wrong path fails before any data is read
     source = resolve_data(data_root, small)
     if source.note:
@@ -139,15 +213,27 @@ def evaluate(*, checkpoint: str, tasks: str | None = None, suite: str | None = N
     # over every task's own options; None leaves the task's (names checked against EvalOptions' fields)
     overrides = {"epochs": epochs, "max_train": max_train, "max_test": max_test, "seed": seed, "layer": layer}
     if suite:
-        return run_suite_command(suite, checkpoint, out, source, overrides, objective, not no_progress,
-                                 not no_random_init_control, seeds)
+        return run_suite_command(
+            suite,
+            checkpoint,
+            out,
+            source,
+            overrides,
+            objective,
+            not no_progress,
+            not no_random_init_control,
+            seeds,
+        )
     names = [t.strip() for t in (tasks or "").split(",") if t.strip()]
     prepared = prepare_all(names, task_dir, source, record.config.max_seq_len, overrides)
-    model, objective = load_backbone(checkpoint, random_init, objective,
-                                     seed=seed if seed is not None else EvalOptions.seed)
+    model, objective = load_backbone(
+        checkpoint, random_init, objective, seed=seed if seed is not None else EvalOptions.seed
+    )
     meta = run_metadata(checkpoint, record, random_init, objective, source)
-    title = (f"{checkpoint} ({meta['weights']}, step {meta['step'] if meta['step'] != '' else 'not recorded'}), "
-             f"objective {objective}, {source.describe()}")
+    title = (
+        f"{checkpoint} ({meta['weights']}, step {meta['step'] if meta['step'] != '' else 'not recorded'}), "
+        f"objective {objective}, {source.describe()}"
+    )
     note(f"plm evaluate: {title}")
     run_all(prepared, model, objective, mode, out, meta, title, not no_progress)
     print((out / "results.md").read_text())

@@ -54,7 +54,9 @@ def load_suite(name_or_path: str | Path) -> Suite:
         p = SUITE_DIR / f"{name_or_path}.yaml"
     if not p.is_file():
         known = sorted(x.stem for x in SUITE_DIR.glob("*.yaml"))
-        raise FileNotFoundError(f"suite {str(name_or_path)!r}: {p} not found; known suites: {', '.join(known)}")
+        raise FileNotFoundError(
+            f"suite {str(name_or_path)!r}: {p} not found; known suites: {', '.join(known)}"
+        )
     raw = yaml.safe_load(p.read_text()) or {}
     problems = []
     if not isinstance(raw, dict):
@@ -77,9 +79,16 @@ def load_suite(name_or_path: str | Path) -> Suite:
             problems.append(f"anchors: {column!r} must map tasks of this suite to values, got {values!r}")
     if problems:
         raise ValueError(f"{p}: invalid suite: " + "; ".join(problems))
-    return Suite(name=raw.get("name", p.stem), tasks=[str(t) for t in tasks], source=p,
-                 description=raw.get("description", ""), mode=raw.get("mode", "frozen"), seeds=list(seeds),
-                 random_init=bool(raw.get("random_init", True)), anchors=anchors)
+    return Suite(
+        name=raw.get("name", p.stem),
+        tasks=[str(t) for t in tasks],
+        source=p,
+        description=raw.get("description", ""),
+        mode=raw.get("mode", "frozen"),
+        seeds=list(seeds),
+        random_init=bool(raw.get("random_init", True)),
+        anchors=anchors,
+    )
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -90,9 +99,18 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         key = (r["task"], r["metric"], r["weights"])
         groups.setdefault(key, []).append(float(r["value"]))
         seeds.setdefault(key, []).append(int(r["seed"]))
-    return [{"task": t, "metric": m, "weights": w, "mean": float(np.mean(v)),
-             "sd": float(np.std(v, ddof=1)) if len(v) > 1 else float("nan"), "n_seeds": len(v),
-             "seeds": " ".join(map(str, seeds[(t, m, w)]))} for (t, m, w), v in groups.items()]
+    return [
+        {
+            "task": t,
+            "metric": m,
+            "weights": w,
+            "mean": float(np.mean(v)),
+            "sd": float(np.std(v, ddof=1)) if len(v) > 1 else float("nan"),
+            "n_seeds": len(v),
+            "seeds": " ".join(map(str, seeds[(t, m, w)])),
+        }
+        for (t, m, w), v in groups.items()
+    ]
 
 
 def _cell(summary: dict[tuple[str, str, str], dict[str, Any]], key: tuple[str, str, str]) -> str:
@@ -107,22 +125,33 @@ def suite_markdown(suite: Suite, rows: list[dict[str, Any]], title: str, timings
     """The suite's table: each task's metric, ours (trained, random init: mean ± sd (seeds)), the anchors."""
     summary = {(s["task"], s["metric"], s["weights"]): s for s in summarise(rows)}
     columns = list(suite.anchors)
-    lines = [f"# {suite.name}: {title}", "", suite.description, "",
-             "| task | metric | ours, trained | ours, random init | " + " | ".join(columns) + " |",
-             "|---|---|---|---|" + "---|" * len(columns)]
+    lines = [
+        f"# {suite.name}: {title}",
+        "",
+        suite.description,
+        "",
+        "| task | metric | ours, trained | ours, random init | " + " | ".join(columns) + " |",
+        "|---|---|---|---|" + "---|" * len(columns),
+    ]
     for name in suite.tasks:
         spec = load_task(name)
         metric = spec.metric or DEFAULT_METRIC[spec.kind]
         anchors = [f"{suite.anchors[c][name]:.3f}" if name in suite.anchors[c] else "–" for c in columns]
-        lines.append(f"| {spec.name} | {metric} | {_cell(summary, (spec.name, metric, 'trained'))} | "
-                     f"{_cell(summary, (spec.name, metric, 'random_init'))} | " + " | ".join(anchors) + " |")
-    legend = ("Mean ± sample standard deviation over seeds (number of seeds). Published values and how their "
-              "protocol differs from this one: docs/reference.md, \"Downstream anchors\".")
+        lines.append(
+            f"| {spec.name} | {metric} | {_cell(summary, (spec.name, metric, 'trained'))} | "
+            f"{_cell(summary, (spec.name, metric, 'random_init'))} | " + " | ".join(anchors) + " |"
+        )
+    legend = (
+        "Mean ± sample standard deviation over seeds (number of seeds). Published values and how their "
+        'protocol differs from this one: docs/reference.md, "Downstream anchors".'
+    )
     lines += ["", legend, "", "Runs:", *[f"- {t}" for t in timings], ""]
     return "\n".join(lines)
 
 
-def write_suite_results(suite: Suite, rows: list[dict[str, Any]], out: Path, title: str, timings: list[str]) -> None:
+def write_suite_results(
+    suite: Suite, rows: list[dict[str, Any]], out: Path, title: str, timings: list[str]
+) -> None:
     from plm.evaluation.results import FIELDS
 
     out.mkdir(parents=True, exist_ok=True)
@@ -137,9 +166,17 @@ def write_suite_results(suite: Suite, rows: list[dict[str, Any]], out: Path, tit
     atomic_write_text(out / "results.md", suite_markdown(suite, rows, title, timings))
 
 
-def run_suite(suite: Suite, checkpoint: str, out: Path, source: DataSource, overrides: dict[str, Any],
-              objective: str | None = None, progress: bool = True, random_init: bool | None = None,
-              seeds: list[int] | None = None) -> list[dict[str, Any]]:
+def run_suite(
+    suite: Suite,
+    checkpoint: str,
+    out: Path,
+    source: DataSource,
+    overrides: dict[str, Any],
+    objective: str | None = None,
+    progress: bool = True,
+    random_init: bool | None = None,
+    seeds: list[int] | None = None,
+) -> list[dict[str, Any]]:
     """Every (weights, seed) of the suite in turn; the tasks are checked for every seed before any model
     is loaded."""
     from plm.evaluation.backbone import load_backbone
@@ -150,8 +187,17 @@ def run_suite(suite: Suite, checkpoint: str, out: Path, source: DataSource, over
 
     record = read_record(checkpoint)
     seeds = seeds or suite.seeds
-    prepared = {seed: prepare_all(suite.tasks, None, source, record.config.max_seq_len, {**overrides, "seed": seed},
-                                  say=note if seed == seeds[0] else lambda _: None) for seed in seeds}
+    prepared = {
+        seed: prepare_all(
+            suite.tasks,
+            None,
+            source,
+            record.config.max_seq_len,
+            {**overrides, "seed": seed},
+            say=note if seed == seeds[0] else lambda _: None,
+        )
+        for seed in seeds
+    }
     weights = [False, True] if (suite.random_init if random_init is None else random_init) else [False]
     rows: list[dict[str, Any]] = []
     timings: list[str] = []
@@ -168,7 +214,9 @@ def run_suite(suite: Suite, checkpoint: str, out: Path, source: DataSource, over
             scores = out / "scores" / (meta["weights"] if not rand else f"random_init_seed{seed}")
             for task in ran:
                 rows += [{**r, **meta} for r in run_prepared(task, model, obj, suite.mode, progress, scores)]
-            timings.append(f"{meta['weights']}, seed {seed}: {', '.join(t.spec.name for t in ran)} in "
-                           f"{time.monotonic() - start:.0f} s")
+            timings.append(
+                f"{meta['weights']}, seed {seed}: {', '.join(t.spec.name for t in ran)} in "
+                f"{time.monotonic() - start:.0f} s"
+            )
             write_suite_results(suite, rows, out, title, timings)
     return rows

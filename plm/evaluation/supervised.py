@@ -34,8 +34,9 @@ def _pad_stack(items: list[Tensor], fill: float, square: bool = False) -> Tensor
     return out
 
 
-def make_batches(examples: list[dict[str, Any]], batch_size: int, shuffle: bool, seed: int,
-                 square: bool | None = None) -> list[dict[str, Tensor]]:
+def make_batches(
+    examples: list[dict[str, Any]], batch_size: int, shuffle: bool, seed: int, square: bool | None = None
+) -> list[dict[str, Tensor]]:
     """Examples hold 'seq' or 'feats' plus 'labels'; batches are padded tensors (labels with -100). Labels
     with two dimensions are (L, L) contact maps padded in both unless ``square`` is False ((L, C) rows of
     a per-residue multi-label task)."""
@@ -58,7 +59,9 @@ def make_batches(examples: list[dict[str, Any]], batch_size: int, shuffle: bool,
     return batches
 
 
-def fit_head(module: Any, train: list[dict[str, Tensor]], epochs: int, progress: bool, use_trainer: bool = True) -> None:
+def fit_head(
+    module: Any, train: list[dict[str, Tensor]], epochs: int, progress: bool, use_trainer: bool = True
+) -> None:
     """Train with a Lightning Trainer, or (``use_trainer=False``, e.g. inside a running pre-training
     Trainer where a nested Trainer would clash) with the same optimizer and loss in a plain loop."""
     if not use_trainer:
@@ -73,8 +76,15 @@ def fit_head(module: Any, train: list[dict[str, Tensor]], epochs: int, progress:
         return
     import lightning.pytorch as pl
 
-    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     # batch_size=None: the loader yields our pre-padded batches as they are
     trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(train, batch_size=None))
 
@@ -98,10 +108,14 @@ def probe_rows(examples: list[dict[str, Any]], kind: str) -> tuple[Tensor, Tenso
         keep = [k.all(-1) if k.dim() == 2 else k for k in keep]
         x = torch.cat([e["feats"][k] for e, k in zip(examples, keep)])
         return x, torch.cat([torch.as_tensor(e["labels"])[k] for e, k in zip(examples, keep)])
-    return torch.stack([e["feats"].mean(0) for e in examples]), torch.stack([torch.as_tensor(e["labels"]) for e in examples])
+    return torch.stack([e["feats"].mean(0) for e in examples]), torch.stack(
+        [torch.as_tensor(e["labels"]) for e in examples]
+    )
 
 
-def run_supervised(task: PreparedTask, model: Transformer, objective: str, mode: str, progress: bool) -> list[Row]:
+def run_supervised(
+    task: PreparedTask, model: Transformer, objective: str, mode: str, progress: bool
+) -> list[Row]:
     """Train the task's head on its training records (regression targets standardised on them) and report
     every metric of its kind on the test records."""
     from plm.evaluation.finetune import FineTune
@@ -121,14 +135,31 @@ def run_supervised(task: PreparedTask, model: Transformer, objective: str, mode:
     head_cls = ResidueHead if spec.kind in ("residue_classification", "residue_multilabel") else SequenceHead
     head = head_cls(model.config.n_embd, n_out, spec.head)
     if mode == "frozen":
-        feats = embed(model, [r.sequence for r in train + test], opts.max_len, causal, progress=progress,
-                      desc=f"{spec.name}: embedding", layer=opts.layer)
+        feats = embed(
+            model,
+            [r.sequence for r in train + test],
+            opts.max_len,
+            causal,
+            progress=progress,
+            desc=f"{spec.name}: embedding",
+            layer=opts.layer,
+        )
         ex = [{"feats": f} for f in feats]
         module = FineTune(head, spec.kind, None, "frozen", lr=opts.lr)
     else:
         ex = [{"seq": r.sequence} for r in train + test]
-        module = FineTune(head, spec.kind, copy.deepcopy(model), mode, lr=opts.lr, backbone_lr=opts.backbone_lr,
-                          lora_rank=opts.lora_rank, lora_alpha=opts.lora_alpha, causal=causal, layer=opts.layer)
+        module = FineTune(
+            head,
+            spec.kind,
+            copy.deepcopy(model),
+            mode,
+            lr=opts.lr,
+            backbone_lr=opts.backbone_lr,
+            lora_rank=opts.lora_rank,
+            lora_alpha=opts.lora_alpha,
+            causal=causal,
+            layer=opts.layer,
+        )
     for e, r in zip(ex, train + test):
         y = labels_of(r)
         e["labels"] = (y - mean) / std if spec.kind == "sequence_regression" else y
@@ -136,10 +167,17 @@ def run_supervised(task: PreparedTask, model: Transformer, objective: str, mode:
     if mode == "frozen" and spec.head == "linear":
         x, y = probe_rows(ex[: len(train)], spec.kind)
         loss = {"sequence_regression": "mse", "residue_multilabel": "bce", "sequence_multilabel": "bce"}
-        fit_linear_probe(head.net, x, y, loss.get(spec.kind, "cross_entropy"), opts.probe_c, opts.probe_max_iter)
+        fit_linear_probe(
+            head.net, x, y, loss.get(spec.kind, "cross_entropy"), opts.probe_c, opts.probe_max_iter
+        )
     else:
-        fit_head(module, make_batches(ex[: len(train)], bs, True, seed, square=False), opts.epochs, progress,
-                 opts.use_trainer)
+        fit_head(
+            module,
+            make_batches(ex[: len(train)], bs, True, seed, square=False),
+            opts.epochs,
+            progress,
+            opts.use_trainer,
+        )
     outs, labels = predict(module, make_batches(ex[len(train) :], bs, False, seed, square=False))
     if spec.kind in kinds.MULTILABEL_KINDS:
         rows, y = kinds.scored_rows(spec.kind, outs, labels, n_out)
@@ -158,5 +196,7 @@ def run_supervised(task: PreparedTask, model: Transformer, objective: str, mode:
         preds = torch.cat(outs).squeeze(-1) * std + mean
         metrics = regression_metrics(preds, torch.cat(labels) * std + mean)
         n = len(test)
-    return [{"task": spec.name, "metric": k, "value": v, "split": "test", "mode": mode, "n": n}
-            for k, v in metrics.items()]
+    return [
+        {"task": spec.name, "metric": k, "value": v, "split": "test", "mode": mode, "n": n}
+        for k, v in metrics.items()
+    ]

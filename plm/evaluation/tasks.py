@@ -32,16 +32,33 @@ SMALL_DATA_ROOT = paths.task_data()
 # ``train``/``test`` roles split by file and may list several files (TMbed's cross-validation folds).
 LIST_ROLES = {"train", "test"}
 # keys a format needs (``header_pattern``, ``wildtype_id``) come with their format's registry entry
-TOP_KEYS = {"name", "description", "kind", "format", "data", "small_data", "columns", "classes", "split",
-            "head", "metric", "defaults", "offset", "min_contacts", "ignore_labels",
-            "label_map"} | {key for f in FORMATS.values() for key in f.needs}
+TOP_KEYS = {
+    "name",
+    "description",
+    "kind",
+    "format",
+    "data",
+    "small_data",
+    "columns",
+    "classes",
+    "split",
+    "head",
+    "metric",
+    "defaults",
+    "offset",
+    "min_contacts",
+    "ignore_labels",
+    "label_map",
+} | {key for f in FORMATS.values() for key in f.needs}
 # ``split`` rules: ``train``/``test`` values of the split column, or ``train_fraction`` of the records
 SPLIT_KEYS = ("train", "test", "train_fraction")
 DATA_ROOT_ENV = "PLM_DATA_ROOT"
 # The CI layout (full task files beside the checkout); users point --data-root / $PLM_DATA_ROOT at theirs.
 CI_DATA_ROOT = paths.ci_data_root()  # None when plm runs from an installed wheel
-POINT_HINT = (f"point --data-root or ${DATA_ROOT_ENV} at the full task data (docs/evaluation.md, 'Task data', "
-              "lists where each set comes from)")
+POINT_HINT = (
+    f"point --data-root or ${DATA_ROOT_ENV} at the full task data (docs/evaluation.md, 'Task data', "
+    "lists where each set comes from)"
+)
 FULL_DATA_HINT = f"{POINT_HINT}, or pass --small to use the bundled subsets"
 
 
@@ -55,7 +72,11 @@ class DataSource:
     note: str = ""  # said once per run when the choice was not asked for
 
     def describe(self) -> str:
-        return f"bundled subsets ({self.origin})" if self.bundled else f"full data under {self.root} ({self.origin})"
+        return (
+            f"bundled subsets ({self.origin})"
+            if self.bundled
+            else f"full data under {self.root} ({self.origin})"
+        )
 
 
 def resolve_data(data_root: str | Path | None = None, small: bool = False) -> DataSource:
@@ -71,9 +92,11 @@ def resolve_data(data_root: str | Path | None = None, small: bool = False) -> Da
     if CI_DATA_ROOT is not None and CI_DATA_ROOT.is_dir():
         return DataSource(CI_DATA_ROOT, False, "default data root")
     ci = f", nothing at {CI_DATA_ROOT}" if CI_DATA_ROOT is not None else ""
-    note = (f"no full task data (no --data-root, no ${DATA_ROOT_ENV}{ci}): using the "
-            f"bundled subsets in {SMALL_DATA_ROOT}; their numbers are not the full benchmarks'. To run the "
-            f"full tasks, {POINT_HINT}")
+    note = (
+        f"no full task data (no --data-root, no ${DATA_ROOT_ENV}{ci}): using the "
+        f"bundled subsets in {SMALL_DATA_ROOT}; their numbers are not the full benchmarks'. To run the "
+        f"full tasks, {POINT_HINT}"
+    )
     return DataSource(SMALL_DATA_ROOT, True, "no full data found", note)
 
 
@@ -90,7 +113,9 @@ class TaskSpec:
     split: dict[str, Any] = field(default_factory=dict)
     head: str = "linear"
     metric: str = ""
-    defaults: dict[str, Any] = field(default_factory=dict)  # the options the YAML sets (plm.evaluation.options)
+    defaults: dict[str, Any] = field(
+        default_factory=dict
+    )  # the options the YAML sets (plm.evaluation.options)
     wildtype_id: str = ""
     offset: int = 1
     min_contacts: int = 1
@@ -110,12 +135,16 @@ class TaskSpec:
         entries, root = (self.small_data, SMALL_DATA_ROOT) if source.bundled else (self.data, source.root)
         if not entries:
             if source.bundled:
-                raise FileNotFoundError(f"{self.source}: task {self.name!r} ships no bundled subset (no 'small_data' "
-                                        f"section) and the run uses them ({source.origin}); {POINT_HINT}, or leave "
-                                        "this task out")
+                raise FileNotFoundError(
+                    f"{self.source}: task {self.name!r} ships no bundled subset (no 'small_data' "
+                    f"section) and the run uses them ({source.origin}); {POINT_HINT}, or leave "
+                    "this task out"
+                )
             raise ValueError(f"{self.source}: no 'data' section")
         resolve = lambda v: root / v if not Path(v).is_absolute() else Path(v)
-        paths: dict[str, Any] = {k: [resolve(x) for x in v] if isinstance(v, list) else resolve(v) for k, v in entries.items()}
+        paths: dict[str, Any] = {
+            k: [resolve(x) for x in v] if isinstance(v, list) else resolve(v) for k, v in entries.items()
+        }
         flat = [(k, q) for k, v in paths.items() for q in (v if isinstance(v, list) else [v])]
         missing = [f"{k}: {q}" for k, q in flat if not q.exists()]
         if missing:
@@ -134,18 +163,24 @@ def split_problems(split: dict[str, Any], fmt: str, columns: dict[str, Any]) -> 
     problems = []
     unknown = sorted(map(str, set(split) - set(SPLIT_KEYS)))
     if unknown:
-        problems.append(f"split: unknown key(s) {unknown} (use train/test values of the split column, or train_fraction)")
+        problems.append(
+            f"split: unknown key(s) {unknown} (use train/test values of the split column, or train_fraction)"
+        )
     by_value = sorted(str(k) for k in split if k in ("train", "test"))
     if "train" in FILES[fmt][0]:
         if split:
-            problems.append(f"split: format {fmt} splits by file (data.train / data.test); remove 'split' "
-                            f"({split}): a second rule would pool or re-cut the two files")
+            problems.append(
+                f"split: format {fmt} splits by file (data.train / data.test); remove 'split' "
+                f"({split}): a second rule would pool or re-cut the two files"
+            )
         return problems
     if fmt == "dms_csv" and split:
         problems.append("split: zero-shot scoring uses no training data; remove 'split'")
     if "train_fraction" not in split:
         if fmt == "structures" and by_value:
-            problems.append("split: structures are split by train_fraction of the chains, not by train/test values")
+            problems.append(
+                "split: structures are split by train_fraction of the chains, not by train/test values"
+            )
         return problems
     fraction = split["train_fraction"]
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
@@ -153,8 +188,10 @@ def split_problems(split: dict[str, Any], fmt: str, columns: dict[str, Any]) -> 
     if by_value:
         problems.append(f"split: train_fraction and {by_value} are two rules for one split; keep one")
     if isinstance(columns, dict) and columns.get("split"):
-        problems.append(f"split: train_fraction conflicts with the split column columns.split="
-                        f"{columns['split']!r}; keep one")
+        problems.append(
+            f"split: train_fraction conflicts with the split column columns.split="
+            f"{columns['split']!r}; keep one"
+        )
     return problems
 
 
@@ -220,21 +257,34 @@ def load_task(name_or_path: str | Path, task_dir: str | Path | None = None) -> T
                 if miss:
                     problems.append(f"{section}: missing {miss} for format {fmt}")
                 if extra:
-                    problems.append(f"{section}: unknown file role(s) {extra} for format {fmt} (use {required + optional})")
+                    problems.append(
+                        f"{section}: unknown file role(s) {extra} for format {fmt} (use {required + optional})"
+                    )
                 for role, value in entries.items():
-                    ok = isinstance(value, str) or (role in LIST_ROLES and isinstance(value, list) and value
-                                                    and all(isinstance(v, str) for v in value))
+                    ok = isinstance(value, str) or (
+                        role in LIST_ROLES
+                        and isinstance(value, list)
+                        and value
+                        and all(isinstance(v, str) for v in value)
+                    )
                     if not ok:
-                        problems.append(f"{section}: {role!r} must be a path" + (" or a list of paths" if role in LIST_ROLES else "")
-                                        + f", got {value!r}")
-    if kind in ("residue_classification", "sequence_classification", "residue_multilabel") and not raw.get("classes"):
+                        problems.append(
+                            f"{section}: {role!r} must be a path"
+                            + (" or a list of paths" if role in LIST_ROLES else "")
+                            + f", got {value!r}"
+                        )
+    if kind in ("residue_classification", "sequence_classification", "residue_multilabel") and not raw.get(
+        "classes"
+    ):
         problems.append(f"kind {kind} needs 'classes' (the label alphabet / class names)")
     problems += label_map_problems(raw, kind)
     metric_problem = kinds.metric_problem(kind, raw.get("metric", ""), len(raw.get("classes") or []))
     if metric_problem:
         problems.append(metric_problem)
     if raw.get("head", "linear") not in ("linear", "mlp", "attention", "pairwise"):
-        problems.append(f"head {raw.get('head')!r}: use linear, mlp (probes) or attention, pairwise (contacts)")
+        problems.append(
+            f"head {raw.get('head')!r}: use linear, mlp (probes) or attention, pairwise (contacts)"
+        )
     for key, what in (FORMATS[fmt].needs if fmt in FORMATS else {}).items():
         if not raw.get(key):
             problems.append(f"format {fmt} needs '{key}' ({what})")
@@ -247,13 +297,24 @@ def load_task(name_or_path: str | Path, task_dir: str | Path | None = None) -> T
     except ValueError as err:
         raise ValueError(f"{p}: {err}") from None
     return TaskSpec(
-        name=raw.get("name", p.stem), kind=kind, format=fmt, data=raw.get("data") or {},
-        small_data=raw.get("small_data") or {}, source=p, columns=raw.get("columns") or {},
-        classes=[str(c) for c in raw.get("classes") or []], split=raw.get("split") or {},
-        head=raw.get("head", "attention" if kind == "contacts" else "linear"), metric=raw.get("metric", ""),
-        defaults=defaults, wildtype_id=raw.get("wildtype_id", ""), offset=int(raw.get("offset", 1)),
-        min_contacts=int(raw.get("min_contacts", 1)), description=raw.get("description", ""),
-        header_pattern=str(raw.get("header_pattern", "")), ignore_labels=[str(c) for c in raw.get("ignore_labels") or []],
+        name=raw.get("name", p.stem),
+        kind=kind,
+        format=fmt,
+        data=raw.get("data") or {},
+        small_data=raw.get("small_data") or {},
+        source=p,
+        columns=raw.get("columns") or {},
+        classes=[str(c) for c in raw.get("classes") or []],
+        split=raw.get("split") or {},
+        head=raw.get("head", "attention" if kind == "contacts" else "linear"),
+        metric=raw.get("metric", ""),
+        defaults=defaults,
+        wildtype_id=raw.get("wildtype_id", ""),
+        offset=int(raw.get("offset", 1)),
+        min_contacts=int(raw.get("min_contacts", 1)),
+        description=raw.get("description", ""),
+        header_pattern=str(raw.get("header_pattern", "")),
+        ignore_labels=[str(c) for c in raw.get("ignore_labels") or []],
         label_map={str(k): [str(c) for c in v] for k, v in (raw.get("label_map") or {}).items()},
     )
 
@@ -263,9 +324,13 @@ def label_map_problems(raw: dict[str, Any], kind: Any) -> list[str]:
     names must be declared, and no other kind takes the key."""
     label_map = raw.get("label_map")
     if kind != "residue_multilabel":
-        return [f"'label_map' applies to kind residue_multilabel, not {kind}"] if label_map is not None else []
+        return (
+            [f"'label_map' applies to kind residue_multilabel, not {kind}"] if label_map is not None else []
+        )
     if not isinstance(label_map, dict) or not label_map:
-        return ["kind residue_multilabel needs 'label_map' (label character → list of classes it switches on)"]
+        return [
+            "kind residue_multilabel needs 'label_map' (label character → list of classes it switches on)"
+        ]
     classes = {str(c) for c in raw.get("classes") or []}
     problems = []
     for char, on in label_map.items():
@@ -274,5 +339,7 @@ def label_map_problems(raw: dict[str, Any], kind: Any) -> list[str]:
         if not isinstance(on, list):
             problems.append(f"label_map: {char!r} must map to a list of classes, got {on!r}")
         elif set(map(str, on)) - classes:
-            problems.append(f"label_map: {char!r} names {sorted(set(map(str, on)) - classes)}, not in classes {sorted(classes)}")
+            problems.append(
+                f"label_map: {char!r} names {sorted(set(map(str, on)) - classes)}, not in classes {sorted(classes)}"
+            )
     return problems

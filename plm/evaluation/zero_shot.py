@@ -45,9 +45,13 @@ def parse_mutations(mutant: str, wildtype: str, offset: int = 1) -> list[Mutatio
         wt, num, mt = m.group(1), int(m.group(2)), m.group(3)
         pos = num - offset
         if not 0 <= pos < len(wildtype):
-            problems.append(f"{p!r}: position {num} outside the wild type ({offset}..{len(wildtype) + offset - 1})")
+            problems.append(
+                f"{p!r}: position {num} outside the wild type ({offset}..{len(wildtype) + offset - 1})"
+            )
         elif wildtype[pos] != wt:
-            problems.append(f"{p!r}: wild type has {wildtype[pos]!r} at {num}, not {wt!r} (wrong offset or wild type?)")
+            problems.append(
+                f"{p!r}: wild type has {wildtype[pos]!r} at {num}, not {wt!r} (wrong offset or wild type?)"
+            )
         else:
             muts.append(Mutation(pos, wt, mt))
     if len({m.pos for m in muts}) != len(muts):
@@ -64,8 +68,13 @@ def apply_mutations(wildtype: str, muts: list[Mutation]) -> str:
     return "".join(seq)
 
 
-def masked_marginal_scores(model: Transformer, wildtype: str, variants: list[list[Mutation]],
-                           batch_size: int = 8, progress: bool = True) -> list[float]:
+def masked_marginal_scores(
+    model: Transformer,
+    wildtype: str,
+    variants: list[list[Mutation]],
+    batch_size: int = 8,
+    progress: bool = True,
+) -> list[float]:
     """ESM-1v masked-marginal score of each variant (positive = predicted better than wild type)."""
     device = next(model.parameters()).device
     wt_ids = torch.tensor(encode(wildtype), device=device)  # <cls> seq <eos>
@@ -77,14 +86,21 @@ def masked_marginal_scores(model: Transformer, wildtype: str, variants: list[lis
     return [float(sum(logp[m.pos][aa[m.mt]] - logp[m.pos][aa[m.wt]] for m in v)) for v in variants]
 
 
-def sequence_log_likelihoods(model: Transformer, sequences: list[str], batch_size: int = 8,
-                             progress: bool = True) -> list[float]:
+def sequence_log_likelihoods(
+    model: Transformer, sequences: list[str], batch_size: int = 8, progress: bool = True
+) -> list[float]:
     """Causal log p(sequence) summed over residues and the closing <eos> (the <cls> start is given)."""
     return [lp for lp, _ in sequence_logprobs(model, sequences, batch_size, progress=progress)]
 
 
-def clm_llr_scores(model: Transformer, wildtype: str, variants: list[list[Mutation]], batch_size: int = 8,
-                   progress: bool = True, both_directions: bool | None = None) -> list[float]:
+def clm_llr_scores(
+    model: Transformer,
+    wildtype: str,
+    variants: list[list[Mutation]],
+    batch_size: int = 8,
+    progress: bool = True,
+    both_directions: bool | None = None,
+) -> list[float]:
     """log p(mutant) - log p(wild type); averaged over both reading directions for ``progen2``."""
     if both_directions is None:
         both_directions = model.config.flavour == "progen2"
@@ -92,7 +108,9 @@ def clm_llr_scores(model: Transformer, wildtype: str, variants: list[list[Mutati
     fwd = sequence_log_likelihoods(model, [wildtype] + seqs, batch_size, progress)
     scores = [s - fwd[0] for s in fwd[1:]]
     if both_directions:
-        rev = sequence_log_likelihoods(model, [wildtype[::-1]] + [s[::-1] for s in seqs], batch_size, progress)
+        rev = sequence_log_likelihoods(
+            model, [wildtype[::-1]] + [s[::-1] for s in seqs], batch_size, progress
+        )
         scores = [(a + (b - rev[0])) / 2 for a, b in zip(scores, rev[1:])]
     return scores
 
@@ -106,13 +124,17 @@ def score_name(model: Transformer, objective: str) -> str:
     return "llr_mean_forward_reverse" if model.config.flavour == "progen2" else "llr_forward"
 
 
-def score_variants(model: Transformer, objective: str, wildtype: str, variants: list[list[Mutation]],
-                   batch_size: int = 8, progress: bool = True) -> list[float]:
+def score_variants(
+    model: Transformer,
+    objective: str,
+    wildtype: str,
+    variants: list[list[Mutation]],
+    batch_size: int = 8,
+    progress: bool = True,
+) -> list[float]:
     """Dispatch on the training objective: 'mlm' → masked marginals, 'clm' → likelihood ratios."""
     if objective == "mlm":
         return masked_marginal_scores(model, wildtype, variants, batch_size, progress)
     if objective == "clm":
         return clm_llr_scores(model, wildtype, variants, batch_size, progress)
     raise ValueError(f"objective {objective!r}: zero-shot scoring needs 'mlm' or 'clm'")
-
-

@@ -22,16 +22,30 @@ def write_fasta(samples: list[Sample], path: str | os.PathLike, header: str = ""
     """One record per sample; the header carries how it ended and its perplexity under the CLM."""
     path = Path(path)
     with atomic_file(path, "w") as fh:  # an interrupted run never leaves a truncated FASTA
-        fh.writelines(f">sample_{i} length={len(s.sequence)} stop={s.stop} ppl={s.perplexity:.3f}{header}\n"
-                      f"{s.sequence}\n" for i, s in enumerate(samples))
+        fh.writelines(
+            f">sample_{i} length={len(s.sequence)} stop={s.stop} ppl={s.perplexity:.3f}{header}\n"
+            f"{s.sequence}\n"
+            for i, s in enumerate(samples)
+        )
     return path
 
 
-def generate_fasta(checkpoint: str, out: str, num: int = 100, seed: int = 0,
-                   temperature: float = SamplingConfig.temperature, top_p: float = SamplingConfig.top_p,
-                   top_k: int = SamplingConfig.top_k, repetition_penalty: float = SamplingConfig.repetition_penalty,
-                   min_length: int = SamplingConfig.min_length, max_length: int = SamplingConfig.max_length,
-                   prompt: str = "", greedy: bool = False, batch_size: int = 32, device: str = "cpu") -> int:
+def generate_fasta(
+    checkpoint: str,
+    out: str,
+    num: int = 100,
+    seed: int = 0,
+    temperature: float = SamplingConfig.temperature,
+    top_p: float = SamplingConfig.top_p,
+    top_k: int = SamplingConfig.top_k,
+    repetition_penalty: float = SamplingConfig.repetition_penalty,
+    min_length: int = SamplingConfig.min_length,
+    max_length: int = SamplingConfig.max_length,
+    prompt: str = "",
+    greedy: bool = False,
+    batch_size: int = 32,
+    device: str = "cpu",
+) -> int:
     """Sample proteins from a CLM checkpoint into a FASTA (temperature, top-p, prompts, seed).
 
     The sampling defaults are plm.generate.sampling.SamplingConfig's (ProGen2's released example).
@@ -54,8 +68,15 @@ def generate_fasta(checkpoint: str, out: str, num: int = 100, seed: int = 0,
     """
     if num < 1:
         raise PlmError(f"--num {num}: must be >= 1")
-    cfg = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
-                         min_length=min_length, max_length=max_length, greedy=greedy)
+    cfg = SamplingConfig(
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        min_length=min_length,
+        max_length=max_length,
+        greedy=greedy,
+    )
     from plm.model.io import load_with_record
     from plm.model.record import read_record, require_objective
 
@@ -65,7 +86,9 @@ def generate_fasta(checkpoint: str, out: str, num: int = 100, seed: int = 0,
     info = f" seed={seed} T={temperature} top_p={top_p} top_k={top_k}"
     write_fasta(samples, out, info)
     n_eos = sum(s.stop == "eos" for s in samples)
-    print(f"wrote {len(samples)} sequences to {out} ({n_eos} ended with <eos>, {len(samples) - n_eos} hit --max-length)")
+    print(
+        f"wrote {len(samples)} sequences to {out} ({n_eos} ended with <eos>, {len(samples) - n_eos} hit --max-length)"
+    )
     return 0
 
 

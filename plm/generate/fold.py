@@ -23,9 +23,16 @@ import torch
 from plm.utils.atomic import atomic_write_text
 
 FoldDtype = Literal["fp32", "bf16"]
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-GET_WEIGHTS_HINT = ("download facebook/esmfold_v1 on a machine with internet, e.g. "
-                    "`hf download facebook/esmfold_v1 --local-dir DIR`, and pass --esmfold DIR")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+GET_WEIGHTS_HINT = (
+    "download facebook/esmfold_v1 on a machine with internet, e.g. "
+    "`hf download facebook/esmfold_v1 --local-dir DIR`, and pass --esmfold DIR"
+)
 #: Sequences longer than this fold with the trunk's axial attention chunked (memory O(L²) → smaller peaks).
 DEFAULT_CHUNK_THRESHOLD = 512
 DEFAULT_CHUNK_SIZE = 64
@@ -44,7 +51,9 @@ def check_esmfold_dir(directory: str | os.PathLike) -> Path:
         try:
             cfg = json.loads(cfg_path.read_text())
             if not cfg.get("is_folding_model") or cfg.get("esmfold_config") is None:
-                problems.append("config.json is not an ESMFold config (is_folding_model/esmfold_config absent)")
+                problems.append(
+                    "config.json is not an ESMFold config (is_folding_model/esmfold_config absent)"
+                )
         except json.JSONDecodeError as err:
             problems.append(f"config.json is not valid JSON ({err})")
     weights = [f for f in WEIGHT_FILES if (d / f).is_file()]
@@ -56,7 +65,11 @@ def check_esmfold_dir(directory: str | os.PathLike) -> Path:
         if missing:
             problems.append(f"{index} lists shards that are missing: {missing[:5]}")
     if problems:
-        raise FileNotFoundError(f"--esmfold {d}: incomplete ESMFold directory: " + "; ".join(problems) + f". Fix: {GET_WEIGHTS_HINT}")
+        raise FileNotFoundError(
+            f"--esmfold {d}: incomplete ESMFold directory: "
+            + "; ".join(problems)
+            + f". Fix: {GET_WEIGHTS_HINT}"
+        )
     return d
 
 
@@ -70,8 +83,10 @@ def load_esmfold(directory: str | os.PathLike, dtype: FoldDtype = "fp32", device
     model, info = EsmForProteinFolding.from_pretrained(str(d), dtype=torch.float32, output_loading_info=True)
     missing = [k for k in info.get("missing_keys", ()) if k != "af2_to_esm"]
     if missing:
-        raise FileNotFoundError(f"--esmfold {d}: weights lack {len(missing)} tensors, e.g. {sorted(missing)[:5]}; "
-                                f"the download is incomplete or not ESMFold. Fix: {GET_WEIGHTS_HINT}")
+        raise FileNotFoundError(
+            f"--esmfold {d}: weights lack {len(missing)} tensors, e.g. {sorted(missing)[:5]}; "
+            f"the download is incomplete or not ESMFold. Fix: {GET_WEIGHTS_HINT}"
+        )
     model = model.float()  # the config's fp16_esm makes __init__ halve the LM: undo it
     if dtype == "bf16":
         model.esm = model.esm.to(torch.bfloat16)  # the LM holds most weights; the trunk stays fp32
@@ -105,10 +120,17 @@ class PlddtScorer:
         num_recycles: None uses the config's ``max_recycles`` (ESMFold: 4).
     """
 
-    def __init__(self, directory: str | os.PathLike, dtype: FoldDtype = "fp32", device: str = "cpu",
-                 token_budget: int = 1024, cache: str | os.PathLike | None = None,
-                 chunk_size: int = DEFAULT_CHUNK_SIZE, chunk_threshold: int = DEFAULT_CHUNK_THRESHOLD,
-                 num_recycles: int | None = None) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        dtype: FoldDtype = "fp32",
+        device: str = "cpu",
+        token_budget: int = 1024,
+        cache: str | os.PathLike | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        chunk_threshold: int = DEFAULT_CHUNK_THRESHOLD,
+        num_recycles: int | None = None,
+    ) -> None:
         self.model = load_esmfold(directory, dtype, device)
         self.key = fingerprint(directory)
         self.token_budget, self.chunk_size, self.chunk_threshold = token_budget, chunk_size, chunk_threshold
@@ -119,7 +141,9 @@ class PlddtScorer:
             try:
                 self._cache = json.loads(self.cache_path.read_text())
             except json.JSONDecodeError as err:
-                raise ValueError(f"pLDDT cache {self.cache_path}: not valid JSON ({err}); delete it to start over") from err
+                raise ValueError(
+                    f"pLDDT cache {self.cache_path}: not valid JSON ({err}); delete it to start over"
+                ) from err
         self.folded = 0  # sequences actually folded (not served from the cache), for tests and logs
 
     @staticmethod
@@ -157,7 +181,9 @@ class PlddtScorer:
             out = self.model(**self._inputs(batch), num_recycles=self.num_recycles)
             for s, p in zip(batch, mean_plddt(out).tolist()):
                 if math.isnan(p):  # NaN: never cache it, say what to do
-                    raise FloatingPointError(f"ESMFold returned NaN pLDDT for a sequence of length {len(s)}; use fp32")
+                    raise FloatingPointError(
+                        f"ESMFold returned NaN pLDDT for a sequence of length {len(s)}; use fp32"
+                    )
                 known[self._hash(s)] = p
             self.folded += len(batch)
             bar.update(len(batch))

@@ -57,8 +57,10 @@ def _use_mmseqs(backend: Backend) -> bool:
     if find_mmseqs() is not None:
         return True
     if backend == "mmseqs":
-        raise FileNotFoundError("backend='mmseqs' but no mmseqs executable found: install MMseqs2 "
-                                "(apt-get install mmseqs2) or set $PLM_MMSEQS, or use backend='python'")
+        raise FileNotFoundError(
+            "backend='mmseqs' but no mmseqs executable found: install MMseqs2 "
+            "(apt-get install mmseqs2) or set $PLM_MMSEQS, or use backend='python'"
+        )
     return False
 
 
@@ -82,7 +84,9 @@ def n_clusters(seqs: Sequence[str], min_identity: float = 0.5, backend: Backend 
     return len(set(greedy_clusters(seqs, min_identity))), "python greedy (Biopython alignment)"
 
 
-def max_identity_to_reference(seqs: Sequence[str], refs: Sequence[str], backend: Backend = "auto") -> tuple[list[float], str]:
+def max_identity_to_reference(
+    seqs: Sequence[str], refs: Sequence[str], backend: Backend = "auto"
+) -> tuple[list[float], str]:
     """Novelty: each sequence's max identity to any reference, and the method used.
 
     MMseqs2 (``easy-search``, identity = identical / aligned residues, the field's standard) when it is
@@ -97,8 +101,11 @@ def max_identity_to_reference(seqs: Sequence[str], refs: Sequence[str], backend:
         from plm.identity.search import best_hits
         from plm.identity.seqio import SeqRecord
 
-        hits = best_hits([SeqRecord(str(i), q) for i, q in enumerate(seqs)],
-                         [SeqRecord(str(i), r) for i, r in enumerate(refs)], MMseqs(progress=False))
+        hits = best_hits(
+            [SeqRecord(str(i), q) for i, q in enumerate(seqs)],
+            [SeqRecord(str(i), r) for i, r in enumerate(refs)],
+            MMseqs(progress=False),
+        )
         return [hits[i].identity if i in hits else 0.0 for i in range(len(seqs))], "mmseqs2 easy-search"
     index = KmerIndex(refs)
     return [index.max_identity(q)[0] for q in seqs], "python k-mer prefilter + global alignment"
@@ -128,7 +135,9 @@ def repeat_fraction(seq: str, max_period: int = MAX_REPEAT_PERIOD) -> float:
     return float(covered.mean())
 
 
-def low_complexity_fraction(seq: str, window: int = SEG_WINDOW, max_entropy: float = SEG_MAX_ENTROPY) -> float:
+def low_complexity_fraction(
+    seq: str, window: int = SEG_WINDOW, max_entropy: float = SEG_MAX_ENTROPY
+) -> float:
     """Share of residues covered by a ``window`` whose Shannon entropy is below ``max_entropy`` bits (SEG-like)."""
     n = len(seq)
     if n == 0:

@@ -50,7 +50,9 @@ class KVCache:
             self.v = [v.new_empty(b, nh, self.max_len, hd) for _ in range(self.n_layer)]
         start, end = self.length, self.length + t
         if end > self.max_len:
-            raise ValueError(f"KV cache full: {end} positions needed, allocated {self.max_len}; raise max_len")
+            raise ValueError(
+                f"KV cache full: {end} positions needed, allocated {self.max_len}; raise max_len"
+            )
         self.k[layer][:, :, start:end] = k
         self.v[layer][:, :, start:end] = v
         if layer == self.n_layer - 1:  # the last layer closes the step
@@ -89,7 +91,9 @@ class SamplingConfig:
         if self.repetition_penalty <= 0:
             problems.append(f"repetition_penalty={self.repetition_penalty} must be > 0")
         if self.max_length < 1 or self.min_length < 0 or self.min_length > self.max_length:
-            problems.append(f"need 0 <= min_length ({self.min_length}) <= max_length ({self.max_length}) and max_length >= 1")
+            problems.append(
+                f"need 0 <= min_length ({self.min_length}) <= max_length ({self.max_length}) and max_length >= 1"
+            )
         if problems:
             raise ValueError("invalid sampling settings: " + "; ".join(problems))
 
@@ -174,12 +178,16 @@ def sample_batch(
         (0 where a row had finished), and a bool (B,) that is True where the row ended with ``<eos>``.
     """
     if prompts.dim() != 2 or not bool((prompts[:, 0] == CLS).all()):
-        raise ValueError(f"prompts must be (B, P) token ids starting with <cls>={CLS}; got shape {tuple(prompts.shape)}")
+        raise ValueError(
+            f"prompts must be (B, P) token ids starting with <cls>={CLS}; got shape {tuple(prompts.shape)}"
+        )
     b, p = prompts.shape
     device = prompts.device
     max_new = cfg.max_length - (p - 1)  # steps left: residues up to max_length (or an earlier <eos>)
     if max_new < 1:
-        raise ValueError(f"prompt has {p - 1} residues; max_length={cfg.max_length} leaves nothing to generate")
+        raise ValueError(
+            f"prompt has {p - 1} residues; max_length={cfg.max_length} leaves nothing to generate"
+        )
     n_residues = torch.full((b,), p - 1, device=device)
     allowed = _allowed_mask(device)
     seen = torch.zeros(b, VOCAB_SIZE, dtype=torch.bool, device=device).scatter_(1, prompts, True)
@@ -210,10 +218,14 @@ def sample_batch(
         if n_steps == max_new or bool(done.all()):
             break
         if use_cache:
-            logits = _next_logits(model, nxt[:, None], torch.full((b, 1), p + n_steps - 1, device=device), cache)
+            logits = _next_logits(
+                model, nxt[:, None], torch.full((b, 1), p + n_steps - 1, device=device), cache
+            )
         else:
             tokens = torch.cat([prompts, out[:, :n_steps]], dim=1)
-            logits = _next_logits(model, tokens, torch.arange(tokens.shape[1], device=device).expand(b, -1), None)
+            logits = _next_logits(
+                model, tokens, torch.arange(tokens.shape[1], device=device).expand(b, -1), None
+            )
     return torch.cat([prompts, out[:, :n_steps]], dim=1), logps[:, :n_steps], ended
 
 
@@ -263,8 +275,12 @@ def generate(
                 ids = [t for t in tokens[r, 1:].tolist() if t not in (PAD, EOS)]
                 n_scored = int((tokens[r, length:] != PAD).sum())
                 results[i] = Sample(
-                    sequence=decode(ids), prompt=prompt_list[i], stop="eos" if bool(ended[r]) else "length",
-                    logprob=float(logps[r].sum()), n_scored=n_scored, tokens=tokens[r].tolist(),
+                    sequence=decode(ids),
+                    prompt=prompt_list[i],
+                    stop="eos" if bool(ended[r]) else "length",
+                    logprob=float(logps[r].sum()),
+                    n_scored=n_scored,
+                    tokens=tokens[r].tolist(),
                 )
             bar.update(len(rows))
     bar.close()

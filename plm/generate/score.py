@@ -76,8 +76,13 @@ def _stats(values: list[float]) -> dict[str, float]:
     v = np.array([x for x in values if not math.isnan(x)], dtype=np.float64)
     if not len(v):
         return {}
-    return {"mean": float(v.mean()), "median": float(np.median(v)), "std": float(v.std()), "min": float(v.min()),
-            "max": float(v.max())}
+    return {
+        "mean": float(v.mean()),
+        "median": float(np.median(v)),
+        "std": float(v.std()),
+        "min": float(v.min()),
+        "max": float(v.max()),
+    }
 
 
 def _add_metric(rows: list[dict[str, Any]], summary: dict[str, Any], name: str, values: list[float]) -> None:
@@ -144,8 +149,11 @@ class _Stages:
                 print(f"[{self.k}/{len(self.names)}] {name} …", file=sys.stderr, flush=True)
             yield
             if self.enabled:
-                print(f"[{self.k}/{len(self.names)}] {name}: done in {time.perf_counter() - t0:.1f} s",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"[{self.k}/{len(self.names)}] {name}: done in {time.perf_counter() - t0:.1f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
         return stage()
 
@@ -155,8 +163,16 @@ def score(fasta: str | Path, out: str | Path, opts: ScoreOptions | None = None) 
     opts = opts or ScoreOptions()
     check_inputs(fasta, opts)
     names = ["sequence statistics", "pairwise identity and clusters"]
-    names += [n for n, on in (("novelty against --reference", opts.reference), ("CLM perplexity", opts.clm),
-                              ("MLM pseudo-perplexity", opts.mlm), ("ESMFold pLDDT", opts.esmfold)) if on]
+    names += [
+        n
+        for n, on in (
+            ("novelty against --reference", opts.reference),
+            ("CLM perplexity", opts.clm),
+            ("MLM pseudo-perplexity", opts.mlm),
+            ("ESMFold pLDDT", opts.esmfold),
+        )
+        if on
+    ]
     stage = _Stages(names, opts.progress)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -168,14 +184,20 @@ def score(fasta: str | Path, out: str | Path, opts: ScoreOptions | None = None) 
     with stage("sequence statistics"):
         _add_metric(rows, summary, "repeat_fraction", [metrics.repeat_fraction(s) for s in seqs])
         summary["repetitive_share"] = float(np.mean([r["repeat_fraction"] > REPETITIVE_ABOVE for r in rows]))
-        _add_metric(rows, summary, "low_complexity_fraction", [metrics.low_complexity_fraction(s) for s in seqs])
+        _add_metric(
+            rows, summary, "low_complexity_fraction", [metrics.low_complexity_fraction(s) for s in seqs]
+        )
 
     with stage("pairwise identity and clusters"):
         pairwise = metrics.pairwise_identities(seqs, max_pairs=opts.max_pairs)
         summary["pairwise_identity"] = _stats(pairwise.tolist())
         n_clu, method = metrics.n_clusters(seqs, opts.cluster_identity, opts.cluster_backend)
-    summary["clusters"] = {"min_identity": opts.cluster_identity, "count": n_clu, "method": method,
-                           "per_sequence": n_clu / len(seqs)}
+    summary["clusters"] = {
+        "min_identity": opts.cluster_identity,
+        "count": n_clu,
+        "method": method,
+        "per_sequence": n_clu / len(seqs),
+    }
 
     if opts.reference:
         with stage("novelty against --reference"):
@@ -209,8 +231,13 @@ def score(fasta: str | Path, out: str | Path, opts: ScoreOptions | None = None) 
         from plm.generate.fold import PlddtScorer
 
         with stage("ESMFold pLDDT"):
-            scorer = PlddtScorer(opts.esmfold, opts.fold_dtype, opts.device, opts.fold_token_budget,
-                                 cache=opts.fold_cache or out / "plddt_cache.json")
+            scorer = PlddtScorer(
+                opts.esmfold,
+                opts.fold_dtype,
+                opts.device,
+                opts.fold_token_budget,
+                cache=opts.fold_cache or out / "plddt_cache.json",
+            )
             _add_metric(rows, summary, "plddt", scorer(seqs, progress=opts.progress))
         summary["plddt_confident_share"] = float(np.mean([r["plddt"] > PLDDT_CONFIDENT for r in rows]))
     else:
@@ -221,10 +248,14 @@ def score(fasta: str | Path, out: str | Path, opts: ScoreOptions | None = None) 
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(out / "summary.md", render_markdown(summary))
     _histogram(pairwise, "pairwise identity", "identity", out / "hist_pairwise_identity.png")
-    for key, label in [("plddt", "mean pLDDT"), ("clm_perplexity", "CLM perplexity"),
-                       ("mlm_pseudo_perplexity", "MLM pseudo-perplexity"),
-                       ("max_identity_to_reference", "max identity to reference"),
-                       ("repeat_fraction", "repeat fraction"), ("length", "length")]:
+    for key, label in [
+        ("plddt", "mean pLDDT"),
+        ("clm_perplexity", "CLM perplexity"),
+        ("mlm_pseudo_perplexity", "MLM pseudo-perplexity"),
+        ("max_identity_to_reference", "max identity to reference"),
+        ("repeat_fraction", "repeat fraction"),
+        ("length", "length"),
+    ]:
         if key in rows[0]:
             _histogram([r[key] for r in rows], label, label, out / f"hist_{key}.png")
     return summary
@@ -247,39 +278,62 @@ def render_markdown(s: dict[str, Any]) -> str:
             return None
         return f"| {label} | {fmt.format(st['mean'])} | {fmt.format(st['median'])} | {fmt.format(st['min'])} | {fmt.format(st['max'])} |"
 
-    out = [f"# Generation scores: {s['fasta']}", "", f"{s['n']} sequences.", "",
-           "| metric | mean | median | min | max |", "|---|---|---|---|---|"]
-    for label, key, fmt in [("length", "length", "{:.1f}"), ("mean pLDDT", "plddt", "{:.1f}"),
-                            ("CLM perplexity", "clm_perplexity", "{:.2f}"),
-                            ("MLM pseudo-perplexity", "mlm_pseudo_perplexity", "{:.2f}"),
-                            ("pairwise identity", "pairwise_identity", "{:.3f}"),
-                            ("max identity to reference", "max_identity_to_reference", "{:.3f}"),
-                            ("repeat fraction", "repeat_fraction", "{:.3f}"),
-                            ("low-complexity fraction", "low_complexity_fraction", "{:.3f}")]:
+    out = [
+        f"# Generation scores: {s['fasta']}",
+        "",
+        f"{s['n']} sequences.",
+        "",
+        "| metric | mean | median | min | max |",
+        "|---|---|---|---|---|",
+    ]
+    for label, key, fmt in [
+        ("length", "length", "{:.1f}"),
+        ("mean pLDDT", "plddt", "{:.1f}"),
+        ("CLM perplexity", "clm_perplexity", "{:.2f}"),
+        ("MLM pseudo-perplexity", "mlm_pseudo_perplexity", "{:.2f}"),
+        ("pairwise identity", "pairwise_identity", "{:.3f}"),
+        ("max identity to reference", "max_identity_to_reference", "{:.3f}"),
+        ("repeat fraction", "repeat_fraction", "{:.3f}"),
+        ("low-complexity fraction", "low_complexity_fraction", "{:.3f}"),
+    ]:
         row = line(label, key, fmt)
         if row:
             out.append(row)
     c = s["clusters"]
-    out += ["", f"- clusters at {c['min_identity']:.0%} identity: **{c['count']}** of {s['n']} ({c['method']})",
-            f"- repetitive sequences (repeat fraction > {REPETITIVE_ABOVE}): {s['repetitive_share']:.1%}"]
+    out += [
+        "",
+        f"- clusters at {c['min_identity']:.0%} identity: **{c['count']}** of {s['n']} ({c['method']})",
+        f"- repetitive sequences (repeat fraction > {REPETITIVE_ABOVE}): {s['repetitive_share']:.1%}",
+    ]
     if "plddt_confident_share" in s:
         out.append(f"- pLDDT > {PLDDT_CONFIDENT:.0f}: {s['plddt_confident_share']:.1%}")
     if "novel_share" in s:
-        out.append(f"- novel (< {NOVEL_BELOW:.0%} identity to every reference): {s['novel_share']:.1%} "
-                   f"({s['max_identity_to_reference']['method']})")
+        out.append(
+            f"- novel (< {NOVEL_BELOW:.0%} identity to every reference): {s['novel_share']:.1%} "
+            f"({s['max_identity_to_reference']['method']})"
+        )
     for name, flag in s["not_computed"].items():
         out.append(f"- {name}: not computed (pass {flag})")
     return "\n".join(out) + "\n"
 
 
-def score_command(fasta: str, /, out: str, esmfold: str | None = None,
-                  fold_dtype: Literal["fp32", "bf16"] = ScoreOptions.fold_dtype,
-                  fold_token_budget: int = ScoreOptions.fold_token_budget, fold_cache: str | None = None,
-                  clm: str | None = None, mlm: str | None = None, reference: str | None = None,
-                  cluster_identity: float = ScoreOptions.cluster_identity,
-                  cluster_backend: metrics.Backend = ScoreOptions.cluster_backend,
-                  novelty_backend: metrics.Backend = ScoreOptions.novelty_backend, max_pairs: int = ScoreOptions.max_pairs,
-                  device: str = ScoreOptions.device) -> int:
+def score_command(
+    fasta: str,
+    /,
+    out: str,
+    esmfold: str | None = None,
+    fold_dtype: Literal["fp32", "bf16"] = ScoreOptions.fold_dtype,
+    fold_token_budget: int = ScoreOptions.fold_token_budget,
+    fold_cache: str | None = None,
+    clm: str | None = None,
+    mlm: str | None = None,
+    reference: str | None = None,
+    cluster_identity: float = ScoreOptions.cluster_identity,
+    cluster_backend: metrics.Backend = ScoreOptions.cluster_backend,
+    novelty_backend: metrics.Backend = ScoreOptions.novelty_backend,
+    max_pairs: int = ScoreOptions.max_pairs,
+    device: str = ScoreOptions.device,
+) -> int:
     """Score generated proteins: pLDDT (ESMFold), perplexity, diversity, novelty, repeats.
 
     The defaults are ScoreOptions'.
@@ -301,10 +355,20 @@ def score_command(fasta: str, /, out: str, esmfold: str | None = None,
         max_pairs: pairs sampled for the pairwise identity distribution
         device: torch device for the models
     """
-    opts = ScoreOptions(esmfold=esmfold, fold_dtype=fold_dtype, fold_token_budget=fold_token_budget,
-                        fold_cache=fold_cache, clm=clm, mlm=mlm, reference=reference,
-                        cluster_identity=cluster_identity, cluster_backend=cluster_backend,
-                        novelty_backend=novelty_backend, max_pairs=max_pairs, device=device)
+    opts = ScoreOptions(
+        esmfold=esmfold,
+        fold_dtype=fold_dtype,
+        fold_token_budget=fold_token_budget,
+        fold_cache=fold_cache,
+        clm=clm,
+        mlm=mlm,
+        reference=reference,
+        cluster_identity=cluster_identity,
+        cluster_backend=cluster_backend,
+        novelty_backend=novelty_backend,
+        max_pairs=max_pairs,
+        device=device,
+    )
     score(fasta, out, opts)
     print((Path(out) / "summary.md").read_text())
     return 0

@@ -26,8 +26,15 @@ def check_input(fasta: str | Path) -> None:
         raise FileNotFoundError(f"--in {fasta}: no such file; give the FASTA(.gz) to cluster")
 
 
-def cluster(fasta: str | Path, out: str | Path, backend: Backend, min_identity: float, coverage: float = 0.8,
-            cov_mode: int = 0, linclust: bool = False) -> dict:
+def cluster(
+    fasta: str | Path,
+    out: str | Path,
+    backend: Backend,
+    min_identity: float,
+    coverage: float = 0.8,
+    cov_mode: int = 0,
+    linclust: bool = False,
+) -> dict:
     """Write the cluster TSV to ``out`` (and ``out`` + ``.json`` with counts); returns the counts."""
     if not 0.0 < min_identity <= 1.0:
         raise ValueError(f"--min-identity {min_identity}: must be a fraction in (0, 1]")
@@ -40,7 +47,9 @@ def cluster(fasta: str | Path, out: str | Path, backend: Backend, min_identity: 
     else:
         with backend.workdir() as tmp:
             write_indexed_fasta(records, tmp / "in.fasta")
-            backend.easy_cluster(tmp / "in.fasta", tmp / "clu.tsv", min_identity, coverage, cov_mode, linclust)
+            backend.easy_cluster(
+                tmp / "in.fasta", tmp / "clu.tsv", min_identity, coverage, cov_mode, linclust
+            )
             with open(tmp / "clu.tsv") as fh:
                 rows = [(records[int(a)].id, records[int(b)].id) for a, b in csv.reader(fh, delimiter="\t")]
     out = Path(out)
@@ -50,17 +59,31 @@ def cluster(fasta: str | Path, out: str | Path, backend: Backend, min_identity: 
     for rep, _ in rows:
         sizes[rep] = sizes.get(rep, 0) + 1
     summary = {
-        "in": str(fasta), "out": str(out), "min_identity": min_identity, "coverage": coverage, "cov_mode": cov_mode,
-        "algorithm": "easy-linclust" if linclust else "easy-cluster", "method": method_name(backend),
-        "records": len(records), "clusters": len(sizes), "singletons": sum(v == 1 for v in sizes.values()),
+        "in": str(fasta),
+        "out": str(out),
+        "min_identity": min_identity,
+        "coverage": coverage,
+        "cov_mode": cov_mode,
+        "algorithm": "easy-linclust" if linclust else "easy-cluster",
+        "method": method_name(backend),
+        "records": len(records),
+        "clusters": len(sizes),
+        "singletons": sum(v == 1 for v in sizes.values()),
         "largest_cluster": max(sizes.values()),
     }
     atomic_write_text(Path(str(out) + ".json"), json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def cluster_command(fasta: Annotated[str, Flag("--in")], out: str, min_identity: float, coverage: float = 0.8,
-                    cov_mode: int = 0, linclust: bool = False, search: BackendOptions = AUTO_BACKEND) -> int:
+def cluster_command(
+    fasta: Annotated[str, Flag("--in")],
+    out: str,
+    min_identity: float,
+    coverage: float = 0.8,
+    cov_mode: int = 0,
+    linclust: bool = False,
+    search: BackendOptions = AUTO_BACKEND,
+) -> int:
     """Cluster a FASTA at a min identity into a ``representative<TAB>member`` TSV.
 
     Args:
@@ -74,8 +97,10 @@ def cluster_command(fasta: Annotated[str, Flag("--in")], out: str, min_identity:
     """
     check_input(fasta)  # before `--backend auto` may warn about mmseqs
     s = cluster(fasta, out, search.resolve(), min_identity, coverage, cov_mode, linclust)
-    print(f"{s['in']}: {s['records']:,} records → {s['clusters']:,} clusters at {s['min_identity']:.0%} identity "
-          f"({s['singletons']:,} singletons, largest {s['largest_cluster']:,}) [{s['method']}] → {s['out']}")
+    print(
+        f"{s['in']}: {s['records']:,} records → {s['clusters']:,} clusters at {s['min_identity']:.0%} identity "
+        f"({s['singletons']:,} singletons, largest {s['largest_cluster']:,}) [{s['method']}] → {s['out']}"
+    )
     return 0
 
 

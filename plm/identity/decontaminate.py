@@ -37,12 +37,16 @@ def read_exclusions(store_dir: str | Path) -> np.ndarray:
 def check_inputs(train: str | Path, against: list[str | Path]) -> None:
     """A missing ``--train`` or ``--against`` fails here, before a backend is chosen or anything is read."""
     if not Path(train).exists():
-        raise FileNotFoundError(f"--train {train}: no such FASTA file or prepared store directory; give the "
-                                "training FASTA(.gz) or a directory `plm data prepare` wrote")
+        raise FileNotFoundError(
+            f"--train {train}: no such FASTA file or prepared store directory; give the "
+            "training FASTA(.gz) or a directory `plm data prepare` wrote"
+        )
     missing = [str(p) for p in against if not Path(p).is_file()]
     if missing:
-        raise FileNotFoundError(f"--against: evaluation file(s) not found: {', '.join(missing)}; "
-                                "give existing FASTA or CSV/TSV files of the evaluation sequences")
+        raise FileNotFoundError(
+            f"--against: evaluation file(s) not found: {', '.join(missing)}; "
+            "give existing FASTA or CSV/TSV files of the evaluation sequences"
+        )
 
 
 def load_evaluation(paths: list[str | Path]) -> list[SeqRecord]:
@@ -75,23 +79,40 @@ def decontaminate(
     check_inputs(train, against)
     evaluation = load_evaluation(against)
     out.mkdir(parents=True, exist_ok=True)
-    parts = {k: read_store(v) for k, v in store_splits(train).items()} if train.is_dir() else {"-": read_train(train)}
+    parts = (
+        {k: read_store(v) for k, v in store_splits(train).items()}
+        if train.is_dir()
+        else {"-": read_train(train)}
+    )
 
     rows, outputs, per_split = [], [], {}
     for split, records in parts.items():
         hits = best_hits(records, evaluation, backend, min_identity, coverage, cov_mode, evalue)
         exact = exact_hits(records, evaluation)
         removed = sorted(hits)
-        per_split[split] = {"records": len(records), "removed": len(removed),
-                            "removed_exact": sum(i in exact for i in removed)}
+        per_split[split] = {
+            "records": len(records),
+            "removed": len(removed),
+            "removed_exact": sum(i in exact for i in removed),
+        }
         for i in removed:
-            rows.append((split, i, records[i].id, evaluation[hits[i].target].id, f"{hits[i].identity:.3f}",
-                         int(i in exact)))
+            rows.append(
+                (
+                    split,
+                    i,
+                    records[i].id,
+                    evaluation[hits[i].target].id,
+                    f"{hits[i].identity:.3f}",
+                    int(i in exact),
+                )
+            )
         if list_only:
             continue
         if train.is_dir():
             store_dir = store_splits(train)[split]
-            merged = np.union1d(read_exclusions(store_dir), np.asarray(removed, dtype=np.int64)).astype(np.int64)
+            merged = np.union1d(read_exclusions(store_dir), np.asarray(removed, dtype=np.int64)).astype(
+                np.int64
+            )
             with atomic_file(store_dir / EXCLUDE_FILE) as fh:  # training reads it: whole or not at all
                 np.save(fh, merged)
             outputs.append(str(store_dir / EXCLUDE_FILE))
@@ -109,21 +130,37 @@ def decontaminate(
     for row in rows:
         by_eval[row[3].split(":", 1)[0]] = by_eval.get(row[3].split(":", 1)[0], 0) + 1
     summary = {
-        "train": str(train), "against": [str(p) for p in against], "evaluation_sequences": len(evaluation),
-        "min_identity": min_identity, "coverage": coverage, "cov_mode": cov_mode, "evalue": evalue,
-        "method": method_name(backend), "list_only": list_only,
+        "train": str(train),
+        "against": [str(p) for p in against],
+        "evaluation_sequences": len(evaluation),
+        "min_identity": min_identity,
+        "coverage": coverage,
+        "cov_mode": cov_mode,
+        "evalue": evalue,
+        "method": method_name(backend),
+        "list_only": list_only,
         "records": sum(s["records"] for s in per_split.values()),
-        "removed": len(rows), "removed_exact": sum(s["removed_exact"] for s in per_split.values()),
-        "splits": per_split, "removed_by_eval_file": by_eval,
+        "removed": len(rows),
+        "removed_exact": sum(s["removed_exact"] for s in per_split.values()),
+        "splits": per_split,
+        "removed_by_eval_file": by_eval,
         "outputs": [str(out / REPORT_FILE), *outputs],
     }
     atomic_write_text(out / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def decontaminate_command(train: str, against: list[str], out: str, min_identity: float = 0.5,
-                          list_only: bool = False, coverage: float = 0.0, cov_mode: int = 0, evalue: float = 1e-3,
-                          search: BackendOptions = AUTO_BACKEND) -> int:
+def decontaminate_command(
+    train: str,
+    against: list[str],
+    out: str,
+    min_identity: float = 0.5,
+    list_only: bool = False,
+    coverage: float = 0.0,
+    cov_mode: int = 0,
+    evalue: float = 1e-3,
+    search: BackendOptions = AUTO_BACKEND,
+) -> int:
     """Drop training records too similar to any evaluation sequence.
 
     Args:
@@ -138,10 +175,14 @@ def decontaminate_command(train: str, against: list[str], out: str, min_identity
         search: identity backend
     """
     check_inputs(train, against)  # before `--backend auto` may warn about mmseqs
-    s = decontaminate(train, against, out, search.resolve(), min_identity, list_only, coverage, cov_mode, evalue)
+    s = decontaminate(
+        train, against, out, search.resolve(), min_identity, list_only, coverage, cov_mode, evalue
+    )
     verb = "would remove" if s["list_only"] else "removed"
-    print(f"{s['train']}: {verb} {s['removed']:,} of {s['records']:,} records at >= {s['min_identity']:.0%} identity "
-          f"({s['removed_exact']:,} exact) [{s['method']}]; report: {out}/{REPORT_FILE}")
+    print(
+        f"{s['train']}: {verb} {s['removed']:,} of {s['records']:,} records at >= {s['min_identity']:.0%} identity "
+        f"({s['removed_exact']:,} exact) [{s['method']}]; report: {out}/{REPORT_FILE}"
+    )
     return 0
 
 

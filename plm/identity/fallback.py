@@ -48,8 +48,9 @@ def best_hits(queries: list[SeqRecord], targets: list[SeqRecord], k: int = DEFAU
     return out
 
 
-def greedy_clusters(records: list[SeqRecord], min_identity: float,
-                    k: int = DEFAULT_K) -> list[tuple[str, str]]:
+def greedy_clusters(
+    records: list[SeqRecord], min_identity: float, k: int = DEFAULT_K
+) -> list[tuple[str, str]]:
     """CD-HIT-style greedy clustering (``plm.identity.pairwise.greedy_clusters``, each record aligned to
     the representatives sharing most k-mers only). Returns (representative id, member id) rows."""
     _check_size(len(records), len(records))

@@ -73,8 +73,11 @@ def require_mmseqs(executable: str | os.PathLike | None = None) -> Path:
     path = find_mmseqs(executable)
     if path is None:
         given = executable or os.environ.get(ENV_VAR)
-        where = f"{given!r} (from {'--mmseqs' if executable else ENV_VAR}) is not an executable" if given \
+        where = (
+            f"{given!r} (from {'--mmseqs' if executable else ENV_VAR}) is not an executable"
+            if given
             else "no `mmseqs` on PATH"
+        )
         raise MMseqsNotFoundError(f"MMseqs2 not found: {where}; {INSTALL_HINT}")
     return path
 
@@ -116,7 +119,9 @@ class MMseqs:
         self.path = require_mmseqs(self.executable)
 
     def version(self) -> str:
-        return subprocess.run([str(self.path), "version"], capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(
+            [str(self.path), "version"], capture_output=True, text=True, check=True
+        ).stdout.strip()
 
     @contextmanager
     def workdir(self) -> Iterator[Path]:
@@ -138,8 +143,9 @@ class MMseqs:
             status = Console(stderr=True).status(f"mmseqs {what} …")
             status.start()
         try:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                    errors="replace", bufsize=1)
+            proc = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1
+            )
             assert proc.stdout is not None
             for line in proc.stdout:
                 line = line.rstrip()
@@ -153,7 +159,9 @@ class MMseqs:
                 status.stop()
         if rc != 0:
             log = "\n".join(tail)
-            raise MMseqsError(f"mmseqs {what} failed (exit {rc}): {' '.join(cmd)}\n--- last output ---\n{log}")
+            raise MMseqsError(
+                f"mmseqs {what} failed (exit {rc}): {' '.join(cmd)}\n--- last output ---\n{log}"
+            )
         if self.progress:
             print(f"mmseqs {what}: done in {time.monotonic() - start:.1f}s", file=sys.stderr)
 
@@ -185,11 +193,31 @@ class MMseqs:
         with self.workdir() as tmp:
             result = Path(out) if out else tmp / "hits.tsv"
             args = [
-                "easy-search", str(query), str(target), str(result), str(tmp / "tmp"),
-                "--format-output", ",".join(SEARCH_COLUMNS), "--threads", str(self.threads),
-                "-s", str(self.sensitivity), "--min-seq-id", str(min_identity), "--alignment-mode", "3",
-                "-c", str(coverage), "--cov-mode", str(cov_mode), "-e", str(evalue),
-                "--max-seqs", str(max_seqs), "-v", "2",
+                "easy-search",
+                str(query),
+                str(target),
+                str(result),
+                str(tmp / "tmp"),
+                "--format-output",
+                ",".join(SEARCH_COLUMNS),
+                "--threads",
+                str(self.threads),
+                "-s",
+                str(self.sensitivity),
+                "--min-seq-id",
+                str(min_identity),
+                "--alignment-mode",
+                "3",
+                "-c",
+                str(coverage),
+                "--cov-mode",
+                str(cov_mode),
+                "-e",
+                str(evalue),
+                "--max-seqs",
+                str(max_seqs),
+                "-v",
+                "2",
             ]
             if exhaustive:
                 args += ["--exhaustive-search", "1"]
@@ -216,8 +244,22 @@ class MMseqs:
         with self.workdir() as tmp:
             prefix = tmp / "clu"
             self.run(
-                [workflow, str(fasta), str(prefix), str(tmp / "tmp"), "--min-seq-id", str(min_identity),
-                 "-c", str(coverage), "--cov-mode", str(cov_mode), "--threads", str(self.threads), "-v", "2"],
+                [
+                    workflow,
+                    str(fasta),
+                    str(prefix),
+                    str(tmp / "tmp"),
+                    "--min-seq-id",
+                    str(min_identity),
+                    "-c",
+                    str(coverage),
+                    "--cov-mode",
+                    str(cov_mode),
+                    "--threads",
+                    str(self.threads),
+                    "-v",
+                    "2",
+                ],
                 f"{workflow} {Path(fasta).name} at {min_identity:.0%}",
             )
             out_tsv = Path(out_tsv)

@@ -33,8 +33,10 @@ def _aligner() -> Any:
     try:
         from Bio.Align import PairwiseAligner, substitution_matrices
     except ImportError as err:
-        raise ImportError("sequence identity aligns with Biopython, which is not installed: "
-                          "`pip install biopython` (or reinstall plm: it is a dependency)") from err
+        raise ImportError(
+            "sequence identity aligns with Biopython, which is not installed: "
+            "`pip install biopython` (or reinstall plm: it is a dependency)"
+        ) from err
     aligner = PairwiseAligner(mode="global")
     aligner.substitution_matrix = substitution_matrices.load(MATRIX)
     aligner.open_gap_score, aligner.extend_gap_score = GAP_OPEN, GAP_EXTEND
@@ -97,8 +99,9 @@ class KmerIndex:
         return best, best_ref
 
 
-def greedy_clusters(seqs: Sequence[str], min_identity: float, top: int | None = None,
-                    k: int = KMER) -> list[int]:
+def greedy_clusters(
+    seqs: Sequence[str], min_identity: float, top: int | None = None, k: int = KMER
+) -> list[int]:
     """The representative (an index into ``seqs``) of each sequence, CD-HIT's greedy incremental scheme.
 
     Longest first, each sequence joins the earliest-founded representative it reaches ``min_identity``

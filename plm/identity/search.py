@@ -57,22 +57,38 @@ class BackendOptions:
 
     def resolve(self) -> Backend:
         """The backend to search with (``auto`` warns when it falls back: call it after checking the inputs)."""
-        return resolve_backend(self.backend, executable=self.mmseqs, threads=self.threads, tmp_root=self.tmp_dir,
-                               sensitivity=self.sensitivity, progress=not self.quiet)
+        return resolve_backend(
+            self.backend,
+            executable=self.mmseqs,
+            threads=self.threads,
+            tmp_root=self.tmp_dir,
+            sensitivity=self.sensitivity,
+            progress=not self.quiet,
+        )
 
 
 AUTO_BACKEND = BackendOptions()  # the default of every flag: mmseqs if installed, else the fallback
 
 
-def resolve_backend(name: BackendName = "auto", executable: str | None = None, threads: int = 1,
-                    tmp_root: str | None = None, sensitivity: float = 5.7, progress: bool = True) -> Backend:
+def resolve_backend(
+    name: BackendName = "auto",
+    executable: str | None = None,
+    threads: int = 1,
+    tmp_root: str | None = None,
+    sensitivity: float = 5.7,
+    progress: bool = True,
+) -> Backend:
     if name == "fallback" or (name == "auto" and find_mmseqs(executable) is None):
         if name == "auto":
-            print("warning: mmseqs not found; using the APPROXIMATE pure-Python fallback (tiny inputs only). "
-                  "Install MMseqs2 with `apt-get install mmseqs2` for real results.", file=sys.stderr)
+            print(
+                "warning: mmseqs not found; using the APPROXIMATE pure-Python fallback (tiny inputs only). "
+                "Install MMseqs2 with `apt-get install mmseqs2` for real results.",
+                file=sys.stderr,
+            )
         return Fallback()
-    return MMseqs(executable=executable, threads=threads, tmp_root=tmp_root, sensitivity=sensitivity,
-                  progress=progress)
+    return MMseqs(
+        executable=executable, threads=threads, tmp_root=tmp_root, sensitivity=sensitivity, progress=progress
+    )
 
 
 def _digest(seq: str) -> bytes:
@@ -110,8 +126,15 @@ def best_hits(
         with backend.workdir() as tmp:
             write_indexed_fasta(queries, tmp / "query.fasta")
             write_indexed_fasta(targets, tmp / "target.fasta")
-            hits = backend.easy_search(tmp / "query.fasta", tmp / "target.fasta", min_identity=min_identity,
-                                       coverage=coverage, cov_mode=cov_mode, evalue=evalue, exhaustive=exhaustive)
+            hits = backend.easy_search(
+                tmp / "query.fasta",
+                tmp / "target.fasta",
+                min_identity=min_identity,
+                coverage=coverage,
+                cov_mode=cov_mode,
+                evalue=evalue,
+                exhaustive=exhaustive,
+            )
         found = {}
         for h in hits:
             qi, ti = int(h.query), int(h.target)

@@ -69,7 +69,9 @@ def _fasta_sequences(path: Path) -> Iterator[SeqRecord]:
 
 
 def _table_sequences(path: Path, delimiter: str) -> Iterator[SeqRecord]:
-    with io.TextIOWrapper(open_binary(path, "sequence table"), encoding="utf-8", errors="replace", newline="") as fh:
+    with io.TextIOWrapper(
+        open_binary(path, "sequence table"), encoding="utf-8", errors="replace", newline=""
+    ) as fh:
         reader = csv.DictReader(fh, delimiter=delimiter)
         column = next((c for c in SEQUENCE_COLUMNS if c in (reader.fieldnames or [])), None)
         if column is None:
@@ -105,8 +107,11 @@ def store_splits(directory: str | os.PathLike) -> dict[str, Path]:
     directory = Path(directory)
     if (directory / TOKENS_FILE).is_file():
         return {directory.name: directory}
-    splits = {p.parent.name: p.parent for p in sorted(directory.glob(f"*/{TOKENS_FILE}"))
-              if (p.parent / OFFSETS_FILE).is_file()}
+    splits = {
+        p.parent.name: p.parent
+        for p in sorted(directory.glob(f"*/{TOKENS_FILE}"))
+        if (p.parent / OFFSETS_FILE).is_file()
+    }
     if not splits:
         raise FileNotFoundError(
             f"{directory}: not a prepared store (no {TOKENS_FILE} + {OFFSETS_FILE} in it or in its split "
@@ -136,10 +141,18 @@ def write_fasta(records: Iterable[SeqRecord], path: str | os.PathLike, width: in
     path = Path(path)
     n = 0
     with atomic_file(path) as raw:
-        gz = gzip.GzipFile(fileobj=raw, mode="wb") if path.name.endswith(".gz") else contextlib.nullcontext(raw)
+        gz = (
+            gzip.GzipFile(fileobj=raw, mode="wb")
+            if path.name.endswith(".gz")
+            else contextlib.nullcontext(raw)
+        )
         with gz as sink:
             for rec in records:
-                seq = rec.seq if width <= 0 else "\n".join(rec.seq[i : i + width] for i in range(0, len(rec.seq), width))
+                seq = (
+                    rec.seq
+                    if width <= 0
+                    else "\n".join(rec.seq[i : i + width] for i in range(0, len(rec.seq), width))
+                )
                 header = f"{rec.id} {rec.description}" if rec.description else rec.id
                 sink.write(f">{header}\n{seq}\n".encode())
                 n += 1

@@ -50,12 +50,16 @@ def bin_of(identity: float, bounds: list[float]) -> int:
 def check_inputs(source: str | Path, train: list[str | Path]) -> None:
     """A missing ``--source`` or ``--train`` fails here, before a backend is chosen or anything is read."""
     if not Path(source).is_file():
-        raise FileNotFoundError(f"--source {source}: no such file; give the candidate held-out sequences "
-                                "as a FASTA or CSV/TSV file")
+        raise FileNotFoundError(
+            f"--source {source}: no such file; give the candidate held-out sequences "
+            "as a FASTA or CSV/TSV file"
+        )
     missing = [str(p) for p in train if not Path(p).exists()]
     if missing:
-        raise FileNotFoundError(f"--train: not found: {', '.join(missing)}; give existing training FASTA file(s) "
-                                "or directories `plm data prepare` wrote")
+        raise FileNotFoundError(
+            f"--train: not found: {', '.join(missing)}; give existing training FASTA file(s) "
+            "or directories `plm data prepare` wrote"
+        )
 
 
 def load_training(paths: list[str | Path]) -> list[SeqRecord]:
@@ -70,8 +74,15 @@ def load_training(paths: list[str | Path]) -> list[SeqRecord]:
     return out
 
 
-def split_by_identity(source: str | Path, train: list[str | Path], bounds: list[float], out: str | Path,
-                      backend: Backend, evalue: float = 1e-3, exhaustive: bool = False) -> dict:
+def split_by_identity(
+    source: str | Path,
+    train: list[str | Path],
+    bounds: list[float],
+    out: str | Path,
+    backend: Backend,
+    evalue: float = 1e-3,
+    exhaustive: bool = False,
+) -> dict:
     """Bin ``source`` records by max identity to ``train``; writes the files described in the module doc."""
     bounds = parse_bins(bounds)
     check_inputs(source, train)
@@ -97,14 +108,29 @@ def split_by_identity(source: str | Path, train: list[str | Path], bounds: list[
         w = csv.writer(fh, delimiter="\t", lineterminator="\n")
         w.writerow(["id", "max_identity", "best_train_hit", "bin"])
         for i, r in enumerate(records):
-            w.writerow([r.id, f"{ident[i]:.3f}", training[hits[i].target].id if i in hits else "",
-                        names[bin_of(ident[i], bounds)]])
+            w.writerow(
+                [
+                    r.id,
+                    f"{ident[i]:.3f}",
+                    training[hits[i].target].id if i in hits else "",
+                    names[bin_of(ident[i], bounds)],
+                ]
+            )
     summary = {
-        "source": str(source), "train": [str(p) for p in train], "bins": bounds, "method": method_name(backend),
-        "evalue": evalue, "records": len(records), "training_records": len(training), "files": files,
+        "source": str(source),
+        "train": [str(p) for p in train],
+        "bins": bounds,
+        "method": method_name(backend),
+        "evalue": evalue,
+        "records": len(records),
+        "training_records": len(training),
+        "files": files,
         "disjoint_bins": {
-            n: {"records": len(idx), "min_identity": min((ident[i] for i in idx), default=None),
-                "max_identity": max((ident[i] for i in idx), default=None)}
+            n: {
+                "records": len(idx),
+                "min_identity": min((ident[i] for i in idx), default=None),
+                "max_identity": max((ident[i] for i in idx), default=None),
+            }
             for n, idx in zip(names, members)
         },
     }
@@ -112,8 +138,15 @@ def split_by_identity(source: str | Path, train: list[str | Path], bounds: list[
     return summary
 
 
-def split_command(source: str, train: list[str], out: str, bins: str = "0.5,0.9", evalue: float = 1e-3,
-                  exhaustive: bool = False, search: BackendOptions = AUTO_BACKEND) -> int:
+def split_command(
+    source: str,
+    train: list[str],
+    out: str,
+    bins: str = "0.5,0.9",
+    evalue: float = 1e-3,
+    exhaustive: bool = False,
+    search: BackendOptions = AUTO_BACKEND,
+) -> int:
     """Held-out sets binned by max identity to the training data.
 
     Args:
@@ -128,8 +161,10 @@ def split_command(source: str, train: list[str], out: str, bins: str = "0.5,0.9"
     check_inputs(source, train)  # before `--backend auto` may warn about mmseqs
     s = split_by_identity(source, train, bins, out, search.resolve(), evalue, exhaustive)
     counts = ", ".join(f"{n}: {v['records']:,}" for n, v in s["disjoint_bins"].items())
-    print(f"{s['source']}: {s['records']:,} records binned by max identity to {s['training_records']:,} "
-          f"training records [{s['method']}]: {counts} → {out}")
+    print(
+        f"{s['source']}: {s['records']:,} records binned by max identity to {s['training_records']:,} "
+        f"training records [{s['method']}]: {counts} → {out}"
+    )
     return 0
 
 

@@ -80,8 +80,10 @@ class LanguageModel(pl.LightningModule):
             raise ValueError(f"objective={objective!r}: use 'mlm' or 'clm'")
         config = model_config(size, arch)
         if meta_init and init_from:
-            raise ValueError("model.init_from with model.meta_init: load the weights into a whole model (drop "
-                             "meta_init) or convert them to a sharded checkpoint and resume from it")
+            raise ValueError(
+                "model.init_from with model.meta_init: load the weights into a whole model (drop "
+                "meta_init) or convert them to a sharded checkpoint and resume from it"
+            )
         with torch.random.fork_rng(), torch.device("meta") if meta_init else contextlib.nullcontext():
             torch.manual_seed(seed)
             self.model = Transformer(config)
@@ -129,7 +131,9 @@ class LanguageModel(pl.LightningModule):
         loss, count, _ = self.scored_loss(batch)
         return loss, count
 
-    def scored_loss(self, batch: Batch | Mapping[str, Any], masked_only: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    def scored_loss(
+        self, batch: Batch | Mapping[str, Any], masked_only: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Mean cross-entropy over the scored positions, their count and their labels. The LM head runs
         only on positions that have a label (15% of them for MLM).
 
@@ -154,8 +158,7 @@ class LanguageModel(pl.LightningModule):
         batch = as_batch(batch)
         loss, count = self.loss(batch)
         n_real = torch.tensor(float(batch.n_real), device=self.device, dtype=torch.float64)
-        stats = torch.stack([n_real, count.to(torch.float64),
-                             loss.detach().to(torch.float64) * count])
+        stats = torch.stack([n_real, count.to(torch.float64), loss.detach().to(torch.float64) * count])
         world = self.trainer.world_size
         if world > 1:
             stats = self.trainer.strategy.reduce(stats, reduce_op="sum")
@@ -208,7 +211,11 @@ class LanguageModel(pl.LightningModule):
             count = float(s_t[1].clamp(min=1))
             mean = float(s_t[0]) / count
             self.log(f"val/{name}/{metric}", mean, sync_dist=False, add_dataloader_idx=False)
-            self.log(f"val/{name}/{metric.replace('loss', 'ppl')}", math.exp(min(mean, 50)), add_dataloader_idx=False)
+            self.log(
+                f"val/{name}/{metric.replace('loss', 'ppl')}",
+                math.exp(min(mean, 50)),
+                add_dataloader_idx=False,
+            )
             if self._unigram_nll is not None:
                 self.log(f"val/{name}/unigram_{metric}", float(s_t[2]) / count, add_dataloader_idx=False)
             if name in heldout:
@@ -238,8 +245,13 @@ class LanguageModel(pl.LightningModule):
         else:
             materialize_whole(self.model, strategy.root_device)
         precision = str(self.trainer.precision)
-        dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") \
+        dtype = (
+            torch.bfloat16
+            if precision.startswith("bf16")
+            else torch.float16
+            if precision.startswith("16")
             else torch.float32
+        )
         rank_zero_info(describe_choice(strategy.root_device.type, dtype, self.config.head_dim))
 
     # ---- optimisation -------------------------------------------------------------------------------
@@ -250,7 +262,10 @@ class LanguageModel(pl.LightningModule):
                 continue
             (decay if p.dim() >= 2 and not name.startswith("embed") else no_decay).append(p)
         optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            [
+                {"params": decay, "weight_decay": self.hparams.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
             lr=self.peak_lr,
             betas=tuple(self.hparams.betas),
             # foreach, not fused: Lightning refuses gradient clipping with fused optimizers under
@@ -260,8 +275,13 @@ class LanguageModel(pl.LightningModule):
         total = max(1, self.hparams.total_steps - self.stage_start_step)
         warmup = warmup_steps(total, self.hparams.warmup_fraction)
         ratio = self.hparams.min_lr_ratio
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_schedule(s, total, warmup, ratio))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: cosine_schedule(s, total, warmup, ratio)
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"},
+        }
 
     # ---- checkpoint contents --------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -310,4 +330,3 @@ class CausalLM(LanguageModel):
     """ProGen2-style causal LM (causal attention, next-token loss within each sequence)."""
 
     default_objective: Objective = "clm"
-

@@ -136,8 +136,11 @@ def unusable(backend: str, device_type: str, dtype: torch.dtype, head_dim: int) 
             return f"needs CUDA fp16/bf16 tensors, got {device_type} {dtype}"
         probe = _flash_varlen if backend == "flash" else _torch_varlen
         if probe() is None:
-            return ("flash-attn is not importable (pip install 'plm[flash]')" if backend == "flash"
-                    else f"torch {torch.__version__} has no torch.nn.attention.varlen.varlen_attn (needs ≥ 2.10)")
+            return (
+                "flash-attn is not importable (pip install 'plm[flash]')"
+                if backend == "flash"
+                else f"torch {torch.__version__} has no torch.nn.attention.varlen.varlen_attn (needs ≥ 2.10)"
+            )
         return None
     if backend == "cpu_kernel":
         if device_type != "cpu" or dtype != torch.bfloat16:
@@ -145,7 +148,9 @@ def unusable(backend: str, device_type: str, dtype: torch.dtype, head_dim: int) 
         if not cpu_attention.supports_head_dim(head_dim):
             return f"takes even head sizes from 2 to 64, not {head_dim}"
         if cpu_attention.library() is None:
-            return "not available on this machine (needs avx512f/bw/vl/bf16 and g++; or PLM_CPU_ATTENTION=sdpa)"
+            return (
+                "not available on this machine (needs avx512f/bw/vl/bf16 and g++; or PLM_CPU_ATTENTION=sdpa)"
+            )
         return None
     if backend == "sdpa":
         return None
@@ -161,8 +166,10 @@ def choose_backend(device_type: str, dtype: torch.dtype, head_dim: int, requeste
         return next(b for b in BACKENDS if unusable(b, device_type, dtype, head_dim) is None)
     why = unusable(requested, device_type, dtype, head_dim)
     if why is not None:
-        raise RuntimeError(f"{ENV_VAR}={requested}: {why}. Unset {ENV_VAR} (auto) or choose one of "
-                           f"{', '.join(b for b in BACKENDS if unusable(b, device_type, dtype, head_dim) is None)}")
+        raise RuntimeError(
+            f"{ENV_VAR}={requested}: {why}. Unset {ENV_VAR} (auto) or choose one of "
+            f"{', '.join(b for b in BACKENDS if unusable(b, device_type, dtype, head_dim) is None)}"
+        )
     return requested
 
 
@@ -174,8 +181,10 @@ def describe_choice(device_type: str, dtype: torch.dtype, head_dim: int) -> str:
         skipped.append(f"{b}: {unusable(b, device_type, dtype, head_dim)}")
     how = f"forced by {ENV_VAR}" if requested_backend() != "auto" else "auto"
     tail = f" (not {'; '.join(skipped)})" if skipped and how == "auto" else ""
-    return f"attention on packed rows: {backend} [{how}] for {device_type} {str(dtype).removeprefix('torch.')}, " \
-           f"head size {head_dim}{tail}"
+    return (
+        f"attention on packed rows: {backend} [{how}] for {device_type} {str(dtype).removeprefix('torch.')}, "
+        f"head size {head_dim}{tail}"
+    )
 
 
 @functools.cache
@@ -192,8 +201,9 @@ def backend_for(q: Tensor) -> str:
 
 # ---- the kernels ----------------------------------------------------------------------------------------
 @torch.compiler.disable  # data-dependent document lengths: keep them out of compiled graphs
-def varlen_attention(q: Tensor, k: Tensor, v: Tensor, segments: DocSegments, causal: bool,
-                     backend: str | None = None) -> Tensor:
+def varlen_attention(
+    q: Tensor, k: Tensor, v: Tensor, segments: DocSegments, causal: bool, backend: str | None = None
+) -> Tensor:
     """Attention within each document: q, k, v (N, nh, hd) with N = B·T flat tokens → (N, nh, hd)."""
     backend = backend or backend_for(q)
     cu, n = segments.cu_seqlens, segments.max_seqlen
@@ -213,8 +223,9 @@ def torch_varlen(q: Tensor, k: Tensor, v: Tensor, segments: DocSegments, causal:
 
 
 @torch.compiler.disable
-def rotary_varlen_attention(qkv: Tensor, tables: tuple[Tensor, Tensor], segments: DocSegments,
-                            causal: bool) -> Tensor:
+def rotary_varlen_attention(
+    qkv: Tensor, tables: tuple[Tensor, Tensor], segments: DocSegments, causal: bool
+) -> Tensor:
     """Rotary and attention within each document in one kernel: qkv (N, 3, nh, hd) unrotated → (N, nh, hd).
     Only where :func:`fuses_rotary`; saves the rotary's passes and the q, k, v split's copies forward and
     backward (issue #9: 9% of a 35m CPU training step). ``tables``: cos, sin by position in a document."""
@@ -234,8 +245,9 @@ def sdpa_varlen(q: Tensor, k: Tensor, v: Tensor, lengths: tuple[int, ...], causa
     q, k, v = q.to(work), k.to(work), v.to(work)  # once for all documents
     # split, not slicing: its backward is one cat, where each slice's backward would zero-fill all N
     outs = [
-        F.scaled_dot_product_attention(qd.transpose(0, 1)[None], kd.transpose(0, 1)[None], vd.transpose(0, 1)[None],
-                                       is_causal=causal)[0].transpose(0, 1)  # (1, nh, L, hd) → (L, nh, hd)
+        F.scaled_dot_product_attention(
+            qd.transpose(0, 1)[None], kd.transpose(0, 1)[None], vd.transpose(0, 1)[None], is_causal=causal
+        )[0].transpose(0, 1)  # (1, nh, L, hd) → (L, nh, hd)
         for qd, kd, vd in zip(q.split(lengths), k.split(lengths), v.split(lengths))
     ]
     return torch.cat(outs).to(dtype)  # (N, nh, hd)
@@ -253,8 +265,9 @@ def sdpa_dtype(x: Tensor) -> torch.dtype:
     return torch.float32 if x.device.type == "cpu" and x.dtype in HALF else x.dtype
 
 
-def dense_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool,
-                    need_weights: bool) -> tuple[Tensor, Tensor | None]:
+def dense_attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, need_weights: bool
+) -> tuple[Tensor, Tensor | None]:
     """Batched attention with an optional dense mask: q (B, nh, Tq, hd), k, v (B, nh, Tk, hd) → (B, nh, Tq, hd)
     and, with ``need_weights``, the (B, nh, Tq, Tk) probabilities (an explicit softmax: contact prediction
     reads the maps, SDPA cannot return them). Rows of one whole document, KV-cache steps, maps."""
@@ -271,5 +284,7 @@ def dense_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal
     # SDPA's is_causal aligns top-left: right only when queries and keys start together
     is_causal = causal and mask is None and q.shape[2] == k.shape[2]
     work = sdpa_dtype(q)
-    y = F.scaled_dot_product_attention(q.to(work), k.to(work), v.to(work), attn_mask=mask, is_causal=is_causal)
+    y = F.scaled_dot_product_attention(
+        q.to(work), k.to(work), v.to(work), attn_mask=mask, is_causal=is_causal
+    )
     return y.to(q.dtype), None

@@ -25,17 +25,38 @@ Norm = Literal["pre", "deepnorm"]
 FLAVOURS: dict[Flavour, dict[str, Any]] = {
     # ESM-2 (fair-esm esm2.py): x += Attn(LN(x)); x += FFN(LN(x)); biases everywhere; erf GELU;
     # RoBERTa LM head (dense → GELU → LN) whose decoder is the embedding
-    "esm2": {"parallel_block": False, "attn_bias": True, "mlp_bias": True, "activation": "gelu",
-             "norm": "pre", "tied_head": True, "head_transform": True},
+    "esm2": {
+        "parallel_block": False,
+        "attn_bias": True,
+        "mlp_bias": True,
+        "activation": "gelu",
+        "norm": "pre",
+        "tied_head": True,
+        "head_transform": True,
+    },
     # ProGen2 (GPT-J block): x += Attn(LN(x)) + MLP(LN(x)) with one LN; no attention biases; tanh GELU;
     # one untied Linear as LM head
-    "progen2": {"parallel_block": True, "attn_bias": False, "mlp_bias": True, "activation": "gelu_tanh",
-                "norm": "pre", "tied_head": False, "head_transform": False},
+    "progen2": {
+        "parallel_block": True,
+        "attn_bias": False,
+        "mlp_bias": True,
+        "activation": "gelu_tanh",
+        "norm": "pre",
+        "tied_head": False,
+        "head_transform": False,
+    },
     # xTrimoPGLM-like (GLM-130B block, the scaling paper's own architecture): DeepNorm post-LN
     # x = LN(α·x + f(x)), GeGLU FFN, biases, LM head tied to the embedding. Not weight-compatible with
     # any released checkpoint; the init keeps plm's (its residual 1/sqrt(2L) is DeepNorm's β of GLM-130B)
-    "xtrimopglm": {"parallel_block": False, "attn_bias": True, "mlp_bias": True, "activation": "geglu",
-                   "norm": "deepnorm", "tied_head": True, "head_transform": False},
+    "xtrimopglm": {
+        "parallel_block": False,
+        "attn_bias": True,
+        "mlp_bias": True,
+        "activation": "geglu",
+        "norm": "deepnorm",
+        "tied_head": True,
+        "head_transform": False,
+    },
 }
 ARCH_FIELDS = tuple(FLAVOURS["esm2"])
 ACTIVATIONS: tuple[str, ...] = ("gelu", "gelu_tanh", "geglu")
@@ -183,7 +204,10 @@ class ModelConfig:
         if not attention:
             return 6.0 * self.n_params_non_embedding()
         t = seq_len or self.max_seq_len
-        return 6.0 * (self.n_params_non_embedding() + self.vocab_size * self.n_embd) + 12.0 * self.n_layer * self.n_embd * t
+        return (
+            6.0 * (self.n_params_non_embedding() + self.vocab_size * self.n_embd)
+            + 12.0 * self.n_layer * self.n_embd * t
+        )
 
     def training_flops(self, n_tokens: int, attended_pairs: int, n_predicted: int | None = None) -> float:
         """Training FLOPs (forward + backward = 3 × forward) of one batch, exact for packed rows.
@@ -268,7 +292,9 @@ class SizePreset:
 
 # Shapes, peak LRs and batch sizes: docs/reference.md ("Size ladder", "Architecture and training").
 SIZES: dict[str, SizePreset] = {
-    "tiny": SizePreset(2, 64, 4, 1e-3, 16 * 512, "ddp", "test and CPU-demo shape (the demo trains 900 steps in minutes)"),
+    "tiny": SizePreset(
+        2, 64, 4, 1e-3, 16 * 512, "ddp", "test and CPU-demo shape (the demo trains 900 steps in minutes)"
+    ),
     "8m": SizePreset(6, 320, 20, 6e-4, HALF_M_TOKENS, "ddp", "ESM-2 8M"),
     "35m": SizePreset(12, 480, 20, 6e-4, HALF_M_TOKENS, "ddp", "ESM-2 35M"),
     "85m": SizePreset(12, 768, 12, 5.5e-4, HALF_M_TOKENS, "ddp", "paper grid"),

@@ -37,8 +37,18 @@ from plm.utils.atomic import atomic_write_bytes
 
 SOURCE = Path(__file__).parent / "kernels" / "cpu_attention.cpp"
 CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16")
-COMPILE_FLAGS = ("-O3", "-std=c++17", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma",
-                 "-fPIC", "-shared", "-pthread")
+COMPILE_FLAGS = (
+    "-O3",
+    "-std=c++17",
+    "-mavx512f",
+    "-mavx512bw",
+    "-mavx512vl",
+    "-mavx512bf16",
+    "-mfma",
+    "-fPIC",
+    "-shared",
+    "-pthread",
+)
 ENV_SWITCH = "PLM_CPU_ATTENTION"  # "auto" (default) or "sdpa" to keep PyTorch's kernel
 
 _i64, _i32, _f32, _ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_void_p
@@ -68,8 +78,12 @@ def build(source: Path = SOURCE, out_dir: Path | None = None) -> Path:
     with tempfile.TemporaryDirectory(prefix="plm-kernel-") as scratch:
         built = Path(scratch) / lib.name
         try:
-            proc = subprocess.run(["g++", *COMPILE_FLAGS, "-o", str(built), str(source)], capture_output=True,
-                                  text=True, check=False)
+            proc = subprocess.run(
+                ["g++", *COMPILE_FLAGS, "-o", str(built), str(source)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
         except FileNotFoundError as e:
             raise RuntimeError(f"no g++ to build {source} ({e})") from e
         if proc.returncode != 0:
@@ -80,11 +94,55 @@ def build(source: Path = SOURCE, out_dir: Path | None = None) -> Path:
 def _bind(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     lib.plm_attention_supports.argtypes = [_i32]
-    lib.plm_attention_forward.argtypes = [_ptr, _ptr, _ptr, _i64, _i64, _i64, _ptr, _ptr, _ptr, _i32, _i32, _i32,
-                                          _i32, _f32, _i32, _ptr, _ptr, _i32, _i64]
-    lib.plm_attention_backward.argtypes = [_ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, _i64, _ptr,
-                                           _ptr, _ptr, _ptr, _i64, _ptr, _i32, _i32, _i32, _i32, _f32, _i32, _ptr,
-                                           _ptr, _i32, _i64]
+    lib.plm_attention_forward.argtypes = [
+        _ptr,
+        _ptr,
+        _ptr,
+        _i64,
+        _i64,
+        _i64,
+        _ptr,
+        _ptr,
+        _ptr,
+        _i32,
+        _i32,
+        _i32,
+        _i32,
+        _f32,
+        _i32,
+        _ptr,
+        _ptr,
+        _i32,
+        _i64,
+    ]
+    lib.plm_attention_backward.argtypes = [
+        _ptr,
+        _ptr,
+        _ptr,
+        _ptr,
+        _ptr,
+        _i64,
+        _i64,
+        _i64,
+        _i64,
+        _i64,
+        _ptr,
+        _ptr,
+        _ptr,
+        _ptr,
+        _i64,
+        _ptr,
+        _i32,
+        _i32,
+        _i32,
+        _i32,
+        _f32,
+        _i32,
+        _ptr,
+        _ptr,
+        _i32,
+        _i64,
+    ]
     return lib
 
 
@@ -98,8 +156,12 @@ def library() -> ctypes.CDLL | None:
     try:
         return _bind(build())
     except (RuntimeError, OSError) as e:
-        warnings.warn(f"plm's bf16 CPU attention is unavailable, using PyTorch SDPA instead: {e}. "
-                      f"Set {ENV_SWITCH}=sdpa to silence this.", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"plm's bf16 CPU attention is unavailable, using PyTorch SDPA instead: {e}. "
+            f"Set {ENV_SWITCH}=sdpa to silence this.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return None
 
 
@@ -142,34 +204,74 @@ def _rotary_args(rotary: Rotary) -> tuple:
 def _rejected(hd: int, rotary: Rotary) -> str:
     if rotary is None:
         return f"plm CPU attention takes even head sizes from 2 to 64, not {hd}"
-    return (f"plm CPU attention rejected head size {hd} with rotary tables {tuple(rotary[0].shape)}: the tables "
-            f"need at least the longest document's length rows and at most head size / 2 columns")
+    return (
+        f"plm CPU attention rejected head size {hd} with rotary tables {tuple(rotary[0].shape)}: the tables "
+        f"need at least the longest document's length rows and at most head size / 2 columns"
+    )
 
 
-def _forward(q: Tensor, k: Tensor, v: Tensor, cu: Tensor, causal: bool, rotary: Rotary) -> tuple[Tensor, Tensor]:
+def _forward(
+    q: Tensor, k: Tensor, v: Tensor, cu: Tensor, causal: bool, rotary: Rotary
+) -> tuple[Tensor, Tensor]:
     n, nh, hd = q.shape
     out = torch.empty(n, nh, hd, dtype=q.dtype)
     lse = torch.empty(n, nh, dtype=torch.float32)
     rc = library().plm_attention_forward(
-        q.data_ptr(), k.data_ptr(), v.data_ptr(), q.stride(0), k.stride(0), v.stride(0), out.data_ptr(),
-        lse.data_ptr(), cu.data_ptr(), cu.numel() - 1, nh, hd, int(causal), 1.0 / math.sqrt(hd),
-        torch.get_num_threads(), *_rotary_args(rotary))
+        q.data_ptr(),
+        k.data_ptr(),
+        v.data_ptr(),
+        q.stride(0),
+        k.stride(0),
+        v.stride(0),
+        out.data_ptr(),
+        lse.data_ptr(),
+        cu.data_ptr(),
+        cu.numel() - 1,
+        nh,
+        hd,
+        int(causal),
+        1.0 / math.sqrt(hd),
+        torch.get_num_threads(),
+        *_rotary_args(rotary),
+    )
     if rc:
         raise ValueError(_rejected(hd, rotary))
     return out, lse
 
 
-def _backward(saved: tuple[Tensor, ...], dout: Tensor, causal: bool, rotary: Rotary, grads: tuple[Tensor, ...]) -> None:
+def _backward(
+    saved: tuple[Tensor, ...], dout: Tensor, causal: bool, rotary: Rotary, grads: tuple[Tensor, ...]
+) -> None:
     """Writes dq, dk, dv into ``grads`` (three (N, nh, hd) views sharing one row stride)."""
     q, k, v, out, lse, cu = saved
     dout = _rows(dout.to(out.dtype))
     _, nh, hd = q.shape
     dq, dk, dv = grads
     rc = library().plm_attention_backward(
-        q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), dout.data_ptr(), q.stride(0), k.stride(0),
-        v.stride(0), out.stride(0), dout.stride(0), lse.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
-        dq.stride(0), cu.data_ptr(), cu.numel() - 1, nh, hd, int(causal), 1.0 / math.sqrt(hd),
-        torch.get_num_threads(), *_rotary_args(rotary))
+        q.data_ptr(),
+        k.data_ptr(),
+        v.data_ptr(),
+        out.data_ptr(),
+        dout.data_ptr(),
+        q.stride(0),
+        k.stride(0),
+        v.stride(0),
+        out.stride(0),
+        dout.stride(0),
+        lse.data_ptr(),
+        dq.data_ptr(),
+        dk.data_ptr(),
+        dv.data_ptr(),
+        dq.stride(0),
+        cu.data_ptr(),
+        cu.numel() - 1,
+        nh,
+        hd,
+        int(causal),
+        1.0 / math.sqrt(hd),
+        torch.get_num_threads(),
+        *_rotary_args(rotary),
+    )
     if rc:
         raise ValueError(_rejected(hd, rotary))
 
@@ -224,13 +326,22 @@ def varlen_attention_bf16(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, c
     return _VarlenAttention.apply(q, k, v, cu_seqlens, causal)
 
 
-def varlen_rotary_attention_bf16(qkv: Tensor, cos: Tensor, sin: Tensor, cu_seqlens: Tensor, causal: bool) -> Tensor:
+def varlen_rotary_attention_bf16(
+    qkv: Tensor, cos: Tensor, sin: Tensor, cu_seqlens: Tensor, causal: bool
+) -> Tensor:
     """Rotary + attention within each document from the unrotated projections ``qkv`` (N, 3, nh, hd) bf16 on
     CPU → (N, nh, hd) bf16. A token's rotary position is its index in its document, with angles from
     ``rotary_tables`` (at least the longest document's length rows); channels past 2 · cos.shape[1] are not
     rotated (partial rotary). Check ``supports(qkv[:, 0])`` first."""
-    if cos.dtype != torch.float32 or sin.dtype != torch.float32 or sin.shape != cos.shape or not cos.is_contiguous() \
-            or not sin.is_contiguous():
-        raise ValueError(f"rotary tables must be contiguous fp32 of one shape; got {tuple(cos.shape)} {cos.dtype}, "
-                         f"{tuple(sin.shape)} {sin.dtype}")
+    if (
+        cos.dtype != torch.float32
+        or sin.dtype != torch.float32
+        or sin.shape != cos.shape
+        or not cos.is_contiguous()
+        or not sin.is_contiguous()
+    ):
+        raise ValueError(
+            f"rotary tables must be contiguous fp32 of one shape; got {tuple(cos.shape)} {cos.dtype}, "
+            f"{tuple(sin.shape)} {sin.dtype}"
+        )
     return _VarlenRotaryAttention.apply(qkv, cos, sin, cu_seqlens, causal)

@@ -130,7 +130,9 @@ def load_state_into(model: Transformer, state: dict[str, torch.Tensor], source: 
     model.load_state_dict(state, strict=False)  # strictness checked above; tied head absent on purpose
 
 
-def load_with_record(path: str | os.PathLike, map_location: str = "cpu") -> tuple[Transformer, CheckpointRecord]:
+def load_with_record(
+    path: str | os.PathLike, map_location: str = "cpu"
+) -> tuple[Transformer, CheckpointRecord]:
     """An eval-mode ``Transformer`` and the record it was saved with (a ``.ckpt`` is read once)."""
     path = Path(path)
     if path.is_dir() or not path.exists():

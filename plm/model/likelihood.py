@@ -34,9 +34,14 @@ def _token_ids(seq: str, index: int, on_unknown: OnUnknown) -> list[int]:
 
 
 @torch.inference_mode()
-def sequence_logprobs(model: Transformer, sequences: list[str], batch_size: int = 16,
-                      device: str | torch.device | None = None, on_unknown: OnUnknown = "error",
-                      progress: bool = False) -> list[tuple[float, int]]:
+def sequence_logprobs(
+    model: Transformer,
+    sequences: list[str],
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+    on_unknown: OnUnknown = "error",
+    progress: bool = False,
+) -> list[tuple[float, int]]:
     """Per sequence: the causal log-likelihood (sum over residues and ``<eos>``) and how many tokens it sums.
 
     Perplexity is ``exp(-logprob / count)``; a zero-shot likelihood ratio is a difference of logprobs.
@@ -61,8 +66,9 @@ def sequence_logprobs(model: Transformer, sequences: list[str], batch_size: int 
 
 
 @torch.inference_mode()
-def masked_logprobs(model: Transformer, ids: Tensor, columns: Tensor, rows_per_batch: int = 64,
-                    progress: bool = False) -> Tensor:
+def masked_logprobs(
+    model: Transformer, ids: Tensor, columns: Tensor, rows_per_batch: int = 64, progress: bool = False
+) -> Tensor:
     """(len(columns), V) log-probabilities at each column of the token row ``ids`` with that column masked.
 
     ``ids`` is one ``<cls> residues <eos>`` row on the model's device; rows are batched ``rows_per_batch``
@@ -79,9 +85,13 @@ def masked_logprobs(model: Transformer, ids: Tensor, columns: Tensor, rows_per_b
     return torch.cat(out) if out else torch.empty(0, model.config.vocab_size, device=ids.device)
 
 
-def pseudo_logprobs(model: Transformer, sequences: list[str], rows_per_batch: int = 64,
-                    device: str | torch.device | None = None, on_unknown: OnUnknown = "error",
-                    ) -> list[tuple[float, int]]:
+def pseudo_logprobs(
+    model: Transformer,
+    sequences: list[str],
+    rows_per_batch: int = 64,
+    device: str | torch.device | None = None,
+    on_unknown: OnUnknown = "error",
+) -> list[tuple[float, int]]:
     """Per sequence: Σ_i log p(x_i | x_{-i}) over its residues (each masked in turn) and the residue count."""
     model, device = _on_device(model, device)
     out: list[tuple[float, int]] = []

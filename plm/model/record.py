@@ -207,7 +207,9 @@ def _optional_int(value: Any, name: str, source: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or value != int(value):
-        raise CheckpointError(f"{source}: {name}={value!r} is not a non-negative integer; re-export the weights")
+        raise CheckpointError(
+            f"{source}: {name}={value!r} is not a non-negative integer; re-export the weights"
+        )
     return int(value)
 
 
@@ -229,7 +231,9 @@ def read_lightning_checkpoint(path: Path, map_location: str = "cpu", mmap: bool 
         if path.suffix == ".safetensors":
             fix = f"; pass the export directory that holds {path.name}, not the weights file"
         first = text.strip().splitlines()[0][:200] if text.strip() else ""
-        if refused:  # torch's first line advises weights_only=False, i.e. running the file's code: never say that
+        if (
+            refused
+        ):  # torch's first line advises weights_only=False, i.e. running the file's code: never say that
             found = re.search(r"(?:unsupported|Unsupported) (?:GLOBAL|global):? ?([\w.]+)", text)
             first = f"it names {found.group(1)}" if found else "it holds objects other than tensors"
         raise CheckpointError(f"{path}: {kind} ({type(err).__name__}: {first}){fix}") from err

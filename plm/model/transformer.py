@@ -62,7 +62,9 @@ class Rotary(nn.Module):
         self._tables: tuple[Tensor, Tensor] | None = None
 
     def _inv_freq(self, device: torch.device | str | None = None) -> Tensor:
-        return 1.0 / (ROTARY_BASE ** (torch.arange(0, self.dim, 2, dtype=torch.float32, device=device) / self.dim))
+        return 1.0 / (
+            ROTARY_BASE ** (torch.arange(0, self.dim, 2, dtype=torch.float32, device=device) / self.dim)
+        )
 
     def reset_parameters(self) -> None:
         """Recompute the frequencies in place: a module built on the meta device and then given storage
@@ -74,7 +76,11 @@ class Rotary(nn.Module):
     def tables(self, max_len: int) -> tuple[Tensor, Tensor]:
         """cos, sin (≥ max_len, dim/2) fp32 by position in a document, for the kernel that rotates itself.
         Kept and grown on demand, so the layers of one forward (and later steps) share one computation."""
-        if self._tables is None or self._tables[0].shape[0] < max_len or self._tables[0].device != self.inv_freq.device:
+        if (
+            self._tables is None
+            or self._tables[0].shape[0] < max_len
+            or self._tables[0].device != self.inv_freq.device
+        ):
             self._tables = cpu_attention.rotary_tables(self.inv_freq, max_len)
         return self._tables
 
@@ -134,14 +140,17 @@ class Attention(nn.Module):
         y = y.transpose(1, 2).reshape(b, t, h)  # (B, T, h)
         return self.out(y), weights
 
-    def _packed(self, qkv: Tensor, rotary: Rotary, cos: Tensor, sin: Tensor, segments: DocSegments,
-                causal: bool) -> Tensor:
+    def _packed(
+        self, qkv: Tensor, rotary: Rotary, cos: Tensor, sin: Tensor, segments: DocSegments, causal: bool
+    ) -> Tensor:
         """(B, T, 3, nh, hd) projections of packed rows → (B·T, nh, hd), attention within each document."""
         n = qkv.shape[0] * qkv.shape[1]
         backend = A.backend_for(qkv)
         if A.fuses_rotary(backend, segments):
             tables = rotary.tables(segments.max_seqlen)
-            return A.rotary_varlen_attention(qkv.view(n, 3, self.n_head, self.head_dim), tables, segments, causal)
+            return A.rotary_varlen_attention(
+                qkv.view(n, 3, self.n_head, self.head_dim), tables, segments, causal
+            )
         qk, v = qkv.split([2, 1], dim=2)
         q, k = rotary.apply(qk, cos, sin).view(n, 2, self.n_head, self.head_dim).unbind(1)  # 2×(B·T, nh, hd)
         v = v.reshape(n, self.n_head, self.head_dim)  # (B·T, nh, hd), a view
@@ -237,7 +246,11 @@ def init_weights(named: Iterable[tuple[str, nn.Parameter]], seed: int, n_layer: 
             if p.dim() == 1:
                 p.fill_(1.0 if "norm" in name else 0.0)
                 continue
-            std = INIT_STD / math.sqrt(2 * n_layer) if name.endswith(("attn.out.weight", "fc_out.weight")) else INIT_STD
+            std = (
+                INIT_STD / math.sqrt(2 * n_layer)
+                if name.endswith(("attn.out.weight", "fc_out.weight"))
+                else INIT_STD
+            )
             g = torch.Generator().manual_seed(int(mix64(seed, zlib.crc32(name.encode())) >> 1))
             p.copy_(torch.empty(p.shape, dtype=torch.float32).normal_(0.0, std, generator=g))
 
@@ -275,7 +288,9 @@ class Transformer(nn.Module):
             n_docs = int(doc_ids.max()) + 1
             ones = torch.ones_like(doc_ids, dtype=x.dtype)
             real = (tokens != PAD).to(x.dtype)
-            length = torch.zeros(doc_ids.shape[0], n_docs, dtype=x.dtype, device=x.device).scatter_add_(1, doc_ids, real)
+            length = torch.zeros(doc_ids.shape[0], n_docs, dtype=x.dtype, device=x.device).scatter_add_(
+                1, doc_ids, real
+            )
             masked = torch.zeros_like(length).scatter_add_(1, doc_ids, is_mask.to(x.dtype) * ones)
             observed = (masked / length.clamp(min=1)).gather(1, doc_ids)  # (B, T)
             x = x * ((1 - ESM_MASK_RATIO_TRAIN) / (1 - observed))[..., None].to(x.dtype)
@@ -298,11 +313,26 @@ class Transformer(nn.Module):
         caller passes ``positions`` and ``attn_mask`` (or None for a plain causal step). Goes through
         ``__call__`` so that module hooks run (FSDP2 gathers the embedding and final norm in them).
         """
-        return self(tokens, doc_ids, causal, positions=positions, kv_cache=kv_cache, attn_mask=attn_mask,
-                    need_weights=need_weights, return_hidden=True)
+        return self(
+            tokens,
+            doc_ids,
+            causal,
+            positions=positions,
+            kv_cache=kv_cache,
+            attn_mask=attn_mask,
+            need_weights=need_weights,
+            return_hidden=True,
+        )
 
-    def forward(self, tokens: Tensor, doc_ids: Tensor | None = None, causal: bool = False,
-                select: Tensor | None = None, return_hidden: bool = False, **kwargs) -> Tensor | tuple:
+    def forward(
+        self,
+        tokens: Tensor,
+        doc_ids: Tensor | None = None,
+        causal: bool = False,
+        select: Tensor | None = None,
+        return_hidden: bool = False,
+        **kwargs,
+    ) -> Tensor | tuple:
         """Logits (B, T, V), or (n, V) at the positions of a boolean (B, T) ``select`` only (the LM head is
         the largest matmul of a small model's MLM step and only 15% of positions have labels).
         ``return_hidden``: what ``hidden`` returns instead. One call for all of it, so that a sharded model
@@ -339,7 +369,9 @@ class Transformer(nn.Module):
                 # every row one whole document: batched SDPA without any mask is the fastest path
                 mask = None if min(segments.lengths) == tokens.shape[1] else segments
         x = self.embed_tokens(tokens, doc_ids)
-        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        dtype = (
+            torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        )
         cos, sin = self.rotary.cos_sin(positions, dtype)
         maps: list[Tensor] = []
         for block in self.blocks:

@@ -21,8 +21,16 @@ class BestCheckpoint(ModelCheckpoint):
             monitor: logged metric that defines "best".
             mode: 'min' or 'max' of ``monitor``.
         """
-        super().__init__(dirpath=dirpath, filename="best", monitor=monitor, mode=mode, save_top_k=1,
-                         save_last=False, save_on_train_epoch_end=False, enable_version_counter=False)
+        super().__init__(
+            dirpath=dirpath,
+            filename="best",
+            monitor=monitor,
+            mode=mode,
+            save_top_k=1,
+            save_last=False,
+            save_on_train_epoch_end=False,
+            enable_version_counter=False,
+        )
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Runs without a held-out split never log val/loss: nothing to rank, not an error.

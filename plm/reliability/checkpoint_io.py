@@ -101,7 +101,9 @@ def write_checkpoint_atomic(path: str | os.PathLike, write: Callable[[Any], None
     except BaseException as err:
         cause = writer.error if writer is not None and writer.error is not None else _no_space_cause(err)
         if isinstance(cause, OSError) and cause.errno in _NO_SPACE:
-            previous = f"the previous {path.name} is intact" if path.exists() else f"no earlier {path.name} existed"
+            previous = (
+                f"the previous {path.name} is intact" if path.exists() else f"no earlier {path.name} existed"
+            )
             raise CheckpointWriteError(
                 cause.errno,
                 f"{path}: no space left on the device while writing the checkpoint ({os.strerror(cause.errno)}); "
@@ -147,8 +149,13 @@ _VERIFIED: dict[tuple, bool] = {}
 def _identity(path: Path, side: Path) -> tuple:
     st = path.stat()
     side_st = side.stat() if side.is_file() else None
-    return (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino,
-            side_st and (side_st.st_size, side_st.st_mtime_ns, side_st.st_ino))
+    return (
+        str(path.resolve()),
+        st.st_size,
+        st.st_mtime_ns,
+        st.st_ino,
+        side_st and (side_st.st_size, side_st.st_mtime_ns, side_st.st_ino),
+    )
 
 
 def _verify_file(path: Path, side: Path) -> bool:
@@ -156,7 +163,9 @@ def _verify_file(path: Path, side: Path) -> bool:
         text = side.read_text().split()
         expected = text[0].lower() if text else ""
         if not re.fullmatch(r"[0-9a-f]{64}", expected):
-            raise CheckpointError(f"{side}: not a sha256 checksum file; delete it to load {path.name} unverified")
+            raise CheckpointError(
+                f"{side}: not a sha256 checksum file; delete it to load {path.name} unverified"
+            )
         actual = file_sha256(path)
         if actual != expected:
             raise CheckpointError(
@@ -182,7 +191,9 @@ def verify_sharded_checkpoint(path: Path) -> bool:
     Lightning's ``meta.pt``; the latter is checked like a file checkpoint without a sidecar."""
     missing = [name for name in (".metadata", "meta.pt") if not (path / name).is_file()]
     if missing:
-        raise CheckpointError(f"{path}: sharded checkpoint without {', '.join(missing)}: incomplete or not a checkpoint")
+        raise CheckpointError(
+            f"{path}: sharded checkpoint without {', '.join(missing)}: incomplete or not a checkpoint"
+        )
     verify_checkpoint(path / "meta.pt")
     return True
 
@@ -190,12 +201,16 @@ def verify_sharded_checkpoint(path: Path) -> bool:
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning ``CheckpointIO``: atomic writes with sha256 sidecars, verified and code-free loads."""
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options (got {storage_options!r})")
         write_checkpoint_atomic(path, lambda fh: torch.save(checkpoint, fh))
 
-    def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
         """Verify, then ``torch.load(weights_only=True)`` whatever the caller asked: never unpickle code."""
         verify_checkpoint(path)
         return read_lightning_checkpoint(Path(path), map_location if map_location is not None else "cpu")
@@ -207,8 +222,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def resume_candidates(ckpt_dir: Path) -> list[Path]:
     """Every file (or sharded directory) in ``ckpt_dir`` that may be a checkpoint, in no particular order."""
-    return [p for p in ckpt_dir.glob("*.ckpt")
-            if (p.is_file() or (p / "meta.pt").is_file()) and not p.name.startswith(".")]
+    return [
+        p
+        for p in ckpt_dir.glob("*.ckpt")
+        if (p.is_file() or (p / "meta.pt").is_file()) and not p.name.startswith(".")
+    ]
 
 
 def checkpoint_step(path: str | os.PathLike) -> int:
@@ -220,7 +238,9 @@ def checkpoint_step(path: str | os.PathLike) -> int:
     state = read_lightning_checkpoint(source, mmap=True)
     step = state.get("global_step") if isinstance(state, dict) else None
     if isinstance(step, bool) or not isinstance(step, int) or not ("state_dict" in state or path.is_dir()):
-        raise CheckpointError(f"{path}: loads, but is not a Lightning checkpoint (no global_step and state_dict)")
+        raise CheckpointError(
+            f"{path}: loads, but is not a Lightning checkpoint (no global_step and state_dict)"
+        )
     return step
 
 
@@ -284,7 +304,9 @@ def find_resume_checkpoint(ckpt_dir: str | os.PathLike, move_bad: bool = True) -
         return None
     stale = remove_stale_temporaries(ckpt_dir) if move_bad else []
     if stale:
-        rank_zero_info(f"removed {len(stale)} partial checkpoint file(s) left by an interrupted write in {ckpt_dir}")
+        rank_zero_info(
+            f"removed {len(stale)} partial checkpoint file(s) left by an interrupted write in {ckpt_dir}"
+        )
     ranked, bad, foreign = _by_step(ckpt_dir, move_bad)
     for step, path in ranked:
         try:
@@ -293,14 +315,20 @@ def find_resume_checkpoint(ckpt_dir: str | os.PathLike, move_bad: bool = True) -
             bad.append(_set_aside(path, str(err), move_bad))
             continue
         if bad or foreign:
-            rank_zero_warn("skipping unusable checkpoint(s): " + " | ".join(bad + foreign)
-                           + f"; resuming from the previous good checkpoint {path} (step {step})")
+            rank_zero_warn(
+                "skipping unusable checkpoint(s): "
+                + " | ".join(bad + foreign)
+                + f"; resuming from the previous good checkpoint {path} (step {step})"
+            )
         elif not verified:
-            rank_zero_warn(f"{path}: no {SIDECAR_SUFFIX} checksum beside it; resuming after a zip/CRC check only")
+            rank_zero_warn(
+                f"{path}: no {SIDECAR_SUFFIX} checksum beside it; resuming after a zip/CRC check only"
+            )
         return str(path), step
     if bad or foreign:
         raise CheckpointError(
-            f"{ckpt_dir}: no usable checkpoint to resume from: " + " | ".join(bad + foreign)
+            f"{ckpt_dir}: no usable checkpoint to resume from: "
+            + " | ".join(bad + foreign)
             + "; restore a copy, or start a separate run under another --run_name"
         )
     return None

@@ -22,12 +22,18 @@ class LastCheckpoint(pl.Callback):
         self.dirpath = Path(dirpath)
         self._saved_step: int | None = None
 
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict
+    ) -> None:
         self._saved_step = trainer.global_step  # any save at this step also rewrote last.ckpt (save_last)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         from plm.reliability.signals import was_preempted
 
-        if was_preempted(trainer) or self._saved_step == trainer.global_step and (self.dirpath / "last.ckpt").exists():
+        if (
+            was_preempted(trainer)
+            or self._saved_step == trainer.global_step
+            and (self.dirpath / "last.ckpt").exists()
+        ):
             return
         trainer.save_checkpoint(self.dirpath / "last.ckpt")

@@ -41,11 +41,15 @@ class NaNGuard(pl.Callback):
         self._loss_finite: torch.Tensor | None = None
 
     # ---- detection ----------------------------------------------------------------------------------
-    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
+    def on_before_backward(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor
+    ) -> None:
         ok = torch.isfinite(loss.detach()).all()  # stays on device: one sync per optimizer step, below
         self._loss_finite = ok if self._loss_finite is None else self._loss_finite & ok
 
-    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
+    ) -> None:
         params = [p for group in optimizer.param_groups for p in group["params"]]
         checks = [] if self._loss_finite is None else [self._loss_finite.reshape(())]
         loss_ok_t = self._loss_finite
@@ -53,7 +57,11 @@ class NaNGuard(pl.Callback):
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         if scaler is None:
             # FSDP2 gradients are DTensors: this rank's shard is checked, the decision is reduced below
-            checks += [torch.isfinite(getattr(p.grad, "_local_tensor", p.grad)).all() for p in params if p.grad is not None]
+            checks += [
+                torch.isfinite(getattr(p.grad, "_local_tensor", p.grad)).all()
+                for p in params
+                if p.grad is not None
+            ]
         finite = bool(torch.stack([c.to(checks[0].device) for c in checks]).all()) if checks else True
         if trainer.world_size > 1:  # sharded gradients (FSDP) can disagree: any bad rank skips everywhere
             finite = not trainer.strategy.reduce_boolean_decision(not finite, all=False)
@@ -87,14 +95,20 @@ class NaNGuard(pl.Callback):
         lower = f" --model.init_args.lr {peak / 10:g}" if isinstance(peak, (int, float)) and peak > 0 else ""
         best = self.ckpt_dir / "best.ckpt" if self.ckpt_dir is not None else None
         if best is not None and best.is_file():
-            return (f"Restart from the checkpoint with the best validation loss, from before the divergence, "
-                    f"with a lower learning rate (a resume applies it): add --ckpt_path {best}{lower} to the "
-                    f"same command (or raise warm-up; check the data around step {pl_module.global_step})")
-        return (f"Lower the learning rate or raise warm-up (a resume applies them), check the data around this "
-                f"step, then resume: add --ckpt_path last{lower} to the same command (or raise --max_bad_steps)")
+            return (
+                f"Restart from the checkpoint with the best validation loss, from before the divergence, "
+                f"with a lower learning rate (a resume applies it): add --ckpt_path {best}{lower} to the "
+                f"same command (or raise warm-up; check the data around step {pl_module.global_step})"
+            )
+        return (
+            f"Lower the learning rate or raise warm-up (a resume applies them), check the data around this "
+            f"step, then resume: add --ckpt_path last{lower} to the same command (or raise --max_bad_steps)"
+        )
 
     # ---- reporting and state --------------------------------------------------------------------------
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         pl_module.log("train/skipped_steps", float(self.skipped))
 
     def state_dict(self) -> dict[str, Any]:

@@ -24,9 +24,14 @@ CHECKPOINT_KEY = "plm_optimizer"
 def optimizer_settings(module: pl.LightningModule) -> dict[str, Any]:
     """The settings ``configure_optimizers`` builds the optimizer and schedule from."""
     hp = module.hparams
-    return {"lr": float(module.peak_lr), "betas": [float(b) for b in hp.betas], "weight_decay": float(hp.weight_decay),
-            "min_lr_ratio": float(hp.min_lr_ratio), "warmup_fraction": float(hp.warmup_fraction),
-            "total_steps": int(hp.total_steps)}
+    return {
+        "lr": float(module.peak_lr),
+        "betas": [float(b) for b in hp.betas],
+        "weight_decay": float(hp.weight_decay),
+        "min_lr_ratio": float(hp.min_lr_ratio),
+        "warmup_fraction": float(hp.warmup_fraction),
+        "total_steps": int(hp.total_steps),
+    }
 
 
 def saved_settings(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -43,9 +48,14 @@ def saved_settings(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
     lr = hp.get("lr")
     if lr is None and hp.get("size") in SIZES:
         lr = SIZES[hp["size"]].peak_lr
-    fields = {"lr": lr, "betas": list(hp["betas"]) if hp.get("betas") is not None else None,
-              "weight_decay": hp.get("weight_decay"), "min_lr_ratio": hp.get("min_lr_ratio"),
-              "warmup_fraction": hp.get("warmup_fraction"), "total_steps": hp.get("total_steps")}
+    fields = {
+        "lr": lr,
+        "betas": list(hp["betas"]) if hp.get("betas") is not None else None,
+        "weight_decay": hp.get("weight_decay"),
+        "min_lr_ratio": hp.get("min_lr_ratio"),
+        "warmup_fraction": hp.get("warmup_fraction"),
+        "total_steps": hp.get("total_steps"),
+    }
     return {k: v for k, v in fields.items() if v is not None}
 
 
@@ -55,7 +65,9 @@ def apply_resumed_settings(module: pl.LightningModule, saved: Mapping[str, Any] 
     if not saved:
         return []
     now = optimizer_settings(module)
-    changed = [f"{k} {_fmt(saved[k])} → {_fmt(v)}" for k, v in now.items() if k in saved and _differs(saved[k], v)]
+    changed = [
+        f"{k} {_fmt(saved[k])} → {_fmt(v)}" for k, v in now.items() if k in saved and _differs(saved[k], v)
+    ]
     if not changed:
         return []
     trainer = module.trainer
@@ -72,8 +84,10 @@ def apply_resumed_settings(module: pl.LightningModule, saved: Mapping[str, Any] 
         for group, factor in zip(groups, lambdas):
             group["lr"] = now["lr"] * factor(scheduler.last_epoch)  # what the schedule gives at this step
         scheduler._last_lr = [group["lr"] for group in groups]
-    rank_zero_info(f"resumed at step {trainer.global_step} with changed optimizer settings, applied from this step "
-                   f"on: {'; '.join(changed)}")
+    rank_zero_info(
+        f"resumed at step {trainer.global_step} with changed optimizer settings, applied from this step "
+        f"on: {'; '.join(changed)}"
+    )
     return changed
 
 

@@ -54,25 +54,54 @@ ORPHAN_WAIT = 20.0
 LIGHTNING_CKPT_KEYWORDS = ("hpc", "best", "registry")
 
 #: settings that change nothing about what is trained (how it is run, logged or checkpointed)
-IGNORED = frozenset({
-    "config", "ckpt_path", "weights_only", "run_name", "run_root", "checkpoint_every", "keep_checkpoints",
-    "max_bad_steps", "loggers", "data.num_workers", "trainer.logger", "trainer.enable_progress_bar",
-    "trainer.enable_model_summary", "trainer.log_every_n_steps", "trainer.default_root_dir",
-    "trainer.enable_checkpointing", "trainer.num_sanity_val_steps", "trainer.enable_autolog_hparams",
-    "trainer.profiler", "trainer.model_registry",
-})
+IGNORED = frozenset(
+    {
+        "config",
+        "ckpt_path",
+        "weights_only",
+        "run_name",
+        "run_root",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "max_bad_steps",
+        "loggers",
+        "data.num_workers",
+        "trainer.logger",
+        "trainer.enable_progress_bar",
+        "trainer.enable_model_summary",
+        "trainer.log_every_n_steps",
+        "trainer.default_root_dir",
+        "trainer.enable_checkpointing",
+        "trainer.num_sanity_val_steps",
+        "trainer.enable_autolog_hparams",
+        "trainer.profiler",
+        "trainer.model_registry",
+    }
+)
 #: settings a resume can take over (listed and applied): the optimizer, the schedule's end, validation,
 #: the hardware; everything else (model shape, objective, data, seeds) makes it another run
-RESUMABLE = frozenset({
-    "model.init_args.lr", "model.init_args.min_lr_ratio", "model.init_args.warmup_fraction",
-    "model.init_args.weight_decay", "model.init_args.betas", "model.init_args.total_steps",
-    "model.init_args.compile", "data.eval_sets", "data.val_rows",
-})
+RESUMABLE = frozenset(
+    {
+        "model.init_args.lr",
+        "model.init_args.min_lr_ratio",
+        "model.init_args.warmup_fraction",
+        "model.init_args.weight_decay",
+        "model.init_args.betas",
+        "model.init_args.total_steps",
+        "model.init_args.compile",
+        "data.eval_sets",
+        "data.val_rows",
+    }
+)
 #: ``trainer.*`` settings that change what one step trains on: another run, not a resume
-TRAINER_NOT_RESUMABLE = frozenset({
-    "trainer.accumulate_grad_batches", "trainer.fast_dev_run", "trainer.overfit_batches",
-    "trainer.limit_train_batches",
-})
+TRAINER_NOT_RESUMABLE = frozenset(
+    {
+        "trainer.accumulate_grad_batches",
+        "trainer.fast_dev_run",
+        "trainer.overfit_batches",
+        "trainer.limit_train_batches",
+    }
+)
 
 
 class RunDirError(PlmError):
@@ -139,8 +168,13 @@ def read_record(run: Path) -> dict[str, Any] | None:
 
 
 def write_record(run: Path, config: Mapping[str, Any], start: FitStart) -> None:
-    record = {"format": RECORD_FORMAT, "config": dict(config), "command": _command(),
-              "started": _now(), "resumed_from_step": start.step if start.ckpt_path else None}
+    record = {
+        "format": RECORD_FORMAT,
+        "config": dict(config),
+        "command": _command(),
+        "started": _now(),
+        "resumed_from_step": start.step if start.ckpt_path else None,
+    }
     atomic_write_text(run / RECORD_NAME, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
@@ -169,8 +203,12 @@ class RunDirectory:
             os.close(fd)
             raise
         os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": _now(),
-                                 "command": _command()}).encode())
+        os.write(
+            fd,
+            json.dumps(
+                {"pid": os.getpid(), "host": socket.gethostname(), "since": _now(), "command": _command()}
+            ).encode(),
+        )
         self._fd = fd
 
     def _wait_for_lock(self, fd: int) -> None:
@@ -186,11 +224,21 @@ class RunDirectory:
                 time.sleep(0.2)  # the holder exited; its data-loader workers release the lock shortly
 
     def _busy_message(self, holder: dict[str, Any]) -> str:
-        who = (f"process {holder.get('pid')} on {holder.get('host')} (since {holder.get('since')}: "
-               f"{holder.get('command')})" if holder else "another process")
-        gone = "" if _holder_alive(holder) else "; that process has exited, but processes it started still hold it"
-        return (f"{self.path} is in use by {who}{gone}. Two runs in one directory would mix their logs and "
-                "checkpoints: wait for it to finish (or stop it), or give this run another --run_name")
+        who = (
+            f"process {holder.get('pid')} on {holder.get('host')} (since {holder.get('since')}: "
+            f"{holder.get('command')})"
+            if holder
+            else "another process"
+        )
+        gone = (
+            ""
+            if _holder_alive(holder)
+            else "; that process has exited, but processes it started still hold it"
+        )
+        return (
+            f"{self.path} is in use by {who}{gone}. Two runs in one directory would mix their logs and "
+            "checkpoints: wait for it to finish (or stop it), or give this run another --run_name"
+        )
 
     def release(self) -> None:
         if self._fd is not None:
@@ -212,7 +260,9 @@ class RunDirectory:
 
     def trained(self) -> bool:
         """Something a restart would destroy: a checkpoint or a final export."""
-        return (self.ckpt_dir.is_dir() and bool(resume_candidates(self.ckpt_dir))) or (self.path / "final").is_dir()
+        return (self.ckpt_dir.is_dir() and bool(resume_candidates(self.ckpt_dir))) or (
+            self.path / "final"
+        ).is_dir()
 
     def _decide(self, config: Mapping[str, Any], ckpt_path: str | None, max_steps: int) -> FitStart:
         trained = self.trained()
@@ -237,15 +287,21 @@ class RunDirectory:
         if recorded is None:
             raise RunDirError(
                 f"{self.path} holds a trained run but no {RECORD_NAME} (started by an older plm), so this command "
-                f"cannot tell it is the same run. To resume it, add --ckpt_path last; {self._separate()}")
+                f"cannot tell it is the same run. To resume it, add --ckpt_path last; {self._separate()}"
+            )
         if diff:
-            shown = "; ".join(str(c) for c in diff[:6]) + (f"; … {len(diff) - 6} more" if len(diff) > 6 else "")
-            resume = ("To continue it with the new settings, add --ckpt_path last (a resume applies them)"
-                      if all(c.resumable for c in diff) else
-                      f"To resume it, use its own settings (in {self.path / RECORD_NAME}) and add --ckpt_path last")
+            shown = "; ".join(str(c) for c in diff[:6]) + (
+                f"; … {len(diff) - 6} more" if len(diff) > 6 else ""
+            )
+            resume = (
+                "To continue it with the new settings, add --ckpt_path last (a resume applies them)"
+                if all(c.resumable for c in diff)
+                else f"To resume it, use its own settings (in {self.path / RECORD_NAME}) and add --ckpt_path last"
+            )
             raise RunDirError(
                 f"{self.path} holds a run trained with another configuration ({shown}): starting this one there "
-                f"would overwrite its model and mix both runs' checkpoints. {resume}; {self._separate()}")
+                f"would overwrite its model and mix both runs' checkpoints. {resume}; {self._separate()}"
+            )
 
     def _refuse_other_run(self, blocking: list[Change]) -> None:
         if blocking:
@@ -253,7 +309,8 @@ class RunDirectory:
             raise RunDirError(
                 f"{self.path} was trained with another model, data or seed ({shown}): a resume cannot change "
                 f"these. Resume it with its own settings (in {self.path / RECORD_NAME}); {self._separate()} "
-                f"(--model.init_from <checkpoint> starts it from this run's weights)")
+                f"(--model.init_from <checkpoint> starts it from this run's weights)"
+            )
 
     def _separate(self) -> str:
         other = f"{self.path.name}-2"
@@ -266,11 +323,14 @@ class RunDirectory:
             raise RunComplete(
                 f"{self.path} already trained to step {step} (trainer.max_steps {max_steps}); its model is in "
                 f"{self.path / 'final'}. Nothing to do. To train it again, give another --run_name; to train "
-                f"it further, raise --trainer.max_steps and add --ckpt_path last")
+                f"it further, raise --trainer.max_steps and add --ckpt_path last"
+            )
         path, step = found
         if self.primary:
-            _say(f"resuming {self.path} from step {step} ({Path(path).name}): this run name holds a checkpoint "
-                 f"of the same configuration. To start from step 0 instead, give another --run_name")
+            _say(
+                f"resuming {self.path} from step {step} ({Path(path).name}): this run name holds a checkpoint "
+                f"of the same configuration. To start from step 0 instead, give another --run_name"
+            )
         return FitStart(path, step)
 
     def _explicit(self, ckpt_path: str) -> FitStart:
@@ -295,8 +355,11 @@ class DataReport(pl.Callback):
         report = getattr(datamodule, "fasta_report", None)
         if report is None or not trainer.is_global_zero:
             return
-        text = json.dumps({"on_invalid": getattr(datamodule, "on_invalid", None), "sources": report},
-                          indent=2, sort_keys=True)
+        text = json.dumps(
+            {"on_invalid": getattr(datamodule, "on_invalid", None), "sources": report},
+            indent=2,
+            sort_keys=True,
+        )
         atomic_write_text(self.run / DATA_REPORT_NAME, text + "\n")
 
 
@@ -308,10 +371,16 @@ def check_ckpt_path(ckpt_path: str | None) -> None:
         return
     path = Path(ckpt_path)
     if path.is_dir() and not ((path / ".metadata").is_file() or (path / "meta.pt").is_file()):
-        inside = [p for pattern in ("last.ckpt", "*.ckpt", "ckpt/last.ckpt", "ckpt/*.ckpt") for p in path.glob(pattern)]
+        inside = [
+            p
+            for pattern in ("last.ckpt", "*.ckpt", "ckpt/last.ckpt", "ckpt/*.ckpt")
+            for p in path.glob(pattern)
+        ]
         hint = f"e.g. {inside[0]}" if inside else "e.g. checkpoints/<run>/ckpt/last.ckpt"
-        raise CheckpointError(f"{path}: a directory, not a checkpoint: pass a .ckpt file ({hint}), or "
-                              "--ckpt_path last to resume the run named by --run_name")
+        raise CheckpointError(
+            f"{path}: a directory, not a checkpoint: pass a .ckpt file ({hint}), or "
+            "--ckpt_path last to resume the run named by --run_name"
+        )
     verify_checkpoint(path)
     checkpoint_step(path)
 

@@ -61,8 +61,11 @@ class PreemptionCheckpoint(pl.Callback):
             raise KeyboardInterrupt  # the second Ctrl-C: stop now, without the checkpoint
         self.received = signum
         if signum == signal.SIGINT:  # os.write: print() may be mid-call in the interrupted frame
-            os.write(2, b"\nCtrl-C: saving a checkpoint at the end of this step (Ctrl-C again to stop "
-                        b"without saving)\n")
+            os.write(
+                2,
+                b"\nCtrl-C: saving a checkpoint at the end of this step (Ctrl-C again to stop "
+                b"without saving)\n",
+            )
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # After Lightning's own registration (which happens before the loops start), so ours wins.
@@ -78,10 +81,14 @@ class PreemptionCheckpoint(pl.Callback):
             self._previous[sig] = current
             signal.signal(sig, self._handler)
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._step_at_batch_start = trainer.global_step
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if trainer.global_step == self._step_at_batch_start or self.preempted:
             return  # mid gradient-accumulation: no consistent state to save yet
         requested = self.received is not None
@@ -116,8 +123,10 @@ def was_preempted(trainer: pl.Trainer) -> bool:
 def preemption_exit_code(trainer: pl.Trainer | None) -> int:
     """0 after a clean run or a SIGTERM/SIGUSR1 save (requeue scripts resume on 0); 130 after a Ctrl-C save."""
     callbacks = getattr(trainer, "callbacks", None) or []
-    interrupted = any(isinstance(cb, PreemptionCheckpoint) and cb.preempted and cb.received == signal.SIGINT
-                      for cb in callbacks)
+    interrupted = any(
+        isinstance(cb, PreemptionCheckpoint) and cb.preempted and cb.received == signal.SIGINT
+        for cb in callbacks
+    )
     return INTERRUPTED_EXIT_CODE if interrupted else 0
 
 

@@ -76,8 +76,13 @@ class ObjectiveFit:
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        return {"n_opt": asdict(self.n_opt), "d_opt": asdict(self.d_opt), "parametric": self.parametric,
-                "minima": [asdict(m) for m in self.minima], "notes": self.notes}
+        return {
+            "n_opt": asdict(self.n_opt),
+            "d_opt": asdict(self.d_opt),
+            "parametric": self.parametric,
+            "minima": [asdict(m) for m in self.minima],
+            "notes": self.notes,
+        }
 
 
 def check_design(runs: list[Run], source: str) -> None:
@@ -90,11 +95,16 @@ def check_design(runs: list[Run], source: str) -> None:
                 budgets.setdefault(r.flops, set()).add(r.n_params)
         thin = {c: len(n) for c, n in budgets.items() if len(n) < MIN_SIZES_PER_BUDGET}
         if thin:
-            problems.append(f"{obj}: budget(s) " + ", ".join(f"{c:.3g} ({k} size{'s' * (k != 1)})" for c, k in sorted(thin.items()))
-                            + f" have fewer than {MIN_SIZES_PER_BUDGET} distinct n_params; add sizes or drop them")
+            problems.append(
+                f"{obj}: budget(s) "
+                + ", ".join(f"{c:.3g} ({k} size{'s' * (k != 1)})" for c, k in sorted(thin.items()))
+                + f" have fewer than {MIN_SIZES_PER_BUDGET} distinct n_params; add sizes or drop them"
+            )
         if len(budgets) - len(thin) < MIN_BUDGETS:
-            problems.append(f"{obj}: only {len(budgets) - len(thin)} usable budget(s); need at least {MIN_BUDGETS} "
-                            f"(3 or more for a meaningful interval)")
+            problems.append(
+                f"{obj}: only {len(budgets) - len(thin)} usable budget(s); need at least {MIN_BUDGETS} "
+                f"(3 or more for a meaningful interval)"
+            )
     if problems:
         raise ValueError(f"{source}: too few runs for an IsoFLOP fit:\n  " + "\n  ".join(problems))
 
@@ -116,8 +126,15 @@ def isoflop_minimum(flops: float, n: np.ndarray, loss: np.ndarray) -> Minimum | 
         return None
     x_opt, p = fitted
     n_opt = 10.0**x_opt
-    return Minimum(flops, n_opt, flops / (6.0 * n_opt), float(np.polyval(p, x_opt)), p.tolist(),
-                   [float(n.min()), float(n.max())], float(n[np.argmin(loss)]))
+    return Minimum(
+        flops,
+        n_opt,
+        flops / (6.0 * n_opt),
+        float(np.polyval(p, x_opt)),
+        p.tolist(),
+        [float(n.min()), float(n.max())],
+        float(n[np.argmin(loss)]),
+    )
 
 
 def _power_fit(c: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -125,8 +142,9 @@ def _power_fit(c: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(10.0**intercept), float(slope)
 
 
-def fit_isoflop(runs: list[Run], n_boot: int = 1000, seed: int = 0,
-                keep_extrapolated: bool = False) -> tuple[list[Minimum], PowerFit, PowerFit, list[str]]:
+def fit_isoflop(
+    runs: list[Run], n_boot: int = 1000, seed: int = 0, keep_extrapolated: bool = False
+) -> tuple[list[Minimum], PowerFit, PowerFit, list[str]]:
     """Minima per budget, then N_opt(C) and D_opt(C) with bootstrap intervals (runs resampled per budget).
 
     A budget whose parabola vertex lies outside the sizes tried is reported but left out of the power
@@ -140,22 +158,31 @@ def fit_isoflop(runs: list[Run], n_boot: int = 1000, seed: int = 0,
     for c, (n, loss) in by_budget.items():
         m = isoflop_minimum(c, n, loss)
         if m is None:
-            notes.append(f"budget {c:.3g}: IsoFLOP curve is not convex in log N (no minimum); budget left out")
+            notes.append(
+                f"budget {c:.3g}: IsoFLOP curve is not convex in log N (no minimum); budget left out"
+            )
             continue
         if not m.bracketed:
             m.used = keep_extrapolated
             side = "smaller" if min(m.n_opt, m.best_n) <= m.n_range[0] else "larger"
-            notes.append(f"budget {c:.3g}: not bracketed (parabola vertex N = {m.n_opt:.3g}, best run N = {m.best_n:.3g}, "
-                         f"sizes tried [{m.n_range[0]:.3g}, {m.n_range[1]:.3g}]); add {side} sizes; "
-                         + ("kept in the laws (--keep-extrapolated)" if keep_extrapolated else "left out of the laws"))
+            notes.append(
+                f"budget {c:.3g}: not bracketed (parabola vertex N = {m.n_opt:.3g}, best run N = {m.best_n:.3g}, "
+                f"sizes tried [{m.n_range[0]:.3g}, {m.n_range[1]:.3g}]); add {side} sizes; "
+                + ("kept in the laws (--keep-extrapolated)" if keep_extrapolated else "left out of the laws")
+            )
         minima.append(m)
     used = [m for m in minima if m.used]
     if len(used) < MIN_BUDGETS:
         unbracketed = any(not m.used for m in minima)  # left out only because their minimum is extrapolated
-        hint = (" (or pass --keep-extrapolated to fit the unbracketed budgets anyway, with wide intervals)"
-                if unbracketed and not keep_extrapolated else "")
-        raise ValueError(f"only {len(used)} budget(s) have a convex IsoFLOP curve with its minimum inside the sizes "
-                         f"tried; need {MIN_BUDGETS}{hint}: " + "; ".join(notes))
+        hint = (
+            " (or pass --keep-extrapolated to fit the unbracketed budgets anyway, with wide intervals)"
+            if unbracketed and not keep_extrapolated
+            else ""
+        )
+        raise ValueError(
+            f"only {len(used)} budget(s) have a convex IsoFLOP curve with its minimum inside the sizes "
+            f"tried; need {MIN_BUDGETS}{hint}: " + "; ".join(notes)
+        )
     c = np.array([m.flops for m in used])
     n_fit = _power_fit(c, np.array([m.n_opt for m in used]))
     d_fit = _power_fit(c, np.array([m.d_opt for m in used]))
@@ -179,7 +206,9 @@ def fit_isoflop(runs: list[Run], n_boot: int = 1000, seed: int = 0,
             d_slope, d_icpt = np.polyfit(lc, lc - np.log10(6.0) - ln, 1)
             boots.append((n_icpt, n_slope, d_icpt, d_slope))
     if len(boots) < max(20, n_boot // 10):
-        notes.append(f"only {len(boots)} of {n_boot} bootstrap resamples gave a fit; intervals are unreliable")
+        notes.append(
+            f"only {len(boots)} of {n_boot} bootstrap resamples gave a fit; intervals are unreliable"
+        )
     b = np.array(boots) if boots else np.full((1, 4), np.nan)
 
     def interval(col: int) -> list[float]:
@@ -192,7 +221,9 @@ def fit_isoflop(runs: list[Run], n_boot: int = 1000, seed: int = 0,
     n_opt = PowerFit(n_fit[0], n_fit[1], interval(1), interval(0))
     d_opt = PowerFit(d_fit[0], d_fit[1], interval(3), interval(2))
     if len(used) < 3:
-        notes.append("two budgets determine the line exactly: the interval reflects only the noise of the minima")
+        notes.append(
+            "two budgets determine the line exactly: the interval reflects only the noise of the minima"
+        )
     return minima, n_opt, d_opt, notes
 
 
@@ -203,8 +234,9 @@ def _huber(r: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
     return value, np.clip(r, -delta, delta)
 
 
-def _objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_loss: np.ndarray,
-               delta: float) -> tuple[float, np.ndarray]:
+def _objective(
+    theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_loss: np.ndarray, delta: float
+) -> tuple[float, np.ndarray]:
     """Sum of Huber(log L̂ − log L) and its gradient; θ = (a, b, e, α, β) with A = e^a, B = e^b, E = e^e."""
     a, b, e, alpha, beta = theta
     terms = np.stack([a - alpha * log_n, b - beta * log_d, np.full_like(log_n, e)])
@@ -215,33 +247,65 @@ def _objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_loss
     return float(value.sum()), grad
 
 
-def fit_parametric(n: np.ndarray, d: np.ndarray, loss: np.ndarray, delta: float = HUBER_DELTA,
-                   top_starts: int = 24) -> dict[str, float]:
+def fit_parametric(
+    n: np.ndarray, d: np.ndarray, loss: np.ndarray, delta: float = HUBER_DELTA, top_starts: int = 24
+) -> dict[str, float]:
     """L(N, D) = E + A/N^α + B/D^β (Hoffmann et al. approach 3).
 
     The grid is Chinchilla's (α, β ∈ 0…2, e ∈ −1…1, a, b ∈ 0…25), evaluated in one vectorised pass;
     L-BFGS then starts from the ``top_starts`` best grid points and the lowest optimum wins.
     """
     log_n, log_d, log_loss = np.log(n), np.log(d), np.log(loss)
-    grid = np.array(np.meshgrid(np.arange(0, 30, 5.0), np.arange(0, 30, 5.0), np.arange(-1, 1.5, 0.5),
-                                np.arange(0, 2.5, 0.5), np.arange(0, 2.5, 0.5), indexing="ij")).reshape(5, -1).T
-    terms = np.stack([grid[:, [0]] - grid[:, [3]] * log_n, grid[:, [1]] - grid[:, [4]] * log_d,
-                      np.repeat(grid[:, [2]], len(n), axis=1)])
+    grid = (
+        np.array(
+            np.meshgrid(
+                np.arange(0, 30, 5.0),
+                np.arange(0, 30, 5.0),
+                np.arange(-1, 1.5, 0.5),
+                np.arange(0, 2.5, 0.5),
+                np.arange(0, 2.5, 0.5),
+                indexing="ij",
+            )
+        )
+        .reshape(5, -1)
+        .T
+    )
+    terms = np.stack(
+        [
+            grid[:, [0]] - grid[:, [3]] * log_n,
+            grid[:, [1]] - grid[:, [4]] * log_d,
+            np.repeat(grid[:, [2]], len(n), axis=1),
+        ]
+    )
     r = logsumexp(terms, axis=0) - log_loss
     grid_loss = _huber(r, delta)[0].sum(axis=1)
     best = None
     for start in grid[np.argsort(grid_loss)[:top_starts]]:
-        res = minimize(_objective, start, args=(log_n, log_d, log_loss, delta), jac=True, method="L-BFGS-B",
-                       options={"maxiter": 5000, "ftol": 1e-15, "gtol": 1e-12})
+        res = minimize(
+            _objective,
+            start,
+            args=(log_n, log_d, log_loss, delta),
+            jac=True,
+            method="L-BFGS-B",
+            options={"maxiter": 5000, "ftol": 1e-15, "gtol": 1e-12},
+        )
         if best is None or res.fun < best.fun:
             best = res
     a, b, e, alpha, beta = best.x
-    return {"E": float(math.exp(e)), "A": float(math.exp(a)), "B": float(math.exp(b)), "alpha": float(alpha),
-            "beta": float(beta), "n_opt_exponent": float(beta / (alpha + beta)) if alpha + beta > 0 else float("nan"),
-            "huber_loss": float(best.fun)}
+    return {
+        "E": float(math.exp(e)),
+        "A": float(math.exp(a)),
+        "B": float(math.exp(b)),
+        "alpha": float(alpha),
+        "beta": float(beta),
+        "n_opt_exponent": float(beta / (alpha + beta)) if alpha + beta > 0 else float("nan"),
+        "huber_loss": float(best.fun),
+    }
 
 
-def fit_objective(runs: list[Run], n_boot: int = 1000, seed: int = 0, keep_extrapolated: bool = False) -> ObjectiveFit:
+def fit_objective(
+    runs: list[Run], n_boot: int = 1000, seed: int = 0, keep_extrapolated: bool = False
+) -> ObjectiveFit:
     minima, n_opt, d_opt, notes = fit_isoflop(runs, n_boot, seed, keep_extrapolated)
     n, d, loss = (np.array([getattr(r, k) for r in runs]) for k in ("n_params", "tokens", "loss"))
     parametric = fit_parametric(n, d, loss) if len(runs) >= 5 else None
@@ -250,11 +314,14 @@ def fit_objective(runs: list[Run], n_boot: int = 1000, seed: int = 0, keep_extra
     return ObjectiveFit(minima, n_opt, d_opt, parametric, notes)
 
 
-def fit_all(runs: list[Run], source: str, n_boot: int = 1000, seed: int = 0,
-            keep_extrapolated: bool = False) -> dict[str, ObjectiveFit]:
+def fit_all(
+    runs: list[Run], source: str, n_boot: int = 1000, seed: int = 0, keep_extrapolated: bool = False
+) -> dict[str, ObjectiveFit]:
     check_design(runs, source)
-    return {obj: fit_objective([r for r in runs if r.objective == obj], n_boot, seed, keep_extrapolated)
-            for obj in sorted({r.objective for r in runs})}
+    return {
+        obj: fit_objective([r for r in runs if r.objective == obj], n_boot, seed, keep_extrapolated)
+        for obj in sorted({r.objective for r in runs})
+    }
 
 
 # ---- CLI ----------------------------------------------------------------------------------------
@@ -266,22 +333,39 @@ def format_table(fits: dict[str, ObjectiveFit]) -> str:
         lines.append(f"{obj.upper()}  ({len(f.minima)} budgets)")
         lines.append(f"  {'budget C':>10} {'N_opt':>10} {'D_opt':>10} {'loss':>8}  sizes tried")
         for m in f.minima:
-            lines.append(f"  {m.flops:>10.3g} {m.n_opt:>10.3g} {m.d_opt:>10.3g} {m.loss:>8.4f}  "
-                         f"{m.n_range[0]:.3g}…{m.n_range[1]:.3g}" + ("" if m.used else "  (not bracketed: not in the laws)"))
+            lines.append(
+                f"  {m.flops:>10.3g} {m.n_opt:>10.3g} {m.d_opt:>10.3g} {m.loss:>8.4f}  "
+                f"{m.n_range[0]:.3g}…{m.n_range[1]:.3g}"
+                + ("" if m.used else "  (not bracketed: not in the laws)")
+            )
         pub = LAWS.get(obj)
-        for name, p, ref in (("N_opt", f.n_opt, pub.n_opt if pub else None), ("D_opt", f.d_opt, pub.d_opt if pub else None)):
+        for name, p, ref in (
+            ("N_opt", f.n_opt, pub.n_opt if pub else None),
+            ("D_opt", f.d_opt, pub.d_opt if pub else None),
+        ):
             ref_s = f"   (published: {ref.coef:.3g}·C^{ref.exponent:.3f})" if ref else ""
-            lines.append(f"  {name} = {p.coef:.3g}·C^{p.exponent:.3f}, exponent 95% CI [{p.ci[0]:.3f}, {p.ci[1]:.3f}]{ref_s}")
+            lines.append(
+                f"  {name} = {p.coef:.3g}·C^{p.exponent:.3f}, exponent 95% CI [{p.ci[0]:.3f}, {p.ci[1]:.3f}]{ref_s}"
+            )
         if f.parametric:
             q = f.parametric
-            lines.append(f"  L(N, D) = {q['E']:.3f} + {q['A']:.3g}/N^{q['alpha']:.3f} + {q['B']:.3g}/D^{q['beta']:.3f}"
-                         f"   (β/(α+β) = {q['n_opt_exponent']:.3f}; constants are poorly identified)")
+            lines.append(
+                f"  L(N, D) = {q['E']:.3f} + {q['A']:.3g}/N^{q['alpha']:.3f} + {q['B']:.3g}/D^{q['beta']:.3f}"
+                f"   (β/(α+β) = {q['n_opt_exponent']:.3f}; constants are poorly identified)"
+            )
         lines += [f"  note: {n}" for n in f.notes]
     return "\n".join(lines)
 
 
-def fit_laws(results: Path, /, as_json: Annotated[bool, Flag("--json")] = False, plots: Path | None = None,
-             bootstrap: int = 1000, seed: int = 0, keep_extrapolated: bool = False) -> int:
+def fit_laws(
+    results: Path,
+    /,
+    as_json: Annotated[bool, Flag("--json")] = False,
+    plots: Path | None = None,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    keep_extrapolated: bool = False,
+) -> int:
     """Fit N_opt(C), D_opt(C) (bootstrap CIs) and L(N, D) to sweep results; table, JSON, PNG plots.
 
     Args:

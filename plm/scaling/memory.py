@@ -68,7 +68,13 @@ class MemoryPlan:
 
     def total(self, checkpointing: bool | None = None) -> float:
         ac = self.checkpointing if checkpointing is None else checkpointing
-        return self.params + self.grads + self.optimizer + self.working + (self.activations_ac if ac else self.activations)
+        return (
+            self.params
+            + self.grads
+            + self.optimizer
+            + self.working
+            + (self.activations_ac if ac else self.activations)
+        )
 
     def fits(self, gpu_memory: float) -> bool:
         return self.total() <= USABLE_FRACTION * gpu_memory
@@ -95,8 +101,9 @@ def activation_bytes(cfg: ModelConfig, tokens: int, checkpointing: bool) -> floa
     return cfg.n_layer * layer + outside
 
 
-def memory_plan(cfg: ModelConfig, strategy: str, world: int, rows: int, row_len: int,
-                checkpointing: bool | None = None) -> MemoryPlan:
+def memory_plan(
+    cfg: ModelConfig, strategy: str, world: int, rows: int, row_len: int, checkpointing: bool | None = None
+) -> MemoryPlan:
     """Bytes per GPU for ``strategy`` ('ddp' or 'fsdp') over ``world`` GPUs with ``rows`` × ``row_len`` tokens
     per GPU micro-batch. ``checkpointing`` None: FSDP2 recomputes activations (its default), DDP does not."""
     p = float(cfg.n_params())
@@ -111,15 +118,29 @@ def memory_plan(cfg: ModelConfig, strategy: str, world: int, rows: int, row_len:
     else:
         raise ValueError(f"strategy {strategy!r}: use 'ddp' or 'fsdp'")
     ac = strategy == "fsdp" if checkpointing is None else checkpointing
-    return MemoryPlan(cfg, strategy, world, rows, row_len, ac, params, grads, optimizer, working,
-                      activation_bytes(cfg, tokens, False), activation_bytes(cfg, tokens, True))
+    return MemoryPlan(
+        cfg,
+        strategy,
+        world,
+        rows,
+        row_len,
+        ac,
+        params,
+        grads,
+        optimizer,
+        working,
+        activation_bytes(cfg, tokens, False),
+        activation_bytes(cfg, tokens, True),
+    )
 
 
 def gpu_facts(gpu: str) -> tuple[str, float, float]:
     """(name, memory bytes, bf16 peak FLOP/s) of a GPU named like ``h100`` or ``NVIDIA H100 80GB HBM3``."""
     name = next((g for g in GPU_MEMORY_GB if g in gpu.lower()), None)
     if name is None or name not in GPU_PEAK_BF16:
-        raise ValueError(f"unknown GPU {gpu!r}; known: {', '.join(g for g in GPU_MEMORY_GB if g in GPU_PEAK_BF16)}")
+        raise ValueError(
+            f"unknown GPU {gpu!r}; known: {', '.join(g for g in GPU_MEMORY_GB if g in GPU_PEAK_BF16)}"
+        )
     return name, GPU_MEMORY_GB[name] * GB, GPU_PEAK_BF16[name]
 
 
@@ -155,8 +176,14 @@ def _fit_word(plan: MemoryPlan, memory: float) -> str:
     return "fits" if plan.fits(memory) else "does NOT fit"
 
 
-def table(plan: MemoryPlan, gpu: str, steps: int, step_tokens: int, mfu: float = DEFAULT_MFU,
-          memory: float | None = None) -> str:
+def table(
+    plan: MemoryPlan,
+    gpu: str,
+    steps: int,
+    step_tokens: int,
+    mfu: float = DEFAULT_MFU,
+    memory: float | None = None,
+) -> str:
     """The per-GPU memory table, the step time and the days to finish, as ``plm train --dry-run`` prints.
     ``memory``: the GPU's bytes when known from the device (default: its data sheet)."""
     name, sheet, peak = gpu_facts(gpu)
@@ -164,21 +191,32 @@ def table(plan: MemoryPlan, gpu: str, steps: int, step_tokens: int, mfu: float =
     ac, no_ac = replace(plan, checkpointing=True), replace(plan, checkpointing=False)
     what = "FSDP2: full shard" if plan.strategy == "fsdp" else "DDP: full replica"
     usable = USABLE_FRACTION * memory
-    rows = [("parameters (fp32)", plan.params, plan.params), ("gradients (fp32)", plan.grads, plan.grads),
-            ("optimizer state (AdamW, fp32)", plan.optimizer, plan.optimizer),
-            ("bf16 weights/grads in flight", plan.working, plan.working),
-            ("activations", plan.activations, plan.activations_ac),
-            ("total", no_ac.total(), ac.total()),
-            (f"usable ({USABLE_FRACTION:.0%} of {memory / GB:.0f} GB)", usable, usable)]
-    lines = [(f"memory per GPU ({what} over {plan.world} × {name.upper()}, bf16-mixed, micro-batch "
-              f"{plan.rows} rows × {plan.row_len} tokens):"),
-             f"  {'':32s}{'no recompute':>14s}{'activation ckpt':>17s}"]
+    rows = [
+        ("parameters (fp32)", plan.params, plan.params),
+        ("gradients (fp32)", plan.grads, plan.grads),
+        ("optimizer state (AdamW, fp32)", plan.optimizer, plan.optimizer),
+        ("bf16 weights/grads in flight", plan.working, plan.working),
+        ("activations", plan.activations, plan.activations_ac),
+        ("total", no_ac.total(), ac.total()),
+        (f"usable ({USABLE_FRACTION:.0%} of {memory / GB:.0f} GB)", usable, usable),
+    ]
+    lines = [
+        (
+            f"memory per GPU ({what} over {plan.world} × {name.upper()}, bf16-mixed, micro-batch "
+            f"{plan.rows} rows × {plan.row_len} tokens):"
+        ),
+        f"  {'':32s}{'no recompute':>14s}{'activation ckpt':>17s}",
+    ]
     lines += [f"  {label:32s}{a / GB:>11.2f} GB{b / GB:>14.2f} GB" for label, a, b in rows]
-    lines.append(f"  {'':32s}{_fit_word(no_ac, memory):>14s}{_fit_word(ac, memory):>17s}   (this run: "
-                 f"{'activation checkpointing' if plan.checkpointing else 'no recompute'})")
+    lines.append(
+        f"  {'':32s}{_fit_word(no_ac, memory):>14s}{_fit_word(ac, memory):>17s}   (this run: "
+        f"{'activation checkpointing' if plan.checkpointing else 'no recompute'})"
+    )
     t = step_seconds(plan.config, step_tokens, plan.world, peak, mfu)
     t_run = t * (RECOMPUTE_FACTOR if plan.checkpointing else 1.0)
-    lines.append(f"  step of {step_tokens:,} tokens at {mfu:.0%} MFU ({name.upper()} bf16 peak {peak / 1e12:.0f} "
-                 f"TFLOP/s): {t:.2f} s, {t * RECOMPUTE_FACTOR:.2f} s with recompute; {steps:,} steps ≈ "
-                 f"{steps * t_run / 86400:.1f} days")
+    lines.append(
+        f"  step of {step_tokens:,} tokens at {mfu:.0%} MFU ({name.upper()} bf16 peak {peak / 1e12:.0f} "
+        f"TFLOP/s): {t:.2f} s, {t * RECOMPUTE_FACTOR:.2f} s with recompute; {steps:,} steps ≈ "
+        f"{steps * t_run / 86400:.1f} days"
+    )
     return "\n".join(lines)

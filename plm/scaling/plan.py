@@ -1,9 +1,9 @@
 """`plm plan`: from a compute budget to a model size, a token count and a config that `plm fit` runs.
 
-    plm plan --flops 1e21 --objective clm
-    plm plan --gpu-hours 5000 --gpu h100 --mfu 0.4 --objective mlm --manifest data/prepared/manifest.json
-    plm plan --flops 3e13 --objective mlm --write run.yaml --rows-per-device 4 --row-len 256
-    plm plan --flops 1e19 --objective clm --laws fit.json   # your own laws: `plm fit-laws … --json > fit.json`
+plm plan --flops 1e21 --objective clm
+plm plan --gpu-hours 5000 --gpu h100 --mfu 0.4 --objective mlm --manifest data/prepared/manifest.json
+plm plan --flops 3e13 --objective mlm --write run.yaml --rows-per-device 4 --row-len 256
+plm plan --flops 1e19 --objective clm --laws fit.json   # your own laws: `plm fit-laws … --json > fit.json`
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ def epochs_per_source(tokens: float, manifest: Path, weights: dict[str, float] |
         data = json.loads(manifest.read_text())
         residues = {n: float(s["train"]["residues"]) for n, s in data["sources"].items()}
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{manifest}: not a `plm data prepare` manifest ({err}); pass DIR/manifest.json") from err
+        raise ValueError(
+            f"{manifest}: not a `plm data prepare` manifest ({err}); pass DIR/manifest.json"
+        ) from err
     w = weights or residues
     unknown = sorted(set(w) - set(residues))
     if unknown:
@@ -38,15 +40,21 @@ def epochs_per_source(tokens: float, manifest: Path, weights: dict[str, float] |
 def load_fitted_law(path: Path, objective: str) -> dict[str, Any]:
     """One objective's entry of `plm fit-laws --json` output (n_opt power law, optional parametric)."""
     if objective == "transfer":
-        raise ValueError("--laws applies to --objective clm or mlm (the transfer split uses the published laws)")
+        raise ValueError(
+            "--laws applies to --objective clm or mlm (the transfer split uses the published laws)"
+        )
     try:
         entry = json.loads(Path(path).read_text())[objective]
         float(entry["n_opt"]["coef"]), float(entry["n_opt"]["exponent"])
     except (OSError, ValueError) as err:
-        raise ValueError(f"--laws {path}: not readable JSON ({err}); write it with `plm fit-laws RESULTS --json > {path}`") from err
+        raise ValueError(
+            f"--laws {path}: not readable JSON ({err}); write it with `plm fit-laws RESULTS --json > {path}`"
+        ) from err
     except (KeyError, TypeError) as err:
-        raise ValueError(f"--laws {path}: no {objective!r} entry with n_opt.coef and n_opt.exponent ({err!r}); "
-                         f"fit-laws output lists the objectives of the sweep") from err
+        raise ValueError(
+            f"--laws {path}: no {objective!r} entry with n_opt.coef and n_opt.exponent ({err!r}); "
+            f"fit-laws output lists the objectives of the sweep"
+        ) from err
     return entry
 
 
@@ -62,8 +70,11 @@ def check_epochs(plan: RunPlan, manifest: Path, weights: dict[str, float] | None
     epochs = epochs_per_source(plan.tokens, manifest, weights)
     for name, e in epochs.items():
         if e > 1:
-            warnings.warn(f"source {name!r} would be seen {e:.2f} times: repeated data hurts (docs/reference.md, "
-                          "\"Data\"); add data or lower its weight", stacklevel=2)
+            warnings.warn(
+                f"source {name!r} would be seen {e:.2f} times: repeated data hurts (docs/reference.md, "
+                '"Data"); add data or lower its weight',
+                stacklevel=2,
+            )
     return epochs
 
 
@@ -73,14 +84,17 @@ def manifest_sources(manifest: Path) -> dict[str, str]:
     return {name: str((manifest.parent / name).resolve()) for name in data["sources"]}
 
 
-def write_config(plan: RunPlan, path: Path, manifest: Path | None = None,
-                 weights: dict[str, float] | None = None) -> None:
+def write_config(
+    plan: RunPlan, path: Path, manifest: Path | None = None, weights: dict[str, float] | None = None
+) -> None:
     """A LightningCLI config `plm fit --config PATH` runs as is; its schedule ends exactly at the budget,
     on the manifest's stores (and mixture weights) when the plan was made for them."""
     import yaml
 
-    header = (f"# plm plan: {plan.objective} at C = {plan.flops:.3g} FLOPs → N = {plan.n_params:.3g} non-embedding, "
-              f"D = {plan.train_tokens:.3g} tokens\n")
+    header = (
+        f"# plm plan: {plan.objective} at C = {plan.flops:.3g} FLOPs → N = {plan.n_params:.3g} non-embedding, "
+        f"D = {plan.train_tokens:.3g} tokens\n"
+    )
     cfg = fit_config(plan, run_name=f"plan-{plan.objective}-{plan.flops:.0e}")
     if manifest is not None:
         cfg["data"]["sources"] = manifest_sources(manifest)
@@ -100,11 +114,22 @@ def budget_flops(flops: float | None, gpu_hours: float | None, gpu: str, mfu: fl
     return gpu_hours * 3600 * GPU_PEAK_BF16[gpu.lower()] * mfu
 
 
-def make_plan(flops: float | None = None, gpu_hours: float | None = None, gpu: str = "a100", mfu: float = 0.4,
-              objective: Annotated[str, Flag(choices=OBJECTIVES)] = "mlm", manifest: Path | None = None,
-              weights: str | None = None, row_len: int = 1024, rows_per_device: int = 8, devices: int = 1,
-              num_nodes: int = 1, write: Path | None = None, laws: Path | None = None,
-              as_json: Annotated[bool, Flag("--json")] = False) -> int:
+def make_plan(
+    flops: float | None = None,
+    gpu_hours: float | None = None,
+    gpu: str = "a100",
+    mfu: float = 0.4,
+    objective: Annotated[str, Flag(choices=OBJECTIVES)] = "mlm",
+    manifest: Path | None = None,
+    weights: str | None = None,
+    row_len: int = 1024,
+    rows_per_device: int = 8,
+    devices: int = 1,
+    num_nodes: int = 1,
+    write: Path | None = None,
+    laws: Path | None = None,
+    as_json: Annotated[bool, Flag("--json")] = False,
+) -> int:
     """Compute budget (FLOPs or GPU-hours) → model size, tokens, schedule, and a plm fit config.
 
     Args:
@@ -125,10 +150,14 @@ def make_plan(flops: float | None = None, gpu_hours: float | None = None, gpu: s
         as_json: print the plan as one JSON object
     """
     try:
-        mix = {k: float(v) for k, v in (item.split("=", 1) for item in weights.split(","))} if weights else None
+        mix = (
+            {k: float(v) for k, v in (item.split("=", 1) for item in weights.split(","))} if weights else None
+        )
         fitted = load_fitted_law(laws, objective) if laws else None
         layout = Layout(row_len, rows_per_device, devices, num_nodes)
-        plan = plan_for_budget(budget_flops(flops, gpu_hours, gpu, mfu), objective, layout, fitted, f"fitted: {laws}")
+        plan = plan_for_budget(
+            budget_flops(flops, gpu_hours, gpu, mfu), objective, layout, fitted, f"fitted: {laws}"
+        )
         epochs = check_epochs(plan, manifest, mix) if manifest is not None else None
     except ValueError as err:
         print(f"plm plan: {err}", file=sys.stderr)
@@ -142,18 +171,27 @@ def make_plan(flops: float | None = None, gpu_hours: float | None = None, gpu: s
     shape = f"ladder size {plan.size}" if plan.size else "generated shape"
     lines = [
         f"objective {plan.objective}, compute C = {plan.flops:.3g} FLOPs",
-        (f"  N_opt ({plan.law_source}) = {plan.n_opt:.3g} non-embedding parameters → {shape}: "
-         f"{plan.layers} layers × {plan.hidden} hidden × {plan.heads} heads, N = {plan.n_params:.3g}"),
-        (f"  D = C / 6N = {plan.tokens:.3g} tokens; batch {plan.step_tokens:,} tokens ({plan.accumulate} accumulation "
-         f"× {rows_per_device} rows × {layout.world} devices × {row_len}) → {plan.steps:,} steps, "
-         f"warm-up {plan.warmup_steps:,}, peak LR {plan.peak_lr:g}, cosine to LR/10; GPU strategy {plan.strategy}"),
-        (f"  expected loss: {loss:.4f} nats (parametric L(N, D) of {plan.law_source})" if loss is not None else
-         "  expected loss: not given by the published fits (they fix the allocation, not the loss level; "
-         "pass --laws from `plm fit-laws --json`)"),
+        (
+            f"  N_opt ({plan.law_source}) = {plan.n_opt:.3g} non-embedding parameters → {shape}: "
+            f"{plan.layers} layers × {plan.hidden} hidden × {plan.heads} heads, N = {plan.n_params:.3g}"
+        ),
+        (
+            f"  D = C / 6N = {plan.tokens:.3g} tokens; batch {plan.step_tokens:,} tokens ({plan.accumulate} accumulation "
+            f"× {rows_per_device} rows × {layout.world} devices × {row_len}) → {plan.steps:,} steps, "
+            f"warm-up {plan.warmup_steps:,}, peak LR {plan.peak_lr:g}, cosine to LR/10; GPU strategy {plan.strategy}"
+        ),
+        (
+            f"  expected loss: {loss:.4f} nats (parametric L(N, D) of {plan.law_source})"
+            if loss is not None
+            else "  expected loss: not given by the published fits (they fix the allocation, not the loss level; "
+            "pass --laws from `plm fit-laws --json`)"
+        ),
     ]
     if plan.objective == "transfer":
-        lines.append(f"  transfer split: CLM {plan.clm_flops:.3g} FLOPs ({plan.clm_flops / plan.flops:.0%}), "
-                     f"MLM {plan.mlm_flops:.3g} FLOPs ({plan.mlm_flops / plan.flops:.0%})")
+        lines.append(
+            f"  transfer split: CLM {plan.clm_flops:.3g} FLOPs ({plan.clm_flops / plan.flops:.0%}), "
+            f"MLM {plan.mlm_flops:.3g} FLOPs ({plan.mlm_flops / plan.flops:.0%})"
+        )
     if epochs:
         lines.append("  epochs per source: " + ", ".join(f"{k} {v:.2f}" for k, v in epochs.items()))
     lines += [f"  note: {note}" for note in plan.notes]
@@ -163,4 +201,6 @@ def make_plan(flops: float | None = None, gpu_hours: float | None = None, gpu: s
     return 0
 
 
-main = command(make_plan, "plm plan", exclusive=[Exclusive("flops", "gpu_hours", required=True)], description=__doc__)
+main = command(
+    make_plan, "plm plan", exclusive=[Exclusive("flops", "gpu_hours", required=True)], description=__doc__
+)

@@ -38,15 +38,30 @@ def plot_isoflop(runs: list[Run], fit: ObjectiveFit, objective: str, path: Path)
         if m is not None:
             x = np.linspace(np.log10(min(n.min(), m.n_opt)), np.log10(max(n.max(), m.n_opt)), 100)
             ax.plot(10**x, np.polyval(m.parabola, x), "-", color=colour, alpha=0.7)
-            ax.plot([m.n_opt], [m.loss], "*", color=colour if m.used else "none", markersize=14, markeredgecolor="black")
+            ax.plot(
+                [m.n_opt],
+                [m.loss],
+                "*",
+                color=colour if m.used else "none",
+                markersize=14,
+                markeredgecolor="black",
+            )
             if not m.bracketed:  # a vertex extrapolated from a one-sided curve: say so on the figure
-                ax.annotate("not bracketed", (m.n_opt, m.loss), textcoords="offset points", xytext=(8, -12),
-                            fontsize=7, color=colour)
+                ax.annotate(
+                    "not bracketed",
+                    (m.n_opt, m.loss),
+                    textcoords="offset points",
+                    xytext=(8, -12),
+                    fontsize=7,
+                    color=colour,
+                )
     ax.set_xscale("log")
     ax.set_xlabel("non-embedding parameters N")
     ax.set_ylabel("final validation loss (nats)")
-    ax.set_title(f"{objective.upper()} IsoFLOP profiles\n★ parabola minimum (filled: used in the laws, hollow: left out)",
-                 fontsize=10)
+    ax.set_title(
+        f"{objective.upper()} IsoFLOP profiles\n★ parabola minimum (filled: used in the laws, hollow: left out)",
+        fontsize=10,
+    )
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
@@ -58,7 +73,10 @@ def plot_isoflop(runs: list[Run], fit: ObjectiveFit, objective: str, path: Path)
 def plot_laws(fits: dict[str, ObjectiveFit], path: Path) -> Path:
     """N_opt(C) and D_opt(C): fitted minima, fitted power law with its label, published law dashed."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
-    for ax, key, label in ((axes[0], "n_opt", "N_opt (non-embedding parameters)"), (axes[1], "d_opt", "D_opt (tokens)")):
+    for ax, key, label in (
+        (axes[0], "n_opt", "N_opt (non-embedding parameters)"),
+        (axes[1], "d_opt", "D_opt (tokens)"),
+    ):
         for obj, f in fits.items():
             colour = COLOURS.get(obj, "tab:green")
             c = np.array([m.flops for m in f.minima if m.used])
@@ -69,20 +87,33 @@ def plot_laws(fits: dict[str, ObjectiveFit], path: Path) -> Path:
             law = getattr(f, key)
             grid = np.geomspace(c.min() / 2, c.max() * 2, 50)
             ax.plot(c, y, "o", color=colour)
-            ax.plot(grid, law(grid), "-", color=colour,
-                    label=f"{obj.upper()} fit {law.coef:.3g}·C^{law.exponent:.2f} [{law.ci[0]:.2f}, {law.ci[1]:.2f}]")
+            ax.plot(
+                grid,
+                law(grid),
+                "-",
+                color=colour,
+                label=f"{obj.upper()} fit {law.coef:.3g}·C^{law.exponent:.2f} [{law.ci[0]:.2f}, {law.ci[1]:.2f}]",
+            )
             if obj in LAWS:
                 pub = getattr(LAWS[obj], key)
-                ax.plot(grid, pub(grid), "--", color=colour, alpha=0.6,
-                        label=f"{obj.upper()} published {pub.coef:.3g}·C^{pub.exponent:.3f}")
+                ax.plot(
+                    grid,
+                    pub(grid),
+                    "--",
+                    color=colour,
+                    alpha=0.6,
+                    label=f"{obj.upper()} published {pub.coef:.3g}·C^{pub.exponent:.3f}",
+                )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("training compute C = 6·N·D (FLOPs)")
         ax.set_ylabel(label)
         ax.legend(fontsize=7)
         ax.grid(True, which="both", alpha=0.3)
-    fig.suptitle("Compute-optimal allocation: this sweep (solid, 95% CI of exponent) vs Cheng et al. 2024 (dashed)",
-                 fontsize=9)
+    fig.suptitle(
+        "Compute-optimal allocation: this sweep (solid, 95% CI of exponent) vs Cheng et al. 2024 (dashed)",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -92,7 +123,9 @@ def plot_laws(fits: dict[str, ObjectiveFit], path: Path) -> Path:
 def plot_all(runs: list[Run], fits: dict[str, ObjectiveFit], out: Path) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    written = [plot_isoflop([r for r in runs if r.objective == obj], f, obj, out / f"isoflop_{obj}.png")
-               for obj, f in fits.items()]
+    written = [
+        plot_isoflop([r for r in runs if r.objective == obj], f, obj, out / f"isoflop_{obj}.png")
+        for obj, f in fits.items()
+    ]
     written.append(plot_laws(fits, out / "laws.png"))
     return written

@@ -47,8 +47,13 @@ VALIDATION_EVERY_MAX = 1000  # optimizer steps between validations in long runs
 #: plan. FSDP2 builds the model on the meta device and materialises it block by block as it shards it.
 STRATEGIES: dict[str, dict[str, Any]] = {
     "ddp": {"trainer.strategy": "ddp"},
-    "fsdp": {"trainer.strategy": {"class_path": "plm.strategies.FSDP2", "init_args": {"activation_checkpointing": True}},
-             "model.init_args.meta_init": True},
+    "fsdp": {
+        "trainer.strategy": {
+            "class_path": "plm.strategies.FSDP2",
+            "init_args": {"activation_checkpointing": True},
+        },
+        "model.init_args.meta_init": True,
+    },
 }
 
 
@@ -121,8 +126,13 @@ class RunPlan:
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        data.update(layers=self.layers, hidden=self.hidden, heads=self.heads, train_tokens=self.train_tokens,
-                    notes=list(self.notes))
+        data.update(
+            layers=self.layers,
+            hidden=self.hidden,
+            heads=self.heads,
+            train_tokens=self.train_tokens,
+            notes=list(self.notes),
+        )
         return data
 
     def fit_overrides(self, gpu: bool | None = None) -> dict[str, Any]:
@@ -133,19 +143,25 @@ class RunPlan:
         if self.size is None:
             init["arch"] = {"n_layer": self.layers, "n_embd": self.hidden, "n_head": self.heads}
         out: dict[str, Any] = {f"model.init_args.{k}": v for k, v in init.items()}
-        out.update({
-            "data.row_len": self.layout.row_len,
-            "data.rows_per_batch": self.layout.rows_per_device,
-            "trainer.max_steps": self.steps,
-            "trainer.accumulate_grad_batches": self.accumulate,
-            "trainer.val_check_interval": min(self.steps, VALIDATION_EVERY_MAX) * self.accumulate,
-            "trainer.devices": self.layout.devices,
-            "trainer.num_nodes": self.layout.num_nodes,
-        })
+        out.update(
+            {
+                "data.row_len": self.layout.row_len,
+                "data.rows_per_batch": self.layout.rows_per_device,
+                "trainer.max_steps": self.steps,
+                "trainer.accumulate_grad_batches": self.accumulate,
+                "trainer.val_check_interval": min(self.steps, VALIDATION_EVERY_MAX) * self.accumulate,
+                "trainer.devices": self.layout.devices,
+                "trainer.num_nodes": self.layout.num_nodes,
+            }
+        )
         if self.objective == "transfer":
-            out["trainer.callbacks"] = [{"class_path": "plm.callbacks.transfer.CLMToMLMTransfer",
-                                         # clm_share: None replaces a base config's share (the demo's 20%)
-                                         "init_args": {"switch_flops": self.clm_flops, "clm_share": None}}]
+            out["trainer.callbacks"] = [
+                {
+                    "class_path": "plm.callbacks.transfer.CLMToMLMTransfer",
+                    # clm_share: None replaces a base config's share (the demo's 20%)
+                    "init_args": {"switch_flops": self.clm_flops, "clm_share": None},
+                }
+            ]
         if gpu or (gpu is None and (self.layout.world > 1 or self.strategy == "fsdp")):
             out["trainer.accelerator"] = "gpu"
             out.update(STRATEGIES[self.strategy])
@@ -163,8 +179,12 @@ def fit_config(plan: RunPlan, run_name: str | None = None, gpu: bool | None = No
         "seed_everything": 0,
         "run_name": run_name or plan.run_name,
         "model": {"class_path": model_class(plan.objective)},
-        "trainer": {"precision": "bf16-mixed", "gradient_clip_val": 1.0, "check_val_every_n_epoch": None,
-                    "num_sanity_val_steps": 0},
+        "trainer": {
+            "precision": "bf16-mixed",
+            "gradient_clip_val": 1.0,
+            "check_val_every_n_epoch": None,
+            "num_sanity_val_steps": 0,
+        },
     }
     for key, value in plan.fit_overrides(gpu).items():
         node = cfg
@@ -207,9 +227,11 @@ def generated_shape(n_target: float) -> tuple[int, int, int]:
         return 2, 64, 1  # the smallest shape plm builds; the plan notes how far it is from N_opt
     if best is None or abs(math.log(12 * best[0] * best[1] ** 2 / n_target)) > math.log(LADDER_TOLERANCE):
         largest = 12 * MAX_LAYERS * (MAX_ASPECT * MAX_LAYERS) ** 2
-        raise ValueError(f"N = {n_target:.3g} is beyond the shapes plm generates (up to ≈ {largest:.2g} "
-                         f"non-embedding parameters: {MAX_LAYERS} layers, hidden/layers ≤ {MAX_ASPECT}); "
-                         "give a smaller budget or your own shape (plm sweep --sizes LxHxA)")
+        raise ValueError(
+            f"N = {n_target:.3g} is beyond the shapes plm generates (up to ≈ {largest:.2g} "
+            f"non-embedding parameters: {MAX_LAYERS} layers, hidden/layers ≤ {MAX_ASPECT}); "
+            "give a smaller budget or your own shape (plm sweep --sizes LxHxA)"
+        )
     return best
 
 
@@ -244,9 +266,18 @@ def _check_objective(objective: str) -> None:
         raise ValueError(f"objective {objective!r}: use one of {', '.join(OBJECTIVES)}")
 
 
-def _build(objective: str, flops: float, cfg: ModelConfig, size: str | None, n_opt: float | None,
-           layout: Layout, batch_tokens: int | None, lr: float | None, law_source: str,
-           notes: list[str]) -> RunPlan:
+def _build(
+    objective: str,
+    flops: float,
+    cfg: ModelConfig,
+    size: str | None,
+    n_opt: float | None,
+    layout: Layout,
+    batch_tokens: int | None,
+    lr: float | None,
+    law_source: str,
+    notes: list[str],
+) -> RunPlan:
     """The arithmetic every plan shares, from a budget and a shape."""
     n = cfg.n_params_non_embedding()
     preset = SIZES.get(size) if size else None
@@ -254,8 +285,10 @@ def _build(objective: str, flops: float, cfg: ModelConfig, size: str | None, n_o
     tokens = flops / (6.0 * n)
     if batch_tokens is None and batch > tokens / MIN_STEPS:
         reduced = max(layout.row_len, int(tokens / MIN_STEPS))
-        notes.append(f"batch reduced from {batch:,} to ≈ {reduced:,} tokens: the run's {tokens:.3g} tokens "
-                     f"would fill fewer than {MIN_STEPS} steps of the recipe's batch")
+        notes.append(
+            f"batch reduced from {batch:,} to ≈ {reduced:,} tokens: the run's {tokens:.3g} tokens "
+            f"would fill fewer than {MIN_STEPS} steps of the recipe's batch"
+        )
         batch = reduced
     rows_per_step = max(1, batch // layout.row_len)
     accumulate = max(1, math.ceil(rows_per_step / (layout.rows_per_device * layout.world)))
@@ -267,21 +300,41 @@ def _build(objective: str, flops: float, cfg: ModelConfig, size: str | None, n_o
         mlm_flops = flops - clm_flops
     if n_opt is not None and abs(math.log(n / n_opt)) > math.log(FAR_FROM_OPTIMUM):
         side = "smallest shape plm builds" if n > n_opt else "chosen shape"
-        notes.append(f"the {side} has N = {n:.3g}, {max(n / n_opt, n_opt / n):.0f}× "
-                     f"{'above' if n > n_opt else 'below'} N_opt = {n_opt:.3g}: this budget is off the laws' "
-                     "useful range, the plan is not compute-optimal")
+        notes.append(
+            f"the {side} has N = {n:.3g}, {max(n / n_opt, n_opt / n):.0f}× "
+            f"{'above' if n > n_opt else 'below'} N_opt = {n_opt:.3g}: this budget is off the laws' "
+            "useful range, the plan is not compute-optimal"
+        )
     return RunPlan(
-        objective=objective, flops=flops, config=cfg, size=size, n_params=n, n_opt=n_opt, tokens=tokens,
-        batch_tokens=batch, step_tokens=step_tokens, steps=steps, accumulate=accumulate,
+        objective=objective,
+        flops=flops,
+        config=cfg,
+        size=size,
+        n_params=n,
+        n_opt=n_opt,
+        tokens=tokens,
+        batch_tokens=batch,
+        step_tokens=step_tokens,
+        steps=steps,
+        accumulate=accumulate,
         warmup_steps=warmup_steps(steps, WARMUP_FRACTION),
         peak_lr=lr if lr is not None else (preset.peak_lr if preset else peak_lr_for(n)),
-        strategy=preset.strategy if preset else strategy_for(n), layout=layout,
-        clm_flops=clm_flops, mlm_flops=mlm_flops, law_source=law_source, notes=tuple(notes),
+        strategy=preset.strategy if preset else strategy_for(n),
+        layout=layout,
+        clm_flops=clm_flops,
+        mlm_flops=mlm_flops,
+        law_source=law_source,
+        notes=tuple(notes),
     )
 
 
-def plan_for_budget(flops: float, objective: str, layout: Layout = Layout(),
-                    fitted: dict[str, Any] | None = None, fitted_source: str = "fitted") -> RunPlan:
+def plan_for_budget(
+    flops: float,
+    objective: str,
+    layout: Layout = Layout(),
+    fitted: dict[str, Any] | None = None,
+    fitted_source: str = "fitted",
+) -> RunPlan:
     """The size the law asks for at ``flops``, trained on the whole budget.
 
     ``fitted``: one objective's entry of ``plm fit-laws --json`` (its N_opt law replaces the published one)."""
@@ -301,9 +354,15 @@ def plan_for_budget(flops: float, objective: str, layout: Layout = Layout(),
     return _build(objective, flops, cfg, size, n_opt, layout, None, None, source, [])
 
 
-def plan_for_size(size: str | ModelConfig, objective: str, layout: Layout = Layout(),
-                  tokens: float | None = None, batch_tokens: int | None = None, lr: float | None = None,
-                  flops: float | None = None) -> RunPlan:
+def plan_for_size(
+    size: str | ModelConfig,
+    objective: str,
+    layout: Layout = Layout(),
+    tokens: float | None = None,
+    batch_tokens: int | None = None,
+    lr: float | None = None,
+    flops: float | None = None,
+) -> RunPlan:
     """A given size (ladder name or shape) on its compute-optimal budget, or on ``tokens`` / ``flops``.
 
     A shape equal to a ladder preset's gets that preset's LR, batch and strategy. ``batch_tokens`` and
@@ -320,5 +379,6 @@ def plan_for_size(size: str | ModelConfig, objective: str, layout: Layout = Layo
         flops = 6.0 * n * tokens
     elif flops is None:
         flops = compute_optimal_flops(n, objective)
-    return _build(objective, flops, cfg, name, None, layout, batch_tokens, lr, "published: Cheng et al. 2024",
-                  [])
+    return _build(
+        objective, flops, cfg, name, None, layout, batch_tokens, lr, "published: Cheng et al. 2024", []
+    )

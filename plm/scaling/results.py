@@ -40,8 +40,10 @@ def load_results(path: Path) -> list[Run]:
         header = [h.strip() for h in (reader.fieldnames or [])]
         missing = [c for c in REQUIRED if c not in header]
         if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; the header is {header or 'empty'} "
-                             f"and must contain {', '.join(REQUIRED)} (tokens optional: C / 6N)")
+            raise ValueError(
+                f"{path}: missing column(s) {', '.join(missing)}; the header is {header or 'empty'} "
+                f"and must contain {', '.join(REQUIRED)} (tokens optional: C / 6N)"
+            )
         rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
     runs, problems = [], []
     for line, row in enumerate(rows, start=2):
@@ -63,7 +65,9 @@ def load_results(path: Path) -> list[Run]:
             problems.append(f"line {line}: objective is empty (use clm or mlm)")
         if len(problems) == before:
             tokens = values.get("tokens", values["flops"] / (6.0 * values["n_params"]))
-            runs.append(Run(row["objective"].lower(), values["flops"], values["n_params"], tokens, values["loss"]))
+            runs.append(
+                Run(row["objective"].lower(), values["flops"], values["n_params"], tokens, values["loss"])
+            )
     if problems:
         shown = problems[:20] + ([f"… and {len(problems) - 20} more"] if len(problems) > 20 else [])
         raise ValueError(f"{path}: {len(problems)} bad value(s):\n  " + "\n  ".join(shown))
@@ -103,10 +107,15 @@ def collect(out: Path, write: bool = True) -> list[Run]:
         tokens = read_record(run / "final").tokens_seen or job["tokens"]  # real tokens seen: padding excluded
         runs.append(Run(job["objective"], job["flops"], float(job["n_params"]), float(tokens), loss))
     if not runs:
-        raise ValueError(f"{out}: none of the {len(jobs)} runs has finished with a val/loss; run `plm sweep ... --run`")
+        raise ValueError(
+            f"{out}: none of the {len(jobs)} runs has finished with a val/loss; run `plm sweep ... --run`"
+        )
     if missing:
-        print(f"plm sweep: {len(missing)} of {len(jobs)} runs unfinished, left out: {', '.join(missing[:5])}"
-              + (" …" if len(missing) > 5 else ""), file=sys.stderr)
+        print(
+            f"plm sweep: {len(missing)} of {len(jobs)} runs unfinished, left out: {', '.join(missing[:5])}"
+            + (" …" if len(missing) > 5 else ""),
+            file=sys.stderr,
+        )
     if write:
         write_results(out / "results.csv", runs)
     return runs
@@ -121,5 +130,3 @@ def write_results(path: Path, runs: list[Run]) -> None:
         w.writerow(RESULTS_HEADER)
         for r in runs:
             w.writerow([r.objective, f"{r.flops:.6g}", int(r.n_params), int(r.tokens), f"{r.loss:.6f}"])
-
-

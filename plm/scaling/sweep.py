@@ -62,8 +62,10 @@ def parse_size(spec: str) -> ModelConfig:
     except ValueError:
         nums = []
     if len(nums) not in (2, 3) or min(nums) <= 0:
-        raise ValueError(f"--sizes: {spec!r} is neither a ladder size ({', '.join(SIZES)}) nor LxH / LxHxA "
-                         "(e.g. 2x64 or 2x64x4)")
+        raise ValueError(
+            f"--sizes: {spec!r} is neither a ladder size ({', '.join(SIZES)}) nor LxH / LxHxA "
+            "(e.g. 2x64 or 2x64x4)"
+        )
     layers, hidden = nums[0], nums[1]
     heads = nums[2] if len(nums) == 3 else max(1, hidden // 32)
     return ModelConfig(n_layer=layers, n_embd=hidden, n_head=heads, name=f"{layers}x{hidden}x{heads}")
@@ -73,11 +75,22 @@ def auto_sizes(objective: str, flops: float) -> list[ModelConfig]:
     """Shapes spanning N_opt/8 … 8·N_opt of the published law at this budget (duplicates dropped)."""
     n_opt = law(objective).n_opt(flops)
     shapes = {generated_shape(n_opt * f) for f in AUTO_FACTORS}
-    return [ModelConfig(n_layer=l, n_embd=h, n_head=a, name=f"{l}x{h}x{a}") for l, h, a in sorted(shapes, key=lambda s: 12 * s[0] * s[1] ** 2)]
+    return [
+        ModelConfig(n_layer=l, n_embd=h, n_head=a, name=f"{l}x{h}x{a}")
+        for l, h, a in sorted(shapes, key=lambda s: 12 * s[0] * s[1] ** 2)
+    ]
 
 
-def make_jobs(objective: str, budgets: list[float], sizes: str, out: Path, row_len: int, rows_per_batch: int,
-              lr: float | None, min_steps: int) -> tuple[list[Job], list[str]]:
+def make_jobs(
+    objective: str,
+    budgets: list[float],
+    sizes: str,
+    out: Path,
+    row_len: int,
+    rows_per_batch: int,
+    lr: float | None,
+    min_steps: int,
+) -> tuple[list[Job], list[str]]:
     """One job per (budget, size), each planned by the one recipe on a fixed small batch of
     ``row_len × rows_per_batch`` tokens; sizes with fewer than ``min_steps`` steps are dropped with a note."""
     jobs, notes = [], []
@@ -85,27 +98,54 @@ def make_jobs(objective: str, budgets: list[float], sizes: str, out: Path, row_l
     for c in budgets:
         shapes = auto_sizes(objective, c) if sizes == "auto" else [parse_size(s) for s in sizes.split(",")]
         for cfg in shapes:
-            plan = plan_for_size(cfg, objective, layout, flops=c, batch_tokens=row_len * rows_per_batch, lr=lr)
+            plan = plan_for_size(
+                cfg, objective, layout, flops=c, batch_tokens=row_len * rows_per_batch, lr=lr
+            )
             if plan.steps < min_steps:
-                notes.append(f"skipped {plan.shape} at C = {c:.3g}: only {plan.steps} steps of {plan.step_tokens} "
-                             f"tokens (< --min-steps {min_steps}); use smaller sizes or rows")
+                notes.append(
+                    f"skipped {plan.shape} at C = {c:.3g}: only {plan.steps} steps of {plan.step_tokens} "
+                    f"tokens (< --min-steps {min_steps}); use smaller sizes or rows"
+                )
                 continue
             name = f"{objective}-C{c:.2e}-{plan.shape}".replace("+", "")
-            jobs.append(Job(name, objective, c, plan.n_params, plan.layers, plan.hidden, plan.heads, plan.steps,
-                            plan.train_tokens, plan.peak_lr, str(out / "configs" / f"{name}.yaml")))
+            jobs.append(
+                Job(
+                    name,
+                    objective,
+                    c,
+                    plan.n_params,
+                    plan.layers,
+                    plan.hidden,
+                    plan.heads,
+                    plan.steps,
+                    plan.train_tokens,
+                    plan.peak_lr,
+                    str(out / "configs" / f"{name}.yaml"),
+                )
+            )
     return jobs, notes
 
 
 def job_config(job: Job, row_len: int, rows_per_batch: int, val_rows: int, precision: str, seed: int) -> dict:
     """The recipe's config for the job, validated once at the end (its cosine ends at max_steps)."""
     cfg = ModelConfig(n_layer=job.layers, n_embd=job.hidden, n_head=job.heads)
-    plan = plan_for_size(cfg, job.objective, Layout(row_len, rows_per_batch), flops=job.flops,
-                         batch_tokens=row_len * rows_per_batch, lr=job.lr)
+    plan = plan_for_size(
+        cfg,
+        job.objective,
+        Layout(row_len, rows_per_batch),
+        flops=job.flops,
+        batch_tokens=row_len * rows_per_batch,
+        lr=job.lr,
+    )
     config = fit_config(plan, run_name=job.name)
     config["seed_everything"] = seed
     config["data"]["val_rows"] = val_rows
-    config["trainer"].update(val_check_interval=job.steps, log_every_n_steps=max(1, job.steps // 20),
-                             precision=precision, enable_progress_bar=False)
+    config["trainer"].update(
+        val_check_interval=job.steps,
+        log_every_n_steps=max(1, job.steps // 20),
+        precision=precision,
+        enable_progress_bar=False,
+    )
     return config
 
 
@@ -113,18 +153,30 @@ def fit_command(job: Job, out: Path, base_configs: list[Path]) -> list[str]:
     cmd = [sys.executable, "-m", "plm.cli", "fit"]
     for base in base_configs:
         cmd += ["--config", str(base)]
-    return cmd + ["--config", job.config, "--run_root", str(out / "runs"), "--run_name", job.name, "--ckpt_path", "last"]
+    return cmd + [
+        "--config",
+        job.config,
+        "--run_root",
+        str(out / "runs"),
+        "--run_name",
+        job.name,
+        "--ckpt_path",
+        "last",
+    ]
 
 
-def write_jobs(out: Path, jobs: list[Job], row_len: int, rows_per_batch: int, val_rows: int, precision: str,
-               seed: int) -> None:
+def write_jobs(
+    out: Path, jobs: list[Job], row_len: int, rows_per_batch: int, val_rows: int, precision: str, seed: int
+) -> None:
     import yaml
 
     (out / "configs").mkdir(parents=True, exist_ok=True)
     for job in jobs:
         cfg = job_config(job, row_len, rows_per_batch, val_rows, precision, seed)
-        header = (f"# plm sweep: {job.objective} budget C = {job.flops:.3g}, N = {job.n_params:,} non-embedding, "
-                  f"D = {job.tokens:,} tokens ({job.steps} steps)\n")
+        header = (
+            f"# plm sweep: {job.objective} budget C = {job.flops:.3g}, N = {job.n_params:,} non-embedding, "
+            f"D = {job.tokens:,} tokens ({job.steps} steps)\n"
+        )
         atomic_write_text(job.config, header + yaml.safe_dump(cfg, sort_keys=False))
     manifest = out / "sweep.json"
     known = {j["name"]: j for j in json.loads(manifest.read_text())["jobs"]} if manifest.is_file() else {}
@@ -132,7 +184,9 @@ def write_jobs(out: Path, jobs: list[Job], row_len: int, rows_per_batch: int, va
     atomic_write_text(manifest, json.dumps({"jobs": list(known.values())}, indent=1))
 
 
-def run_jobs(out: Path, jobs: list[Job], base_configs: list[Path], threads: int | None, parallel: int = 1) -> list[str]:
+def run_jobs(
+    out: Path, jobs: list[Job], base_configs: list[Path], threads: int | None, parallel: int = 1
+) -> list[str]:
     """Run the unfinished jobs, ``parallel`` at a time; returns the names that failed (their logs name the cause).
 
     Tiny CPU models do not use two cores well (their matrix products are too small), so two
@@ -143,7 +197,10 @@ def run_jobs(out: Path, jobs: list[Job], base_configs: list[Path], threads: int 
     from tqdm import tqdm
 
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {})}
+    env = {
+        **os.environ,
+        **({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {}),
+    }
     todo = [j for j in jobs if not is_finished(out, j.name)]
     failed: list[str] = []
     running: dict[str, tuple[subprocess.Popen, object]] = {}
@@ -160,8 +217,12 @@ def run_jobs(out: Path, jobs: list[Job], base_configs: list[Path], threads: int 
             while todo and len(running) < max(1, parallel):
                 job = todo.pop(0)
                 fh = (out / "logs" / f"{job.name}.log").open("w")
-                running[job.name] = (subprocess.Popen(fit_command(job, out, base_configs), stdout=fh,
-                                                      stderr=subprocess.STDOUT, env=env), fh)
+                running[job.name] = (
+                    subprocess.Popen(
+                        fit_command(job, out, base_configs), stdout=fh, stderr=subprocess.STDOUT, env=env
+                    ),
+                    fh,
+                )
                 bar.set_postfix_str(", ".join(running))
             time.sleep(0.2)
             for name, (proc, fh) in list(running.items()):
@@ -173,7 +234,9 @@ def run_jobs(out: Path, jobs: list[Job], base_configs: list[Path], threads: int 
                 bar.update(1)
                 if code != 0 or not is_finished(out, name):
                     failed.append(name)
-                    tqdm.write(f"plm sweep: {name} failed (exit {code}); see {out / 'logs' / (name + '.log')}")
+                    tqdm.write(
+                        f"plm sweep: {name} failed (exit {code}); see {out / 'logs' / (name + '.log')}"
+                    )
     finally:
         # interrupted: SIGTERM makes each child save ckpt/last.ckpt and exit; a rerun resumes it from there
         for proc, fh in running.values():
@@ -190,16 +253,32 @@ def _budgets(text: str) -> list[float]:
     try:
         values = [float(b) for b in text.split(",") if b.strip()]
     except ValueError as err:
-        raise ValueError(f"--budgets {text!r}: give comma-separated FLOPs like 1e15,3e15,1e16 ({err})") from err
+        raise ValueError(
+            f"--budgets {text!r}: give comma-separated FLOPs like 1e15,3e15,1e16 ({err})"
+        ) from err
     if not values or any(not (v > 0 and math.isfinite(v)) for v in values):
         raise ValueError(f"--budgets {text!r}: every budget must be a positive number of FLOPs")
     return sorted(set(values))
 
 
-def sweep(objective: Literal["clm", "mlm"], budgets: str, out: Path, sizes: str = "auto", run: bool = False,
-          print_jobs: bool = False, row_len: int = 1024, rows_per_batch: int = 8, val_rows: int = 64,
-          lr: float | None = None, precision: str = "bf16-mixed", seed: int = 0, min_steps: int = 20,
-          base_config: tuple[Path, ...] = (), threads: int | None = None, parallel: int = 1) -> int:
+def sweep(
+    objective: Literal["clm", "mlm"],
+    budgets: str,
+    out: Path,
+    sizes: str = "auto",
+    run: bool = False,
+    print_jobs: bool = False,
+    row_len: int = 1024,
+    rows_per_batch: int = 8,
+    val_rows: int = 64,
+    lr: float | None = None,
+    precision: str = "bf16-mixed",
+    seed: int = 0,
+    min_steps: int = 20,
+    base_config: tuple[Path, ...] = (),
+    threads: int | None = None,
+    parallel: int = 1,
+) -> int:
     """IsoFLOP sweep: one plm fit config per (budget, size), run in turn (resumable) or as a job list.
 
     Args:
@@ -228,7 +307,9 @@ def sweep(objective: Literal["clm", "mlm"], budgets: str, out: Path, sizes: str 
                 raise ValueError(f"--base-config {base}: no such file")
         if parallel < 1 or (threads is not None and threads < 1):
             raise ValueError(f"--parallel {parallel} / --threads {threads}: give positive counts")
-        jobs, notes = make_jobs(objective, _budgets(budgets), sizes, out, row_len, rows_per_batch, lr, min_steps)
+        jobs, notes = make_jobs(
+            objective, _budgets(budgets), sizes, out, row_len, rows_per_batch, lr, min_steps
+        )
     except ValueError as err:
         print(f"plm sweep: {err}", file=sys.stderr)
         return 2

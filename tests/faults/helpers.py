@@ -17,17 +17,39 @@ TINY = REPO / "configs" / "train" / "tiny.yaml"
 
 
 def fit_cmd(root: Path, name: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "plm.cli", "fit", "--config", str(TINY), "--run_root", str(root),
-            "--run_name", name, "--trainer.log_every_n_steps", "1", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "plm.cli",
+        "fit",
+        "--config",
+        str(TINY),
+        "--run_root",
+        str(root),
+        "--run_name",
+        name,
+        "--trainer.log_every_n_steps",
+        "1",
+        *extra,
+    ]
 
 
 def env(**more: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **more}
 
 
-def run_fit(root: Path, name: str, *extra: str, expect: int | None = 0, timeout: float = 600) -> subprocess.CompletedProcess:
-    res = subprocess.run(fit_cmd(root, name, *extra), check=False, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                         env=env())
+def run_fit(
+    root: Path, name: str, *extra: str, expect: int | None = 0, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    res = subprocess.run(
+        fit_cmd(root, name, *extra),
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env(),
+    )
     if expect is not None:
         assert res.returncode == expect, f"exit {res.returncode}:\n{res.stderr[-3000:]}"
     return res
@@ -36,13 +58,22 @@ def run_fit(root: Path, name: str, *extra: str, expect: int | None = 0, timeout:
 def start_fit(root: Path, name: str, *extra: str, step: int, new_session: bool = False) -> subprocess.Popen:
     """Start a fit (in its own process group when ``new_session``) and return once the checkpoint of
     ``step`` and its checksum are on disk."""
-    proc = subprocess.Popen(fit_cmd(root, name, *extra), cwd=REPO, env=env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=new_session)
+    proc = subprocess.Popen(
+        fit_cmd(root, name, *extra),
+        cwd=REPO,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=new_session,
+    )
     target = sidecar_path(root / name / "ckpt" / f"step{step:08d}.ckpt")
     deadline = time.monotonic() + 300
     while not target.exists():
         if proc.poll() is not None:
-            raise AssertionError(f"fit ended (exit {proc.returncode}) before step {step}: {proc.stderr.read()[-3000:]}")
+            raise AssertionError(
+                f"fit ended (exit {proc.returncode}) before step {step}: {proc.stderr.read()[-3000:]}"
+            )
         assert time.monotonic() < deadline, f"no checkpoint for step {step} after 300 s"
         time.sleep(0.02)
     return proc

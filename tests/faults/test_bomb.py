@@ -20,16 +20,29 @@ pytestmark = pytest.mark.reliability
 CAP_60 = record_byte_cap(60)
 #: around the byte cap of max_length=60: exactly at it (kept), one byte past it with a bad letter (too long
 #: wins: the reader never looked at the rest), then a normal record; under max_length=100000 all are short
-AT_THE_CAP = (b">under\nMK" + b" " * (CAP_60 - 10) + b"\n" + b">over\nMK" + b" " * (CAP_60 - 9) + b"J\n"
-              + b">after\nMKV\n")
+AT_THE_CAP = (
+    b">under\nMK"
+    + b" " * (CAP_60 - 10)
+    + b"\n"
+    + b">over\nMK"
+    + b" " * (CAP_60 - 9)
+    + b"J\n"
+    + b">after\nMKV\n"
+)
 
 
 @pytest.mark.parametrize("gz", [False, True], ids=["plain", "gzip"])
 def test_both_readers_apply_the_byte_cap_alike(tmp_path, gz):
     path = write_bytes(tmp_path / "cap.fasta", AT_THE_CAP, gz)
-    for mode, max_length, block in itertools.product(("error", "skip", "x"), (60, 100_000), (16, 4096, 1 << 20)):
+    for mode, max_length, block in itertools.product(
+        ("error", "skip", "x"), (60, 100_000), (16, 4096, 1 << 20)
+    ):
         want = reader_outcome(read_fasta, path, mode, max_length)
-        assert reader_outcome(read_fasta_blocks, path, mode, max_length, block=block) == want, (mode, max_length, block)
+        assert reader_outcome(read_fasta_blocks, path, mode, max_length, block=block) == want, (
+            mode,
+            max_length,
+            block,
+        )
     records, rejected, *_ = reader_outcome(read_fasta, path, "skip", 60)
     assert [r[0] for r in records] == ["under", "after"] and rejected == {too_long(60): 1}
 
@@ -67,7 +80,9 @@ def test_a_compressed_bomb_is_read_in_linear_time_and_bounded_memory(tmp_path, r
     assert [r.id for r in records] == ["ok"] and dict(stats.rejected) == {too_long(100_000): 1}
     # quadratic reading took minutes here (and GBs): allow generous noise around the decoding time
     assert elapsed < 6 * baseline + 3, f"{elapsed:.1f} s to read, {baseline:.1f} s to decompress"
-    assert peak < 32 << 20, f"peak {peak / 2**20:.0f} MiB traced while reading a {decoded / 2**20:.0f} MiB record"
+    assert peak < 32 << 20, (
+        f"peak {peak / 2**20:.0f} MiB traced while reading a {decoded / 2**20:.0f} MiB record"
+    )
 
 
 def test_prepare_refuses_the_bomb_with_bounded_memory(tmp_path, capsys):
@@ -75,8 +90,19 @@ def test_prepare_refuses_the_bomb_with_bounded_memory(tmp_path, capsys):
 
     path = _bomb(tmp_path / "bomb.fasta.gz", 128)
     tracemalloc.start()
-    code = prep.main(["--source", f"b={path}", "--out", str(tmp_path / "out"), "--on-invalid", "skip", "--quiet",
-                      "--workers", "1"])
+    code = prep.main(
+        [
+            "--source",
+            f"b={path}",
+            "--out",
+            str(tmp_path / "out"),
+            "--on-invalid",
+            "skip",
+            "--quiet",
+            "--workers",
+            "1",
+        ]
+    )
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert code == 0, capsys.readouterr().err

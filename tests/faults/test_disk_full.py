@@ -23,11 +23,17 @@ pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 def _small_filesystem(path: Path, size: str):
     """A tmpfs of ``size`` at ``path``; skips the test where mounting is not allowed."""
     if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("needs root to mount a small tmpfs (the in-process ENOSPC tests in test_reliability.py "
-                    "cover the checkpoint writer without it)")
+        pytest.skip(
+            "needs root to mount a small tmpfs (the in-process ENOSPC tests in test_reliability.py "
+            "cover the checkpoint writer without it)"
+        )
     path.mkdir(parents=True)
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                         capture_output=True, text=True, check=False)
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if res.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip()})")
     try:
@@ -42,7 +48,7 @@ def test_enospc_mid_run_is_one_line_and_the_same_command_resumes_after_freeing_s
         full = run_fit(disk, "r", *args, expect=2)
         line = full.stderr.strip().splitlines()[-1]
         assert line.startswith("plm fit: ") and "no space left on the device" in line, full.stderr[-3000:]
-        assert "Traceback" not in full.stderr, full.stderr[full.stderr.find("Traceback") - 300:][:4000]
+        assert "Traceback" not in full.stderr, full.stderr[full.stderr.find("Traceback") - 300 :][:4000]
         assert "run the same command again" in line
         run = disk / "r"
         assert not [p for p in run.rglob("*") if ".tmp-" in p.name]  # no partial file left behind
@@ -73,5 +79,12 @@ def test_prepare_on_a_full_disk_leaves_no_temporary_and_the_same_command_complet
 
 
 def _plm(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "plm.cli", *args], cwd=REPO, env=env(), capture_output=True,
-                          text=True, timeout=600, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "plm.cli", *args],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )

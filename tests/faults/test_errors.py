@@ -84,7 +84,10 @@ def test_a_missing_data_source_is_one_line(tmp_path, capsys):
 def test_generate_with_a_damaged_config_is_one_line(tmp_path, capsys):
     export = save_pretrained(tiny_model("progen2", rotary_dim=6), tmp_path / "export", objective="clm")
     (export / "config.json").write_bytes(os.urandom(300))
-    assert plm_main(["generate", "--checkpoint", str(export), "--num", "1", "--out", str(tmp_path / "o.fa")]) == 2
+    assert (
+        plm_main(["generate", "--checkpoint", str(export), "--num", "1", "--out", str(tmp_path / "o.fa")])
+        == 2
+    )
     line = _one_line(capsys.readouterr().err)
     assert line.startswith(f"plm generate: {export / 'config.json'}") and "re-export" in line
 
@@ -94,7 +97,10 @@ def test_a_safetensors_header_declaring_100_gb_is_one_line(tmp_path, capsys):
     weights = export / "model.safetensors"
     header = b'{"embed.weight":{"dtype":"F32","shape":[25000000000],"data_offsets":[0,100000000000]}}'
     weights.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 1000)
-    assert plm_main(["generate", "--checkpoint", str(export), "--num", "1", "--out", str(tmp_path / "o.fa")]) == 2
+    assert (
+        plm_main(["generate", "--checkpoint", str(export), "--num", "1", "--out", str(tmp_path / "o.fa")])
+        == 2
+    )
     assert _one_line(capsys.readouterr().err).startswith(f"plm generate: {weights}")
 
 

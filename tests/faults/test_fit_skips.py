@@ -19,8 +19,12 @@ FASTA = ">a\nMKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ\n>b bad\nMKT1AYIAK\n>c\n>d\nMKVLA
 def datamodule(tmp_path) -> ProteinDataModule:
     (tmp_path / "bad.fa").write_text(FASTA)
     (tmp_path / "good.fa").write_text(">g\nMKVLAAGIVGLLLAAPAQAMKTAYIAKQRQ\n")
-    return ProteinDataModule(sources={"mine": str(tmp_path / "bad.fa"), "clean": str(tmp_path / "good.fa")},
-                             eval_sets={"held": str(tmp_path / "bad.fa")}, row_len=64, val_fraction=0.0)
+    return ProteinDataModule(
+        sources={"mine": str(tmp_path / "bad.fa"), "clean": str(tmp_path / "good.fa")},
+        eval_sets={"held": str(tmp_path / "bad.fa")},
+        row_len=64,
+        val_fraction=0.0,
+    )
 
 
 def test_skipped_records_are_counted_and_said_at_start(datamodule):
@@ -32,9 +36,16 @@ def test_skipped_records_are_counted_and_said_at_start(datamodule):
     assert "character outside the alphabet: 1" in said[0] and "empty sequence: 1" in said[0]
     assert "record 'b'" in said[0] and "kept 2" in said[0]
     report = datamodule.fasta_report["data.sources.mine"]
-    assert report["records"] == 2 and report["rejected"] == {"character outside the alphabet": 1, "empty sequence": 1}
-    assert datamodule.fasta_report["data.sources.clean"] == {"records": 1, "residues": 30, "rejected": {},
-                                                              "rejected_examples": {}}
+    assert report["records"] == 2 and report["rejected"] == {
+        "character outside the alphabet": 1,
+        "empty sequence": 1,
+    }
+    assert datamodule.fasta_report["data.sources.clean"] == {
+        "records": 1,
+        "residues": 30,
+        "rejected": {},
+        "rejected_examples": {},
+    }
     assert datamodule.state_dict()["fasta_report"] == datamodule.fasta_report  # in every checkpoint
 
 

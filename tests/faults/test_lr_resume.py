@@ -30,10 +30,19 @@ def test_new_learning_rate_on_resume_is_applied_and_reported(tmp_path, uniprot_f
     fit_inprocess(tmp_path, uniprot_fasta, 6, lr=1e-2, betas=(0.9, 0.95))
     seen = _LearningRates()
     with caplog.at_level(logging.INFO):
-        trainer, _ = fit_inprocess(tmp_path, uniprot_fasta, 6, [seen], lr=1e-3, betas=(0.8, 0.9),
-                                   ckpt_path=str(tmp_path / "ckpt" / "step00000003.ckpt"))
+        trainer, _ = fit_inprocess(
+            tmp_path,
+            uniprot_fasta,
+            6,
+            [seen],
+            lr=1e-3,
+            betas=(0.8, 0.9),
+            ckpt_path=str(tmp_path / "ckpt" / "step00000003.ckpt"),
+        )
     warm = warmup_steps(6)
-    assert seen.by_step == pytest.approx({s: 1e-3 * cosine_schedule(s, 6, warm, 0.1) for s in (3, 4, 5)}, rel=1e-9)
+    assert seen.by_step == pytest.approx(
+        {s: 1e-3 * cosine_schedule(s, 6, warm, 0.1) for s in (3, 4, 5)}, rel=1e-9
+    )
     group = trainer.optimizers[0].param_groups[0]
     assert group["betas"] == (0.8, 0.9) and group["initial_lr"] == 1e-3
     said = " ".join(r.getMessage() for r in caplog.records)
@@ -45,8 +54,17 @@ def test_unchanged_settings_leave_the_restored_optimizer_alone(tmp_path, uniprot
     fit_inprocess(tmp_path, uniprot_fasta, 4, lr=1e-2)
     seen = _LearningRates()
     with caplog.at_level(logging.INFO):
-        fit_inprocess(tmp_path, uniprot_fasta, 4, [seen], lr=1e-2, ckpt_path=str(tmp_path / "ckpt" / "step00000002.ckpt"))
-    assert seen.by_step == pytest.approx({s: 1e-2 * cosine_schedule(s, 4, warmup_steps(4), 0.1) for s in (2, 3)})
+        fit_inprocess(
+            tmp_path,
+            uniprot_fasta,
+            4,
+            [seen],
+            lr=1e-2,
+            ckpt_path=str(tmp_path / "ckpt" / "step00000002.ckpt"),
+        )
+    assert seen.by_step == pytest.approx(
+        {s: 1e-2 * cosine_schedule(s, 4, warmup_steps(4), 0.1) for s in (2, 3)}
+    )
     assert "changed optimizer settings" not in " ".join(r.getMessage() for r in caplog.records)
 
 

@@ -77,8 +77,14 @@ def test_a_corrupt_checkpoint_is_quarantined_and_not_tried_again(ckpt):
     with pytest.warns(UserWarning, match="checksum mismatch"):
         assert find_resume_checkpoint(ckpt)[1] == 2
     moved = sorted(p.name for p in (ckpt / "quarantine").iterdir())
-    assert moved == ["last.ckpt", "last.ckpt.sha256", "last.ckpt.why", "step00000004.ckpt",
-                     "step00000004.ckpt.sha256", "step00000004.ckpt.why"]
+    assert moved == [
+        "last.ckpt",
+        "last.ckpt.sha256",
+        "last.ckpt.why",
+        "step00000004.ckpt",
+        "step00000004.ckpt.sha256",
+        "step00000004.ckpt.why",
+    ]
     assert sorted(p.name for p in ckpt.glob("*.ckpt")) == ["step00000002.ckpt"]
     assert find_resume_checkpoint(ckpt)[1] == 2  # no warning, nothing left to retry
 
@@ -96,8 +102,12 @@ def test_only_unusable_files_is_one_error_naming_each(tmp_path):
     (d / "last.ckpt").write_bytes(b"garbage")
     with zipfile.ZipFile(d / "notes.ckpt", "w") as zf:
         zf.writestr("x", "y")
-    with pytest.raises(CheckpointError, match=r"no usable checkpoint.*last\.ckpt.*notes\.ckpt.*another --run_name"):
+    with pytest.raises(
+        CheckpointError, match=r"no usable checkpoint.*last\.ckpt.*notes\.ckpt.*another --run_name"
+    ):
         resolve_resume_path(d)
+
+
 @pytest.mark.slow
 def test_resume_of_a_real_run_ignores_touched_and_foreign_files(tmp_path):
     run = tmp_path / "r"
@@ -105,7 +115,17 @@ def test_resume_of_a_real_run_ignores_touched_and_foreign_files(tmp_path):
     os.utime(run / "ckpt" / "step00000002.ckpt")
     with zipfile.ZipFile(run / "ckpt" / "zz.ckpt", "w") as zf:
         zf.writestr("x", "y")
-    res = run_fit(tmp_path, "r", "--checkpoint_every", "2", "--keep_checkpoints", "-1", "--trainer.max_steps", "6",
-                  "--ckpt_path", "last")
+    res = run_fit(
+        tmp_path,
+        "r",
+        "--checkpoint_every",
+        "2",
+        "--keep_checkpoints",
+        "-1",
+        "--trainer.max_steps",
+        "6",
+        "--ckpt_path",
+        "last",
+    )
     assert "resuming" in res.stderr and "from step 4" in res.stderr
     assert logged_steps(run, "train/loss") == list(range(6))  # every step once, 4 and 5 from the resume

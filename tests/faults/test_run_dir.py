@@ -18,10 +18,18 @@ from tests.faults.helpers import REPO, env, fit_cmd, run_fit, start_fit
 
 pytestmark = pytest.mark.reliability
 
-CONFIG = flatten({"model": {"class_path": "plm.lit.MaskedLM", "init_args": {"size": "tiny", "lr": None,
-                                                                            "betas": (0.9, 0.95)}},
-                  "trainer": {"max_steps": 10, "enable_progress_bar": False},
-                  "data": {"row_len": 128, "num_workers": 0}, "run_name": "r", "ckpt_path": None})
+CONFIG = flatten(
+    {
+        "model": {
+            "class_path": "plm.lit.MaskedLM",
+            "init_args": {"size": "tiny", "lr": None, "betas": (0.9, 0.95)},
+        },
+        "trainer": {"max_steps": 10, "enable_progress_bar": False},
+        "data": {"row_len": 128, "num_workers": 0},
+        "run_name": "r",
+        "ckpt_path": None,
+    }
+)
 
 
 def _with(**changes) -> dict:
@@ -79,7 +87,9 @@ def test_the_same_command_on_a_finished_run_does_nothing(tmp_path):
 
 def test_another_configuration_under_a_trained_run_name_is_refused_with_both_commands(tmp_path):
     run = _trained(tmp_path / "r")
-    with pytest.raises(RunDirError, match=r"trainer\.max_steps: 10 → 20.*add --ckpt_path last.*--run_name r-2") as err:
+    with pytest.raises(
+        RunDirError, match=r"trainer\.max_steps: 10 → 20.*add --ckpt_path last.*--run_name r-2"
+    ) as err:
         RunDirectory(run).start_fit(_with(**{"trainer.max_steps": 20}), None, 20)
     assert "overwrite its model" in str(err.value)
     assert json.loads((run / RECORD_NAME).read_text())["config"] == CONFIG  # the record is untouched
@@ -100,7 +110,9 @@ def test_an_explicit_resume_may_change_the_optimizer_and_says_what_changed(tmp_p
 
 def test_an_explicit_resume_may_not_change_the_model_or_data(tmp_path):
     run = _trained(tmp_path / "r")
-    with pytest.raises(RunDirError, match=r"another model, data or seed \(model\.init_args\.size: tiny → 8m\)"):
+    with pytest.raises(
+        RunDirError, match=r"another model, data or seed \(model\.init_args\.size: tiny → 8m\)"
+    ):
         RunDirectory(run).start_fit(_with(**{"model.init_args.size": "8m"}), "last", 10)
 
 
@@ -117,8 +129,15 @@ def test_a_trained_run_without_a_record_is_not_restarted(tmp_path):
 def test_two_concurrent_runs_with_one_name_the_second_fails_at_once(tmp_path):
     first = start_fit(tmp_path, "same", "--trainer.max_steps", "100000", "--checkpoint_every", "2", step=2)
     try:
-        second = subprocess.run(fit_cmd(tmp_path, "same"), cwd=REPO, env=env(), capture_output=True, text=True,
-                                timeout=300, check=False)
+        second = subprocess.run(
+            fit_cmd(tmp_path, "same"),
+            cwd=REPO,
+            env=env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         assert first.poll() is None  # the second gave up while the first still ran
     finally:
         first.send_signal(signal.SIGTERM)

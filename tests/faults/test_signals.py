@@ -37,8 +37,18 @@ def _signal_group_and_wait(proc, sig: int) -> tuple[str, str]:
 
 @pytest.mark.parametrize("workers", [pytest.param(0, marks=pytest.mark.slow), 2])
 def test_sigterm_to_the_process_group_saves_and_exits_zero(tmp_path, workers):
-    proc = start_fit(tmp_path, "pg", "--trainer.max_steps", "100000", "--checkpoint_every", "2",
-                     "--data.num_workers", str(workers), step=2, new_session=True)
+    proc = start_fit(
+        tmp_path,
+        "pg",
+        "--trainer.max_steps",
+        "100000",
+        "--checkpoint_every",
+        "2",
+        "--data.num_workers",
+        str(workers),
+        step=2,
+        new_session=True,
+    )
     out, err = _signal_group_and_wait(proc, signal.SIGTERM)
     assert proc.returncode == 0, err[-3000:]
     assert "SIGTERM received: saved" in out + err
@@ -49,8 +59,16 @@ def test_sigterm_to_the_process_group_saves_and_exits_zero(tmp_path, workers):
 
 @pytest.mark.slow
 def test_interrupted_twice_then_the_same_command_finishes_with_every_step_logged_once(tmp_path):
-    args = ("--checkpoint_every", "1", "--keep_checkpoints", "-1", "--trainer.max_steps", "12",
-            "--data.num_workers", "2")
+    args = (
+        "--checkpoint_every",
+        "1",
+        "--keep_checkpoints",
+        "-1",
+        "--trainer.max_steps",
+        "12",
+        "--data.num_workers",
+        "2",
+    )
     first = start_fit(tmp_path, "run", *args, step=3, new_session=True)
     out, err = _signal_group_and_wait(first, signal.SIGINT)  # Ctrl-C in a terminal
     assert first.returncode == INTERRUPTED_EXIT_CODE, err[-3000:]
@@ -62,5 +80,7 @@ def test_interrupted_twice_then_the_same_command_finishes_with_every_step_logged
     assert "resuming" in third.stderr and (tmp_path / "run" / "final" / "model.safetensors").is_file()
     run = tmp_path / "run"
     assert logged_steps(run, "train/loss") == list(range(12))
-    val = logged_steps(run, "val/loss")  # every 3 steps, and where a segment stopped (Lightning validates then)
+    val = logged_steps(
+        run, "val/loss"
+    )  # every 3 steps, and where a segment stopped (Lightning validates then)
     assert val == sorted(set(val)) and {2, 5, 8, 11} <= set(val)

@@ -25,7 +25,9 @@ class WeightDigest(pl.Callback):
             h.update(name.encode())
             h.update(p.detach().cpu().numpy().tobytes())
         out = Path(os.environ["PLM_TEST_OUT"]) / f"rank{trainer.global_rank}.json"
-        out.write_text(json.dumps({"digest": h.hexdigest(), "losses": self.losses, "world": trainer.world_size}))
+        out.write_text(
+            json.dumps({"digest": h.hexdigest(), "losses": self.losses, "world": trainer.world_size})
+        )
 
 
 class StreamRecorder(pl.Callback):
@@ -42,8 +44,14 @@ class StreamRecorder(pl.Callback):
 
         _, labels = pl_module.objective_inputs(batch)
         rows = [hashlib.sha256(r.cpu().numpy().tobytes()).hexdigest()[:16] for r in batch["tokens"]]
-        self.batches.append({"step": trainer.global_step - 1, "loss": float(trainer.callback_metrics["train/loss"]),
-                             "count": int((labels != IGNORE).sum()), "rows": rows})
+        self.batches.append(
+            {
+                "step": trainer.global_step - 1,
+                "loss": float(trainer.callback_metrics["train/loss"]),
+                "count": int((labels != IGNORE).sum()),
+                "rows": rows,
+            }
+        )
 
     def on_train_end(self, trainer, pl_module) -> None:
         import torch
@@ -58,5 +66,6 @@ class StreamRecorder(pl.Callback):
         pl_module.model.train(was_training)
         if trainer.is_global_zero:
             torch.save({"tokens": tokens.cpu(), "logits": logits.cpu()}, out / f"{run}-logits.pt")
-        (out / f"{run}-rank{trainer.global_rank}.json").write_text(json.dumps({"batches": self.batches,
-                                                                              "world": trainer.world_size}))
+        (out / f"{run}-rank{trainer.global_rank}.json").write_text(
+            json.dumps({"batches": self.batches, "world": trainer.world_size})
+        )

@@ -22,12 +22,19 @@ def write_toy_task(root: Path, n: int = 60) -> Path:
         w.writerow(["sequence", "target", "set", "validation"])
         for i in range(n):
             s = random_sequence(rng)
-            w.writerow([s, f"{s.count('K') / len(s):.4f}", "test" if i >= 48 else "train",
-                        "True" if 40 <= i < 48 else ""])
+            w.writerow(
+                [
+                    s,
+                    f"{s.count('K') / len(s):.4f}",
+                    "test" if i >= 48 else "train",
+                    "True" if 40 <= i < 48 else "",
+                ]
+            )
     (root / "toy.yaml").write_text(
         "name: toy\nkind: sequence_regression\nformat: sequence_csv\ndata: {table: toy.csv}\n"
         "columns: {sequence: sequence, target: target, split: set, validation: validation}\n"
-        "split: {train: train, test: test}\nmetric: spearman\n")
+        "split: {train: train, test: test}\nmetric: spearman\n"
+    )
     return root / "toy.yaml"
 
 
@@ -46,5 +53,6 @@ def write_residue_task(root: Path, n: int = 30) -> Path:
     (root / "res.yaml").write_text(
         "name: res\nkind: residue_classification\nformat: residue_fasta\n"
         "data: {sequences: seqs.fasta, labels: labels.fasta}\nclasses: [H, E, C]\n"
-        "columns: {split: SET, validation: VALIDATION}\nsplit: {train: train, test: test}\nmetric: accuracy\n")
+        "columns: {split: SET, validation: VALIDATION}\nsplit: {train: train, test: test}\nmetric: accuracy\n"
+    )
     return root / "res.yaml"

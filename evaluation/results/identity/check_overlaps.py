@@ -26,15 +26,21 @@ def main(work: Path) -> dict:
         listed = [r for r in rows if r["pretrain_set"] == tag]
         ids = {i for r in listed for i in r["pretrain_ids"].split(",")}
         shas = {r["seq_sha1"] for r in listed}
-        removed = {r["record_id"] for r in csv.DictReader(open(work / f"decontaminate_{src}" / "removed.tsv"),
-                                                           delimiter="\t")}
+        removed = {
+            r["record_id"]
+            for r in csv.DictReader(open(work / f"decontaminate_{src}" / "removed.tsv"), delimiter="\t")
+        }
         recs = read_train(DATA / f"pretrain/{src}/{src}_mix.fasta.gz")
         by_sha = {r.id for r in recs if hashlib.sha1(r.seq.encode()).hexdigest() in shas}
         summary = json.load(open(work / f"decontaminate_{src}" / "summary.json"))
         result[src] = {
-            "overlap_rows": len(listed), "listed_pretrain_ids": len(ids), "records_with_listed_sha1": len(by_sha),
-            "listed_ids_not_removed": sorted(ids - removed), "sha1_records_not_removed": sorted(by_sha - removed),
-            "removed_total": len(removed), "removed_exact": summary["removed_exact"],
+            "overlap_rows": len(listed),
+            "listed_pretrain_ids": len(ids),
+            "records_with_listed_sha1": len(by_sha),
+            "listed_ids_not_removed": sorted(ids - removed),
+            "sha1_records_not_removed": sorted(by_sha - removed),
+            "removed_total": len(removed),
+            "removed_exact": summary["removed_exact"],
             "removed_beyond_listed": len(removed - ids - by_sha),
         }
     return result

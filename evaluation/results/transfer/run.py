@@ -27,7 +27,10 @@ from plm.data.datamodule import ProteinDataModule
 from plm.lit import CausalLM, MaskedLM
 
 HERE = Path(__file__).parent
-SIZES = {"2x64": {"n_layer": 2, "n_embd": 64, "n_head": 4}, "4x128": {"n_layer": 4, "n_embd": 128, "n_head": 4}}
+SIZES = {
+    "2x64": {"n_layer": 2, "n_embd": 64, "n_head": 4},
+    "4x128": {"n_layer": 4, "n_embd": 128, "n_head": 4},
+}
 ROW_LEN, ROWS = 256, 8
 SCRATCH_STEPS = (200, 400, 600, 800)
 TRANSFER_STEPS = 400
@@ -40,20 +43,42 @@ def run(arch: dict, steps: int, clm_share: float | None, seed: int = 0) -> dict:
     cls = CausalLM if clm_share else MaskedLM
     model = cls(size="8m", arch=arch, lr=2e-3, total_steps=steps, seed=seed)
     callbacks = [CLMToMLMTransfer(clm_share=clm_share)] if clm_share else []
-    trainer = pl.Trainer(max_steps=steps, accelerator="cpu", precision="bf16-mixed", logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         num_sanity_val_steps=0, limit_val_batches=0, gradient_clip_val=1.0, callbacks=callbacks)
+    trainer = pl.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        precision="bf16-mixed",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        gradient_clip_val=1.0,
+        callbacks=callbacks,
+    )
     trainer.fit(model, dm)
     assert model.objective == "mlm"
-    trainer = pl.Trainer(accelerator="cpu", precision="bf16-mixed", logger=False, enable_progress_bar=False,
-                         enable_model_summary=False)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        precision="bf16-mixed",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     val = trainer.validate(model, dm, verbose=False)
     loss = float(np.mean([v["val/loss"] for v in val if "val/loss" in v]))
     n = model.config.n_params_non_embedding()
     clm_tokens = model.stage_start_tokens
-    return {"n_params": n, "steps": steps, "clm_share": clm_share or 0.0, "clm_tokens": clm_tokens,
-            "mlm_tokens": model.tokens_seen - clm_tokens, "tokens": model.tokens_seen,
-            "flops": 6.0 * n * model.tokens_seen, "val_loss": loss}
+    return {
+        "n_params": n,
+        "steps": steps,
+        "clm_share": clm_share or 0.0,
+        "clm_tokens": clm_tokens,
+        "mlm_tokens": model.tokens_seen - clm_tokens,
+        "tokens": model.tokens_seen,
+        "flops": 6.0 * n * model.tokens_seen,
+        "val_loss": loss,
+    }
 
 
 def effective_tokens(scratch: list[dict], transferred: dict) -> float:
@@ -76,10 +101,18 @@ def fit_dt(rows: list[dict]) -> dict:
     pts = [r for r in rows if r["kind"] == "transfer" and r["d_t"] > 0 and math.isfinite(r["d_t"])]
     if len(pts) < 3:
         return {"fitted": False, "reason": f"{len(pts)} positive D_t points; need 3 for k, alpha, beta"}
-    x = np.column_stack([np.ones(len(pts)), np.log([r["clm_tokens"] for r in pts]), np.log([r["n_params"] for r in pts])])
+    x = np.column_stack(
+        [np.ones(len(pts)), np.log([r["clm_tokens"] for r in pts]), np.log([r["n_params"] for r in pts])]
+    )
     y = np.log([r["d_t"] for r in pts])
     coef, *_ = np.linalg.lstsq(x, y, rcond=None)
-    return {"fitted": True, "k": float(math.exp(coef[0])), "alpha": float(coef[1]), "beta": float(coef[2]), "points": len(pts)}
+    return {
+        "fitted": True,
+        "k": float(math.exp(coef[0])),
+        "alpha": float(coef[1]),
+        "beta": float(coef[2]),
+        "points": len(pts),
+    }
 
 
 def plot(rows: list[dict], out: Path) -> None:
@@ -91,13 +124,23 @@ def plot(rows: list[dict], out: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for i, size in enumerate(SIZES):
-        sc = sorted((float(r["flops"]), float(r["val_loss"])) for r in rows if r["size"] == size and r["kind"] == "scratch")
+        sc = sorted(
+            (float(r["flops"]), float(r["val_loss"]))
+            for r in rows
+            if r["size"] == size and r["kind"] == "scratch"
+        )
         ax.plot(*zip(*sc), "o-", color=f"C{i}", label=f"{size} MLM from scratch")
         for r in rows:
             if r["size"] == size and r["kind"] == "transfer":
                 marker = "*" if float(r["clm_share"]) < 0.2 else "X"
-                ax.plot(float(r["flops"]), float(r["val_loss"]), marker, ms=12, color=f"C{i}",
-                        label=f"{size} CLM→MLM ({float(r['clm_share']):.0%} CLM)")
+                ax.plot(
+                    float(r["flops"]),
+                    float(r["val_loss"]),
+                    marker,
+                    ms=12,
+                    color=f"C{i}",
+                    label=f"{size} CLM→MLM ({float(r['clm_share']):.0%} CLM)",
+                )
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("training compute C = 6·N·D (FLOPs)")

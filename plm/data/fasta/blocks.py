@@ -54,8 +54,14 @@ _ID_END = np.zeros(256, dtype=bool)
 _ID_END[list(HEADER_BLANKS)] = True
 
 
-def iter_blocks(path: str | os.PathLike, start: int = 0, end: int | None = None, gz: bool | None = None,
-                block: int = CHUNK, max_length: int | None = None) -> Iterator[tuple[int, bytes]]:
+def iter_blocks(
+    path: str | os.PathLike,
+    start: int = 0,
+    end: int | None = None,
+    gz: bool | None = None,
+    block: int = CHUNK,
+    max_length: int | None = None,
+) -> Iterator[tuple[int, bytes]]:
     """(byte offset, bytes) pieces of ``path[start:end]``, each cut just before a '>' that starts a line.
 
     A plain file is read in place (a record cut off at a block's end is read again, not copied; a record
@@ -77,14 +83,18 @@ def iter_blocks(path: str | os.PathLike, start: int = 0, end: int | None = None,
             fh.seek(pos)
             buf = fh.read(min(want, end - pos))
             if not buf:
-                raise FastaError(f"{path}: ends at byte {pos}, expected {end}; the file changed while being read")
+                raise FastaError(
+                    f"{path}: ends at byte {pos}, expected {end}; the file changed while being read"
+                )
             cut = buf.rfind(b"\n>")
             keep = _capped(buf, pos == 0, cap) if cut < 0 else None
             if keep is not None:  # one record past the cap: its head, then on from the next header
                 yield pos, buf[:keep]
                 pos, want = _next_header(fh, pos + keep - 1, end, block), block
                 continue
-            if pos + len(buf) >= end or (cut < 0 and pos == 0 and _junk(buf)):  # the last block, or not FASTA:
+            if pos + len(buf) >= end or (
+                cut < 0 and pos == 0 and _junk(buf)
+            ):  # the last block, or not FASTA:
                 cut = len(buf) - 1  # say so now, not after reading it all
             if cut < 0:  # a record longer than the block: read more
                 want *= 2
@@ -217,8 +227,9 @@ def _skip_leading_blanks(block: bytes, base: int, path: str, first: bool) -> tup
     return block[lead:], base + lead
 
 
-def _identifiers(block: bytes, gt: np.ndarray, head_end: np.ndarray,
-                 idsp: np.ndarray) -> tuple[np.ndarray, np.ndarray, int | None]:
+def _identifiers(
+    block: bytes, gt: np.ndarray, head_end: np.ndarray, idsp: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, int | None]:
     """Identifier byte ranges (from after '>' and any blanks to the first header blank, positions
     ``idsp``) and the first record whose header has no identifier, if any."""
     id_start = gt + 1
@@ -232,8 +243,16 @@ def _identifiers(block: bytes, gt: np.ndarray, head_end: np.ndarray,
     return id_start, id_end, None
 
 
-def _reasons(block: bytes, tok: np.ndarray, ends: np.ndarray, lens: np.ndarray, head_end: np.ndarray,
-             next_gt: np.ndarray, on_invalid: OnInvalid, max_length: int) -> tuple[np.ndarray, dict[int, str]]:
+def _reasons(
+    block: bytes,
+    tok: np.ndarray,
+    ends: np.ndarray,
+    lens: np.ndarray,
+    head_end: np.ndarray,
+    next_gt: np.ndarray,
+    on_invalid: OnInvalid,
+    max_length: int,
+) -> tuple[np.ndarray, dict[int, str]]:
     """Token ids (unknown ones → X under ``x``) and record → reason for the refused records."""
     reasons: dict[int, str] = {}
     if len(tok) and tok.max() >= NON_ASCII_ID:  # max is one vectorised pass; flatnonzero only on bad blocks
@@ -257,8 +276,16 @@ def _reasons(block: bytes, tok: np.ndarray, ends: np.ndarray, lens: np.ndarray, 
     return tok, reasons
 
 
-def parse_block(block: bytes, base: int, path: str, on_invalid: OnInvalid, max_length: int, first: bool,
-                stats: FastaStats, problems: list[str]) -> ParsedBlock | None:
+def parse_block(
+    block: bytes,
+    base: int,
+    path: str,
+    on_invalid: OnInvalid,
+    max_length: int,
+    first: bool,
+    stats: FastaStats,
+    problems: list[str],
+) -> ParsedBlock | None:
     """Validate and tokenise every record of one block (None when it holds none).
 
     Refused records are counted in ``stats``; under ``error`` their messages are also appended to

@@ -72,7 +72,9 @@ def _gunzip(raw: BinaryIO, path: Path) -> Iterator[bytes]:
             produced += len(out)
             yield out
         if not d.eof:
-            raise DamagedGzip(path, produced, "the compressed data ends before the end of the stream: truncated")
+            raise DamagedGzip(
+                path, produced, "the compressed data ends before the end of the stream: truncated"
+            )
 
 
 def read_chunks(path: str | os.PathLike, size: int = CHUNK, what: str = "FASTA file") -> Iterator[bytes]:

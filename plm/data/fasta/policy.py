@@ -50,8 +50,10 @@ class DamagedGzip(FastaError):
 
     def __init__(self, path: str | Path, offset: int, reason: str) -> None:
         self.path, self.offset, self.reason = str(path), offset, reason
-        super().__init__(f"{path}: truncated or corrupt gzip stream after {offset:,} uncompressed bytes "
-                         f"({reason}); re-download or re-compress the file")
+        super().__init__(
+            f"{path}: truncated or corrupt gzip stream after {offset:,} uncompressed bytes "
+            f"({reason}); re-download or re-compress the file"
+        )
 
 
 def too_long(max_length: int) -> str:
@@ -127,7 +129,9 @@ def bad_char(clean: bytes) -> tuple[str, int]:
     return chr(clean[i]), i + 1
 
 
-def judge_sequence(text: bytes, on_invalid: OnInvalid, max_length: int) -> tuple[np.ndarray | None, str | None]:
+def judge_sequence(
+    text: bytes, on_invalid: OnInvalid, max_length: int
+) -> tuple[np.ndarray | None, str | None]:
     """Token ids of one record's sequence text, or the reason it is refused (one record at a time;
     the block parser applies the same rules to whole blocks at once).
 
@@ -154,21 +158,27 @@ def judge_sequence(text: bytes, on_invalid: OnInvalid, max_length: int) -> tuple
 
 
 def invalid_record(problem: str) -> FastaError:
-    return FastaError(f"{problem}; fix the record, or read with on_invalid=skip (count and drop it) "
-                      "or x (unknown letters → X)")
+    return FastaError(
+        f"{problem}; fix the record, or read with on_invalid=skip (count and drop it) "
+        "or x (unknown letters → X)"
+    )
 
 
 def text_before_header(path: str | Path, offset: int, line: bytes) -> FastaError:
     """Text before the first header: never skippable, the file is not FASTA as we understand it."""
-    return FastaError(f"{path}: byte {offset}: sequence data before the first '>' header "
-                      f"({line.lstrip()[:60].rstrip()!r}); is this a FASTA file?")
+    return FastaError(
+        f"{path}: byte {offset}: sequence data before the first '>' header "
+        f"({line.lstrip()[:60].rstrip()!r}); is this a FASTA file?"
+    )
 
 
 def no_identifier(path: str | Path, offset: int) -> FastaError:
     return FastaError(f"{path}: byte {offset}: header '>' has no identifier; fix the file")
 
 
-def refuse_file(path: str | Path, why: str, on_invalid: OnInvalid, stats: FastaStats, fix: str, skip: str) -> None:
+def refuse_file(
+    path: str | Path, why: str, on_invalid: OnInvalid, stats: FastaStats, fix: str, skip: str
+) -> None:
     """A whole file (or its tail) that yields no records: an error, or under skip/x one counted rejection
     naming the file, so a report never says "rejected: none" about it."""
     if on_invalid == "error":
@@ -177,12 +187,24 @@ def refuse_file(path: str | Path, why: str, on_invalid: OnInvalid, stats: FastaS
 
 
 def refuse_empty(path: str | Path, on_invalid: OnInvalid, stats: FastaStats) -> None:
-    refuse_file(path, f"{EMPTY_FILE} (no FASTA records: the file is empty or blank)", on_invalid, stats,
-                "check the path or the download", "count it and go on")
+    refuse_file(
+        path,
+        f"{EMPTY_FILE} (no FASTA records: the file is empty or blank)",
+        on_invalid,
+        stats,
+        "check the path or the download",
+        "count it and go on",
+    )
 
 
 def refuse_damage(err: DamagedGzip, on_invalid: OnInvalid, stats: FastaStats) -> None:
     """Records decoded before the damage are kept (the one it cut is dropped); the rest counts once."""
-    refuse_file(err.path, f"{GZIP_TAIL} (truncated or corrupt gzip stream after {err.offset:,} uncompressed "
-                f"bytes: {err.reason})", on_invalid, stats, "re-download or re-compress the file",
-                "keep the records before the damage")
+    refuse_file(
+        err.path,
+        f"{GZIP_TAIL} (truncated or corrupt gzip stream after {err.offset:,} uncompressed "
+        f"bytes: {err.reason})",
+        on_invalid,
+        stats,
+        "re-download or re-compress the file",
+        "keep the records before the damage",
+    )

@@ -38,7 +38,9 @@ class RawRecord:
     offset: int  # byte of its '>' in the (decoded) file
     header: bytes  # the header line without '>', stripped
     lines: list[bytes]  # following lines as they are (line breaks removed)
-    too_long: bool = False  # passed the byte cap: ``lines`` no longer kept (read_fasta refuses it as too long)
+    too_long: bool = (
+        False  # passed the byte cap: ``lines`` no longer kept (read_fasta refuses it as too long)
+    )
 
 
 class _Dropped(list):
@@ -90,8 +92,12 @@ def _lines(path: str | os.PathLike, cap: int | None = None) -> Iterator[tuple[in
         yield pos, b"".join(pieces), pos + length
 
 
-def raw_records(path: str | os.PathLike, on_invalid: OnInvalid = "error",
-                stats: FastaStats | None = None, cap: int | None = None) -> Iterator[RawRecord]:
+def raw_records(
+    path: str | os.PathLike,
+    on_invalid: OnInvalid = "error",
+    stats: FastaStats | None = None,
+    cap: int | None = None,
+) -> Iterator[RawRecord]:
     """Records with the structural rules applied (text before the first header and headers without an
     identifier are errors, an empty file and a damaged gzip tail follow ``on_invalid``); their content
     is the caller's to judge.

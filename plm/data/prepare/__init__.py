@@ -46,7 +46,23 @@ from plm.data.prepare.parse import BLOCK, MAX_PROBLEMS, keep_freed_memory, run_s
 from plm.data.prepare.plan import FORMAT, MANIFEST, SHARDS, Shard, plan_shards, reusable_shard, verify_files
 
 __all__ = [
-    "BLOCK", "FORMAT", "HIST_EDGES", "IDS_FILE", "MANIFEST", "MAX_PROBLEMS", "SHARDS", "STORE_META", "Shard",
-    "finalize_source", "first_occurrences", "keep_freed_memory", "main", "parse_size", "plan_shards", "prepare",
-    "reusable_shard", "run_shard", "verify_files",
+    "BLOCK",
+    "FORMAT",
+    "HIST_EDGES",
+    "IDS_FILE",
+    "MANIFEST",
+    "MAX_PROBLEMS",
+    "SHARDS",
+    "STORE_META",
+    "Shard",
+    "finalize_source",
+    "first_occurrences",
+    "keep_freed_memory",
+    "main",
+    "parse_size",
+    "plan_shards",
+    "prepare",
+    "reusable_shard",
+    "run_shard",
+    "verify_files",
 ]

@@ -32,8 +32,9 @@ VAL_FRACTION = 0.02  # share of each source held out
 SHARD_SIZE = 64 << 20  # bytes of plain FASTA per shard
 
 
-def _argument_problems(paths: dict[str, list[Path]], clusters: dict[str, Path], on_invalid: str,
-                       val_fraction: float) -> list[str]:
+def _argument_problems(
+    paths: dict[str, list[Path]], clusters: dict[str, Path], on_invalid: str, val_fraction: float
+) -> list[str]:
     problems = []
     if not paths:
         problems.append("no --source given")
@@ -53,7 +54,9 @@ def _argument_problems(paths: dict[str, list[Path]], clusters: dict[str, Path], 
     return problems
 
 
-def _empty_files(paths: dict[str, list[Path]], on_invalid: OnInvalid) -> tuple[list[str], dict[str, FastaStats]]:
+def _empty_files(
+    paths: dict[str, list[Path]], on_invalid: OnInvalid
+) -> tuple[list[str], dict[str, FastaStats]]:
     """Files without a single record, by the FASTA policy: problems (error mode) or counted rejections.
     Checked before any parsing: a 0-byte plain file has no shard that could notice it."""
     problems, stats = [], {n: FastaStats() for n in paths}
@@ -102,8 +105,12 @@ def prepare(
     result = dict(done)
     for n, shards in plan.items():
         result[n] = finalize_source(n, out, shards, manifests[n], specs[n], clusters.get(n), file_stats[n])
-    seconds = {"parse": round(t_parsed - t_start, 2), "finalize": round(time.perf_counter() - t_parsed, 2),
-               "shards_parsed": len(todo), "shards_reused": sum(len(m) for m in manifests.values()) - len(todo)}
+    seconds = {
+        "parse": round(t_parsed - t_start, 2),
+        "finalize": round(time.perf_counter() - t_parsed, 2),
+        "shards_parsed": len(todo),
+        "shards_reused": sum(len(m) for m in manifests.values()) - len(todo),
+    }
     top = top_manifest(out, opts, result, seconds)
     atomic_write_text(out / MANIFEST, json.dumps(top, indent=1))
     if (out / SHARDS).is_dir() and not any((out / SHARDS).iterdir()):
@@ -182,22 +189,36 @@ def prepare_command(
         sources.setdefault(name, []).extend(ps)
     try:
         keep_freed_memory()
-        top = prepare(sources, out, dict(clusters), val_fraction, on_invalid, workers, shard_size, max_length,
-                      progress=not quiet)
+        top = prepare(
+            sources,
+            out,
+            dict(clusters),
+            val_fraction,
+            on_invalid,
+            workers,
+            shard_size,
+            max_length,
+            progress=not quiet,
+        )
     except (FastaError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        print(f"error: no space left on the device while writing under {out} ({err}). Finished shards and "
-              "sources are kept and nothing partial is published; free space and re-run the same command to "
-              "resume.", file=sys.stderr)
+        print(
+            f"error: no space left on the device while writing under {out} ({err}). Finished shards and "
+            "sources are kept and nothing partial is published; free space and re-run the same command to "
+            "resume.",
+            file=sys.stderr,
+        )
         return 2
     for n, s in top["sources"].items():
         rej = ", ".join(f"{k}: {v}" for k, v in s["rejected"].items()) or "none"
-        print(f"{n}: train {s['train']['records']:,} records / {s['train']['residues']:,} residues, "
-              f"val {s['val']['records']:,} / {s['val']['residues']:,}; rejected: {rej}")
+        print(
+            f"{n}: train {s['train']['records']:,} records / {s['train']['residues']:,} residues, "
+            f"val {s['val']['records']:,} / {s['val']['residues']:,}; rejected: {rej}"
+        )
     _warn_file_rejections(Path(out), top)
     print(f"wrote {Path(out) / MANIFEST}")
     return 0

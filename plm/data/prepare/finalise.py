@@ -42,9 +42,13 @@ def _histogram(offsets: np.ndarray) -> dict:
     counts = np.zeros(len(HIST_EDGES) - 1, dtype=np.int64)
     for a in range(0, len(offsets) - 1, 1 << 24):
         lens = np.diff(np.asarray(offsets[a : a + (1 << 24) + 1]))
-        counts += np.bincount(np.searchsorted(HIST_EDGES, lens, side="right") - 1, minlength=len(counts))[: len(counts)]
-    labels = [f"{lo}-{hi - 1}" if i < len(HIST_EDGES) - 2 else f">={lo}" for i, (lo, hi) in
-              enumerate(itertools.pairwise(HIST_EDGES))]
+        counts += np.bincount(np.searchsorted(HIST_EDGES, lens, side="right") - 1, minlength=len(counts))[
+            : len(counts)
+        ]
+    labels = [
+        f"{lo}-{hi - 1}" if i < len(HIST_EDGES) - 2 else f">={lo}"
+        for i, (lo, hi) in enumerate(itertools.pairwise(HIST_EDGES))
+    ]
     return dict(zip(labels, counts.tolist()))
 
 
@@ -72,8 +76,9 @@ def _link_or_copy(src: Path, dst: Path) -> None:
             start, length = start + n, length - n
 
 
-def _write_store(dst: Path, shard_dirs: list[Path], keep: list[np.ndarray], shard_files: list[dict],
-                 ids: np.ndarray | None) -> tuple[dict, list[str]]:
+def _write_store(
+    dst: Path, shard_dirs: list[Path], keep: list[np.ndarray], shard_files: list[dict], ids: np.ndarray | None
+) -> tuple[dict, list[str]]:
     """Assemble one split of all shards into the store ``dst``; returns (files, token parts).
 
     Each shard's token file becomes one part of the store (``tokens.bin``, ``tokens.001.bin``, …) by a
@@ -142,7 +147,9 @@ def first_occurrences(ids: np.ndarray) -> np.ndarray:
 
 def _rejections(shards: list[Shard], manifests: dict[str, dict], files: FastaStats) -> FastaStats:
     """The source's rejections: its files' (empty files) and every shard's, examples capped."""
-    total = FastaStats(rejected=Counter(files.rejected), examples={k: list(v) for k, v in files.examples.items()})
+    total = FastaStats(
+        rejected=Counter(files.rejected), examples={k: list(v) for k, v in files.examples.items()}
+    )
     for s in shards:
         m = manifests[s.key]
         total.rejected.update(m["rejected"])
@@ -152,8 +159,9 @@ def _rejections(shards: list[Shard], manifests: dict[str, dict], files: FastaSta
     return total
 
 
-def _count_duplicates(stats: FastaStats, keep_all: np.ndarray, ids: list[np.ndarray], dirs: list[Path],
-                      shards: list[Shard]) -> None:
+def _count_duplicates(
+    stats: FastaStats, keep_all: np.ndarray, ids: list[np.ndarray], dirs: list[Path], shards: list[Shard]
+) -> None:
     n_dup = int((~keep_all).sum())
     if not n_dup:
         return
@@ -162,13 +170,24 @@ def _count_duplicates(stats: FastaStats, keep_all: np.ndarray, ids: list[np.ndar
     for g in np.flatnonzero(~keep_all)[:MAX_EXAMPLES]:
         si = int(np.searchsorted(bounds, g, side="right") - 1)
         start = int(np.load(dirs[si] / "starts.npy")[g - bounds[si]])
-        where = (f"record at uncompressed byte {start}" if shards[si].gz
-                 else f"record {_read_id_at(shards[si].path, start)!r} at byte {start}")
+        where = (
+            f"record at uncompressed byte {start}"
+            if shards[si].gz
+            else f"record {_read_id_at(shards[si].path, start)!r} at byte {start}"
+        )
         stats.examples.setdefault("duplicate identifier", []).append(f"{shards[si].path}: {where}")
 
 
-def _write_splits(tmp: Path, name: str, shards: list[Shard], dirs: list[Path], manifests: dict[str, dict],
-                  ids: list[np.ndarray], keep_all: np.ndarray, cluster_tsv: Path | None) -> tuple[dict, dict]:
+def _write_splits(
+    tmp: Path,
+    name: str,
+    shards: list[Shard],
+    dirs: list[Path],
+    manifests: dict[str, dict],
+    ids: list[np.ndarray],
+    keep_all: np.ndarray,
+    cluster_tsv: Path | None,
+) -> tuple[dict, dict]:
     """DIR/NAME/{train,val} in ``tmp`` from the shards; returns (files, summary per split)."""
     split = [np.load(d / "split.npy") for d in dirs]
     keeps = np.split(keep_all, np.cumsum([len(i) for i in ids])[:-1]) if ids else []
@@ -179,12 +198,19 @@ def _write_splits(tmp: Path, name: str, shards: list[Shard], dirs: list[Path], m
         keep_split = [k[s] for k, s in zip(keeps, sel)]
         split_ids = None
         if sname == "train":
-            split_ids = (np.concatenate([i[k & s] for i, k, s in zip(ids, keeps, sel)]) if ids
-                         else np.zeros(0, np.uint64)).astype(np.uint64, copy=False)
+            split_ids = (
+                np.concatenate([i[k & s] for i, k, s in zip(ids, keeps, sel)])
+                if ids
+                else np.zeros(0, np.uint64)
+            ).astype(np.uint64, copy=False)
         entries = [manifests[s.key]["files"][f"{sname}/{TOKENS_FILE}"] for s in shards]
         sfiles, parts = _write_store(tmp / sname, [d / sname for d in dirs], keep_split, entries, split_ids)
         offsets = np.load(tmp / sname / OFFSETS_FILE, mmap_mode="r")
-        summary[sname] = {"records": len(offsets) - 1, "residues": int(offsets[-1]), "length_histogram": _histogram(offsets)}
+        summary[sname] = {
+            "records": len(offsets) - 1,
+            "residues": int(offsets[-1]),
+            "length_histogram": _histogram(offsets),
+        }
         if sname == "train" and cluster_tsv is not None:
             c_off, c_mem, c_stats = build_clusters(cluster_tsv, split_ids)
             for p in save_clusters(tmp / sname, c_off, c_mem):
@@ -196,8 +222,15 @@ def _write_splits(tmp: Path, name: str, shards: list[Shard], dirs: list[Path], m
     return files, summary
 
 
-def finalize_source(name: str, out: Path, shards: list[Shard], manifests: dict[str, dict], spec: dict,
-                    cluster_tsv: Path | None, file_stats: FastaStats | None = None) -> dict:
+def finalize_source(
+    name: str,
+    out: Path,
+    shards: list[Shard],
+    manifests: dict[str, dict],
+    spec: dict,
+    cluster_tsv: Path | None,
+    file_stats: FastaStats | None = None,
+) -> dict:
     """Shards → DIR/NAME/{train,val} + manifest, replacing an older DIR/NAME in one step; drops later
     duplicate ids; removes the shards once the source is in place."""
     sroot = out / SHARDS / name
@@ -209,20 +242,35 @@ def finalize_source(name: str, out: Path, shards: list[Shard], manifests: dict[s
     with atomic_directory(out / name) as tmp:
         files, summary = _write_splits(tmp, name, shards, dirs, manifests, ids, keep_all, cluster_tsv)
         manifest = {
-            "name": name, "format": FORMAT, "spec": spec, **summary,
-            "rejected": dict(stats.rejected), "rejected_examples": stats.examples,
-            "inputs": [{"path": p["path"], "size": p["size"], "mtime_ns": p["mtime_ns"],
-                        "mtime": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(p["mtime_ns"] / 1e9))}
-                       for p in spec["inputs"]],
-            "shards": len(shards), "files": files,
+            "name": name,
+            "format": FORMAT,
+            "spec": spec,
+            **summary,
+            "rejected": dict(stats.rejected),
+            "rejected_examples": stats.examples,
+            "inputs": [
+                {
+                    "path": p["path"],
+                    "size": p["size"],
+                    "mtime_ns": p["mtime_ns"],
+                    "mtime": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(p["mtime_ns"] / 1e9)),
+                }
+                for p in spec["inputs"]
+            ],
+            "shards": len(shards),
+            "files": files,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
     shutil.rmtree(sroot, ignore_errors=True)
     return manifest
 
 
-def check_not_empty(plan: dict[str, list[Shard]], manifests: dict[str, dict[str, dict]],
-                    file_stats: dict[str, FastaStats], paths: dict[str, list[Path]]) -> None:
+def check_not_empty(
+    plan: dict[str, list[Shard]],
+    manifests: dict[str, dict[str, dict]],
+    file_stats: dict[str, FastaStats],
+    paths: dict[str, list[Path]],
+) -> None:
     """A source without a single record left is an error whatever ``on_invalid`` says: an empty store
     would only fail later, at training time, far from its cause."""
     problems = []
@@ -233,16 +281,29 @@ def check_not_empty(plan: dict[str, list[Shard]], manifests: dict[str, dict[str,
         why = ", ".join(f"{k}: {v}" for k, v in rejected.items()) or "the files hold no records"
         problems.append(f"source {n!r} ({', '.join(map(str, paths[n]))}): no record left ({why})")
     if problems:
-        raise FastaError("plm data prepare: " + "; ".join(problems) + "; check the files or leave the source out")
+        raise FastaError(
+            "plm data prepare: " + "; ".join(problems) + "; check the files or leave the source out"
+        )
 
 
 def top_manifest(out: Path, opts: PrepareOptions, result: dict[str, dict], seconds: dict) -> dict:
     return {
-        "format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "options": asdict(opts), "seconds": seconds,
-        "sources": {n: {"train": {k: m["train"][k] for k in ("records", "residues")},
-                        "val": {k: m["val"][k] for k in ("records", "residues")},
-                        "rejected": m["rejected"], "inputs": [i["path"] for i in m["inputs"]]}
-                    for n, m in result.items()},
-        "files": {f"{n}/{rel}": v for n, m in result.items() for rel, v in
-                  {**m["files"], MANIFEST: file_entry(out / n / MANIFEST)}.items()},
+        "format": FORMAT,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "options": asdict(opts),
+        "seconds": seconds,
+        "sources": {
+            n: {
+                "train": {k: m["train"][k] for k in ("records", "residues")},
+                "val": {k: m["val"][k] for k in ("records", "residues")},
+                "rejected": m["rejected"],
+                "inputs": [i["path"] for i in m["inputs"]],
+            }
+            for n, m in result.items()
+        },
+        "files": {
+            f"{n}/{rel}": v
+            for n, m in result.items()
+            for rel, v in {**m["files"], MANIFEST: file_entry(out / n / MANIFEST)}.items()
+        },
     }

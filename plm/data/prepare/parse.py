@@ -61,7 +61,9 @@ class _ShardWriter:
         self.crc = 0
         self.lengths: list[np.ndarray] = []
 
-    def write_runs(self, tokens: np.ndarray, starts: list[int], stops: list[int], lengths: np.ndarray) -> None:
+    def write_runs(
+        self, tokens: np.ndarray, starts: list[int], stops: list[int], lengths: np.ndarray
+    ) -> None:
         mv = memoryview(tokens)
         data = b"".join([mv[a:b] for a, b in zip(starts, stops)])  # one write and one checksum call per block
         self.fh.write(data)
@@ -97,8 +99,9 @@ class _ShardOutput:
         for split, mask in (("train", ok & ~val), ("val", ok & val)):
             if mask.any():
                 edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.view(np.int8), [0]])))
-                self.writers[split].write_runs(blk.tokens, lo[edges[::2]].tolist(), ends[edges[1::2] - 1].tolist(),
-                                               lens[mask])
+                self.writers[split].write_runs(
+                    blk.tokens, lo[edges[::2]].tolist(), ends[edges[1::2] - 1].tolist(), lens[mask]
+                )
         self.ids.append(hash_ranges(blk.data, blk.id_start[ok], blk.id_end[ok]))
         self.split.append(val[ok].astype(np.uint8))
         self.starts.append(blk.starts[ok])
@@ -123,8 +126,16 @@ def _parse_shard(shard: Shard, opts: PrepareOptions, out: _ShardOutput, stats: F
     try:
         blocks = iter_blocks(shard.path, shard.start, shard.end, shard.gz, BLOCK, opts.max_length)
         for i, (pos, block) in enumerate(blocks):
-            blk = parse_block(block, pos, shard.path, opts.on_invalid, opts.max_length,
-                              i == 0 and shard.start == 0, stats, problems)
+            blk = parse_block(
+                block,
+                pos,
+                shard.path,
+                opts.on_invalid,
+                opts.max_length,
+                i == 0 and shard.start == 0,
+                stats,
+                problems,
+            )
             if blk is not None and not problems:
                 out.add(blk, opts.val_fraction)
             if blk is not None and blk.error is not None:
@@ -152,14 +163,22 @@ def _write_shard(directory: Path, shard: Shard, opts: PrepareOptions) -> dict:
         out.close()
     if problems:
         raise _ShardProblems(problems)
-    manifest = {"spec": shard.spec(opts), "rejected": dict(stats.rejected), "examples": stats.examples,
-                "seconds": round(time.perf_counter() - t0, 3), "files": {}}
+    manifest = {
+        "spec": shard.spec(opts),
+        "rejected": dict(stats.rejected),
+        "examples": stats.examples,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "files": {},
+    }
     for split, writer in out.writers.items():
         info = writer.finish()
         manifest[split] = {"records": info["records"], "residues": info["residues"]}
         manifest["files"].update({f"{split}/{k}": v for k, v in info["files"].items()})
-    for name, parts, dtype in (("ids.npy", out.ids, np.uint64), ("split.npy", out.split, np.uint8),
-                               ("starts.npy", out.starts, np.int64)):
+    for name, parts, dtype in (
+        ("ids.npy", out.ids, np.uint64),
+        ("split.npy", out.split, np.uint8),
+        ("starts.npy", out.starts, np.int64),
+    ):
         np.save(directory / name, np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype))
         manifest["files"][name] = file_entry(directory / name)
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=1))
@@ -186,15 +205,27 @@ def _shard_bytes(s: Shard) -> int:
     return s.size if s.gz else s.end - s.start
 
 
-def parse_shards(todo: list[Shard], opts: PrepareOptions, out: Path, workers: int | None, progress: bool,
-                 manifests: dict[str, dict[str, dict]], on_shard_done: Callable[[str, str], None] | None) -> None:
+def parse_shards(
+    todo: list[Shard],
+    opts: PrepareOptions,
+    out: Path,
+    workers: int | None,
+    progress: bool,
+    manifests: dict[str, dict[str, dict]],
+    on_shard_done: Callable[[str, str], None] | None,
+) -> None:
     """Run the shards (largest first) in worker processes; raise one error listing the problems."""
     from tqdm.auto import tqdm
 
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
     errors: list[str] = []
-    bar = tqdm(total=sum(map(_shard_bytes, todo)), unit="B", unit_scale=True, desc="prepare",
-               disable=not progress or not todo)
+    bar = tqdm(
+        total=sum(map(_shard_bytes, todo)),
+        unit="B",
+        unit_scale=True,
+        desc="prepare",
+        disable=not progress or not todo,
+    )
     args = [(s, opts, str(out)) for s in sorted(todo, key=lambda s: -_shard_bytes(s))]
     by_key = {(s.source, s.key): s for s in todo}
 
@@ -222,8 +253,10 @@ def parse_shards(todo: list[Shard], opts: PrepareOptions, out: Path, workers: in
     if errors:
         more = f"\n  … and more (first {MAX_PROBLEMS} per shard shown)" if len(errors) > MAX_PROBLEMS else ""
         raise FastaError(
-            f"plm data prepare: {len(errors)} invalid record(s) or file(s):\n  " + "\n  ".join(errors[:MAX_PROBLEMS])
-            + more + "\nFix the file(s) or re-run with --on-invalid skip (count and drop) or x (unknown letters → X)"
+            f"plm data prepare: {len(errors)} invalid record(s) or file(s):\n  "
+            + "\n  ".join(errors[:MAX_PROBLEMS])
+            + more
+            + "\nFix the file(s) or re-run with --on-invalid skip (count and drop) or x (unknown letters → X)"
             " (a missing header or text before the first '>' cannot be skipped: fix the file);"
             " finished shards are kept and reused."
         )

@@ -99,7 +99,9 @@ def reusable_shard(directory: Path, shard: Shard, opts: PrepareOptions) -> tuple
     except (OSError, ValueError) as err:
         return None, [f"{mpath}: unreadable ({err})"]
     spec, want = man.get("spec", {}), shard.spec(opts)
-    same_input = {k: v for k, v in spec.items() if k != "on_invalid"} == {k: v for k, v in want.items() if k != "on_invalid"}
+    same_input = {k: v for k, v in spec.items() if k != "on_invalid"} == {
+        k: v for k, v in want.items() if k != "on_invalid"
+    }
     # a shard without rejected records is the same whatever the on_invalid policy
     if not same_input or (spec.get("on_invalid") != opts.on_invalid and man.get("rejected")):
         return None, []
@@ -109,7 +111,11 @@ def reusable_shard(directory: Path, shard: Shard, opts: PrepareOptions) -> tuple
 
 def source_spec(name: str, paths: list[Path], opts: PrepareOptions, tsv: Path | None) -> dict:
     inputs = [{"path": str(p), "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns} for p in paths]
-    ctsv = None if tsv is None else {"path": str(tsv), "size": tsv.stat().st_size, "mtime_ns": tsv.stat().st_mtime_ns}
+    ctsv = (
+        None
+        if tsv is None
+        else {"path": str(tsv), "size": tsv.stat().st_size, "mtime_ns": tsv.stat().st_mtime_ns}
+    )
     return {"inputs": inputs, "clusters": ctsv, **asdict(opts), "format": FORMAT}
 
 
@@ -126,8 +132,9 @@ def _up_to_date(root: Path, spec: dict) -> dict | None:
     return man
 
 
-def plan_sources(out: Path, paths: dict[str, list[Path]], specs: dict[str, dict], opts: PrepareOptions, shard_size: int
-                 ) -> tuple[dict[str, dict], dict[str, list[Shard]], dict[str, dict[str, dict]], list[Shard]]:
+def plan_sources(
+    out: Path, paths: dict[str, list[Path]], specs: dict[str, dict], opts: PrepareOptions, shard_size: int
+) -> tuple[dict[str, dict], dict[str, list[Shard]], dict[str, dict[str, dict]], list[Shard]]:
     """(sources already done, shards per source to finalise, reusable shard manifests, shards to parse).
 
     Temporaries a killed run left (hidden ``.NAME.tmp-…`` siblings) are removed first: this run holds

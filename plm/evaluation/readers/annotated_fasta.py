@@ -33,12 +33,16 @@ def read_annotated_fasta(
         try:
             recs = list(read_text_records(task_file(path)))
         except FastaError as err:
-            raise ValueError(f"{path}: not an annotated FASTA ('>header', sequence line, label line): {err}") from None
+            raise ValueError(
+                f"{path}: not an annotated FASTA ('>header', sequence line, label line): {err}"
+            ) from None
         file_problems = []
         for rec in recs:
             body, rid = rec.lines, rec.id
             if len(body) != 2:
-                file_problems.append(f"record {rid!r}: {len(body)} line(s) after the header, expected 2 (sequence, labels)")
+                file_problems.append(
+                    f"record {rid!r}: {len(body)} line(s) after the header, expected 2 (sequence, labels)"
+                )
                 continue
             if exclude and rid in exclude:
                 continue
@@ -50,8 +54,14 @@ def read_annotated_fasta(
                 continue
             records.append(_cropped(ResidueRecord(rid, seq, y, split), max_len))
         if file_problems:
-            problems.append(_problem_error(path, "bad records", file_problems,
-                                           "Each record is '>header', one sequence line, one label line of equal length."))
+            problems.append(
+                _problem_error(
+                    path,
+                    "bad records",
+                    file_problems,
+                    "Each record is '>header', one sequence line, one label line of equal length.",
+                )
+            )
     if problems:
         raise ValueError(" | ".join(str(p) for p in problems))
     return records

@@ -30,7 +30,9 @@ class ResidueRecord:
     sequence: str
     labels: np.ndarray
     split: str = ""
-    validation: bool = False  # a training record the benchmark sets aside for validation (FLIP's VALIDATION=True)
+    validation: bool = (
+        False  # a training record the benchmark sets aside for validation (FLIP's VALIDATION=True)
+    )
 
 
 @dataclass
@@ -41,7 +43,9 @@ class SequenceRecord:
     sequence: str
     target: float
     split: str = ""
-    validation: bool = False  # a training record the benchmark sets aside for validation (FLIP's validation column)
+    validation: bool = (
+        False  # a training record the benchmark sets aside for validation (FLIP's validation column)
+    )
 
 
 class LabelError(ValueError):
@@ -66,7 +70,9 @@ def _cropped(record: ResidueRecord, max_len: int | None) -> ResidueRecord:
     return record
 
 
-def _raise_problems(path: Path, records: list[ResidueRecord], problems: list[str], what: str, fix: str, empty: str) -> None:
+def _raise_problems(
+    path: Path, records: list[ResidueRecord], problems: list[str], what: str, fix: str, empty: str
+) -> None:
     """One error listing every bad record, or one saying the file held none."""
     if problems:
         raise _problem_error(path, what, problems, fix)
@@ -110,7 +116,9 @@ def is_true(value: str | None) -> bool:
     return (value or "").strip().lower() in ("true", "1", "yes")
 
 
-def encode_residue_labels(labels: str, sequence: str, classes: Sequence[str], ignore: Sequence[str] = ()) -> np.ndarray:
+def encode_residue_labels(
+    labels: str, sequence: str, classes: Sequence[str], ignore: Sequence[str] = ()
+) -> np.ndarray:
     """One class index per residue (``IGNORE`` for labels in ``ignore``); a length mismatch or a label
     outside ``classes`` + ``ignore`` is a ``LabelError`` (a ``ValueError``) saying which."""
     if len(labels) != len(sequence):
@@ -118,7 +126,9 @@ def encode_residue_labels(labels: str, sequence: str, classes: Sequence[str], ig
     lookup = {c: i for i, c in enumerate(classes)} | {c: IGNORE for c in ignore}
     bad = sorted(set(labels) - set(lookup))
     if bad:
-        raise LabelError(f"labels {bad} not in classes {list(classes)}" + (f" or ignored {list(ignore)}" if ignore else ""))
+        raise LabelError(
+            f"labels {bad} not in classes {list(classes)}" + (f" or ignored {list(ignore)}" if ignore else "")
+        )
     return np.array([lookup[c] for c in labels], dtype=np.int64)
 
 
@@ -141,6 +151,8 @@ def read_csv_rows(path: str | Path, required: list[str]) -> list[dict[str, str]]
         columns = reader.fieldnames or []
         missing = [c for c in required if c not in columns]
         if missing:
-            raise ValueError(f"{path}: missing column(s) {missing}; the file has {columns}. "
-                             "Fix the column names in the task YAML.")
+            raise ValueError(
+                f"{path}: missing column(s) {missing}; the file has {columns}. "
+                "Fix the column names in the task YAML."
+            )
         return list(reader)

@@ -22,7 +22,9 @@ class Variant:
     score: float
 
 
-def read_dms_csv(path: str | Path, mutant_column: str = "mutant", score_column: str = "DMS_score") -> list[Variant]:
+def read_dms_csv(
+    path: str | Path, mutant_column: str = "mutant", score_column: str = "DMS_score"
+) -> list[Variant]:
     """DMS table: one mutation string (``A24G:K30R``) and one measured score per row; rows without a
     score (blank/NaN) are dropped because DMS tables mark missing measurements that way."""
     rows = read_csv_rows(path, [mutant_column, score_column])

@@ -29,9 +29,16 @@ from plm.evaluation.readers.common import (
 LabelEncoder = Callable[[str, str], np.ndarray]
 
 
-def read_label_fasta(sequences: str | Path, labels: str | Path, encode: LabelEncoder, mask: str | Path | None,
-                     split_field: str, validation_field: str | None, max_len: int | None, fix: str
-                     ) -> list[ResidueRecord]:
+def read_label_fasta(
+    sequences: str | Path,
+    labels: str | Path,
+    encode: LabelEncoder,
+    mask: str | Path | None,
+    split_field: str,
+    validation_field: str | None,
+    max_len: int | None,
+    fix: str,
+) -> list[ResidueRecord]:
     """Records of the label FASTA joined by id with their sequence (and mask: residues whose mask is not
     ``1`` get ``IGNORE``), labels from ``encode``; every bad record is gathered into one error ending in
     ``fix``."""
@@ -51,14 +58,28 @@ def read_label_fasta(sequences: str | Path, labels: str | Path, encode: LabelEnc
         if mask:
             m = masks.get(rid)
             if m is None or len(m) != len(seq):
-                problems.append(f"record {rid!r}: mask missing or of length {len(m or '')} != {len(seq)} in {mask}")
+                problems.append(
+                    f"record {rid!r}: mask missing or of length {len(m or '')} != {len(seq)} in {mask}"
+                )
                 continue
             _apply_mask(y, m)
         fields = header_fields(desc)
-        records.append(_cropped(ResidueRecord(rid, seq, y, fields.get(split_field, ""),
-                                              is_true(fields.get(validation_field or "", ""))), max_len))
-    _raise_problems(Path(labels), records, problems, "bad label records", fix,
-                    "no label records found (is it a FASTA file?)")
+        records.append(
+            _cropped(
+                ResidueRecord(
+                    rid, seq, y, fields.get(split_field, ""), is_true(fields.get(validation_field or "", ""))
+                ),
+                max_len,
+            )
+        )
+    _raise_problems(
+        Path(labels),
+        records,
+        problems,
+        "bad label records",
+        fix,
+        "no label records found (is it a FASTA file?)",
+    )
     return records
 
 
@@ -76,6 +97,13 @@ def read_residue_fasta(
     sharing record ids. The split comes from ``split_field=`` in the label header, the validation flag
     (``is_true``) from ``validation_field=``. Residues whose label is in ``ignore`` (e.g. TMbed's ``U`` =
     unresolved) are kept in the sequence but not scored."""
-    return read_label_fasta(sequences, labels, lambda lab, seq: encode_residue_labels(lab, seq, classes, ignore),
-                            mask, split_field, validation_field, max_len,
-                            "Labels, sequences and mask must share ids and have one character per residue.")
+    return read_label_fasta(
+        sequences,
+        labels,
+        lambda lab, seq: encode_residue_labels(lab, seq, classes, ignore),
+        mask,
+        split_field,
+        validation_field,
+        max_len,
+        "Labels, sequences and mask must share ids and have one character per residue.",
+    )

@@ -44,12 +44,22 @@ def read_residue_table(
         for col in mask_columns:
             m = (row[col] or "").strip()
             if len(m) != len(seq) or set(m) - {"0", "1"}:
-                problems.append(f"line {line} (record {rid!r}): mask column {col!r} must be one 0/1 per residue "
-                                f"({len(seq)}), got {len(m)} characters")
+                problems.append(
+                    f"line {line} (record {rid!r}): mask column {col!r} must be one 0/1 per residue "
+                    f"({len(seq)}), got {len(m)} characters"
+                )
                 break
             _apply_mask(y, m)
         else:
-            records.append(_cropped(ResidueRecord(rid, seq, y, row[split_column] if split_column else ""), max_len))
-    _raise_problems(Path(path), records, problems, "bad rows",
-                    "Each label and mask string must have one character per residue of the sequence column.", "no rows")
+            records.append(
+                _cropped(ResidueRecord(rid, seq, y, row[split_column] if split_column else ""), max_len)
+            )
+    _raise_problems(
+        Path(path),
+        records,
+        problems,
+        "bad rows",
+        "Each label and mask string must have one character per residue of the sequence column.",
+        "no rows",
+    )
     return records

@@ -27,15 +27,23 @@ def read_sequence_csv(
         try:
             target = float(lookup[raw]) if classes else float(raw)
         except (KeyError, ValueError):
-            problems.append(f"line {i}: target {raw!r} is not " + (f"one of {classes}" if classes else "a number"))
+            problems.append(
+                f"line {i}: target {raw!r} is not " + (f"one of {classes}" if classes else "a number")
+            )
             continue
         seq = row[sequence_column].strip()
         if not seq:
             problems.append(f"line {i}: empty sequence")
             continue
-        records.append(SequenceRecord(f"line{i}", seq[:max_len] if max_len else seq, target,
-                                      row[split_column] if split_column else "",
-                                      is_true(row[validation_column]) if validation_column else False))
+        records.append(
+            SequenceRecord(
+                f"line{i}",
+                seq[:max_len] if max_len else seq,
+                target,
+                row[split_column] if split_column else "",
+                is_true(row[validation_column]) if validation_column else False,
+            )
+        )
     if problems:
         raise _problem_error(Path(path), "bad rows", problems, f"Check column {target_column!r}.")
     return records

@@ -43,10 +43,18 @@ def read_sequence_fasta(
             if not seq:
                 file_problems.append(f"record {rid!r}: empty sequence")
                 continue
-            records.append(SequenceRecord(rid, seq[:max_len] if max_len else seq, float(lookup[target]), split))
+            records.append(
+                SequenceRecord(rid, seq[:max_len] if max_len else seq, float(lookup[target]), split)
+            )
         if file_problems:
-            problems.append(_problem_error(path, "bad records", file_problems,
-                                           "Fix the header_pattern or the classes / ignore_labels in the task YAML."))
+            problems.append(
+                _problem_error(
+                    path,
+                    "bad records",
+                    file_problems,
+                    "Fix the header_pattern or the classes / ignore_labels in the task YAML.",
+                )
+            )
     if problems:
         raise ValueError(" | ".join(str(p) for p in problems))
     if not records:

@@ -86,4 +86,6 @@ def read_structure(path: str | Path, chain: str | None = None) -> StructureRecor
         if cb is None or rn == "GLY":
             cb = virtual_cb(coords["N"], coords["CA"], coords["C"])
         cbs.append(cb)
-    return StructureRecord(f"{path.name.split('.')[0]}_{chain}", "".join(seq), np.asarray(cbs, dtype=np.float32))
+    return StructureRecord(
+        f"{path.name.split('.')[0]}_{chain}", "".join(seq), np.asarray(cbs, dtype=np.float32)
+    )

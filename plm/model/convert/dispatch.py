@@ -33,8 +33,10 @@ def convert(
     if src == "plm" and (Path(input_path) / "finetune.json").is_file():
         # the model layer does not import evaluation: a kept fine-tune (backbone, adapter, head) is exported by
         # plm.evaluation.kept_hf, which `plm convert` calls for such a directory
-        raise ValueError(f"{input_path} is a kept fine-tuned model (finetune.json): export it with `plm convert "
-                         "--from plm --to hf` or plm.evaluation.kept_hf.export_hf, not plm.model.convert")
+        raise ValueError(
+            f"{input_path} is a kept fine-tuned model (finetune.json): export it with `plm convert "
+            "--from plm --to hf` or plm.evaluation.kept_hf.export_hf, not plm.model.convert"
+        )
     if src == "esm2":
         conv = load_esm2_pt(input_path, contact_regression, n_head, progress)
     elif src == "hf-esm":
@@ -51,7 +53,9 @@ def convert(
         written, what = save_plm(conv, output), f"plm export ({conv.objective}; load with plm.load)"
     elif dst == "hf":
         written, arch = save_hf(conv, output, progress)
-        what = f"Hugging Face {arch} directory with plm's tokenizer (33 ids, at most {cfg.max_seq_len} tokens)"
+        what = (
+            f"Hugging Face {arch} directory with plm's tokenizer (33 ids, at most {cfg.max_seq_len} tokens)"
+        )
         if arch == "EsmForMaskedLM" and conv.objective == "clm":
             what += (
                 "; a CLM: is_decoder=true makes its attention causal "

@@ -181,4 +181,3 @@ def load_esm2_pt(
         f"token_dropout={cfg.token_dropout}; contact regression {'kept' if contact else 'not present'}"
     )
     return Converted(model, "mlm", report, contact)
-

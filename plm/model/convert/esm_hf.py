@@ -166,4 +166,3 @@ def esm_hf_config(cfg: ModelConfig, causal: bool = False):
         tie_word_embeddings=True,
         architectures=["EsmForMaskedLM"],
     )
-

@@ -57,11 +57,13 @@ def save_hf(conv: Converted, output: str | os.PathLike, progress: bool = True) -
     if arch == "GPTJForCausalLM":
         state, hf_cfg = gptj_hf_state(conv.model, progress), gptj_hf_config(cfg)
     else:
-        state, hf_cfg = esm_hf_state(conv.model, conv.contact_regression, progress), esm_hf_config(cfg, causal)
+        state, hf_cfg = (
+            esm_hf_state(conv.model, conv.contact_regression, progress),
+            esm_hf_config(cfg, causal),
+        )
     with atomic_directory(output) as tmp:
         save_safetensors(state, tmp / "model.safetensors", {"format": "pt"})
         hf_cfg.save_pretrained(tmp)
         for name, text in hf_tokenizer_files(cfg.max_seq_len).items():
             (tmp / name).write_text(text)
     return Path(output), arch
-

@@ -48,4 +48,3 @@ def save_plm(conv: Converted, output: str | os.PathLike) -> Path:
                 {"format": "pt", "layout": "weight (1, n_layer*n_head), bias (1,)"},
             )
     return Path(output)
-

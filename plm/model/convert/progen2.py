@@ -255,7 +255,9 @@ def load_progen2(path: str | os.PathLike, vocab: VocabChoice = "auto", progress:
 def gptj_hf_state(model: Transformer, progress: bool = True) -> dict[str, Tensor]:
     """plm progen2 state → ``GPTJForCausalLM`` state with plm's 33 token ids."""
     glob, layer = _gptj_rules(model.config, False, VocabMap.identity())
-    return to_source(model, glob + _expand(layer, model.config.n_layer, True), "mapping to HF GPT-J", progress)
+    return to_source(
+        model, glob + _expand(layer, model.config.n_layer, True), "mapping to HF GPT-J", progress
+    )
 
 
 def gptj_hf_config(cfg: ModelConfig):
@@ -280,4 +282,3 @@ def gptj_hf_config(cfg: ModelConfig):
         tie_word_embeddings=False,
         architectures=["GPTJForCausalLM"],
     )
-
