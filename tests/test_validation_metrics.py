@@ -104,7 +104,7 @@ def test_validate_an_existing_checkpoint_on_an_eval_set(tmp_path):
 def test_shipped_demo_configs_validate_on_the_bundled_cath_set_from_any_directory(tmp_path, monkeypatch):
     import yaml
 
-    from plm.data.datamodule import load_eval_set
+    from plm.data.sources import load_eval_set
 
     monkeypatch.chdir(tmp_path)  # the configs name data/sample/… relative to the checkout
     for name in ("mlm", "clm", "transfer"):

@@ -1,147 +1,39 @@
 """LightningDataModule: sources → mixture stream → packed rows; held-out splits and external eval sets.
 
 Training batches are whole packed micro-batches (:class:`plm.data.batch.Batch`) produced by an
-``IterableDataset``. The stream position is one integer, the global sample cursor: each batch carries
-its masking seed (the cursor at its start) and the cursor after it, the
-datamodule remembers the cursor of the last batch the trainer consumed, and a checkpoint stores it.
-Micro-batch m (counted over all ranks) belongs to data-loader worker m % num_workers, and rank r
-takes rows [r·B, (r+1)·B) of it, so neither worker count nor prefetching changes the order.
+``IterableDataset`` (:class:`plm.data.streams.PackedStream`); the stores come from :mod:`plm.data.sources`.
+The stream position is one integer, the global sample cursor: each batch carries its masking seed (the
+cursor at its start) and the cursor after it, the datamodule remembers the cursor of the last batch the
+trainer consumed, and a checkpoint stores it. Micro-batch m (counted over all ranks) belongs to data-loader
+worker m % num_workers, and rank r takes rows [r·B, (r+1)·B) of it, so neither worker count nor
+prefetching changes the order.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import warnings
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader
 
 from plm.data.batch import FILLER_MASK_SEED, Batch, heldout_mask_seed
-from plm.data.clusters import exclude_records, load_clusters
-from plm.data.fasta import FastaStats, OnInvalid, read_fasta
+from plm.data.fasta import FastaStats, OnInvalid
 from plm.data.packing import StreamPacker, materialize, pack_records
 from plm.data.sampler import MixtureSampler
-from plm.data.store import TokenStore, split_fasta
-from plm.paths import not_found_hint, resolve, sample_data
+from plm.data.sources import load_eval_set, load_source
+from plm.data.store import TokenStore
+from plm.data.streams import PackedStream, RankBatches
+from plm.paths import sample_data
 from plm.reliability.signals import SignalSafeDataLoader, ignore_stop_signals
 from plm.tokenizer import RESIDUE_IDS
 
 #: UniMeta200B shares (docs/reference.md, "Data"): UniRef50/S, UniRef90/50, ColabFoldDB centroids, members.
 UNIMETA_WEIGHTS = {"uniref50": 0.085, "uniref90": 0.195, "cfdb_centroids": 0.195, "cfdb_members": 0.525}
-
-
-def load_source(
-    name: str,
-    spec: str | list[str],
-    val_fraction: float,
-    on_invalid: OnInvalid,
-    stats: FastaStats | None = None,
-) -> tuple[TokenStore, TokenStore]:
-    """A source is a prepared store directory (``plm data prepare``) or one or more FASTA files; ``stats``
-    counts the FASTA records kept and rejected."""
-    paths = [_in_checkout(p) for p in ([spec] if isinstance(spec, (str, os.PathLike)) else list(spec))]
-    if len(paths) == 1 and Path(paths[0]).is_dir():
-        root = Path(paths[0])
-        train = TokenStore.open(root / "train", name)
-        train.clusters = load_clusters(root / "train", len(train))
-        if (root / "exclude.npy").is_file():  # record indices to leave out (e.g. decontamination)
-            train.clusters = exclude_records(
-                len(train), train.clusters, np.load(root / "exclude.npy"), where=str(root / "exclude.npy")
-            )
-        return train, TokenStore.open(root / "val", f"{name}/val")
-    missing = [str(p) for p in paths if not Path(p).exists()]
-    if missing:
-        raise FileNotFoundError(
-            f"data source {name!r}: not found: {missing}{_hint(missing)}; fix data.sources in your config"
-        )
-    return split_fasta(
-        name, paths, val_fraction, on_invalid=on_invalid, stats=stats if stats is not None else FastaStats()
-    )
-
-
-def _in_checkout(path: str | os.PathLike) -> str | os.PathLike:
-    """A relative path as given when it exists from here, else plm's shipped file of that name: the shipped
-    configs name bundled files (data/sample/…) relative to the checkout, and runs start from anywhere."""
-    return resolve(path)
-
-
-def _hint(missing: list[str]) -> str:
-    return next((not_found_hint(p) for p in missing if not Path(p).is_absolute()), "")
-
-
-def load_eval_set(
-    name: str, spec: str | list[str], on_invalid: OnInvalid, stats: FastaStats | None = None
-) -> TokenStore:
-    """An external held-out set: every record is evaluated (it never goes through the train/val split,
-    which would leave its training side empty). FASTA file(s), e.g. the bins `plm data split-by-identity`
-    writes, or a `plm data prepare` source directory (its train and val records together)."""
-    paths = [_in_checkout(p) for p in ([spec] if isinstance(spec, (str, os.PathLike)) else list(spec))]
-    missing = [str(p) for p in paths if not Path(p).exists()]
-    if missing:
-        raise FileNotFoundError(
-            f"data.eval_sets {name!r}: not found: {missing}{_hint(missing)}; fix data.eval_sets in your config"
-        )
-    if len(paths) == 1 and Path(paths[0]).is_dir():
-        root = Path(paths[0])
-        parts = [TokenStore.open(root / s, name) for s in ("train", "val") if (root / s).is_dir()]
-        stores = parts or [TokenStore.open(root, name)]
-        seqs = [store.get(i) for store in stores for i in range(len(store))]
-    else:
-        seqs = [rec.tokens for path in paths for rec in read_fasta(path, on_invalid=on_invalid, stats=stats)]
-    if not seqs:
-        raise ValueError(f"data.eval_sets {name!r}: no sequences in {[str(p) for p in paths]}")
-    return TokenStore.from_arrays(name, seqs)
-
-
-class PackedStream(IterableDataset):
-    """Infinite stream of packed micro-batches for one rank, starting at a sample cursor."""
-
-    def __init__(
-        self, packer: StreamPacker, rows_per_batch: int, rank: int, world_size: int, start_cursor: int
-    ):
-        self.packer, self.rows, self.rank, self.world = packer, rows_per_batch, rank, world_size
-        self.start_cursor = start_cursor
-
-    def __iter__(self) -> Iterator[Batch]:
-        info = get_worker_info()
-        worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
-        cursor, m = self.start_cursor, 0
-        while True:
-            rows, nxt = self.packer.plan(cursor, self.rows * self.world)
-            if m % n_workers == worker:
-                mine = rows[self.rank * self.rows : (self.rank + 1) * self.rows]
-                packed = materialize(self.packer.stores, mine, self.packer.row_len)
-                yield Batch(
-                    tokens=torch.from_numpy(packed.tokens),
-                    doc_ids=torch.from_numpy(packed.doc_ids),
-                    n_real=int(packed.n_real),
-                    mask_seed=cursor,
-                    set="train",
-                    cursor_end=nxt,
-                )
-            cursor, m = nxt, m + 1
-
-
-class RankBatches(IterableDataset):
-    """One rank's ready-made held-out batches. Iterable, so Lightning leaves it alone: a list would get a
-    DistributedSampler under DDP / FSDP that splits this rank's share again and repeats batches to even it
-    out (validation then scored a different, partly duplicated subset than one process)."""
-
-    def __init__(self, batches: list[Batch]) -> None:
-        self.batches = batches
-
-    def __iter__(self) -> Iterator[Batch]:
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
 
 
 class ProteinDataModule(pl.LightningDataModule):
