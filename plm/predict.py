@@ -101,7 +101,7 @@ def embeddings(
     model: Any, seqs: list[str], causal: bool, layer: int, max_tokens: int, device: Any, progress: bool
 ) -> np.ndarray:
     """(N, h) mean over each sequence's residues of the ``layer`` representation."""
-    from plm.evaluation.finetune import residue_features
+    from plm.evaluation.backbone import residue_features
 
     out = np.zeros((len(seqs), model.config.n_embd), dtype=np.float32)
     for idx, tokens in token_batches(seqs, max_tokens, device, progress):

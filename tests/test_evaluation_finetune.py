@@ -240,7 +240,7 @@ def test_downstream_callback_logs_metrics_every_k_steps():
 
 # ---- representation layer and the converged linear probe ----------------------------------------------------
 def test_residue_features_layers_follow_esm_numbering():
-    from plm.evaluation.finetune import residue_features
+    from plm.evaluation.backbone import residue_features
     from plm.evaluation.runner import pad_tokens
     from plm.tokenizer import FIRST_RESIDUE, PAD
 

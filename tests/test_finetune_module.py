@@ -113,7 +113,7 @@ def test_random_init_control_keeps_the_architecture_and_draws_by_seed(root):
 
 
 def test_frozen_mode_embeds_each_part_once_and_matches_a_direct_pass(root):
-    from plm.evaluation.finetune import residue_features
+    from plm.evaluation.backbone import residue_features
 
     calls = []
 

@@ -12,7 +12,8 @@ import torch
 
 import plm
 from plm.cli import main as plm_main
-from plm.evaluation.finetune import FineTune, residue_features
+from plm.evaluation.backbone import residue_features
+from plm.evaluation.finetune import FineTune
 from plm.evaluation.kept import write_kept
 from plm.model.io import save_pretrained
 from plm.predict import token_batches

@@ -1,5 +1,6 @@
 """The model side of an evaluation: loading a backbone (trained, or the same architecture re-drawn as the
-random-init baseline), tokenising sequences into padded batches, and frozen residue embeddings.
+random-init baseline), tokenising sequences into padded batches, reading residue features of any layer,
+and frozen residue embeddings.
 
 Kept apart from the task logic so the CLI, the periodic-evaluation callback, ``plm predict`` and
 fine-tuning all load and embed the same way.
@@ -16,7 +17,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from plm.model.transformer import Transformer
-from plm.tokenizer import PAD, encode
+from plm.tokenizer import FIRST_RESIDUE, PAD, encode
 
 
 def read_objective(path: str | Path) -> str:
@@ -83,8 +84,6 @@ def embed(
 ) -> list[Tensor]:
     """Residue embeddings (L, h) of ``layer`` per sequence, computed once for frozen probes (length-sorted
     batches)."""
-    from plm.evaluation.finetune import residue_features
-
     model.eval()
     device = next(model.parameters()).device
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
@@ -97,3 +96,43 @@ def embed(
         for row, i in enumerate(idx):
             out[i] = feats[row, : min(len(seqs[i]), max_len)].float().cpu()
     return out  # type: ignore[return-value]
+
+
+def resolve_layer(layer: int, n_layer: int) -> int:
+    """ESM ``repr_layers`` numbering: 0 = token embeddings, i = residual stream after block i, ``n_layer``
+    (or -1) = the last block's output after the final LayerNorm (what ``Transformer.hidden`` returns)."""
+    resolved = layer + n_layer + 1 if layer < 0 else layer
+    if not 0 <= resolved <= n_layer:
+        raise ValueError(
+            f"layer {layer}: the model has layers 0..{n_layer} (0 = embeddings, {n_layer} or -1 = final, "
+            "after the final norm); set 'layer' in the task's defaults"
+        )
+    return resolved
+
+
+def residue_features(
+    backbone: Transformer, tokens: Tensor, causal: bool = False, layer: int = -1
+) -> tuple[Tensor, Tensor]:
+    """(B, T-2, h) features of residues only (drop <cls> and the last column) and the residue mask.
+
+    ``tokens`` are ``<cls> seq <eos> <pad>…`` rows; residue t sits at column t+1. ``layer`` picks the
+    representation (``resolve_layer``); intermediate layers are read with forward hooks on the blocks, so
+    the backbone's own forward is the only code path."""
+    n_layer = len(backbone.blocks)
+    resolved = resolve_layer(layer, n_layer)
+    captured: list[Tensor] = []
+    if resolved == 0:  # the input of block 0 is the embedding (after ESM token-dropout scaling)
+        hook = backbone.blocks[0].register_forward_pre_hook(lambda m, args: captured.append(args[0]))
+    elif resolved < n_layer:
+        hook = backbone.blocks[resolved - 1].register_forward_hook(
+            lambda m, args, out: captured.append(out[0])
+        )
+    try:
+        hidden, _ = backbone.hidden(tokens, causal=causal)
+    finally:
+        if resolved < n_layer:
+            hook.remove()
+    if resolved < n_layer:
+        hidden = captured[0]
+    body = tokens[:, 1:-1]
+    return hidden[:, 1:-1], body >= FIRST_RESIDUE

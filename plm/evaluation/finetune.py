@@ -24,100 +24,13 @@ import torch
 from torch import Tensor, nn
 
 from plm.evaluation import kinds
+from plm.evaluation.backbone import residue_features
+from plm.evaluation.heads import head_for
 from plm.evaluation.options import MODES, EvalOptions, Mode
+from plm.evaluation.trainable import add_lora, enable_gradient_checkpointing, lora_config
 from plm.model.transformer import Transformer
 
 IGNORE = kinds.IGNORE
-LORA_TARGETS = ["qkv", "out", "fc_in", "fc_out"]
-
-
-def add_lora(backbone: Transformer, rank: int = 8, alpha: int = 16, dropout: float = 0.0) -> Transformer:
-    """Inject LoRA adapters (peft) into every attention/MLP projection and freeze all other weights."""
-    from peft import inject_adapter_in_model
-
-    backbone = inject_adapter_in_model(lora_config(rank, alpha, dropout), backbone)
-    for name, p in backbone.named_parameters():
-        p.requires_grad = "lora_" in name
-    return backbone
-
-
-def lora_config(rank: int = 8, alpha: int = 16, dropout: float = 0.0) -> Any:
-    from peft import LoraConfig
-
-    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=LORA_TARGETS)
-
-
-def enable_gradient_checkpointing(backbone: Transformer) -> None:
-    """Recompute each block's activations in the backward pass instead of keeping them (memory for time).
-
-    The block's ``forward`` is wrapped in place rather than the block replaced, so parameter names, LoRA
-    targets, forward hooks (layer choice) and checkpoints are unchanged. Without gradients (frozen mode,
-    evaluation) the block runs as it is."""
-    from torch.utils.checkpoint import checkpoint
-
-    for block in backbone.blocks:
-        inner = block.forward
-
-        def forward(*args: Any, _inner: Any = inner, **kwargs: Any) -> Any:
-            if torch.is_grad_enabled():
-                return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
-            return _inner(*args, **kwargs)
-
-        block.forward = forward
-
-
-def resolve_layer(layer: int, n_layer: int) -> int:
-    """ESM ``repr_layers`` numbering: 0 = token embeddings, i = residual stream after block i, ``n_layer``
-    (or -1) = the last block's output after the final LayerNorm (what ``Transformer.hidden`` returns)."""
-    resolved = layer + n_layer + 1 if layer < 0 else layer
-    if not 0 <= resolved <= n_layer:
-        raise ValueError(
-            f"layer {layer}: the model has layers 0..{n_layer} (0 = embeddings, {n_layer} or -1 = final, "
-            "after the final norm); set 'layer' in the task's defaults"
-        )
-    return resolved
-
-
-def residue_features(
-    backbone: Transformer, tokens: Tensor, causal: bool = False, layer: int = -1
-) -> tuple[Tensor, Tensor]:
-    """(B, T-2, h) features of residues only (drop <cls> and the last column) and the residue mask.
-
-    ``tokens`` are ``<cls> seq <eos> <pad>…`` rows; residue t sits at column t+1. ``layer`` picks the
-    representation (``resolve_layer``); intermediate layers are read with forward hooks on the blocks, so
-    the backbone's own forward is the only code path."""
-    from plm.tokenizer import FIRST_RESIDUE
-
-    n_layer = len(backbone.blocks)
-    resolved = resolve_layer(layer, n_layer)
-    captured: list[Tensor] = []
-    if resolved == 0:  # the input of block 0 is the embedding (after ESM token-dropout scaling)
-        hook = backbone.blocks[0].register_forward_pre_hook(lambda m, args: captured.append(args[0]))
-    elif resolved < n_layer:
-        hook = backbone.blocks[resolved - 1].register_forward_hook(
-            lambda m, args, out: captured.append(out[0])
-        )
-    try:
-        hidden, _ = backbone.hidden(tokens, causal=causal)
-    finally:
-        if resolved < n_layer:
-            hook.remove()
-    if resolved < n_layer:
-        hidden = captured[0]
-    body = tokens[:, 1:-1]
-    return hidden[:, 1:-1], body >= FIRST_RESIDUE
-
-
-def head_for(kind: str, n_embd: int, n_out: int, head_type: str = "linear") -> nn.Module:
-    """The head a task kind trains: per residue for residue kinds, on the mean residue embedding otherwise."""
-    from plm.evaluation.heads import ResidueHead, SequenceHead
-
-    if kind not in kinds.SUPERVISED_KINDS:
-        raise ValueError(
-            f"kind {kind!r}: plm finetune trains {', '.join(kinds.SUPERVISED_KINDS)} tasks "
-            "(zero_shot and contacts are scored by plm evaluate)"
-        )
-    return (ResidueHead if kind in kinds.RESIDUE_KINDS else SequenceHead)(n_embd, n_out, head_type)
 
 
 class FineTune(pl.LightningModule):
@@ -275,9 +188,7 @@ class FineTune(pl.LightningModule):
         target scale and 'balanced' class weights. A resumed run recomputes the same values (and loads
         ``target_stats`` from its checkpoint)."""
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if (
-            self.head is None
-        ):  # the label vocabulary came with the data (e.g. EC numbers from the file's header)
+        if self.head is None:  # the label vocabulary came with the data (e.g. EC numbers in the header)
             if dm is None or not getattr(dm, "classes", None):
                 raise ValueError(
                     f"{self.spec.source}: no classes in the YAML and no datamodule to read them from"
@@ -423,24 +334,20 @@ class FineTune(pl.LightningModule):
         optimizer = torch.optim.AdamW(groups, weight_decay=self.weight_decay)
         if self.schedule == "constant" and not self.warmup_fraction:
             return optimizer
+        from plm.lit.schedule import cosine_schedule
+
         if not self.total_steps or self.total_steps <= 0:
             raise ValueError(
                 f"schedule {self.schedule!r} with warm-up {self.warmup_fraction} needs total_steps "
                 "(plm finetune links it to --trainer.max_steps)"
             )
-        warmup, total, cosine = (
-            int(self.warmup_fraction * self.total_steps),
-            self.total_steps,
-            self.schedule == "cosine",
-        )
+        warmup, total = int(self.warmup_fraction * self.total_steps), self.total_steps
+        cosine = self.schedule == "cosine"
 
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            if not cosine:
-                return 1.0
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+        def factor(step: int) -> float:  # warm-up, then constant or plm's one cosine schedule to 10%
+            if cosine:
+                return cosine_schedule(step, total, warmup, min_ratio=0.1)
+            return (step + 1) / warmup if step < warmup else 1.0
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from plm.evaluation import kinds
+
 MIN_CONTACT_SEP = 6
 
 
@@ -177,3 +179,13 @@ def contact_pairs(
         pick = torch.randperm(i.numel(), generator=generator)[:max_pairs]
         i, j = i[pick], j[pick]
     return features[i, j], contacts[i, j].float()
+
+
+def head_for(kind: str, n_embd: int, n_out: int, head_type: str = "linear") -> nn.Module:
+    """The head a task kind trains: per residue for residue kinds, on the mean residue embedding otherwise."""
+    if kind not in kinds.SUPERVISED_KINDS:
+        raise ValueError(
+            f"kind {kind!r}: plm finetune trains {', '.join(kinds.SUPERVISED_KINDS)} tasks "
+            "(zero_shot and contacts are scored by plm evaluate)"
+        )
+    return (ResidueHead if kind in kinds.RESIDUE_KINDS else SequenceHead)(n_embd, n_out, head_type)

@@ -167,7 +167,7 @@ class FinetunedModel(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         """Raw head outputs of ``<cls> seq <eos> <pad>…`` rows."""
-        from plm.evaluation.finetune import residue_features
+        from plm.evaluation.backbone import residue_features
 
         feats, mask = residue_features(self.backbone, tokens, self.causal, self.layer)
         return self.head(feats, mask)
@@ -219,7 +219,7 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 
 def load_finetuned(path: str | Path, map_location: str = "cpu") -> FinetunedModel:
     """The kept model in ``path`` (a ``final/`` directory of ``plm finetune``), in eval mode."""
-    from plm.evaluation.finetune import head_for
+    from plm.evaluation.heads import head_for
     from plm.model.io import load_pretrained
 
     path = Path(path)
