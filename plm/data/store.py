@@ -197,8 +197,8 @@ class TokenStore:
 
 CHECKSUM = "crc32"
 """What ``plm data prepare`` records for every file. CRC-32 detects the accidents a store meets (a
-truncated copy, flipped bits, a file from another run) like sha256 does but runs at ~6 GB/s here against
-~1.7 GB/s: sha256 was 10 % of a prepare worker's time. Stores written with sha256 still verify."""
+truncated copy, flipped bits, a file from another run) like sha256 does, at a fraction of its cost
+(docs/performance.md). Stores written with sha256 still verify."""
 
 
 def crc32_hex(crc: int) -> str:

@@ -1,9 +1,7 @@
-"""The options one evaluation task runs with, as a frozen dataclass (issue #22, typed hand-offs).
+"""The options one evaluation task runs with, as a frozen dataclass.
 
-They used to travel as a dict read by string keys (``opts["max_len"]``, ``opts.get("use_trainer", True)``)
-in some thirty places, where a misspelt key was a KeyError in the middle of a run or, read with ``.get``,
-silently the fallback. A field is an attribute: a misspelling fails where it is written, and the value
-has its type once, here, instead of an ``int(...)`` at every read.
+A field is an attribute, not a string key: a misspelling fails where it is written rather than in the
+middle of a run (or, read with ``.get``, silently as the fallback), and each value has its type once, here.
 
 Each task's options are layered once, before any model loads (:func:`layered`), lowest first:
 the field defaults here, the task YAML's ``defaults:`` block, then the caller's overrides (``plm evaluate

@@ -256,11 +256,9 @@ def sdpa_varlen(q: Tensor, k: Tensor, v: Tensor, lengths: tuple[int, ...], causa
 def sdpa_dtype(x: Tensor) -> torch.dtype:
     """The dtype SDPA computes in: fp32 for half-precision inputs on CPU, else the input dtype.
 
-    PyTorch's CPU flash-attention backward is much slower in bf16 than in fp32 at small head sizes
-    and ESM-like lengths (issue #9, 35m, head size 24, 2 threads, real packed batches: 156–237 ms vs
-    279–309 ms per layer for forward + backward including the casts; per document of 256 tokens
-    3.0 vs 4.9 ms backward), so under bf16-mixed on CPU the attention core runs in fp32, which is
-    also the more accurate choice. GPUs keep the input dtype.
+    PyTorch's CPU flash-attention backward is slower in bf16 than in fp32 at ESM-2's small head sizes
+    (measured in docs/performance.md), so under bf16-mixed on CPU the attention core runs in fp32, which
+    is also the more accurate choice. GPUs keep the input dtype.
     """
     return torch.float32 if x.device.type == "cpu" and x.dtype in HALF else x.dtype
 
