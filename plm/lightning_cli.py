@@ -33,9 +33,9 @@ from plm.reliability.run_dir import (
     FitStart,
     RunDirectory,
     check_ckpt_path,
-    flatten,
     is_primary_process,
 )
+from plm.reliability.run_record import flatten
 
 #: the run directory of the command being run (for messages about it, e.g. a full disk)
 ACTIVE_RUN: list[Path] = []

@@ -7,12 +7,13 @@ and ``predict`` through :mod:`plm.lightning_cli`):
   process given the same run name fails at once, naming the holder. Two runs in one directory would
   interleave rows of one ``metrics.csv`` and prune each other's checkpoints. The kernel drops the lock
   when its holder dies, even by SIGKILL (data-loader workers inherit it and exit within seconds after).
-* **One configuration.** ``<run>/run.json`` records the resolved configuration a run was started with. A
-  ``plm fit`` whose configuration differs from it, under a name that already holds a trained model, is
-  refused with the two commands that work: resume the run as it was, or give the new one its own
-  ``--run_name``. Otherwise the new run would write over ``final/`` and mix two runs' checkpoints. Only
-  with an explicit ``--ckpt_path`` may settings that a resume can honour change (learning rate and the
-  rest of the optimizer, ``trainer.*`` such as ``max_steps``): they are listed and applied.
+* **One configuration.** ``<run>/run.json`` records the resolved configuration a run was started with
+  (:mod:`plm.reliability.run_record`). A ``plm fit`` whose configuration differs from it, under a name
+  that already holds a trained model, is refused with the two commands that work: resume the run as it
+  was, or give the new one its own ``--run_name``. Otherwise the new run would write over ``final/`` and
+  mix two runs' checkpoints. Only with an explicit ``--ckpt_path`` may settings that a resume can honour
+  change (learning rate and the rest of the optimizer, ``trainer.*`` such as ``max_steps``): they are
+  listed and applied.
 * **No silent restart.** Re-running the same command on a run that has a checkpoint resumes it from its
   newest verified checkpoint and says so; a run that already reached ``trainer.max_steps`` is left as it
   is (exit 0, nothing to do). Only a run name with nothing trained yet starts from step 0.
@@ -23,7 +24,6 @@ same resume decision from the files without moving or writing any.
 
 from __future__ import annotations
 
-import datetime as _dt
 import fcntl
 import json
 import os
@@ -40,68 +40,25 @@ import lightning.pytorch as pl
 from plm.errors import PlmError
 from plm.model.io import CheckpointError
 from plm.reliability.checkpoint_io import checkpoint_step, find_resume_checkpoint, resume_candidates
+from plm.reliability.run_record import (
+    RECORD_NAME,
+    Change,
+    changes,
+    command_line,
+    read_record,
+    utc_now,
+    write_record,
+)
 from plm.utils.atomic import atomic_write_text
 
 LOCK_NAME = ".lock"
-RECORD_NAME = "run.json"
 #: what the FASTA reader kept and skipped for each source of a fit (prepare keeps it in manifest.json)
 DATA_REPORT_NAME = "data.json"
-RECORD_FORMAT = 1
 #: seconds to wait for a lock whose recorded holder has exited (its forked data-loader workers keep the
 #: lock until they notice, within about 5 s)
 ORPHAN_WAIT = 20.0
 #: Lightning's own ``ckpt_path`` keywords besides "last", passed through untouched
 LIGHTNING_CKPT_KEYWORDS = ("hpc", "best", "registry")
-
-#: settings that change nothing about what is trained (how it is run, logged or checkpointed)
-IGNORED = frozenset(
-    {
-        "config",
-        "ckpt_path",
-        "weights_only",
-        "run_name",
-        "run_root",
-        "checkpoint_every",
-        "keep_checkpoints",
-        "max_bad_steps",
-        "loggers",
-        "data.num_workers",
-        "trainer.logger",
-        "trainer.enable_progress_bar",
-        "trainer.enable_model_summary",
-        "trainer.log_every_n_steps",
-        "trainer.default_root_dir",
-        "trainer.enable_checkpointing",
-        "trainer.num_sanity_val_steps",
-        "trainer.enable_autolog_hparams",
-        "trainer.profiler",
-        "trainer.model_registry",
-    }
-)
-#: settings a resume can take over (listed and applied): the optimizer, the schedule's end, validation,
-#: the hardware; everything else (model shape, objective, data, seeds) makes it another run
-RESUMABLE = frozenset(
-    {
-        "model.init_args.lr",
-        "model.init_args.min_lr_ratio",
-        "model.init_args.warmup_fraction",
-        "model.init_args.weight_decay",
-        "model.init_args.betas",
-        "model.init_args.total_steps",
-        "model.init_args.compile",
-        "data.eval_sets",
-        "data.val_rows",
-    }
-)
-#: ``trainer.*`` settings that change what one step trains on: another run, not a resume
-TRAINER_NOT_RESUMABLE = frozenset(
-    {
-        "trainer.accumulate_grad_batches",
-        "trainer.fast_dev_run",
-        "trainer.overfit_batches",
-        "trainer.limit_train_batches",
-    }
-)
 
 
 class RunDirError(PlmError):
@@ -113,69 +70,12 @@ class RunComplete(Exception):
 
 
 @dataclass(frozen=True)
-class Change:
-    key: str
-    before: Any
-    after: Any
-
-    @property
-    def resumable(self) -> bool:
-        if self.key in RESUMABLE:
-            return True
-        return self.key.startswith("trainer.") and self.key not in TRAINER_NOT_RESUMABLE
-
-    def __str__(self) -> str:
-        return f"{self.key}: {_show(self.before)} → {_show(self.after)}"
-
-
-@dataclass(frozen=True)
 class FitStart:
     """What ``plm fit`` does in this run directory: resume from ``ckpt_path`` (its step, when known) or
     start from step 0 (``ckpt_path`` None, ``step`` 0)."""
 
     ckpt_path: str | None
     step: int | None
-
-
-# ---- configuration record --------------------------------------------------------------------------------
-def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Dotted keys → JSON values (tuples become lists, paths strings), so a record read back compares equal."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, name + "."))
-        else:
-            flat[name] = json.loads(json.dumps(value, default=str, sort_keys=True))
-    return flat
-
-
-def changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[Change]:
-    """Settings that differ between two flattened configurations, ignoring :data:`IGNORED` ones."""
-    keys = sorted((set(before) | set(after)) - IGNORED)
-    return [Change(k, before.get(k), after.get(k)) for k in keys if before.get(k) != after.get(k)]
-
-
-def read_record(run: Path) -> dict[str, Any] | None:
-    """The recorded configuration of ``run``, or None without (or with an unreadable) ``run.json``."""
-    path = run / RECORD_NAME
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    config = data.get("config") if isinstance(data, dict) else None
-    return config if isinstance(config, dict) else None
-
-
-def write_record(run: Path, config: Mapping[str, Any], start: FitStart) -> None:
-    record = {
-        "format": RECORD_FORMAT,
-        "config": dict(config),
-        "command": _command(),
-        "started": _now(),
-        "resumed_from_step": start.step if start.ckpt_path else None,
-    }
-    atomic_write_text(run / RECORD_NAME, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 # ---- the directory ---------------------------------------------------------------------------------------
@@ -206,7 +106,12 @@ class RunDirectory:
         os.write(
             fd,
             json.dumps(
-                {"pid": os.getpid(), "host": socket.gethostname(), "since": _now(), "command": _command()}
+                {
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "since": utc_now(),
+                    "command": command_line(),
+                }
             ).encode(),
         )
         self._fd = fd
@@ -251,7 +156,7 @@ class RunDirectory:
         records ``config`` as the run's configuration once the decision is made."""
         start = self._decide(config, ckpt_path, max_steps)
         if self.primary:
-            write_record(self.path, config, start)
+            write_record(self.path, config, start.step if start.ckpt_path else None)
         return start
 
     @property
@@ -417,20 +322,6 @@ def _holder_alive(holder: Mapping[str, Any]) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _command() -> str:
-    text = " ".join(["plm", *sys.argv[1:]]) if sys.argv else "plm"
-    return text if len(text) <= 300 else text[:297] + "…"
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _show(value: Any) -> str:
-    text = json.dumps(value) if not isinstance(value, str) else value
-    return text if len(text) <= 60 else text[:57] + "…"
 
 
 def _say(message: str) -> None:

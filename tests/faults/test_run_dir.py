@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from plm.reliability.checkpoint_io import write_checkpoint_atomic
-from plm.reliability.run_dir import RECORD_NAME, RunComplete, RunDirectory, RunDirError, flatten
+from plm.reliability.run_dir import RunComplete, RunDirectory, RunDirError
+from plm.reliability.run_record import RECORD_NAME, flatten
 from tests.faults.helpers import REPO, env, fit_cmd, run_fit, start_fit
 
 pytestmark = pytest.mark.reliability
