@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-from pathlib import Path
 from typing import Any
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test")
@@ -27,44 +26,22 @@ COMMANDS: dict[str, str] = {
     "convert": "plm.convert_cli:main",
 }
 
-#: ``plm --help`` lines of the commands not (yet) typed functions; the others' come from their docstrings
+#: ``plm --help`` line of the LightningCLI-based command; the typed commands' lines come from their docstrings
 COMMAND_HELP: dict[str, str] = {
     "finetune": "fine-tune on a task YAML like plm fit (frozen / LoRA / full, resume) → a kept model in final/",
-    "data": "data tools: prepare, decontaminate, split-by-identity, cluster (plm data --help)",
 }
 
 
 def summary(name: str) -> str:
-    """The ``plm --help`` line of a command: the first paragraph of its typed function's docstring (the
-    ``f`` of ``main = command(f, …)``, see :mod:`plm.command`), read from the source without importing it."""
-    import ast
-    import importlib.util
+    """The ``plm --help`` line of a command: its typed function's docstring (:func:`plm.command.help_line`),
+    or for the dispatchers and Lightning commands the line they state."""
+    from plm.command import help_line
 
-    module, func = COMMANDS[name].split(":")
-    spec = importlib.util.find_spec(module)
-    tree = (
-        ast.parse(Path(spec.origin).read_text())
-        if spec and spec.origin
-        else ast.Module(body=[], type_ignores=[])
-    )
-    for node in tree.body:
-        if (
-            isinstance(node, ast.Assign)
-            and [getattr(t, "id", None) for t in node.targets] == [func]
-            and isinstance(node.value, ast.Call)
-            and getattr(node.value.func, "id", None) == "command"
-            and node.value.args
-            and isinstance(node.value.args[0], ast.Name)
-        ):
-            func = node.value.args[0].id
-    doc = next(
-        (ast.get_docstring(n) for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == func), None
-    )
-    if name in COMMAND_HELP or not doc:
-        return COMMAND_HELP.get(name, "")
-    first = " ".join(doc.split("\n\n")[0].split()).rstrip(".")
-    word = first.split(" ", 1)[0]
-    return first[:1].lower() + first[1:] if word[1:].islower() else first  # "Compute …", not "IsoFLOP …"
+    if name == "data":
+        from plm.data.cli import SUBCOMMANDS
+
+        return f"data tools: {', '.join(SUBCOMMANDS)} (plm data --help)"
+    return COMMAND_HELP.get(name) or help_line(COMMANDS[name])
 
 
 def _lightning_cli(args: list[str]) -> int:

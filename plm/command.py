@@ -287,3 +287,35 @@ def command(
     main.function = func  # type: ignore[attr-defined]
     main.__doc__ = func.__doc__
     return main
+
+
+def help_line(target: str) -> str:
+    """The one-line help of the command at ``"module:main"``: the first paragraph of the typed function that
+    ``main = command(func, …)`` wraps, read from the source without importing it (so a dispatcher's
+    ``--help`` lists its commands without loading torch); empty when the target is not such a command."""
+    import ast
+    import importlib.util
+
+    module, func = target.split(":")
+    spec = importlib.util.find_spec(module)
+    if not (spec and spec.origin):
+        return ""
+    tree = ast.parse(Path(spec.origin).read_text())
+    for node in tree.body:
+        if (
+            isinstance(node, ast.Assign)
+            and [getattr(t, "id", None) for t in node.targets] == [func]
+            and isinstance(node.value, ast.Call)
+            and getattr(node.value.func, "id", None) == "command"
+            and node.value.args
+            and isinstance(node.value.args[0], ast.Name)
+        ):
+            func = node.value.args[0].id
+    doc = next(
+        (ast.get_docstring(n) for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == func), None
+    )
+    if not doc:
+        return ""
+    first = " ".join(doc.split("\n\n")[0].split()).rstrip(".").replace("``", "")
+    word = first.split(" ", 1)[0]
+    return first[:1].lower() + first[1:] if word[1:].islower() else first  # "Compute …", not "IsoFLOP …"

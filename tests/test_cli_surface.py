@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import difflib
+import importlib
 import io
 import json
 import os
@@ -221,3 +222,21 @@ def test_every_command_is_frozen(surface):
         assert f"  {name} " in listed
         assert name in surface or name in ("data", *LIGHTNING_ONLY)
     assert any(opt["flags"] == ["--max-length"] for opt in surface["generate"]["options"])
+
+
+def test_help_lines_come_from_the_typed_functions():
+    """`plm --help` and `plm data --help` list each typed command with its function's docstring, so a
+    command's description is written once; only the Lightning-based finetune states its own line."""
+    from plm.cli import COMMAND_HELP, COMMANDS, summary
+    from plm.command import docstring_parts, help_line
+    from plm.data.cli import SUBCOMMANDS, usage
+
+    typed = {name: target for name, target in COMMANDS.items() if name not in (*COMMAND_HELP, "data")}
+    for name, target in {**typed, **SUBCOMMANDS}.items():
+        module, func = target.split(":")
+        main = getattr(importlib.import_module(module), func)
+        first = docstring_parts(main.function)[0].rstrip(".").replace("``", "")
+        assert help_line(target).lower() == first.lower(), name
+    assert all(summary(name) for name in COMMANDS)
+    listed = usage()
+    assert all(f"  {name:<18} {help_line(target)}" in listed for name, target in SUBCOMMANDS.items())

@@ -511,7 +511,7 @@ def test_plm_data_commands_are_dispatched_from_plm_data(capsys):
     from plm.data.cli import SUBCOMMANDS
 
     assert set(SUBCOMMANDS) == {"prepare", "decontaminate", "split-by-identity", "cluster"}
-    for target, _ in SUBCOMMANDS.values():  # every subcommand still reaches a main after the move
+    for target in SUBCOMMANDS.values():  # every subcommand still reaches a main after the move
         module, func = target.split(":")
         assert callable(getattr(importlib.import_module(module), func))
     assert plm_main(["data", "--help"]) == 0 and "split-by-identity" in capsys.readouterr().out

@@ -9,26 +9,20 @@ from __future__ import annotations
 import importlib
 import sys
 
-SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "prepare": ("plm.data.prepare:main", "tokenize FASTA sources into memory-mapped train/val stores"),
-    "decontaminate": (
-        "plm.identity.decontaminate:main",
-        "remove/list training records similar to evaluation sets",
-    ),
-    "split-by-identity": (
-        "plm.identity.split:main",
-        "bin held-out sequences by max identity to training data",
-    ),
-    "cluster": (
-        "plm.identity.cluster:main",
-        "cluster a FASTA at a min identity (MMseqs2) into a cluster TSV",
-    ),
+from plm.command import help_line
+
+#: subcommand → the typed command that runs it; ``plm data --help`` reads each one's help from its docstring
+SUBCOMMANDS: dict[str, str] = {
+    "prepare": "plm.data.prepare.command:main",
+    "decontaminate": "plm.identity.decontaminate:main",
+    "split-by-identity": "plm.identity.split:main",
+    "cluster": "plm.identity.cluster:main",
 }
 
 
 def usage() -> str:
     lines = ["usage: plm data <subcommand> [options]   (plm data <subcommand> --help)", ""]
-    return "\n".join(lines + [f"  {name:<18} {help_}" for name, (_, help_) in SUBCOMMANDS.items()])
+    return "\n".join(lines + [f"  {name:<18} {help_line(target)}" for name, target in SUBCOMMANDS.items()])
 
 
 def main(argv: list[str]) -> int:
@@ -39,7 +33,7 @@ def main(argv: list[str]) -> int:
     if sub not in SUBCOMMANDS:
         print(f"plm data: unknown subcommand {sub!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module, func = SUBCOMMANDS[sub][0].split(":")
+    module, func = SUBCOMMANDS[sub].split(":")
     try:
         mod = importlib.import_module(module)
     except ModuleNotFoundError as err:

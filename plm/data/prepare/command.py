@@ -167,8 +167,9 @@ def prepare_command(
     max_length: int = DEFAULT_MAX_LENGTH,
     quiet: bool = False,
 ) -> int:
-    """FASTA/FASTA.gz → memory-mapped token stores (train/val per source) with a manifest; parallel, bounded
-    memory, resumable (re-run the same command after an interruption).
+    """FASTA/FASTA.gz → memory-mapped token stores (train/val per source) with a manifest.
+
+    Parallel, in bounded memory, and resumable: re-run the same command after an interruption.
 
     Args:
         source: a named source and its FASTA files (plain or .gz); repeat for several sources
