@@ -214,10 +214,10 @@ def test_cluster_fallback_and_cli_dispatch(tmp_path, proteins, capsys, monkeypat
     import sys
     import types
 
-    fake = types.ModuleType("plm.data.prepare")
+    fake = types.ModuleType("plm.data.prepare.command")
     fake.main = lambda argv: 7 if argv == ["--x"] else 1
-    monkeypatch.setitem(sys.modules, "plm.data.prepare", fake)
-    assert data_main(["prepare", "--x"]) == 7  # `plm data prepare` reaches plm.data.prepare:main
+    monkeypatch.setitem(sys.modules, "plm.data.prepare.command", fake)
+    assert data_main(["prepare", "--x"]) == 7  # `plm data prepare` reaches plm.data.prepare.command:main
 
 
 def test_cluster_rejects_bad_identity(tmp_path):
