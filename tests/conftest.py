@@ -13,7 +13,6 @@ from plm.model.config import ModelConfig
 from plm.model.transformer import Transformer
 
 FIXTURES = Path(__file__).parent / "fixtures"
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from plm.model import attention as A
 from plm.model import cpu_attention
 from plm.model.attention import attention_mask, choose_backend, doc_segments, varlen_attention
-from tests.conftest import REPO, tiny_model
+from tests.conftest import tiny_model
+from tests.helpers.runs import REPO
 
 
 def _packed(seed=0):

@@ -1,7 +1,5 @@
-import csv
 import json
 import math
-from pathlib import Path
 
 import pytest
 
@@ -9,7 +7,7 @@ from plm.cli import main as plm_main
 from plm.data.datamodule import ProteinDataModule
 from plm.lightning_cli import PlmCLI
 from plm.lit.language_model import LanguageModel
-from tests.helpers.runs import REPO, fit_tiny
+from tests.helpers.runs import REPO, fit_tiny, losses
 
 TRAIN_CONFIGS = sorted((REPO / "configs" / "train").glob("*.yaml"))
 
@@ -81,11 +79,6 @@ def test_train_dry_run_plans_compute_optimal_tokens(capsys):
     assert "--trainer.max_steps" in out and "--model.init_args.lr 0.0006" in out
 
 
-def _losses(run: Path) -> dict[int, float]:
-    rows = csv.DictReader(open(run / "csv" / "metrics.csv"))
-    return {int(r["step"]): float(r["train/loss"]) for r in rows if r.get("train/loss")}
-
-
 @pytest.mark.slow
 @pytest.mark.reliability  # CI runs every reliability check in full, outside make test's time budget
 def test_stop_and_go_resume_is_exact_even_with_other_worker_count(tmp_path):
@@ -94,7 +87,7 @@ def test_stop_and_go_resume_is_exact_even_with_other_worker_count(tmp_path):
     full = fit_tiny(tmp_path, "full", "--checkpoint_every", "3", "--keep_checkpoints", "-1")
     ckpt = full / "ckpt" / "step00000003.ckpt"
     resumed = fit_tiny(tmp_path, "resumed", "--ckpt_path", str(ckpt), "--data.num_workers", "2")
-    a, b = _losses(full), _losses(resumed)
+    a, b = losses(full), losses(resumed)
     assert set(b) == {3, 4, 5}  # steps logged after the resume (0-based step index)
     assert [a[s] for s in (3, 4, 5)] == [b[s] for s in (3, 4, 5)]
     state = __import__("torch").load(ckpt, weights_only=True)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers.runs import REPO
+
 REFERENCE = REPO / "docs" / "reference.md"
 CITING = ["plm", "configs", "tests", "benchmarks", "evaluation", "scripts"]
 SUFFIXES = {".py", ".yaml", ".yml", ".sh", ".sbatch", ".md"}

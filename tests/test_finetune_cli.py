@@ -5,8 +5,6 @@ one-block backbone, so a whole fine-tuning run takes seconds of compute."""
 
 from __future__ import annotations
 
-import csv
-import os
 import random
 import signal
 import subprocess
@@ -23,9 +21,9 @@ from plm.evaluation.downstream_data import DownstreamDataModule, EpochBatches, c
 from plm.model.io import save_pretrained
 from plm.reliability.checkpoint_io import sidecar_path
 from tests.conftest import tiny_model
+from tests.helpers.runs import REPO, losses, run_env
 from tests.helpers.toy_tasks import write_toy_task
 
-REPO = Path(__file__).resolve().parents[1]
 MAX_STEPS = 12
 
 
@@ -123,15 +121,6 @@ def _cmd(toy: Path, root: Path, name: str, *extra: str) -> list[str]:
     ]
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-
-
-def _losses(run: Path) -> dict[int, float]:
-    with open(run / "csv" / "metrics.csv") as fh:
-        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(fh) if r.get("train/loss")}
-
-
 @pytest.fixture(scope="module")
 def reference(toy, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("runs")
@@ -182,7 +171,7 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted_run(reference, toy, t
     proc = subprocess.Popen(
         _cmd(toy, tmp_path, "killed"),
         cwd=REPO,
-        env=_env(),
+        env=run_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -199,13 +188,13 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted_run(reference, toy, t
         _cmd(toy, tmp_path, "killed", "--ckpt_path", "last"),
         check=False,
         cwd=REPO,
-        env=_env(),
+        env=run_env(),
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    want, got = _losses(reference), _losses(tmp_path / "killed")
+    want, got = losses(reference), losses(tmp_path / "killed")
     resumed = [s for s in got if s >= kill_after]
     assert resumed and max(got) == MAX_STEPS - 1, f"killed after step {kill_after}"
     assert all(got[s] == want[s] for s in got), f"killed after step {kill_after}"

@@ -1,28 +1,17 @@
 """GenerationCallback samples and logs during CLM training (tiny preset, a few Lightning steps)."""
 
-import lightning.pytorch as pl
 import pytest
 
 from plm.callbacks.generation import GenerationCallback
 from plm.data.datamodule import ProteinDataModule
 from plm.lit import CausalLM, MaskedLM
 from tests.helpers.esmfold import build_tiny_esmfold
+from tests.helpers.runs import quiet_trainer
 
 
 def _fit(model, cb, tmp_path, steps=4):
     dm = ProteinDataModule(row_len=128, rows_per_batch=4, val_rows=2)
-    trainer = pl.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        callbacks=[cb],
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, steps, [cb])
     trainer.fit(model, dm)
     return trainer
 

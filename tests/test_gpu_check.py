@@ -11,7 +11,7 @@ import torch
 
 from benchmarks import gpu_check
 from plm.model import attention as A
-from tests.conftest import REPO
+from tests.helpers.runs import REPO
 
 
 @pytest.mark.skipif(

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, tiny_model
+from tests.conftest import tiny_model
+from tests.helpers.runs import REPO
 
 #: The lowest transformers allowed (pyproject.toml) and what pip needs beside it to install exactly that.
 FLOOR = "4.45.0"

@@ -26,10 +26,10 @@ from plm.evaluation.zero_shot import apply_mutations, parse_mutations
 from plm.lightning_cli import PlmCLI
 from plm.lit.language_model import LanguageModel
 from plm.tokenizer import RESIDUE_IDS, encode_residues
+from tests.helpers.runs import REPO
 
 pytestmark = pytest.mark.reliability
 
-REPO = Path(__file__).resolve().parents[1]
 LETTERS = "LAGVSERTIDPKQNFYMHWCXBUZO"
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

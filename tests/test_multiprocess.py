@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -31,7 +29,7 @@ from lightning.pytorch.utilities.data import has_iterable_dataset
 import plm
 from plm.data.datamodule import ProteinDataModule
 from plm.tokenizer import PAD
-from tests.conftest import REPO
+from tests.helpers.runs import REPO, fit_cmd, run_env
 
 FSDP2 = json.dumps({"class_path": "plm.strategies.FSDP2"})
 SEQUENCE = "MGNRLIRSYLPNTVMSIEDKQNKYNETIEDSKICNKVYIKQSGKIDKQELTRIKKLGFFY"
@@ -51,16 +49,8 @@ class Runs:
 
     def fit(self, name: str, *extra: str, world: int = 1, check: bool = True) -> subprocess.CompletedProcess:
         rows = str(4 // world)
-        cmd = [
-            sys.executable,
-            "-m",
-            "plm.cli",
-            "fit",
-            "--config",
-            str(REPO / "configs/train/tiny.yaml"),
-            "--run_root",
-            str(self.root),
-            "--run_name",
+        cmd = fit_cmd(
+            self.root,
             name,
             "--model.class_path",
             "plm.lit.CausalLM",
@@ -68,8 +58,6 @@ class Runs:
             "5",
             "--trainer.val_check_interval",
             "5",
-            "--trainer.log_every_n_steps",
-            "1",
             "--data.rows_per_batch",
             rows,
             "--data.val_rows",
@@ -84,8 +72,8 @@ class Runs:
             str(world),
             "--trainer.callbacks+=tests.helpers.callbacks.StreamRecorder",
             *extra,
-        ]
-        env = {**os.environ, "PYTHONPATH": str(REPO), "PLM_TEST_OUT": str(self.out), "PLM_TEST_RUN": name}
+        )
+        env = run_env(PLM_TEST_OUT=str(self.out), PLM_TEST_RUN=name)
         res = subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
         if check:
             assert res.returncode == 0, res.stderr[-4000:]

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers.runs import REPO
+
 DOC_FILES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 BLOCK = re.compile(r"^```(bash|sh|console)[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
 LIGHTNING = ("fit", "validate", "test", "finetune")

@@ -11,8 +11,6 @@ import random
 import re
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -34,85 +32,24 @@ from plm.reliability import (
 )
 from plm.reliability.checkpoint_io import sidecar_path
 from plm.utils.atomic import atomic_file
-from tests.helpers.runs import fit_inprocess
+from tests.helpers.runs import fit_inprocess, logged_steps, losses, run_fit, start_fit
 
 pytestmark = pytest.mark.reliability
 
-REPO = Path(__file__).resolve().parents[1]
 MAX_STEPS = 12
 
 
-# ---- helpers: the real CLI in a subprocess ---------------------------------------------------------------
-def _cmd(root: Path, name: str, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "plm.cli",
-        "fit",
-        "--config",
-        str(REPO / "configs/train/tiny.yaml"),
-        "--run_root",
-        str(root),
-        "--run_name",
-        name,
-        "--checkpoint_every",
-        "1",
-        "--trainer.max_steps",
-        str(MAX_STEPS),
-        "--trainer.log_every_n_steps",
-        "1",
-        *extra,
-    ]
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+# ---- helpers: the real CLI in a subprocess (tests.helpers.runs), a checkpoint every step --------------------
+RUN_ARGS = ("--checkpoint_every", "1", "--trainer.max_steps", str(MAX_STEPS))
 
 
 def _run(root: Path, name: str, *extra: str) -> subprocess.CompletedProcess:
-    res = subprocess.run(
-        _cmd(root, name, *extra),
-        check=False,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=_env(),
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    return res
+    return run_fit(root, name, *RUN_ARGS, *extra)
 
 
 def _start_and_wait(root: Path, name: str, step: int, *extra: str) -> subprocess.Popen:
     """Start a fit and return once the checkpoint of ``step`` (and its checksum) is on disk."""
-    proc = subprocess.Popen(
-        _cmd(root, name, *extra),
-        cwd=REPO,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    target = root / name / "ckpt" / f"step{step:08d}.ckpt"
-    deadline = time.monotonic() + 300
-    while not sidecar_path(target).exists():
-        if proc.poll() is not None:
-            raise AssertionError(
-                f"fit ended (rc {proc.returncode}) before step {step}: {proc.stderr.read()[-3000:]}"
-            )
-        assert time.monotonic() < deadline, f"no checkpoint for step {step} after 300 s"
-        time.sleep(0.02)
-    return proc
-
-
-def _losses(run: Path) -> dict[int, float]:
-    with open(run / "csv" / "metrics.csv") as fh:
-        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(fh) if r.get("train/loss")}
-
-
-def _logged_steps(run: Path) -> list[int]:
-    with open(run / "csv" / "metrics.csv") as fh:
-        return [int(r["step"]) for r in csv.DictReader(fh) if r.get("train/loss")]
+    return start_fit(root, name, *RUN_ARGS, *extra, step=step)
 
 
 def _load(path: Path) -> dict:
@@ -155,8 +92,8 @@ def test_sigkill_at_random_step_then_resume_matches_uninterrupted_run(reference,
     # the newest verified checkpoint, at or after the one we waited for
     resumed_from = int(re.search(r"resuming \S+ from step (\d+)", res.stderr).group(1))
     assert kill_after <= resumed_from < MAX_STEPS
-    want, got = _losses(reference), _losses(run)
-    logged = _logged_steps(run)
+    want, got = losses(reference), losses(run)
+    logged = logged_steps(run, "train/loss")
     assert len(logged) == len(set(logged)), (
         f"a step logged twice: {logged}"
     )  # the CSV continues, each step once

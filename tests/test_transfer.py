@@ -1,6 +1,5 @@
 import csv
 
-import lightning.pytorch as pl
 import pytest
 import torch
 
@@ -8,22 +7,7 @@ from plm.callbacks.transfer import CLMToMLMTransfer, clm_budget
 from plm.data.datamodule import ProteinDataModule
 from plm.lit import CausalLM, MaskedLM
 from plm.model.io import CheckpointError, save_pretrained
-from tests.helpers.runs import fit_tiny
-
-
-def _trainer(tmp_path, steps, callbacks):
-    return pl.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        callbacks=callbacks,
-        default_root_dir=tmp_path,
-    )
+from tests.helpers.runs import fit_tiny, quiet_trainer
 
 
 def test_switch_keeps_weights_and_restarts_optimizer(tmp_path, monkeypatch):
@@ -45,7 +29,7 @@ def test_switch_keeps_weights_and_restarts_optimizer(tmp_path, monkeypatch):
         seen["step"] = trainer.global_step
 
     monkeypatch.setattr(CLMToMLMTransfer, "switch", spy)
-    _trainer(tmp_path, 8, [cb]).fit(model, dm)
+    quiet_trainer(tmp_path, 8, [cb]).fit(model, dm)
     assert seen["equal"] and seen["fresh_optimizer"]
     warmup = max(1, round(0.025 * (8 - seen["step"])))
     assert seen["lr"] == pytest.approx(model.peak_lr / warmup)  # fresh warm-up from its first step

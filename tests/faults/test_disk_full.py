@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from plm.reliability import verify_checkpoint
-from tests.faults.helpers import REPO, env, logged_steps, run_fit
+from tests.helpers.runs import REPO, logged_steps, run_env, run_fit
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
@@ -82,7 +82,7 @@ def _plm(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "plm.cli", *args],
         cwd=REPO,
-        env=env(),
+        env=run_env(),
         capture_output=True,
         text=True,
         timeout=600,

@@ -14,7 +14,7 @@ import torch
 from plm.cli import main as plm_main
 from plm.model.io import save_pretrained
 from tests.conftest import tiny_model
-from tests.faults.helpers import TINY
+from tests.helpers.runs import TINY
 
 pytestmark = pytest.mark.reliability
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from plm.lightning_cli import _loggers
-from tests.faults.helpers import logged_steps
+from tests.helpers.runs import logged_steps
 
 pytestmark = pytest.mark.reliability
 

@@ -18,7 +18,7 @@ from plm.reliability.checkpoint_io import (
     sidecar_path,
     write_checkpoint_atomic,
 )
-from tests.faults.helpers import logged_steps, run_fit
+from tests.helpers.runs import logged_steps, run_fit
 
 pytestmark = pytest.mark.reliability
 

@@ -15,7 +15,7 @@ import torch
 from plm.reliability.checkpoint_io import write_checkpoint_atomic
 from plm.reliability.run_dir import RunComplete, RunDirectory, RunDirError
 from plm.reliability.run_record import RECORD_NAME, flatten
-from tests.faults.helpers import REPO, env, fit_cmd, run_fit, start_fit
+from tests.helpers.runs import REPO, fit_cmd, run_env, run_fit, start_fit
 
 pytestmark = pytest.mark.reliability
 
@@ -133,7 +133,7 @@ def test_two_concurrent_runs_with_one_name_the_second_fails_at_once(tmp_path):
         second = subprocess.run(
             fit_cmd(tmp_path, "same"),
             cwd=REPO,
-            env=env(),
+            env=run_env(),
             capture_output=True,
             text=True,
             timeout=300,

@@ -13,7 +13,7 @@ import torch
 
 from plm.reliability import verify_checkpoint
 from plm.reliability.signals import INTERRUPTED_EXIT_CODE
-from tests.faults.helpers import logged_steps, run_fit, start_fit
+from tests.helpers.runs import logged_steps, run_fit, start_fit
 
 pytestmark = pytest.mark.reliability
 
