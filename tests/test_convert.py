@@ -644,3 +644,15 @@ def test_cli_error_exit_code_and_message(tmp_path, capsys, monkeypatch):
         == 2
     )
     assert capsys.readouterr().err == f"plm convert: {tmp_path / 'no.pt'}: no such file\n"
+
+
+def test_library_convert_sends_a_kept_fine_tune_to_its_own_exporter(tmp_path):
+    """plm.model.convert does not import evaluation code: a kept fine-tuned model (finetune.json) is
+    refused with the call that exports it (`plm convert` makes that call itself)."""
+    from plm.model.convert import convert
+
+    (tmp_path / "final").mkdir()
+    (tmp_path / "final" / "finetune.json").write_text("{}")
+    with pytest.raises(ValueError, match="kept fine-tuned model.*export_hf"):
+        convert("plm", "hf", tmp_path / "final", tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
